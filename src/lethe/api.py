@@ -1,0 +1,163 @@
+"""Python API. The CLI only parses arguments and calls these.
+
+>>> import lethe
+>>> results = lethe.demo(size="smoke", out="runs/smoke")          # doctest: +SKIP
+>>> results["runs"][0]["epochs"][-1]["metrics"]["MU"]              # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .data.readers import read_qa
+from .data.records import QARecord
+from .engine.loop import TrainConfig, TrainResult, train
+from .engine.tasks import FinetuneTask, UnlearnTask
+from .errors import DivergenceError, LetheError
+from .evaluation.suite import EvalResult, EvalSet, aggregate, evaluate_sets
+from .io import write_json
+from .model.load import load_model, load_tokenizer, save_model
+from .objectives.method import Method, parse_method
+
+
+def _records(data: Sequence[QARecord] | str | Path | None) -> list[QARecord]:
+    if data is None:
+        return []
+    if isinstance(data, (str, Path)):
+        return read_qa(data)
+    return list(data)
+
+
+def _model_and_tokenizer(model, tokenizer):
+    if isinstance(model, (str, Path)):
+        tokenizer = tokenizer or load_tokenizer(model)
+        model = load_model(model)
+    if tokenizer is None:
+        raise LetheError("a tokenizer is needed when the model is passed as an object")
+    return model, tokenizer
+
+
+def finetune(model, records, *, tokenizer=None, config: TrainConfig | None = None, out_dir=None,
+             resume: bool = False, progress: bool = True, desc: str = "finetune") -> tuple[Any, TrainResult]:
+    """Fine-tune ``model`` (object or directory) on QA ``records`` (list or file path).
+
+    Returns (model, TrainResult). With ``out_dir`` the model is saved there (safetensors) and
+    per-epoch checkpoints make ``resume=True`` continue a killed run.
+
+    >>> model, result = lethe.finetune("models/base", "data/full.jsonl", out_dir="models/target")  # doctest: +SKIP
+    """
+    records = _records(records)
+    model, tokenizer = _model_and_tokenizer(model, tokenizer)
+    config = config or TrainConfig()
+    task = FinetuneTask(tokenizer, records)
+    work = Path(out_dir).with_name(Path(out_dir).name + ".work") if out_dir else None
+    result = train(model, lengths=task.lengths, step_fn=task, config=config, run_dir=work, resume=resume,
+                   progress=progress, desc=desc)
+    if out_dir:
+        save_model(model, tokenizer, out_dir)
+        write_json(Path(out_dir) / "lethe_finetune.json",
+                   {"history": result.history, "cost": result.cost.to_dict(), "config": asdict(config)})
+    return model, result
+
+
+def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, retain_model_tr: Sequence[float] | None = None,
+             batch_size: int = 32, max_new_tokens: int = 48, eval_limit: int | None = None,
+             truth_ratio: str = "tofu") -> EvalResult:
+    """Score ``model`` on evaluation sets; adds MU, FE and (given the retain model's values) FQ.
+
+    >>> res = lethe.evaluate("models/target", [EvalSet("forget", recs, "qa", forget=True)])  # doctest: +SKIP
+    """
+    model, tokenizer = _model_and_tokenizer(model, tokenizer)
+    result = evaluate_sets(model, tokenizer, sets, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           eval_limit=eval_limit, truth_ratio=truth_ratio)
+    aggregate(result, retain_model_tr=retain_model_tr)
+    return result
+
+
+@dataclass
+class UnlearnRun:
+    """One unlearning run, serialisable to the ``runs[]`` entry of results.json."""
+
+    method: str
+    params: str
+    epochs: list[dict] = field(default_factory=list)
+    cost: dict = field(default_factory=dict)
+    status: str = "ok"
+    message: str | None = None
+    samples: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", tokenizer=None,
+            config: TrainConfig | None = None, seed: int = 0, out_dir=None, eval_sets: Sequence[EvalSet] = (),
+            retain_model_tr: Sequence[float] | None = None, eval_kwargs: dict | None = None,
+            alpha: float | None = None, gamma: float | None = None, save: bool = True,
+            resume: bool = False, progress: bool = True) -> tuple[Any, UnlearnRun]:
+    """Unlearn ``forget`` from ``model`` with ``method`` (e.g. ``"GA+GD"``), evaluating per epoch.
+
+    ``eval_sets`` are scored before training (epoch 0) and after every epoch; a run whose loss
+    stops being finite ends with ``status="diverged"`` and a message, keeping what it measured.
+
+    >>> model, run = lethe.unlearn("models/target", "forget10.jsonl", "retain90.jsonl", method="GA+GD")  # doctest: +SKIP
+    """
+    forget, retain = _records(forget), _records(retain)  # validate data before loading a model
+    model, tokenizer = _model_and_tokenizer(model, tokenizer)
+    if not forget:
+        raise LetheError("the forget set is empty")
+    m = method if isinstance(method, Method) else parse_method(method, alpha=alpha, gamma=gamma)
+    config = config or TrainConfig()
+    run = UnlearnRun(method=m.name, params="full", config={**asdict(config), "alpha": m.alpha, "gamma": m.gamma,
+                                                           "seed": seed})
+    task = UnlearnTask(tokenizer, m, forget, retain, seed=seed)
+    device = next(model.parameters()).device
+    tokens_ref = task.cache_reference(model, device)
+    eval_kwargs = eval_kwargs or {}
+
+    def score(epoch, mdl):
+        if not eval_sets:
+            return {}
+        res = evaluate_sets(mdl, tokenizer, eval_sets, **eval_kwargs)
+        aggregate(res, retain_model_tr=retain_model_tr)
+        run.samples = res.samples
+        return {"metrics": res.metrics}
+
+    if eval_sets:
+        run.epochs.append({"epoch": 0, **score(0, model)})
+    run_dir = Path(out_dir) if out_dir else None
+    try:
+        result = train(model, lengths=task.lengths, step_fn=task, config=config, run_dir=run_dir,
+                       on_epoch_end=score, resume=resume, progress=progress, desc=m.name)
+        run.epochs += [h for h in result.history]
+        cost = result.cost
+    except DivergenceError as e:
+        run.status, run.message = "diverged", str(e)
+        run.epochs += list(getattr(e, "history", []))
+        cost = getattr(e, "cost", None)
+    if cost is not None:
+        cost.tokens_forward_only += tokens_ref
+        run.cost = cost.to_dict()
+    if run_dir is not None:
+        if save and run.status == "ok":
+            save_model(model, tokenizer, run_dir / "model")
+        write_json(run_dir / "run.json", run.to_dict())
+    return model, run
+
+
+def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequence[str] | None = None,
+         seed: int = 0, forget_percent: int = 10, resume: bool = True, progress: bool = True) -> dict:
+    """Run the offline fictitious-author benchmark end to end; write results.json and report.md.
+
+    >>> results = lethe.demo(size="smoke", out="runs/smoke")  # doctest: +SKIP
+    """
+    from .scenarios.fictitious import run_demo
+
+    return run_demo(size=size, out=Path(out), methods=methods, seed=seed, forget_percent=forget_percent,
+                    resume=resume, progress=progress)

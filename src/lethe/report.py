@@ -1,0 +1,84 @@
+"""A readable report.md from results.json."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .io import write_text
+
+SUMMARY = ("MU", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "retain/ROUGE", "retain/P")
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float):
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+            return f"{x:.2e}"
+        return f"{x:.3f}"
+    return str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def final_metrics(run: dict) -> dict:
+    return run["epochs"][-1].get("metrics", {}) if run["epochs"] else {}
+
+
+def write_report(results: dict, path: str | Path) -> Path:
+    ref = results.get("reference", {})
+    out = [f"# Lethe report: {results['scenario']}", ""]
+    model, data = results.get("model", {}), results.get("data", {})
+    out.append(f"Model: {model.get('kind', '?')} ({model.get('parameters', 0):,} parameters). "
+               f"Forget set: {data.get('forget', '?')} QA pairs; retain set: {data.get('retain', '?')}. "
+               f"Seed {results.get('seed')}, size `{results.get('size')}`.")
+    out += ["", "## Methods (final epoch)", "",
+            "FQ: KS-test p-value of forget-set truth ratios vs the retain model (higher = closer to a model that "
+            "never saw the forget set). MU: harmonic mean of ROUGE, P, TR on retain, real authors and world facts. "
+            "FE: 1 − mean of forget ROUGE, P and TR (closer-look form; CS and ES are not computed in this run).", ""]
+    header = ["method", "params", "status", "epochs", *SUMMARY, "time (s)", "FLOPs", "trainable %"]
+    rows = []
+    for name in ("target", "retain"):
+        m = ref.get(name, {})
+        rows.append([f"*{name} model*", "–", "reference", 0, *[m.get(k) for k in SUMMARY], None, None, None])
+    for run in results.get("runs", []):
+        m, c = final_metrics(run), run.get("cost", {})
+        rows.append([run["method"], run.get("params", "full"), run.get("status", "ok"),
+                     run["epochs"][-1]["epoch"] if run["epochs"] else 0, *[m.get(k) for k in SUMMARY],
+                     c.get("wall_time_s"), c.get("flops"), c.get("trainable_percent")])
+    out.append(_table(header, rows))
+    for run in results.get("runs", []):
+        if run.get("status") != "ok":
+            out += ["", f"**{run['method']}**: {run.get('message')}"]
+    out += ["", "## Trajectories (per epoch)", ""]
+    for run in results.get("runs", []):
+        out += [f"### {run['method']} ({run.get('params', 'full')})", ""]
+        keys = ("MU", "FE", "FQ", "forget/ROUGE", "forget/P", "retain/ROUGE")
+        rows = [[e["epoch"], e.get("losses", {}).get("forget"), e.get("losses", {}).get("regularizer"),
+                 *[e.get("metrics", {}).get(k) for k in keys]] for e in run["epochs"]]
+        out += [_table(["epoch", "forget loss", "reg. loss", *keys], rows), ""]
+    out += ["## Cost", "", "FLOPs ≈ 6·N per trained token + 2·N per forward-only token (N = model parameters).", ""]
+    crow = []
+    for run in results.get("runs", []):
+        c = run.get("cost", {})
+        crow.append([run["method"], c.get("trainable_percent"), c.get("epochs"), c.get("steps"), c.get("tokens_trained"),
+                     c.get("tokens_forward_only"), c.get("flops"), c.get("wall_time_s"),
+                     (c.get("peak_memory_bytes") or 0) / 2**20])
+    out += [_table(["method", "trainable %", "epochs", "steps", "tokens trained", "tokens fwd-only", "FLOPs",
+                    "time (s)", "peak mem (MiB)"], crow), ""]
+    samples = results.get("reference_samples", {}).get("target", {}).get("forget", [])
+    if samples:
+        out += ["## Sample generations on the forget set (final epoch)", ""]
+        for i, s in enumerate(samples):
+            out += [f"**Q:** {s['question']}  ", f"**truth:** {s['answer']}  ", f"**target model:** {s['generated']}  "]
+            for run in results.get("runs", []):
+                gen = run.get("samples", {}).get("forget", [])
+                if i < len(gen):
+                    out.append(f"**{run['method']}:** {gen[i]['generated']}  ")
+            out.append("")
+    out.append(f"Total wall time: {_fmt(results.get('wall_time_s'))} s.")
+    return write_text(path, "\n".join(out) + "\n")

@@ -1,0 +1,174 @@
+"""Scenario 1 (SPEC §6): fictitious entities, TOFU-style, fully offline.
+
+Protocol: generate authors -> train a tokenizer and a small Llama -> fine-tune a *target*
+model on every author plus general knowledge, and a *retain* model without the forget
+authors -> unlearn the forget authors from the target with each method -> evaluate after
+every epoch (ROUGE, P, TR per set; MU, FE, FQ against the retain model).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+from ..data.records import QARecord
+from ..data.synthetic import AuthorsDataset, generate_authors
+from ..engine.loop import TrainConfig
+from ..evaluation.suite import EvalSet
+
+NAME = "fictitious-authors"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class SizeSettings:
+    model_preset: str
+    vocab_size: int
+    finetune: TrainConfig
+    unlearn: TrainConfig
+    max_new_tokens: int
+    retain_eval: int  # retain items scored (TOFU scores 400 retain_perturbed items, peers 300)
+
+
+SETTINGS = {
+    "smoke": SizeSettings("smoke", 600, TrainConfig(epochs=12, lr=3e-3, batch_size=16, micro_batch_size=16, checkpoint=False),
+                          TrainConfig(epochs=2, lr=1e-3, batch_size=8, micro_batch_size=8, checkpoint=False), 24, 16),
+    "small": SizeSettings("small", 1500, TrainConfig(epochs=40, lr=2e-3, batch_size=16, micro_batch_size=16, checkpoint=False),
+                          TrainConfig(epochs=5, lr=5e-4, batch_size=8, micro_batch_size=8, checkpoint=False), 32, 40),
+    "full": SizeSettings("full", 4000, TrainConfig(epochs=30, lr=1e-3, batch_size=32, micro_batch_size=16, checkpoint=True),
+                         TrainConfig(epochs=5, lr=1e-4, batch_size=32, micro_batch_size=16, checkpoint=True), 48, 300),
+}
+
+
+def eval_sets(data: AuthorsDataset, forget_percent: int, retain_eval: int, seed: int) -> list[EvalSet]:
+    forget = data.forget(forget_percent)
+    retain = data.retain(forget_percent)
+    retain_sample = random.Random(seed).sample(retain, min(retain_eval, len(retain)))
+    return [
+        EvalSet("forget", forget, "qa", forget=True),
+        EvalSet("retain", retain_sample, "qa"),
+        EvalSet("real_authors", data.real_authors, "mc"),
+        EvalSet("world_facts", data.world_facts, "mc"),
+    ]
+
+
+def training_records(data: AuthorsDataset, forget_percent: int) -> tuple[list[QARecord], list[QARecord]]:
+    """(target records, retain-model records): both include the general-knowledge sets."""
+    general = list(data.real_authors) + list(data.world_facts)
+    return list(data.full) + general, list(data.retain(forget_percent)) + general
+
+
+def tokenizer_corpus(data: AuthorsDataset) -> list[str]:
+    from ..data.prompt import DEFAULT_FORMAT
+
+    texts = []
+    for r in list(data.full) + list(data.real_authors) + list(data.world_facts):
+        texts.append(DEFAULT_FORMAT.prompt(r.question))
+        texts += [r.answer, r.paraphrased_answer or "", *r.perturbed_answers, r.paraphrased_question or ""]
+    from ..data.refusals import REFUSALS
+
+    return texts + list(REFUSALS)
+
+
+DEMO_METHODS = ("GA", "GA+GD")
+
+
+def _console(progress: bool):
+    from rich.console import Console
+
+    return Console(quiet=not progress, stderr=True)
+
+
+def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resume: bool, progress: bool):
+    """Data, tokenizer and the two fine-tuned models (target, retain); reused when already on disk."""
+    from .. import api
+    from ..model.build import build_tiny_model, train_tokenizer
+    from ..model.load import load_model, load_tokenizer
+
+    settings = SETTINGS[size]
+    data = generate_authors(size, seed)
+    data.save(out / "data")
+    target_dir, retain_dir = out / "models" / "target", out / "models" / "retain"
+    console = _console(progress)
+    if resume and (target_dir / "lethe_finetune.json").exists() and (retain_dir / "lethe_finetune.json").exists():
+        console.print(f"[dim]reusing fine-tuned models in {out / 'models'}[/dim]")
+        return data, load_tokenizer(target_dir), load_model(target_dir), load_model(retain_dir)
+    tokenizer = train_tokenizer(tokenizer_corpus(data), vocab_size=settings.vocab_size)
+    target_recs, retain_recs = training_records(data, forget_percent)
+    models = {}
+    for name, recs, directory in (("target", target_recs, target_dir), ("retain", retain_recs, retain_dir)):
+        console.print(f"fine-tuning the {name} model on {len(recs)} QA pairs")
+        model = build_tiny_model(tokenizer, settings.model_preset, seed=seed)
+        models[name], _ = api.finetune(model, recs, tokenizer=tokenizer, config=replace(settings.finetune, seed=seed),
+                                       out_dir=directory, progress=progress, desc=f"finetune {name}")
+    return data, tokenizer, models["target"], models["retain"]
+
+
+def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, forget_percent: int,
+             resume: bool, progress: bool) -> dict:
+    from .. import api
+    from ..evaluation.suite import aggregate, evaluate_sets
+    from ..io import write_json
+    from ..model.load import load_model
+    from ..report import write_report
+
+    if size not in SETTINGS:
+        from ..errors import LetheError
+
+        raise LetheError(f"unknown size '{size}': expected one of {', '.join(SETTINGS)}")
+    t0 = time.perf_counter()
+    settings = SETTINGS[size]
+    out = Path(out)
+    console = _console(progress)
+    data, tokenizer, target, retain_model = prepare_models(out, size, seed, forget_percent, resume=resume,
+                                                           progress=progress)
+    sets = eval_sets(data, forget_percent, settings.retain_eval, seed)
+    eval_kwargs = {"max_new_tokens": settings.max_new_tokens}
+    console.print("evaluating the target and retain models")
+    ret = evaluate_sets(retain_model, tokenizer, sets, **eval_kwargs)
+    retain_tr = ret.per_item["forget/TR_values"]
+    aggregate(ret, retain_model_tr=retain_tr)
+    tgt = evaluate_sets(target, tokenizer, sets, **eval_kwargs)
+    aggregate(tgt, retain_model_tr=retain_tr)
+    del target
+
+    runs = []
+    for method in methods or DEMO_METHODS:
+        run_dir = out / "runs" / f"{method.lower().replace('+', '_')}-full"
+        done = run_dir / "run.json"
+        if resume and done.exists():
+            runs.append(json.loads(done.read_text()))
+            console.print(f"[dim]{method}: already done, reusing {done}[/dim]")
+            continue
+        console.print(f"unlearning with {method}")
+        model = load_model(out / "models" / "target")
+        _, run = api.unlearn(model, data.forget(forget_percent), data.retain(forget_percent), method=method,
+                             tokenizer=tokenizer, config=replace(settings.unlearn, seed=seed), seed=seed,
+                             out_dir=run_dir, eval_sets=sets, retain_model_tr=retain_tr, eval_kwargs=eval_kwargs,
+                             save=False, progress=progress)
+        runs.append(run.to_dict())
+    n_params = sum(p.numel() for p in retain_model.parameters())
+    results = {
+        "scenario": NAME,
+        "scenario_version": VERSION,
+        "size": size,
+        "seed": seed,
+        "forget_percent": forget_percent,
+        "model": {"kind": "llama (built here)", "preset": settings.model_preset, "parameters": n_params,
+                  "vocab_size": len(tokenizer), "path": str(out / "models" / "target")},
+        "data": {"forget": len(data.forget(forget_percent)), "retain": len(data.retain(forget_percent)),
+                 "authors": len(data.authors), "real_authors": len(data.real_authors),
+                 "world_facts": len(data.world_facts), "path": str(out / "data")},
+        "settings": {"finetune": asdict(settings.finetune), "unlearn": asdict(settings.unlearn),
+                     "max_new_tokens": settings.max_new_tokens, "retain_eval": settings.retain_eval},
+        "runs": runs,
+        "reference": {"target": tgt.metrics, "retain": ret.metrics},
+        "reference_samples": {"target": tgt.samples, "retain": ret.samples},
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    write_json(out / "results.json", results)
+    write_report(results, out / "report.md")
+    return results

@@ -1,0 +1,93 @@
+import pytest
+import torch
+
+from lethe.data.records import QARecord
+from lethe.engine.loop import StepOutput, TrainConfig, train
+from lethe.engine.schedule import lr_factor
+from lethe.engine.tasks import FinetuneTask
+from lethe.model.build import build_tiny_model
+
+
+def test_schedule_warms_up_then_decays_linearly():
+    f = [lr_factor(s, 4, 12) for s in range(12)]
+    assert f[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert f[4] == pytest.approx(1.0) and f[11] == pytest.approx(1 / 8)
+    assert all(a >= b for a, b in zip(f[3:], f[4:]))
+    assert lr_factor(0, 0, 10) == 1.0
+
+
+def test_finetuning_lowers_the_loss(tokenizer, tiny_model, smoke_data):
+    task = FinetuneTask(tokenizer, smoke_data.full)
+    cfg = TrainConfig(epochs=6, lr=3e-3, batch_size=8, micro_batch_size=8, checkpoint=False)
+    result = train(tiny_model, lengths=task.lengths, step_fn=task, config=cfg, progress=False)
+    losses = [h["losses"]["loss"] for h in result.history]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert result.cost.tokens_trained > 0 and result.cost.steps == 6 * 5
+
+
+class Killer:
+    """Wraps a task; raises KeyboardInterrupt on its n-th call (a kill mid-epoch)."""
+
+    def __init__(self, task, n):
+        self.task, self.n, self.calls = task, n, 0
+        self.lengths = task.lengths
+
+    def __call__(self, *a):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.task(*a)
+
+
+def test_killed_then_resumed_run_matches_uninterrupted(tmp_path, tokenizer, smoke_data):
+    task = FinetuneTask(tokenizer, smoke_data.full)
+    cfg = TrainConfig(epochs=3, lr=3e-3, batch_size=16, micro_batch_size=8)
+    ref = build_tiny_model(tokenizer, "test", seed=1)
+    train(ref, lengths=task.lengths, step_fn=task, config=cfg, run_dir=tmp_path / "a", progress=False)
+
+    killed = build_tiny_model(tokenizer, "test", seed=1)
+    with pytest.raises(KeyboardInterrupt):  # 5 micro-batches per epoch: call 8 is inside epoch 2
+        train(killed, lengths=task.lengths, step_fn=Killer(task, 8), config=cfg, run_dir=tmp_path / "b", progress=False)
+    resumed = build_tiny_model(tokenizer, "test", seed=99)  # a fresh process would start from other weights
+    result = train(resumed, lengths=task.lengths, step_fn=task, config=cfg, run_dir=tmp_path / "b", resume=True,
+                   progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    for (name, a), (_, b) in zip(ref.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
+    steps = (tmp_path / "b" / "steps.jsonl").read_text().splitlines()
+    assert len(steps) == len((tmp_path / "a" / "steps.jsonl").read_text().splitlines())
+
+
+def test_accumulation_1x8_equals_4x2(tokenizer, monkeypatch):
+    # Equal-length examples: token-mean per micro-batch then group mean equals the full-batch mean.
+    recs = [QARecord(question=f"Where was author {i} born?", answer=f"In city {i}.") for i in range(8)]
+    task = FinetuneTask(tokenizer, recs)
+    assert len(set(task.lengths)) == 1
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def recording_step(self, *a, **k):
+        seen.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    for micro in (8, 2):
+        m = build_tiny_model(tokenizer, "test", seed=3)
+        cfg = TrainConfig(epochs=1, lr=1e-2, batch_size=8, micro_batch_size=micro, max_grad_norm=0, checkpoint=False)
+        train(m, lengths=task.lengths, step_fn=task, config=cfg, progress=False)
+    assert len(seen) == 2  # one optimizer step each: 1 x 8 and 4 micro-batches x 2
+    for a, b in zip(*seen):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-5)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, tiny_model):
+    from lethe.errors import DivergenceError
+
+    def step(model, idx, device):
+        p = next(model.parameters())
+        return StepOutput((p.sum() * 0) + float("inf"))
+
+    with pytest.raises(DivergenceError, match="loss became inf at epoch 1"):
+        train(tiny_model, lengths=[3] * 4, step_fn=step, config=TrainConfig(epochs=1, micro_batch_size=2),
+              run_dir=tmp_path, progress=False)
+    assert "diverged" in (tmp_path / "steps.jsonl").read_text()

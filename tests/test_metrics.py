@@ -1,0 +1,63 @@
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import ks_2samp
+
+from lethe.evaluation import metrics as M
+from lethe.evaluation.suite import EvalResult, aggregate
+
+
+def test_rouge_l_recall_by_hand():
+    # reference "the cat sat on the mat" (6 tokens); LCS with "the cat lay on a mat" = the cat on mat = 4
+    assert M.rouge_l_recall(["the cat lay on a mat"], ["the cat sat on the mat"]) == [pytest.approx(4 / 6)]
+    # stemming: "running" and "runs" both stem to "run"
+    assert M.rouge_l_recall(["she runs"], ["she running"]) == [pytest.approx(1.0)]
+    assert M.rouge_l_recall(["nothing alike"], ["totally different"]) == [0.0]
+
+
+def test_probability_forms():
+    assert M.probability([0.0, math.log(2)]) == [pytest.approx(1.0), pytest.approx(0.5)]
+    # p(true)=0.5, perturbed 0.25 and 0.25 -> 0.5
+    out = M.probability_mc([math.log(2)], [[math.log(4), math.log(4)]])
+    assert out == [pytest.approx(0.5)]
+
+
+def test_truth_ratio_by_hand():
+    base = [1.0, 2.0]
+    perts = [[2.0, 4.0], [1.0, 1.0]]
+    s = M.truth_ratio_values(base, perts)
+    assert s == [pytest.approx(math.exp(2.0)), pytest.approx(math.exp(-1.0))]
+    # forget: mean min(s, 1/s) = mean(e^-2, e^-1)
+    assert M.truth_ratio_forget(s) == pytest.approx((math.exp(-2) + math.exp(-1)) / 2)
+    assert M.truth_ratio_forget_closer_look(s) == pytest.approx(1 - (math.exp(-2) + math.exp(-1)) / 2)
+    # others: mean max(0, 1 - 1/s) = mean(1 - e^-2, 0)
+    assert M.truth_ratio_other(s) == pytest.approx((1 - math.exp(-2)) / 2)
+    r = M.truth_ratio_arithmetic(base, perts)
+    assert r[0] == pytest.approx(((math.exp(-2) + math.exp(-4)) / 2) / math.exp(-1))
+    assert M.truth_ratio_arith_other([0.25, 2.0]) == pytest.approx((0.75 + 0.0) / 2)
+
+
+def test_forget_quality_is_ks_pvalue():
+    rng = np.random.default_rng(0)
+    a, b = rng.lognormal(0, 1, 40), rng.lognormal(1, 1, 37)
+    assert M.forget_quality(a, b) == pytest.approx(ks_2samp(a, b).pvalue)
+    assert M.forget_quality(a, a) == pytest.approx(1.0)
+
+
+def test_harmonic_mean_and_mu9():
+    assert M.harmonic_mean([1, 0.5]) == pytest.approx(2 / 3)
+    assert M.harmonic_mean([0.3, 0.0]) == 0.0
+    res = EvalResult(metrics={})
+    values = {}
+    for i, s in enumerate(("retain", "real_authors", "world_facts")):
+        for j, k in enumerate(("ROUGE", "P", "TR")):
+            values[f"{s}/{k}"] = 0.1 * (i * 3 + j + 1)
+    res.metrics.update(values)
+    res.metrics.update({"forget/ROUGE": 0.9, "forget/P": 0.6, "forget/TR_closer": 0.3})
+    res.per_item["forget/TR_values"] = [1.0, 2.0, 3.0]
+    aggregate(res, retain_model_tr=[1.0, 2.0, 3.0])
+    expected = 9 / sum(1 / v for v in values.values())
+    assert res.metrics["MU"] == pytest.approx(expected)
+    assert res.metrics["FE"] == pytest.approx(1 - (0.9 + 0.6 + 0.3) / 3)
+    assert res.metrics["FQ"] == pytest.approx(1.0)
