@@ -108,11 +108,12 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
 
     >>> model, run = lethe.unlearn("models/target", "forget10.jsonl", "retain90.jsonl", method="GA+GD")  # doctest: +SKIP
     """
-    forget, retain = _records(forget), _records(retain)  # validate data before loading a model
-    model, tokenizer = _model_and_tokenizer(model, tokenizer)
+    # Validate data and method before loading a model: user errors surface in seconds.
+    forget, retain = _records(forget), _records(retain)
     if not forget:
         raise LetheError("the forget set is empty")
     m = method if isinstance(method, Method) else parse_method(method, alpha=alpha, gamma=gamma)
+    model, tokenizer = _model_and_tokenizer(model, tokenizer)
     config = config or TrainConfig()
     run = UnlearnRun(method=m.name, params="full", config={**asdict(config), "alpha": m.alpha, "gamma": m.gamma,
                                                            "seed": seed})

@@ -40,7 +40,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         key = self.normalize(name)
         if key not in self._items:
-            close = difflib.get_close_matches(key, list(self._items), n=3)
+            close = difflib.get_close_matches(key, list(self._items), n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise LetheError(
                 f"unknown {self.kind} '{name}'.{hint} Available: {', '.join(sorted(self._items))}"

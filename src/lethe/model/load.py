@@ -13,6 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import ModelError
 
+try:  # Lethe shows its own progress; HF's per-file bars would interleave with it.
+    from transformers.utils import logging as _hf_logging
+
+    _hf_logging.disable_progress_bar()
+except ImportError:  # pragma: no cover
+    pass
+
 
 def _resolve(name_or_path: str | os.PathLike) -> str:
     path = Path(name_or_path)

