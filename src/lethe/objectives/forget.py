@@ -1,13 +1,138 @@
-"""Forget losses (SPEC §1): what to do on the forget set. Lower is better for the optimiser."""
+"""Forget losses (SPEC §1): what to do on the forget set. Each is minimised.
+
+Shapes: logits [B,T,V], labels [B,T] (IGNORE on prompt and padding), *_logp [B].
+Sequence log-probs are sums over answer tokens; token losses are means over counted tokens.
+"""
 from __future__ import annotations
 
-import torch
+import math
 
+import torch
+import torch.nn.functional as F
+
+from ..errors import LetheError
 from .registry import FORGET_LOSSES
-from .tokens import mean_nll
+from .tokens import map_positions, upcast, masked_mean, mean_nll, sequence_logprob, shift, token_logprobs
 
 
 @FORGET_LOSSES.register("ga")
 def ga(forget_logits, forget_labels):
     """Gradient ascent: minus the token-mean cross-entropy of the forget answer (unbounded below)."""
     return -mean_nll(forget_logits, forget_labels)
+
+
+def npo_loss(seq_logp, ref_seq_logp, beta: float):
+    return -(2.0 / beta) * F.logsigmoid(-beta * (seq_logp - ref_seq_logp)).mean()
+
+
+@FORGET_LOSSES.register("npo")
+def npo(forget_logits, forget_labels, ref_forget_logp, *, beta: float = 0.1):
+    """NPO (Zhang et al. 2024): -(2/β) log σ(-β (log p(y|x) - log p_ref(y|x))), sequence log-probs."""
+    seq_logp, _ = sequence_logprob(forget_logits, forget_labels)
+    return npo_loss(seq_logp, ref_forget_logp, beta)
+
+
+@FORGET_LOSSES.register("idk")
+def idk(idk_logits, idk_labels):
+    """IDK fine-tuning (TOFU): cross-entropy of a refusal answer to the forget question."""
+    return mean_nll(idk_logits, idk_labels)
+
+
+def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float):
+    margin = (logp_chosen - logp_rejected) - (ref_chosen - ref_rejected)
+    return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
+
+
+@FORGET_LOSSES.register("dpo")
+def dpo(forget_logits, forget_labels, idk_logits, idk_labels, ref_forget_logp, ref_idk_logp, *, beta: float = 0.1):
+    """DPO as unlearning: the refusal is preferred to the true answer, relative to the reference."""
+    logp_y, _ = sequence_logprob(forget_logits, forget_labels)
+    logp_idk, _ = sequence_logprob(idk_logits, idk_labels)
+    return dpo_loss(logp_idk, logp_y, ref_idk_logp, ref_forget_logp, beta)
+
+
+def _ihl_rows(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # 1 + p(y) - max_{v != y} p(v), from logits: topk(2) keeps only indices for backward.
+    rows = upcast(rows)
+    lse = torch.logsumexp(rows, dim=-1)
+    z_true = rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    top = rows.topk(2, dim=-1)
+    z_alt = torch.where(top.indices[:, 0] == targets, top.values[:, 1], top.values[:, 0])
+    return 1.0 + torch.exp(z_true - lse) - torch.exp(z_alt - lse)
+
+
+@FORGET_LOSSES.register("ihl")
+def ihl(forget_logits, forget_labels):
+    """Inverted Hinge Loss (IHL seed, Sec. 2.2): per answer token 1 + p(y_t) - max_{v≠y_t} p(v).
+
+    Always ≥ 0 (so the hinge never clips); it lowers the true token and raises only the runner-up.
+    """
+    logits, targets, mask = shift(forget_logits, forget_labels)
+    return masked_mean(map_positions(_ihl_rows, [logits, targets]), mask)
+
+
+def _kl_to_uniform_rows(rows: torch.Tensor) -> torch.Tensor:
+    # KL(P || U) = log V - H(P)
+    logp = torch.log_softmax(upcast(rows), dim=-1)
+    return math.log(rows.shape[-1]) + (logp.exp() * logp).sum(-1)
+
+
+def _kl_from_uniform_rows(rows: torch.Tensor) -> torch.Tensor:
+    # KL(U || P) = logsumexp(z) - mean_v z_v - log V
+    rows = upcast(rows)
+    return torch.logsumexp(rows, dim=-1) - rows.mean(-1) - math.log(rows.shape[-1])
+
+
+ME_DIRECTIONS = {"model-to-uniform": _kl_to_uniform_rows, "uniform-to-model": _kl_from_uniform_rows}
+
+
+@FORGET_LOSSES.register("me")
+def me(forget_logits, forget_labels, forget_input_mask, *, direction: str = "model-to-uniform",
+       mask_question: bool = False):
+    """Maximizing Entropy (closer-look Eq. 6): mean over positions of KL(P_t || uniform).
+
+    Counts question and answer positions (not padding) by default; ``mask_question=True`` keeps
+    answer positions only (the paper's App. E.5 ablation). ``direction="uniform-to-model"`` is
+    KL(uniform || P_t), what the released code computes.
+    """
+    if direction not in ME_DIRECTIONS:
+        raise LetheError(f"me: direction must be one of {sorted(ME_DIRECTIONS)}, got '{direction}'")
+    logits, _, answer_mask = shift(forget_logits, forget_labels)
+    # position t predicts token t+1: it counts when token t+1 is a real token
+    mask = answer_mask if mask_question else forget_input_mask[:, 1:].to(torch.float32)
+    return masked_mean(map_positions(ME_DIRECTIONS[direction], [logits]), mask)
+
+
+# FLAT (FLAT seed, Table 2): optimal variational function g* and conjugate f* per f-divergence.
+FLAT_DIVERGENCES = {
+    "tv": (lambda v: 0.5 * torch.tanh(v), lambda u: u),
+    "js": (lambda v: math.log(2.0) - F.softplus(-v), lambda u: -torch.log(2.0 - torch.exp(u))),
+    "kl": (lambda v: v, lambda u: torch.exp(u - 1.0)),
+    "pearson": (lambda v: v, lambda u: 0.25 * u * u + u),
+}
+
+
+def mean_token_probability(logits, labels):
+    """h per sequence: mean over the response's own tokens of p(y_t) ([B]; 0 for an empty response)."""
+    tok_logp, mask = token_logprobs(logits, labels)
+    return (tok_logp.exp() * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def flat_loss(h_template, h_forget, divergence: str):
+    g, f_conj = FLAT_DIVERGENCES[divergence]
+    return (-g(h_template) + f_conj(g(h_forget))).mean()
+
+
+def _register_flat(div: str):
+    def flat(forget_logits, forget_labels, idk_logits, idk_labels):
+        h_forget = mean_token_probability(forget_logits, forget_labels)
+        h_template = mean_token_probability(idk_logits, idk_labels)
+        return flat_loss(h_template, h_forget, div)
+
+    flat.__doc__ = (f"FLAT ({div.upper()}): -g*(h_e) + f*(g*(h_f)), h = mean token probability of the refusal "
+                    "template (e) and of the forget answer (f); no retain data, no reference model.")
+    FORGET_LOSSES.register(f"flat-{div}")(flat)
+
+
+for _div in FLAT_DIVERGENCES:
+    _register_flat(_div)

@@ -11,12 +11,15 @@ from ..registry import Registry
 INPUTS = {
     "forget_logits": "logits [B,T,V] of the model on forget question + true answer",
     "forget_labels": "labels [B,T] for the forget answer (IGNORE on prompt/padding)",
+    "forget_input_mask": "[B,T] 1 on real tokens (question and answer), 0 on padding",
     "idk_logits": "logits [B,T,V] on forget question + refusal answer",
     "idk_labels": "labels [B,T] for the refusal answer",
     "ref_forget_logp": "[B] starting model's summed log-prob of the forget answer (cached once)",
     "ref_idk_logp": "[B] starting model's summed log-prob of the refusal answer (cached once)",
     "retain_logits": "logits [B,T,V] on a retain question + answer",
     "retain_labels": "labels [B,T] for the retain answer",
+    "retain_idk_logits": "logits [B,T,V] on a retain question + refusal answer (AP)",
+    "retain_idk_labels": "labels [B,T] for that refusal answer",
     "ref_retain_logits": "logits [B,T,V] of the reference model on the retain batch (no grad)",
 }
 

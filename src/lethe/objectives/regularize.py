@@ -1,11 +1,43 @@
-"""Regularizers (SPEC §2): what to do on the retain set."""
+"""Regularizers (SPEC §2): what to do on the retain set. Each is minimised."""
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 from .registry import REGULARIZERS
-from .tokens import mean_nll
+from .tokens import map_positions, upcast, masked_mean, mean_nll, sequence_logprob, shift
 
 
 @REGULARIZERS.register("gd")
 def gd(retain_logits, retain_labels):
     """Gradient descent: token-mean cross-entropy of the retain answer (question masked)."""
     return mean_nll(retain_logits, retain_labels)
+
+
+def _kl_rows(rows: torch.Tensor, ref_rows: torch.Tensor) -> torch.Tensor:
+    logp = torch.log_softmax(upcast(rows), dim=-1)
+    logq = torch.log_softmax(upcast(ref_rows), dim=-1)
+    return (logq.exp() * (logq - logp)).sum(-1)
+
+
+@REGULARIZERS.register("kl")
+def kl(retain_logits, retain_labels, ref_retain_logits):
+    """KL(p_ref || p_θ) per retain answer position, averaged over answer positions only."""
+    logits, _, mask = shift(retain_logits, retain_labels)
+    ref = ref_retain_logits[:, :-1].detach()
+    return masked_mean(map_positions(_kl_rows, [logits, ref]), mask)
+
+
+def ap_loss(logp_idk, logp_answer, beta: float):
+    return -(1.0 / beta) * F.logsigmoid(-beta * (logp_idk - logp_answer)).mean()
+
+
+@REGULARIZERS.register("ap")
+def ap(retain_logits, retain_labels, retain_idk_logits, retain_idk_labels, *, beta: float = 0.1):
+    """Answer Preservation (closer-look Eq. 8): -(1/β) log σ(-β (log p(y_idk|x) - log p(y|x))) on retain x.
+
+    No reference model: it keeps the true answer above the refusal on retain questions.
+    """
+    logp_y, _ = sequence_logprob(retain_logits, retain_labels)
+    logp_idk, _ = sequence_logprob(retain_idk_logits, retain_idk_labels)
+    return ap_loss(logp_idk, logp_y, beta)

@@ -7,6 +7,7 @@ tokens so no extra full ``[tokens, V]`` float32 tensor is built beyond the logit
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from ..data.prompt import IGNORE
 
@@ -21,10 +22,37 @@ def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return logits, targets.masked_fill(~mask, 0), mask.to(torch.float32)
 
 
-def _chunked_rows(x: torch.Tensor, chunk: int):
-    flat = x.reshape(-1, x.shape[-1])
-    for start in range(0, flat.shape[0], chunk):
-        yield flat[start : start + chunk]
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision to float32 for vocabulary reductions; float32/float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def map_positions(fn, tensors, *, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Apply ``fn(*rows) -> [n]`` to every position of same-shaped ``[B,T,...]`` tensors, in chunks.
+
+    When gradients are on, each chunk runs under activation checkpointing: only views of the
+    inputs are kept for backward and the chunk is recomputed there, so the softmax-sized
+    intermediates of one chunk are alive at a time instead of a full ``[B*T, V]`` copy.
+    Returns ``[B,T]`` float32.
+    """
+    B, T = tensors[0].shape[:2]
+    flat = [t.reshape(B * T, *t.shape[2:]) for t in tensors]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in flat)
+    parts = []
+    for start in range(0, B * T, chunk):
+        rows = [t[start : start + chunk] for t in flat]
+        if grad:
+            parts.append(checkpoint(fn, *rows, use_reentrant=False))
+        else:
+            parts.append(fn(*rows))
+    if not parts:
+        return tensors[0].new_zeros(B, T, dtype=torch.float32)
+    return upcast(torch.cat(parts).reshape(B, T))
+
+
+def _target_logp(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    rows = upcast(rows)
+    return rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(rows, dim=-1)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, chunk: int = DEFAULT_CHUNK):
@@ -33,15 +61,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, chunk: int = D
     Returns (tok_logp [B,T-1] float32, zero where masked; mask [B,T-1] float32).
     """
     logits, targets, mask = shift(logits, labels)
-    B, T, V = logits.shape
-    flat_t = targets.reshape(-1)
-    parts = []
-    for i, rows in enumerate(_chunked_rows(logits, chunk)):
-        t = flat_t[i * chunk : i * chunk + rows.shape[0]]
-        picked = rows.gather(-1, t.unsqueeze(-1)).squeeze(-1).float()
-        parts.append(picked - torch.logsumexp(rows.float(), dim=-1))
-    tok_logp = torch.cat(parts).reshape(B, T) if parts else logits.new_zeros(B, T, dtype=torch.float32)
-    return tok_logp * mask, mask
+    return map_positions(_target_logp, [logits, targets], chunk=chunk) * mask, mask
 
 
 def sequence_logprob(logits: torch.Tensor, labels: torch.Tensor, *, chunk: int = DEFAULT_CHUNK):
@@ -56,15 +76,6 @@ def mean_nll(logits: torch.Tensor, labels: torch.Tensor, *, chunk: int = DEFAULT
     return -tok_logp.sum() / mask.sum().clamp(min=1.0)
 
 
-def per_position_stats(logits: torch.Tensor, labels: torch.Tensor, stat, *, chunk: int = DEFAULT_CHUNK):
-    """Apply ``stat(rows [n,V] fp32-able, targets [n]) -> [n]`` to every shifted position in chunks.
-
-    Returns (values [B,T-1], mask [B,T-1]); values at masked positions are zeroed.
-    """
-    logits, targets, mask = shift(logits, labels)
-    B, T, V = logits.shape
-    flat_t = targets.reshape(-1)
-    parts = [stat(rows, flat_t[i * chunk : i * chunk + rows.shape[0]])
-             for i, rows in enumerate(_chunked_rows(logits, chunk))]
-    values = torch.cat(parts).reshape(B, T) if parts else logits.new_zeros(B, T, dtype=torch.float32)
-    return values * mask, mask
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over positions where ``mask`` is 1 (0 if none)."""
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
