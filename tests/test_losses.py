@@ -219,7 +219,10 @@ def test_flat_matches_the_conjugate_table():
         torch.testing.assert_close(f(g(v)), f_conj(g_expected), atol=1e-12, rtol=0)
 
 
-def test_gradcheck_float64():
+def test_gradcheck_float64(monkeypatch):
+    from lethe.objectives import tokens
+
+    monkeypatch.setattr(tokens, "INPLACE_BACKWARD", False)  # gradcheck backpropagates one graph many times
     f, fl, fm = make(7)
     i, il, _ = make(8)
     il[:, :2] = fl[:, :2]
@@ -230,6 +233,15 @@ def test_gradcheck_float64():
                      ("flat-js", lambda z: FORGET_LOSSES.get("flat-js").fn(z, fl, i, il)),
                      ("kl", lambda z: REGULARIZERS.get("kl").fn(z, fl, i))]:
         assert torch.autograd.gradcheck(fn, (f.clone().requires_grad_(True),), eps=1e-6, atol=1e-5), name
+
+
+def test_graph_reuse_is_refused_with_a_clear_message():
+    f, fl, _ = make(0)
+    z = f.clone().requires_grad_(True)
+    loss = FORGET_LOSSES.get("ihl").fn(z, fl)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="already backpropagated"):
+        loss.backward()
 
 
 @pytest.mark.parametrize("name", FORGET_LOSSES.names() + [f"reg:{n}" for n in REGULARIZERS.names()])

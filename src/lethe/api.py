@@ -118,6 +118,10 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
     run = UnlearnRun(method=m.name, params="full", config={**asdict(config), "alpha": m.alpha, "gamma": m.gamma,
                                                            "seed": seed})
     task = UnlearnTask(tokenizer, m, forget, retain, seed=seed)
+    if "ref_retain_logits" in m.needs:
+        from .model.reference import FrozenCopy
+
+        task.reference = FrozenCopy(model)
     device = next(model.parameters()).device
     tokens_ref = task.cache_reference(model, device)
     eval_kwargs = eval_kwargs or {}
@@ -145,6 +149,8 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
     if cost is not None:
         cost.tokens_forward_only += tokens_ref
         run.cost = cost.to_dict()
+        run.cost["reference_model_bytes"] = getattr(task.reference, "nbytes", 0)
+    task.reference = None  # the unlearned model never carries the starting weights along
     if run_dir is not None:
         if save and run.status == "ok":
             save_model(model, tokenizer, run_dir / "model")

@@ -50,17 +50,21 @@ class UnlearnTask:
         self.forget = [encode_qa(tokenizer, r.question, r.answer, max_length=max_length) for r in forget]
         self.lengths = [len(e["input_ids"]) for e in self.forget]
         self.retain = [encode_qa(tokenizer, r.question, r.answer, max_length=max_length) for r in retain]
-        if self.needs & {"retain_logits", "retain_labels", "ref_retain_logits"} and not self.retain:
+        if self.needs & {"retain_logits", "retain_labels", "ref_retain_logits", "retain_idk_logits"} and not self.retain:
             from ..errors import LetheError
 
             raise LetheError(f"method {method.name} needs retain data: pass a retain set")
         self.pairs = pair_retain(len(self.forget), len(self.retain), seed)
-        self.idk = None
-        if self.needs & {"idk_logits", "idk_labels", "ref_idk_logp"}:
-            from ..data.refusals import refusal_for
+        from ..data.refusals import refusal_for
 
+        self.idk = self.retain_idk = None
+        if self.needs & {"idk_logits", "idk_labels", "ref_idk_logp"}:
             self.idk = [encode_qa(tokenizer, r.question, refusal_for(i, seed, refusals), max_length=max_length)
                         for i, r in enumerate(forget)]
+        if self.needs & {"retain_idk_logits", "retain_idk_labels"}:
+            # AP: the same retain question answered with a refusal (fixed per retain index).
+            self.retain_idk = [encode_qa(tokenizer, r.question, refusal_for(-1 - i, seed, refusals),
+                                         max_length=max_length) for i, r in enumerate(retain)]
         self.reference = reference  # callable(model_inputs) -> logits, for KL; set by the caller
         self.cache: dict[str, torch.Tensor] = {}
 
@@ -83,9 +87,10 @@ class UnlearnTask:
     def __call__(self, model, idx, device) -> StepOutput:
         inputs: dict[str, torch.Tensor] = {}
         trained = forward_only = 0
-        if self.needs & {"forget_logits", "forget_labels"}:
+        if self.needs & {"forget_logits", "forget_labels", "forget_input_mask"}:
             b = pad_batch([self.forget[i] for i in idx], self.pad)
             inputs["forget_logits"], inputs["forget_labels"] = _forward(model, b, device), b["labels"].to(device)
+            inputs["forget_input_mask"] = b["attention_mask"].to(device)
             trained += int(b["attention_mask"].sum())
         if self.needs & {"idk_logits", "idk_labels"}:
             b = pad_batch([self.idk[i] for i in idx], self.pad)
@@ -102,5 +107,9 @@ class UnlearnTask:
                 with torch.no_grad():
                     inputs["ref_retain_logits"] = self.reference(b, device)
                 forward_only += int(b["attention_mask"].sum())
+        if self.needs & {"retain_idk_logits", "retain_idk_labels"}:
+            b = pad_batch([self.retain_idk[self.pairs[i]] for i in idx], self.pad)
+            inputs["retain_idk_logits"], inputs["retain_idk_labels"] = _forward(model, b, device), b["labels"].to(device)
+            trained += int(b["attention_mask"].sum())
         loss, parts = self.method.loss(inputs)
         return StepOutput(loss, parts, tokens_trained=trained, tokens_forward_only=forward_only)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import LetheError
 from .registry import FORGET_LOSSES
-from .tokens import map_positions, upcast, masked_mean, mean_nll, sequence_logprob, shift, token_logprobs
+from .tokens import RowOp, align_mask, align_targets, map_positions, masked_mean, mean_nll, sequence_logprob, token_logprobs, upcast
 
 
 @FORGET_LOSSES.register("ga")
@@ -51,14 +51,33 @@ def dpo(forget_logits, forget_labels, idk_logits, idk_labels, ref_forget_logp, r
     return dpo_loss(logp_idk, logp_y, ref_idk_logp, ref_forget_logp, beta)
 
 
-def _ihl_rows(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # 1 + p(y) - max_{v != y} p(v), from logits: topk(2) keeps only indices for backward.
+def _ihl_parts(rows, targets):
     rows = upcast(rows)
     lse = torch.logsumexp(rows, dim=-1)
-    z_true = rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     top = rows.topk(2, dim=-1)
-    z_alt = torch.where(top.indices[:, 0] == targets, top.values[:, 1], top.values[:, 0])
-    return 1.0 + torch.exp(z_true - lse) - torch.exp(z_alt - lse)
+    runner_up = torch.where(top.indices[:, 0] == targets, top.indices[:, 1], top.indices[:, 0])
+    p_true = torch.exp(rows.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse)
+    p_alt = torch.exp(rows.gather(-1, runner_up.unsqueeze(-1)).squeeze(-1) - lse)
+    return rows, lse, runner_up, p_true, p_alt
+
+
+def _ihl_value(rows, targets):
+    # 1 + p(y) - max_{v != y} p(v)
+    _, _, _, p_true, p_alt = _ihl_parts(rows, targets)
+    return 1.0 + p_true - p_alt
+
+
+def _ihl_value_and_grad(rows, targets, *, out):
+    # IHL seed App. D: dL/dz_v = p_v (p_v* - p_y) + p_y [v = y] - p_v* [v = v*]
+    rows, lse, runner_up, p_true, p_alt = _ihl_parts(rows, targets)
+    g = torch.exp(rows - lse.unsqueeze(-1)).mul_((p_alt - p_true).unsqueeze(-1))
+    g.scatter_add_(-1, targets.unsqueeze(-1), p_true.unsqueeze(-1))
+    g.scatter_add_(-1, runner_up.unsqueeze(-1), -p_alt.unsqueeze(-1))
+    out.copy_(g)
+    return 1.0 + p_true - p_alt
+
+
+_ihl_rows = RowOp(_ihl_value, _ihl_value_and_grad)
 
 
 @FORGET_LOSSES.register("ihl")
@@ -67,20 +86,41 @@ def ihl(forget_logits, forget_labels):
 
     Always ≥ 0 (so the hinge never clips); it lowers the true token and raises only the runner-up.
     """
-    logits, targets, mask = shift(forget_logits, forget_labels)
-    return masked_mean(map_positions(_ihl_rows, [logits, targets]), mask)
+    targets, mask = align_targets(forget_labels)
+    return masked_mean(map_positions(_ihl_rows, [forget_logits, targets]), mask)
 
 
-def _kl_to_uniform_rows(rows: torch.Tensor) -> torch.Tensor:
+def _to_uniform_value(rows):
     # KL(P || U) = log V - H(P)
     logp = torch.log_softmax(upcast(rows), dim=-1)
     return math.log(rows.shape[-1]) + (logp.exp() * logp).sum(-1)
 
 
-def _kl_from_uniform_rows(rows: torch.Tensor) -> torch.Tensor:
+def _to_uniform_value_and_grad(rows, *, out):
+    # d/dz sum_v p_v log p_v = p (log p - sum_v p_v log p_v)
+    logp = torch.log_softmax(upcast(rows), dim=-1)
+    p = logp.exp()
+    neg_entropy = (p * logp).sum(-1, keepdim=True)
+    out.copy_(p.mul_(logp.sub_(neg_entropy)))
+    return math.log(rows.shape[-1]) + neg_entropy.squeeze(-1)
+
+
+def _from_uniform_value(rows):
     # KL(U || P) = logsumexp(z) - mean_v z_v - log V
     rows = upcast(rows)
     return torch.logsumexp(rows, dim=-1) - rows.mean(-1) - math.log(rows.shape[-1])
+
+
+def _from_uniform_value_and_grad(rows, *, out):
+    # gradient p - 1/V
+    rows = upcast(rows)
+    lse = torch.logsumexp(rows, dim=-1, keepdim=True)
+    out.copy_(torch.exp(rows - lse).sub_(1.0 / rows.shape[-1]))
+    return lse.squeeze(-1) - rows.mean(-1) - math.log(rows.shape[-1])
+
+
+_kl_to_uniform_rows = RowOp(_to_uniform_value, _to_uniform_value_and_grad)
+_kl_from_uniform_rows = RowOp(_from_uniform_value, _from_uniform_value_and_grad)
 
 
 ME_DIRECTIONS = {"model-to-uniform": _kl_to_uniform_rows, "uniform-to-model": _kl_from_uniform_rows}
@@ -97,10 +137,9 @@ def me(forget_logits, forget_labels, forget_input_mask, *, direction: str = "mod
     """
     if direction not in ME_DIRECTIONS:
         raise LetheError(f"me: direction must be one of {sorted(ME_DIRECTIONS)}, got '{direction}'")
-    logits, _, answer_mask = shift(forget_logits, forget_labels)
-    # position t predicts token t+1: it counts when token t+1 is a real token
-    mask = answer_mask if mask_question else forget_input_mask[:, 1:].to(torch.float32)
-    return masked_mean(map_positions(ME_DIRECTIONS[direction], [logits]), mask)
+    # position t predicts token t+1: it counts when token t+1 is a real (or, with mask_question, answer) token
+    mask = align_targets(forget_labels)[1] if mask_question else align_mask(forget_input_mask)
+    return masked_mean(map_positions(ME_DIRECTIONS[direction], [forget_logits]), mask)
 
 
 # FLAT (FLAT seed, Table 2): optimal variational function g* and conjugate f* per f-divergence.

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from .registry import REGULARIZERS
-from .tokens import map_positions, upcast, masked_mean, mean_nll, sequence_logprob, shift
+from .tokens import RowOp, align_targets, map_positions, masked_mean, mean_nll, sequence_logprob, upcast
 
 
 @REGULARIZERS.register("gd")
@@ -14,18 +14,30 @@ def gd(retain_logits, retain_labels):
     return mean_nll(retain_logits, retain_labels)
 
 
-def _kl_rows(rows: torch.Tensor, ref_rows: torch.Tensor) -> torch.Tensor:
+def _kl_value(rows, ref_rows):
     logp = torch.log_softmax(upcast(rows), dim=-1)
     logq = torch.log_softmax(upcast(ref_rows), dim=-1)
     return (logq.exp() * (logq - logp)).sum(-1)
 
 
+def _kl_value_and_grad(rows, ref_rows, *, out):
+    # d/dz KL(q || softmax z) = softmax(z) - q
+    logp = torch.log_softmax(upcast(rows), dim=-1)
+    logq = torch.log_softmax(upcast(ref_rows), dim=-1)
+    q = logq.exp()
+    value = (q * (logq - logp)).sum(-1)
+    out.copy_(logp.exp_().sub_(q))
+    return value
+
+
+_kl_rows = RowOp(_kl_value, _kl_value_and_grad)
+
+
 @REGULARIZERS.register("kl")
 def kl(retain_logits, retain_labels, ref_retain_logits):
     """KL(p_ref || p_θ) per retain answer position, averaged over answer positions only."""
-    logits, _, mask = shift(retain_logits, retain_labels)
-    ref = ref_retain_logits[:, :-1].detach()
-    return masked_mean(map_positions(_kl_rows, [logits, ref]), mask)
+    _, mask = align_targets(retain_labels)
+    return masked_mean(map_positions(_kl_rows, [retain_logits, ref_retain_logits.detach()]), mask)
 
 
 def ap_loss(logp_idk, logp_answer, beta: float):

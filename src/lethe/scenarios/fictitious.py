@@ -73,7 +73,9 @@ def tokenizer_corpus(data: AuthorsDataset) -> list[str]:
     return texts + list(REFUSALS)
 
 
-DEMO_METHODS = ("GA", "GA+GD")
+# Closer-look Table 4's nine methods, the IHL seed's IHL+GD, FLAT-KL, and plain GA as the baseline.
+DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "ME+GD", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
+                "IHL+GD", "FLAT-KL")
 
 
 def _console(progress: bool):

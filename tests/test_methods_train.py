@@ -1,0 +1,114 @@
+"""A tiny training run per method: forgetting happens, and regularizers protect the retain set."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from lethe import api
+from lethe.engine.loop import TrainConfig
+from lethe.evaluation.requests import answer_nll
+from lethe.model.build import build_tiny_model
+
+FORGET = ["GA", "NPO", "DPO", "IDK", "ME", "IHL", "FLAT-KL", "FLAT-TV", "FLAT-JS", "FLAT-PEARSON"]
+REGULARIZED = {"GA+GD": "GA", "GA+KL": "GA", "NPO+GD": "NPO", "NPO+KL": "NPO", "DPO+GD": "DPO", "DPO+KL": "DPO",
+               "DPO+AP": "DPO", "IDK+GD": "IDK", "IDK+AP": "IDK", "ME+GD": "ME", "ME+KL": "ME", "IHL+GD": "IHL"}
+
+
+def answer_probability(model, tokenizer, records):
+    nll, n = answer_nll(model, tokenizer, [(r.question, r.answer) for r in records])
+    return float(np.mean(np.exp(-np.asarray(nll) / np.asarray(n))))
+
+
+@pytest.fixture(scope="module")
+def trained(tokenizer, smoke_data):
+    model = build_tiny_model(tokenizer, "smoke", seed=0)
+    cfg = TrainConfig(epochs=30, lr=3e-3, batch_size=8, micro_batch_size=8, checkpoint=False)
+    api.finetune(model, smoke_data.full, tokenizer=tokenizer, config=cfg, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def outcomes(trained, tokenizer, smoke_data):
+    forget, retain = smoke_data.forget(10), smoke_data.retain(10)
+    out = {"start": (answer_probability(trained, tokenizer, forget), answer_probability(trained, tokenizer, retain))}
+    for method in FORGET + list(REGULARIZED):
+        model = copy.deepcopy(trained)
+        cfg = TrainConfig(epochs=3, lr=3e-3, batch_size=4, micro_batch_size=4, checkpoint=False)
+        _, run = api.unlearn(model, forget, retain, method=method, tokenizer=tokenizer, config=cfg, progress=False)
+        assert run.status == "ok", run.message
+        out[method] = (answer_probability(model, tokenizer, forget), answer_probability(model, tokenizer, retain))
+    return out
+
+
+def test_start_model_knows_the_forget_set(outcomes):
+    assert outcomes["start"][0] > 0.5
+
+
+@pytest.mark.parametrize("method", FORGET + list(REGULARIZED))
+def test_every_method_lowers_forget_probability(outcomes, method):
+    assert outcomes[method][0] < 0.6 * outcomes["start"][0]
+
+
+@pytest.mark.parametrize("method", list(REGULARIZED))
+def test_regularizer_keeps_retain_probability_higher(outcomes, method):
+    assert outcomes[method][1] > outcomes[REGULARIZED[method]][1]
+
+
+def test_kl_reference_is_the_starting_model_and_is_not_kept(trained, tokenizer, smoke_data):
+    from lethe.engine.tasks import UnlearnTask
+    from lethe.model.reference import FrozenCopy
+    from lethe.objectives import parse_method
+
+    ref = FrozenCopy(trained)
+    task = UnlearnTask(tokenizer, parse_method("GA+KL"), smoke_data.forget(10), smoke_data.retain(10))
+    batch = {"input_ids": torch.tensor([[1, 5, 6, 7]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(ref(batch, torch.device("cpu")), trained(**batch).logits)
+    assert all(not p.requires_grad for p in ref.model.parameters())
+    assert ref.nbytes == sum(p.numel() * 4 for p in trained.parameters())
+    model = copy.deepcopy(trained)
+    _, run = api.unlearn(model, smoke_data.forget(10), smoke_data.retain(10), method="GA+KL", tokenizer=tokenizer,
+                         config=TrainConfig(epochs=1, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False),
+                         progress=False)
+    assert run.cost["reference_model_bytes"] == ref.nbytes and run.cost["tokens_forward_only"] > 0
+    del task
+
+
+def test_reference_logprobs_are_cached_once(trained, tokenizer, smoke_data, monkeypatch):
+    """NPO/DPO read the starting model's sequence log-probs from a cache; no reference forward per step."""
+    from lethe.engine.tasks import UnlearnTask
+    from lethe.objectives import parse_method
+    from lethe.objectives.tokens import sequence_logprob
+
+    task = UnlearnTask(tokenizer, parse_method("DPO+GD"), smoke_data.forget(10), smoke_data.retain(10))
+    task.cache_reference(trained, torch.device("cpu"))
+    assert set(task.cache) == {"ref_forget_logp", "ref_idk_logp"}
+    from lethe.data.batching import pad_batch
+
+    b = pad_batch(task.forget, tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected, _ = sequence_logprob(trained(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+                                       b["labels"])
+    torch.testing.assert_close(task.cache["ref_forget_logp"], expected, atol=1e-5, rtol=0)
+    assert task.reference is None  # DPO needs no reference model at train time
+
+
+def test_pairing_and_refusals_are_fixed_by_seed(tokenizer, smoke_data):
+    from lethe.engine.tasks import UnlearnTask
+    from lethe.objectives import parse_method
+
+    a = UnlearnTask(tokenizer, parse_method("IDK+AP"), smoke_data.forget(10), smoke_data.retain(10), seed=1)
+    b = UnlearnTask(tokenizer, parse_method("IDK+AP"), smoke_data.forget(10), smoke_data.retain(10), seed=1)
+    c = UnlearnTask(tokenizer, parse_method("IDK+AP"), smoke_data.forget(10), smoke_data.retain(10), seed=2)
+    assert a.pairs == b.pairs and a.idk == b.idk and a.retain_idk == b.retain_idk
+    assert a.pairs != c.pairs or a.idk != c.idk
+    assert len(set(a.pairs)) == len(a.pairs)  # distinct retain partners while retain is larger
+
+
+def test_refusal_pool():
+    from lethe.data.refusals import REFUSALS, refusal_for
+
+    assert len(REFUSALS) >= 100 and len(set(REFUSALS)) == len(REFUSALS)
+    assert refusal_for(3, 0) == refusal_for(3, 0)
+    assert len({refusal_for(i, 0) for i in range(50)}) > 20
