@@ -22,6 +22,7 @@ from .errors import DivergenceError, LetheError
 from .evaluation.suite import EvalResult, EvalSet, aggregate, evaluate_sets
 from .io import write_json
 from .model.load import load_model, load_tokenizer, save_model
+from .model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
 from .objectives.method import Method, parse_method
 
 
@@ -97,14 +98,19 @@ class UnlearnRun:
 
 
 def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", tokenizer=None,
-            config: TrainConfig | None = None, seed: int = 0, out_dir=None, eval_sets: Sequence[EvalSet] = (),
-            retain_model_tr: Sequence[float] | None = None, eval_kwargs: dict | None = None,
-            alpha: float | None = None, gamma: float | None = None, save: bool = True,
-            resume: bool = False, progress: bool = True) -> tuple[Any, UnlearnRun]:
+            config: TrainConfig | None = None, params: ParamsConfig | str = "full", seed: int = 0, out_dir=None,
+            eval_sets: Sequence[EvalSet] = (), retain_model_tr: Sequence[float] | None = None,
+            eval_kwargs: dict | None = None, alpha: float | None = None, gamma: float | None = None,
+            save: bool = True, merge: bool = False, resume: bool = False,
+            progress: bool = True) -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method`` (e.g. ``"GA+GD"``), evaluating per epoch.
 
-    ``eval_sets`` are scored before training (epoch 0) and after every epoch; a run whose loss
-    stops being finite ends with ``status="diverged"`` and a message, keeping what it measured.
+    ``params`` is ``"full"``, ``"lora"``, ``"fila"`` or a :class:`ParamsConfig` (rank, alpha,
+    target roles, Fisher options). ``eval_sets`` are scored before training (epoch 0) and after
+    every epoch; a run whose loss stops being finite ends with ``status="diverged"`` and a
+    message, keeping what it measured. With ``out_dir`` the unlearned model is saved to
+    ``out_dir/model``: a plain transformers dir (full, or ``merge=True``) or a peft adapter that
+    applies to the original base model.
 
     >>> model, run = lethe.unlearn("models/target", "forget10.jsonl", "retain90.jsonl", method="GA+GD")  # doctest: +SKIP
     """
@@ -113,15 +119,20 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
     if not forget:
         raise LetheError("the forget set is empty")
     m = method if isinstance(method, Method) else parse_method(method, alpha=alpha, gamma=gamma)
+    pcfg = params if isinstance(params, ParamsConfig) else ParamsConfig(kind=params)
+    pcfg.validate()
+    base_path = str(model) if isinstance(model, (str, Path)) else None
     model, tokenizer = _model_and_tokenizer(model, tokenizer)
     config = config or TrainConfig()
-    run = UnlearnRun(method=m.name, params="full", config={**asdict(config), "alpha": m.alpha, "gamma": m.gamma,
-                                                           "seed": seed})
+    run = UnlearnRun(method=m.name, params=pcfg.kind, config={**asdict(config), "alpha": m.alpha, "gamma": m.gamma,
+                                                              "seed": seed, "params": asdict(pcfg)})
     task = UnlearnTask(tokenizer, m, forget, retain, seed=seed)
+    model, pinfo = apply_params(model, pcfg, forget_examples=task.forget, retain_examples=task.retain,
+                                pad_id=tokenizer.pad_token_id, seed=seed, progress=progress)
     if "ref_retain_logits" in m.needs:
         from .model.reference import FrozenCopy
 
-        task.reference = FrozenCopy(model)
+        task.reference = FrozenCopy(model) if pcfg.kind == "full" else AdapterReference(model)
     device = next(model.parameters()).device
     tokens_ref = task.cache_reference(model, device)
     eval_kwargs = eval_kwargs or {}
@@ -148,12 +159,13 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
         cost = getattr(e, "cost", None)
     if cost is not None:
         cost.tokens_forward_only += tokens_ref
+        cost.tokens_fisher = pinfo["fisher_tokens"]
         run.cost = cost.to_dict()
         run.cost["reference_model_bytes"] = getattr(task.reference, "nbytes", 0)
     task.reference = None  # the unlearned model never carries the starting weights along
     if run_dir is not None:
         if save and run.status == "ok":
-            save_model(model, tokenizer, run_dir / "model")
+            save_unlearned(model, tokenizer, run_dir / "model", merge=merge, base_model_path=base_path)
         write_json(run_dir / "run.json", run.to_dict())
     return model, run
 

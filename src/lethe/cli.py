@@ -33,6 +33,39 @@ def _train_config(a) -> TrainConfig:
                        seed=a.seed)
 
 
+def _params_args(p: argparse.ArgumentParser) -> None:
+    from .model.lora import ParamsConfig
+    from .model.targets import ROLES
+
+    d = ParamsConfig()
+    g = p.add_argument_group("parameterisation")
+    g.add_argument("--params", choices=("full", "lora", "fila"), default="full",
+                   help="full: all weights; lora: peft LoRA; fila: LoRA initialised from Fisher-weighted "
+                        "low-rank factors (IHL seed). Default full")
+    g.add_argument("--rank", type=int, default=d.rank, help=f"LoRA/FILA rank (default {d.rank})")
+    g.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 2 x rank); scaling = alpha / rank")
+    g.add_argument("--targets", choices=ROLES, default=d.targets,
+                   help="modules by role: attn-qv, attn (q,k,v,o), mlp, qv-mlp (IHL seed default), all")
+    g.add_argument("--target-modules", default=None,
+                   help="comma-separated module names, overriding --targets (for architectures Lethe does not know)")
+    g.add_argument("--fisher-mode", choices=("per-sample", "per-batch"), default=d.fisher_mode,
+                   help="FILA Fisher: squared per-sample gradients (paper, default) or per-batch gradients "
+                        "weighted by token count (released code)")
+    g.add_argument("--fisher-batch-size", type=int, default=d.fisher_batch_size, help="batch size of the Fisher passes")
+    g.add_argument("--svd", choices=("exact", "randomized"), default=d.svd,
+                   help="FILA low-rank solve: exact SVD or randomized (svd_lowrank) for large matrices")
+    g.add_argument("--merge", action="store_true",
+                   help="save LoRA/FILA merged into the base weights (a plain transformers model) instead of an adapter")
+
+
+def _params_config(a):
+    from .model.lora import ParamsConfig
+
+    modules = tuple(m.strip() for m in a.target_modules.split(",")) if a.target_modules else ()
+    return ParamsConfig(kind=a.params, rank=a.rank, lora_alpha=a.lora_alpha, targets=a.targets, target_modules=modules,
+                        fisher_mode=a.fisher_mode, fisher_batch_size=a.fisher_batch_size, svd=a.svd)
+
+
 def _eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation sets (QA files in TOFU's schema)")
     g.add_argument("--eval-forget", help="forget set to score (defaults to --forget where there is one)")
@@ -103,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=None, help="weight of the regularizer (default 1)")
     p.add_argument("--out", required=True, help="run directory: model/, run.json, steps.jsonl, checkpoint/")
     _train_args(p, TrainConfig())
+    _params_args(p)
     _eval_args(p)
 
     p = sub.add_parser("eval", help="evaluate a model on QA sets (ROUGE, P, TR, MU, FE, FQ)")
@@ -144,7 +178,7 @@ def run(argv=None) -> int:
     elif args.command == "unlearn":
         sets = _eval_sets(args, forget_default=args.forget)
         _, run_ = api.unlearn(args.model, args.forget, args.retain, method=args.method, config=_train_config(args),
-                              seed=args.seed, out_dir=args.out, eval_sets=sets, retain_model_tr=_retain_tr(args, sets),
+                              params=_params_config(args), merge=args.merge, seed=args.seed, out_dir=args.out, eval_sets=sets, retain_model_tr=_retain_tr(args, sets),
                               eval_kwargs={"eval_limit": args.eval_limit, "max_new_tokens": args.max_new_tokens,
                                            "truth_ratio": args.truth_ratio},
                               alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress)

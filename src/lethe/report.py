@@ -61,15 +61,18 @@ def write_report(results: dict, path: str | Path) -> Path:
         rows = [[e["epoch"], e.get("losses", {}).get("forget"), e.get("losses", {}).get("regularizer"),
                  *[e.get("metrics", {}).get(k) for k in keys]] for e in run["epochs"]]
         out += [_table(["epoch", "forget loss", "reg. loss", *keys], rows), ""]
-    out += ["## Cost", "", "FLOPs ≈ 6·N per trained token + 2·N per forward-only token (N = model parameters).", ""]
+    out += ["## Cost", "", "FLOPs ≈ N · (6 · (tokens trained + FILA Fisher tokens) + 2 · forward-only tokens), "
+            "N = parameters on the path (with LoRA the backward skips frozen weights, so this overstates it). "
+            "Peak memory: CUDA max allocated, or the process's peak RSS on CPU (cumulative over the process).", ""]
     crow = []
     for run in results.get("runs", []):
         c = run.get("cost", {})
-        crow.append([run["method"], c.get("trainable_percent"), c.get("epochs"), c.get("steps"), c.get("tokens_trained"),
+        crow.append([run["method"], run.get("params", "full"), c.get("params_trainable"), c.get("trainable_percent"),
+                     c.get("epochs"), c.get("steps"), c.get("tokens_trained"), c.get("tokens_fisher"),
                      c.get("tokens_forward_only"), c.get("flops"), c.get("wall_time_s"),
                      (c.get("peak_memory_bytes") or 0) / 2**20])
-    out += [_table(["method", "trainable %", "epochs", "steps", "tokens trained", "tokens fwd-only", "FLOPs",
-                    "time (s)", "peak mem (MiB)"], crow), ""]
+    out += [_table(["method", "params", "trainable", "trainable %", "epochs", "steps", "tokens trained",
+                    "Fisher tokens", "fwd-only tokens", "FLOPs", "time (s)", "peak mem (MiB)"], crow), ""]
     samples = results.get("reference_samples", {}).get("target", {}).get("forget", [])
     if samples:
         out += ["## Sample generations on the forget set (final epoch)", ""]

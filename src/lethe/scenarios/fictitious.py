@@ -31,6 +31,8 @@ class SizeSettings:
     unlearn: TrainConfig
     max_new_tokens: int
     retain_eval: int  # retain items scored (TOFU scores 400 retain_perturbed items, peers 300)
+    lora_rank: int = 8
+    lora_lr_scale: float = 4.0  # LoRA/FILA need a larger LR (IHL seed: 2e-4 vs 5e-5 for full)
 
 
 SETTINGS = {
@@ -73,9 +75,16 @@ def tokenizer_corpus(data: AuthorsDataset) -> list[str]:
     return texts + list(REFUSALS)
 
 
-# Closer-look Table 4's nine methods, the IHL seed's IHL+GD, FLAT-KL, and plain GA as the baseline.
+# Closer-look Table 4's nine methods, the IHL seed's IHL+GD, FLAT-KL, and plain GA as the baseline,
+# with full fine-tuning; then IHL+GD with LoRA and with FILA (the IHL seed's comparison).
 DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "ME+GD", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
-                "IHL+GD", "FLAT-KL")
+                "IHL+GD", "FLAT-KL", "IHL+GD@lora", "IHL+GD@fila")
+
+
+def parse_run_spec(spec: str) -> tuple[str, str]:
+    """``"IHL+GD@fila"`` -> ("IHL+GD", "fila"); no suffix means full fine-tuning."""
+    method, _, params = spec.partition("@")
+    return method.strip(), (params.strip().lower() or "full")
 
 
 def _console(progress: bool):
@@ -138,19 +147,26 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
     del target
 
     runs = []
-    for method in methods or DEMO_METHODS:
-        run_dir = out / "runs" / f"{method.lower().replace('+', '_')}-full"
+    from ..model.lora import ParamsConfig
+
+    for spec in methods or DEMO_METHODS:
+        method, kind = parse_run_spec(spec)
+        run_dir = out / "runs" / f"{method.lower().replace('+', '_')}-{kind}"
         done = run_dir / "run.json"
         if resume and done.exists():
             runs.append(json.loads(done.read_text()))
-            console.print(f"[dim]{method}: already done, reusing {done}[/dim]")
+            console.print(f"[dim]{spec}: already done, reusing {done}[/dim]")
             continue
-        console.print(f"unlearning with {method}")
+        console.print(f"unlearning with {method} ({kind})")
         model = load_model(out / "models" / "target")
+        train_cfg = replace(settings.unlearn, seed=seed)
+        if kind != "full":
+            train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.lora_lr_scale)
+        params = ParamsConfig(kind=kind, rank=settings.lora_rank)
         _, run = api.unlearn(model, data.forget(forget_percent), data.retain(forget_percent), method=method,
-                             tokenizer=tokenizer, config=replace(settings.unlearn, seed=seed), seed=seed,
-                             out_dir=run_dir, eval_sets=sets, retain_model_tr=retain_tr, eval_kwargs=eval_kwargs,
-                             save=False, progress=progress)
+                             tokenizer=tokenizer, config=train_cfg, params=params, seed=seed, out_dir=run_dir,
+                             eval_sets=sets, retain_model_tr=retain_tr, eval_kwargs=eval_kwargs, save=False,
+                             progress=progress)
         runs.append(run.to_dict())
     n_params = sum(p.numel() for p in retain_model.parameters())
     results = {
