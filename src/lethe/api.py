@@ -26,10 +26,27 @@ from .model.lora import AdapterReference, ParamsConfig, apply_params, save_unlea
 from .objectives.method import Method, parse_method
 
 
-def _records(data: Sequence[QARecord] | str | Path | None) -> list[QARecord]:
+def is_text_file(path: str | Path) -> bool:
+    """Text sequences (.npy, .txt, .csv, or JSON/JSONL records with a 'text' field) rather than QA."""
+    path = Path(path)
+    if path.suffix.lower() in (".npy", ".txt", ".csv", ".md"):
+        return True
+    if path.suffix.lower() in (".json", ".jsonl") and path.exists():
+        head = path.read_text(encoding="utf-8", errors="replace")[:4096]
+        return '"text"' in head and '"question"' not in head and '"prompt"' not in head
+    return False
+
+
+def _records(data, tokenizer=None, chunk_tokens: int = 200) -> list:
+    """QA or text records from a list or a file (the format is detected from the file)."""
     if data is None:
         return []
     if isinstance(data, (str, Path)):
+        if is_text_file(data):
+            from .data.readers import read_text
+
+            vocab = len(tokenizer) if tokenizer is not None else None
+            return read_text(data, tokenizer=tokenizer, chunk_tokens=chunk_tokens, vocab_size=vocab)
         return read_qa(data)
     return list(data)
 
@@ -101,27 +118,32 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
             config: TrainConfig | None = None, params: ParamsConfig | str = "full", seed: int = 0, out_dir=None,
             eval_sets: Sequence[EvalSet] = (), retain_model_tr: Sequence[float] | None = None,
             eval_kwargs: dict | None = None, alpha: float | None = None, gamma: float | None = None,
-            save: bool = True, merge: bool = False, resume: bool = False,
+            save: bool = True, merge: bool = False, resume: bool = False, epoch_hook=None,
             progress: bool = True) -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method`` (e.g. ``"GA+GD"``), evaluating per epoch.
 
     ``params`` is ``"full"``, ``"lora"``, ``"fila"`` or a :class:`ParamsConfig` (rank, alpha,
     target roles, Fisher options). ``eval_sets`` are scored before training (epoch 0) and after
     every epoch; a run whose loss stops being finite ends with ``status="diverged"`` and a
-    message, keeping what it measured. With ``out_dir`` the unlearned model is saved to
+    message, keeping what it measured. ``epoch_hook(epoch, model) -> {"metrics": {...}, "stop": bool}``
+    adds metrics and may end training early (the EL/MA stopping rule). With ``out_dir`` the
+    unlearned model is saved to
     ``out_dir/model``: a plain transformers dir (full, or ``merge=True``) or a peft adapter that
     applies to the original base model.
 
     >>> model, run = lethe.unlearn("models/target", "forget10.jsonl", "retain90.jsonl", method="GA+GD")  # doctest: +SKIP
     """
-    # Validate data and method before loading a model: user errors surface in seconds.
-    forget, retain = _records(forget), _records(retain)
-    if not forget:
-        raise LetheError("the forget set is empty")
+    # Validate data and method before loading model weights: user errors surface in seconds.
     m = method if isinstance(method, Method) else parse_method(method, alpha=alpha, gamma=gamma)
     pcfg = params if isinstance(params, ParamsConfig) else ParamsConfig(kind=params)
     pcfg.validate()
     base_path = str(model) if isinstance(model, (str, Path)) else None
+    if tokenizer is None and isinstance(model, (str, Path)) and any(
+            isinstance(d, (str, Path)) and is_text_file(d) for d in (forget, retain)):
+        tokenizer = load_tokenizer(model)  # plain text is cut into token windows, ids are range-checked
+    forget, retain = _records(forget, tokenizer), _records(retain, tokenizer)
+    if not forget:
+        raise LetheError("the forget set is empty")
     model, tokenizer = _model_and_tokenizer(model, tokenizer)
     config = config or TrainConfig()
     run = UnlearnRun(method=m.name, params=pcfg.kind, config={**asdict(config), "alpha": m.alpha, "gamma": m.gamma,
@@ -138,15 +160,22 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
     eval_kwargs = eval_kwargs or {}
 
     def score(epoch, mdl):
-        if not eval_sets:
-            return {}
-        res = evaluate_sets(mdl, tokenizer, eval_sets, **eval_kwargs)
-        aggregate(res, retain_model_tr=retain_model_tr)
-        run.samples = res.samples
-        return {"metrics": res.metrics}
+        out: dict = {"metrics": {}}
+        if eval_sets:
+            res = evaluate_sets(mdl, tokenizer, eval_sets, **eval_kwargs)
+            aggregate(res, retain_model_tr=retain_model_tr)
+            run.samples = res.samples
+            out["metrics"].update(res.metrics)
+        if epoch_hook is not None:
+            extra = epoch_hook(epoch, mdl) or {}
+            out["metrics"].update(extra.get("metrics", {}))
+            out["stop"] = bool(extra.get("stop", False))
+        return out if (eval_sets or epoch_hook) else {}
 
-    if eval_sets:
-        run.epochs.append({"epoch": 0, **score(0, model)})
+    if eval_sets or epoch_hook:
+        first = score(0, model)
+        first.pop("stop", None)
+        run.epochs.append({"epoch": 0, **first})
     run_dir = Path(out_dir) if out_dir else None
     try:
         result = train(model, lengths=task.lengths, step_fn=task, config=config, run_dir=run_dir,
@@ -180,3 +209,50 @@ def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequenc
 
     return run_demo(size=size, out=Path(out), methods=methods, seed=seed, forget_percent=forget_percent,
                     resume=resume, progress=progress)
+
+
+def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,
+                         min_epochs: int = 1, thresholds=None):
+    """An ``epoch_hook`` for :func:`unlearn` applying the EL/MA stopping rule to text sequences.
+
+    Thresholds are the mean EL_n and MA of ``model`` on ``validation`` (sequences it never
+    trained on), measured now unless given. Without ``validation`` the hook only measures and
+    never stops. Returns (hook, thresholds or None).
+    """
+    from .engine.stopping import ExtractionThresholds, should_stop
+    from .evaluation.memorization import extraction_likelihood, memorization_accuracy, perplexity
+    from .evaluation.metrics import mean
+
+    def ids(records):
+        return [list(r.token_ids) if r.token_ids is not None else tokenizer(r.text, add_special_tokens=False)["input_ids"]
+                for r in records]
+
+    forget_ids = ids(forget)
+    held_ids = ids(heldout) if heldout else None
+    if thresholds is None and validation:
+        val_ids = ids(validation)
+        thresholds = ExtractionThresholds(el=mean(extraction_likelihood(model, tokenizer, val_ids, n=n)),
+                                          ma=mean(memorization_accuracy(model, tokenizer, val_ids)))
+
+    def hook(epoch, mdl):
+        el = mean(extraction_likelihood(mdl, tokenizer, forget_ids, n=n))
+        ma = mean(memorization_accuracy(mdl, tokenizer, forget_ids))
+        metrics = {f"forget/EL{n}": el, "forget/MA": ma}
+        if held_ids:
+            metrics["heldout/PPL"] = perplexity(mdl, tokenizer, held_ids)
+        stop = thresholds is not None and should_stop(epoch, el, ma, thresholds, min_epochs)
+        return {"metrics": metrics, "stop": stop}
+
+    return hook, thresholds
+
+
+def demo_memorized(size: str = "small", out: str | Path = "runs/memorized", *, runs: Sequence[str] | None = None,
+                   seed: int = 0, requests: int = 1, resume: bool = True, progress: bool = True) -> dict:
+    """Memorized-sequence unlearning (IHL seed Table 1 style), offline.
+
+    >>> results = lethe.demo_memorized(size="smoke", out="runs/mem")  # doctest: +SKIP
+    """
+    from .scenarios.memorized import run_memorized
+
+    return run_memorized(size=size, out=Path(out), runs=runs, seed=seed, requests=requests, resume=resume,
+                         progress=progress)

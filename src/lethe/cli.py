@@ -22,6 +22,8 @@ def _train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
     g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
                    help="linear warm-up length in epochs, then linear decay to 0 (default 1, the papers' schedule)")
+    g.add_argument("--schedule", choices=("linear", "constant"), default=d.schedule,
+                   help="after warm-up: linear decay to 0 (TOFU-style runs) or constant (the IHL seed's memorized-data runs)")
     g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm; 0 = off")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for data order, pairing and refusal choice")
     g.add_argument("--resume", action="store_true", help="continue from the last per-epoch checkpoint in --out")
@@ -29,8 +31,8 @@ def _train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
 
 def _train_config(a) -> TrainConfig:
     return TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, micro_batch_size=a.micro_batch_size,
-                       weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, max_grad_norm=a.max_grad_norm,
-                       seed=a.seed)
+                       weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, schedule=a.schedule,
+                       max_grad_norm=a.max_grad_norm, seed=a.seed)
 
 
 def _params_args(p: argparse.ArgumentParser) -> None:
@@ -105,14 +107,52 @@ def _retain_tr(a, sets):
     return res.per_item.get("forget/TR_values")
 
 
+def _unlearn_text(args, progress: bool) -> None:
+    """Unlearn text sequences (memorized data), with the EL/MA stopping rule when --validation is given."""
+    from . import api
+    from .data.readers import sample_sequences
+    from .model.load import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    read = lambda path: api._records(path, tokenizer, args.chunk_tokens)  # noqa: E731
+    forget = sample_sequences(read(args.forget), args.forget_count, args.seed, args.max_tokens)
+    retain = read(args.retain) if args.retain else []
+    validation = sample_sequences(read(args.validation), None, args.seed, args.max_tokens) if args.validation else None
+    heldout = read(args.heldout) if args.heldout else None
+    hook = None
+    if validation or heldout:
+        from .model.load import load_model
+
+        model = load_model(args.model)
+        hook, th = api.extraction_stop_hook(tokenizer, forget, validation, heldout=heldout, model=model,
+                                            n=args.el_n, min_epochs=args.min_epochs)
+        if th is not None and not args.quiet:
+            print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
+    else:
+        model = args.model
+    _, run_ = api.unlearn(model, forget, retain, method=args.method, tokenizer=tokenizer, config=_train_config(args),
+                          params=_params_config(args), merge=args.merge, seed=args.seed, out_dir=args.out,
+                          epoch_hook=hook, alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress)
+    if run_.status != "ok":
+        raise LetheError(run_.message or "unlearning failed")
+    if not args.quiet:
+        last = run_.epochs[-1]["metrics"] if run_.epochs else {}
+        print(json.dumps({k: v for k, v in last.items()}, indent=2))
+        print(f"model: {Path(args.out) / 'model'}\nrun:   {Path(args.out) / 'run.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lethe", description="Make a language model forget, and measure that it did.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="offline end-to-end run: data, models, unlearning, evaluation, report")
+    p.add_argument("--scenario", choices=("fictitious", "memorized"), default="fictitious",
+                   help="fictitious: TOFU-style authors (default); memorized: canary sequences, EL/MA stopping rule")
     p.add_argument("--size", choices=("smoke", "small", "full"), default="small",
                    help="smoke: seconds (tests); small: the demo (minutes on a CPU); full: 200 authors x 20 QA")
+    p.add_argument("--requests", type=int, default=1,
+                   help="memorized scenario: disjoint forget requests applied one after another (continual)")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. GA+GD,NPO+KL (default: all demo methods)")
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
@@ -132,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget", required=True, help="forget set, QA records")
     p.add_argument("--retain", help="retain set, QA records (needed by regularized methods such as GA+GD)")
     p.add_argument("--method", default="GA+GD", help="FORGET[+REGULARIZER] as in the papers (default GA+GD)")
+    g = p.add_argument_group("text sequences (memorized data): forget/retain as .npy, .txt, .csv, JSONL 'text', "
+                             "or an extraction-challenge directory")
+    g.add_argument("--forget-count", type=int, default=None,
+                   help="sample this many forget sequences by --seed (the IHL seed uses 32); default all")
+    g.add_argument("--max-tokens", type=int, default=None, help="cut text sequences to this many tokens")
+    g.add_argument("--chunk-tokens", type=int, default=200, help="window size for plain-text files (default 200)")
+    g.add_argument("--validation", default=None,
+                   help="sequences the model never trained on: enables the EL/MA stopping rule (stop at the first "
+                        "epoch where forget EL_n and MA are both at or below their values here)")
+    g.add_argument("--heldout", default=None, help="text to report perplexity on after every epoch")
+    g.add_argument("--min-epochs", type=int, default=1, help="stopping rule: never stop before this epoch")
+    g.add_argument("--el-n", type=int, default=10, help="n of EL_n (default 10)")
     p.add_argument("--alpha", type=float, default=None, help="weight of the forget loss (paper default per method)")
     p.add_argument("--gamma", type=float, default=None, help="weight of the regularizer (default 1)")
     p.add_argument("--out", required=True, help="run directory: model/, run.json, steps.jsonl, checkpoint/")
@@ -153,8 +205,12 @@ def run(argv=None) -> int:
 
     if args.command == "demo":
         methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-        api.demo(size=args.size, out=args.out, methods=methods, seed=args.seed, forget_percent=args.forget_percent,
-                 resume=not args.fresh, progress=progress)
+        if args.scenario == "memorized":
+            api.demo_memorized(size=args.size, out=args.out, runs=methods, seed=args.seed, requests=args.requests,
+                               resume=not args.fresh, progress=progress)
+        else:
+            api.demo(size=args.size, out=args.out, methods=methods, seed=args.seed,
+                     forget_percent=args.forget_percent, resume=not args.fresh, progress=progress)
         if not args.quiet:
             print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}")
     elif args.command == "finetune":
@@ -175,6 +231,8 @@ def run(argv=None) -> int:
                      resume=args.resume, progress=progress)
         if not args.quiet:
             print(f"model: {args.out}")
+    elif args.command == "unlearn" and (api.is_text_file(args.forget) or Path(args.forget).is_dir()):
+        _unlearn_text(args, progress)
     elif args.command == "unlearn":
         sets = _eval_sets(args, forget_default=args.forget)
         _, run_ = api.unlearn(args.model, args.forget, args.retain, method=args.method, config=_train_config(args),

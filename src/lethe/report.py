@@ -85,3 +85,42 @@ def write_report(results: dict, path: str | Path) -> Path:
             out.append("")
     out.append(f"Total wall time: {_fmt(results.get('wall_time_s'))} s.")
     return write_text(path, "\n".join(out) + "\n")
+
+
+def write_memorized_report(results: dict, path: str | Path) -> Path:
+    """Report for memorized-sequence unlearning, laid out like the IHL seed's Table 1."""
+    th, ref = results["thresholds"], results["reference"]["target"]
+    data = results.get("data", {})
+    out = [f"# Lethe report: {results['scenario']}", "",
+           f"Forget {data.get('forget')} canaries per request ({data.get('requests')} request(s)), "
+           f"{data.get('canary_tokens')} tokens each, seen {data.get('repeats')}x in training. "
+           f"Stopping rule: forget-set mean EL_10 ≤ {th['el']:.3f} and MA ≤ {th['ma']:.3f} "
+           f"(the values on {data.get('validation')} canaries never trained on).", "",
+           f"Before unlearning: forget EL_10 {ref['forget/EL10']:.3f}, MA {ref['forget/MA']:.3f}, "
+           f"held-out PPL {ref['heldout/PPL']:.2f}.", "",
+           "## Runs (first request)", ""]
+    rows = []
+    for run in results["runs"]:
+        m, c = final_metrics(run), run.get("cost", {})
+        epochs = run.get("epochs_to_success")
+        rows.append([run["method"], run["params"], c.get("trainable_percent"),
+                     epochs if epochs else f"✗ ({run['epochs'][-1]['epoch'] if run['epochs'] else 0})",
+                     m.get("forget/EL10"), m.get("forget/MA"), m.get("heldout/PPL"), c.get("flops"),
+                     c.get("wall_time_s")])
+    out += [_table(["method", "params", "trainable %", "epochs (✗ = unsuccessful)", "EL_10", "MA", "held-out PPL",
+                    "FLOPs", "time (s)"], rows), ""]
+    out += ["## Per epoch", ""]
+    for run in results["runs"]:
+        out += [f"### {run['method']} ({run['params']})", ""]
+        rows = [[e["epoch"], e.get("losses", {}).get("forget"), e.get("losses", {}).get("regularizer"),
+                 e.get("metrics", {}).get("forget/EL10"), e.get("metrics", {}).get("forget/MA"),
+                 e.get("metrics", {}).get("heldout/PPL")] for e in run["epochs"]]
+        out += [_table(["epoch", "forget loss", "reg. loss", "EL_10", "MA", "held-out PPL"], rows), ""]
+        if run.get("requests"):
+            rows = [[r["request"], "yes" if r["success"] else "no", r.get("epochs_to_success"),
+                     final_metrics(r).get("forget/EL10"), final_metrics(r).get("forget/MA"),
+                     final_metrics(r).get("heldout/PPL")] for r in run["requests"]]
+            out += ["Continual requests:", "", _table(["request", "success", "epochs", "EL_10", "MA", "held-out PPL"],
+                                                      rows), ""]
+    out.append(f"Total wall time: {_fmt(results.get('wall_time_s'))} s.")
+    return write_text(path, "\n".join(out) + "\n")

@@ -50,6 +50,18 @@ def encode_qa(tokenizer, question: str, answer: str, *, max_length: int = 512,
     return {"input_ids": ids, "labels": labels}
 
 
-def encode_text(tokenizer, token_ids: list[int]) -> dict[str, list[int]]:
-    """A plain text sequence: every token after the first is predicted."""
-    return {"input_ids": list(token_ids), "labels": list(token_ids)}
+def encode_text(tokenizer, token_ids, *, max_length: int = 2048) -> dict[str, list[int]]:
+    """A plain text sequence ([bos] + tokens): every token is predicted, bos is not."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = (bos + list(token_ids))[:max_length]
+    return {"input_ids": ids, "labels": ([IGNORE] * len(bos) + list(token_ids))[:max_length]}
+
+
+def encode_record(tokenizer, record, *, max_length: int = 512) -> dict[str, list[int]]:
+    """QA records -> prompt + answer; text records -> the whole sequence."""
+    from .records import QARecord
+
+    if isinstance(record, QARecord):
+        return encode_qa(tokenizer, record.question, record.answer, max_length=max_length)
+    ids = record.token_ids if record.token_ids is not None else tokenizer(record.text, add_special_tokens=False)["input_ids"]
+    return encode_text(tokenizer, ids, max_length=max_length)

@@ -122,6 +122,8 @@ def read_text(path: str | Path, *, tokenizer=None, chunk_tokens: int = 200, voca
     token ids, one row per sequence (checked against ``vocab_size`` when given).
     """
     path = Path(path)
+    if path.is_dir() and all((path / n).exists() for n in EXTRACTION_PARTS):
+        return [TextRecord(token_ids=tuple(int(t) for t in row)) for row in read_extraction_challenge(path, vocab_size)]
     if not path.exists():
         raise DataError(path, "file not found")
     suffix = path.suffix.lower()
@@ -181,3 +183,33 @@ def read_token_array(path: str | Path, vocab_size: int | None = None) -> np.ndar
         row = int(np.argwhere(arr >= vocab_size)[0][0])
         raise DataError(path, f"token id {int(arr.max())} is >= the model's vocabulary size {vocab_size}", record=row)
     return arr
+
+
+EXTRACTION_PARTS = ("train_preprefix.npy", "train_prefix.npy", "train_suffix.npy")
+
+
+def read_extraction_challenge(directory: str | Path, vocab_size: int | None = None) -> np.ndarray:
+    """The extraction-challenge layout: pre-prefix (100) + prefix (50) + suffix (50) ids -> 200-id rows."""
+    directory = Path(directory)
+    parts = []
+    for name in EXTRACTION_PARTS:
+        path = directory / name
+        if not path.exists():
+            raise DataError(path, f"file not found (an extraction-challenge directory holds {', '.join(EXTRACTION_PARTS)})")
+        parts.append(read_token_array(path, vocab_size))
+    rows = {p.shape[0] for p in parts}
+    if len(rows) != 1:
+        raise DataError(directory, f"the three parts have different numbers of rows: {[p.shape[0] for p in parts]}")
+    return np.concatenate(parts, axis=1)
+
+
+def sample_sequences(records: list[TextRecord], count: int | None, seed: int, max_tokens: int | None = None) -> list[TextRecord]:
+    """A seeded sample of ``count`` sequences (all if None), each cut to ``max_tokens``."""
+    import random
+
+    chosen = list(records)
+    if count is not None and count < len(chosen):
+        chosen = random.Random(seed).sample(chosen, count)
+    if max_tokens:
+        chosen = [TextRecord(token_ids=tuple(r.token_ids[:max_tokens])) if r.token_ids is not None else r for r in chosen]
+    return chosen

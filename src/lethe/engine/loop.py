@@ -33,6 +33,7 @@ class TrainConfig:
     micro_batch_size: int = 8
     weight_decay: float = 0.01
     warmup_epochs: float = 1.0    # linear warm-up over the first epoch (the papers' schedule)
+    schedule: str = "linear"      # linear: warm-up then linear decay; constant: warm-up then flat
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint: bool = True
@@ -95,8 +96,12 @@ def train(
     steps_per_epoch = math.ceil(per_rank / accum)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(steps_per_epoch * config.warmup_epochs))
+    if config.schedule not in ("linear", "constant"):
+        from ..errors import LetheError
+
+        raise LetheError(f"schedule must be 'linear' or 'constant', got '{config.schedule}'")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
+        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, config.schedule))
 
     trainable, total = count_parameters(model)
     cost = Cost(params_total=total, params_trainable=trainable)

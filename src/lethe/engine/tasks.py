@@ -12,7 +12,7 @@ import torch
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..data.pairing import pair_retain
-from ..data.prompt import encode_qa
+from ..data.prompt import encode_qa, encode_record
 from ..data.records import QARecord
 from ..objectives.method import Method
 from ..objectives.tokens import mean_nll, sequence_logprob
@@ -24,11 +24,11 @@ def _forward(model, batch, device):
 
 
 class FinetuneTask:
-    """Plain supervised fine-tuning on QA pairs (question tokens masked)."""
+    """Plain supervised training: QA pairs (question tokens masked) or text sequences."""
 
-    def __init__(self, tokenizer, records: Sequence[QARecord], *, max_length: int = 256):
+    def __init__(self, tokenizer, records: Sequence, *, max_length: int = 512):
         self.pad = tokenizer.pad_token_id
-        self.examples = [encode_qa(tokenizer, r.question, r.answer, max_length=max_length) for r in records]
+        self.examples = [encode_record(tokenizer, r, max_length=max_length) for r in records]
         self.lengths = [len(e["input_ids"]) for e in self.examples]
 
     def __call__(self, model, idx, device) -> StepOutput:
@@ -42,14 +42,20 @@ class UnlearnTask:
     """Forget example i is paired with retain example ``pairs[i]`` (seeded, fixed)."""
 
     def __init__(self, tokenizer, method: Method, forget: Sequence[QARecord], retain: Sequence[QARecord] = (),
-                 *, seed: int = 0, max_length: int = 256, refusals: Sequence[str] | None = None,
+                 *, seed: int = 0, max_length: int = 512, refusals: Sequence[str] | None = None,
                  reference=None):
         self.method = method
         self.needs = set(method.needs)
         self.pad = tokenizer.pad_token_id
-        self.forget = [encode_qa(tokenizer, r.question, r.answer, max_length=max_length) for r in forget]
+        self.forget = [encode_record(tokenizer, r, max_length=max_length) for r in forget]
         self.lengths = [len(e["input_ids"]) for e in self.forget]
-        self.retain = [encode_qa(tokenizer, r.question, r.answer, max_length=max_length) for r in retain]
+        self.retain = [encode_record(tokenizer, r, max_length=max_length) for r in retain]
+        needs_questions = self.needs & {"idk_logits", "idk_labels", "ref_idk_logp", "retain_idk_logits"}
+        if needs_questions and not all(isinstance(r, QARecord) for r in list(forget) + list(retain)):
+            from ..errors import LetheError
+
+            raise LetheError(f"method {method.name} answers questions with refusals: it needs QA records, "
+                             "not text sequences")
         if self.needs & {"retain_logits", "retain_labels", "ref_retain_logits", "retain_idk_logits"} and not self.retain:
             from ..errors import LetheError
 

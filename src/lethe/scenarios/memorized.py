@@ -1,0 +1,191 @@
+"""Scenario 2 (SPEC §6; IHL seed Sec. 3, App. G-I): unlearning memorized sequences.
+
+Offline: train a small model on background prose plus "canary" records repeated several times
+(so they are memorized), then unlearn 32 canaries per request with each method until the
+forget set is no more extractable than canaries the model never saw (EL_10 and MA at or below
+the validation values), or ``max_epochs`` pass (unsuccessful). Reported per run: trainable
+share, epochs to success, EL_10, MA, held-out perplexity and cost; with ``requests > 1`` the
+same model receives several disjoint forget requests in a row (continual unlearning).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+from ..data.records import TextRecord
+from ..engine.loop import TrainConfig
+from ..engine.stopping import ExtractionThresholds, should_stop
+
+NAME = "memorized-sequences"
+VERSION = 1
+# The rows of the IHL seed's Table 1 (its "GD" is gradient difference: GA on forget + GD on retain).
+DEMO_RUNS = ("GA@full", "GA+GD@full", "GA+GD@lora", "IHL+GD@lora", "IHL+GD@fila")
+
+
+@dataclass(frozen=True)
+class MemorizedSettings:
+    model_preset: str
+    vocab_size: int
+    max_tokens: int           # canaries are cut to this many tokens (EL cost grows with T^2)
+    repeats: int              # how often each canary appears in the training corpus
+    pretrain: TrainConfig
+    unlearn: TrainConfig      # epochs = max_epochs; constant LR as in the IHL seed's TDEC runs
+    lora_rank: int = 8
+    lora_lr_scale: float = 4.0
+    forget_size: int = 32
+    validation_size: int = 32
+    min_epochs: int = 1
+
+
+SETTINGS = {
+    "smoke": MemorizedSettings("smoke", 600, 24, 6, TrainConfig(epochs=6, lr=3e-3, batch_size=16, micro_batch_size=16,
+                                                                checkpoint=False),
+                               TrainConfig(epochs=2, lr=1e-3, batch_size=8, micro_batch_size=8, warmup_epochs=0,
+                                           schedule="constant", checkpoint=False), lora_rank=4, forget_size=8,
+                               validation_size=8),
+    "small": MemorizedSettings("small", 1500, 48, 10, TrainConfig(epochs=12, lr=2e-3, batch_size=16, micro_batch_size=16,
+                                                                  checkpoint=False),
+                               TrainConfig(epochs=10, lr=1e-3, batch_size=8, micro_batch_size=8, warmup_epochs=0,
+                                           schedule="constant", checkpoint=False), lora_lr_scale=5.0),
+}
+
+
+def parse_run_spec(spec: str) -> tuple[str, str]:
+    method, _, params = spec.partition("@")
+    return method.strip(), (params.strip().lower() or "full")
+
+
+def _ids(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list[list[int]]:
+    out = []
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"]
+        out.append(ids[:max_tokens] if max_tokens else ids)
+    return out
+
+
+def measure(model, tokenizer, forget_ids, heldout_ids, *, n: int = 10) -> dict[str, float]:
+    from ..evaluation.memorization import extraction_likelihood, memorization_accuracy, perplexity
+    from ..evaluation.metrics import mean
+
+    return {"forget/EL10": mean(extraction_likelihood(model, tokenizer, forget_ids, n=n)),
+            "forget/MA": mean(memorization_accuracy(model, tokenizer, forget_ids)),
+            "heldout/PPL": perplexity(model, tokenizer, heldout_ids)}
+
+
+def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int, requests: int,
+                  resume: bool, progress: bool) -> dict:
+    from .. import api
+    from ..data.canaries import generate_corpus
+    from ..errors import LetheError
+    from ..evaluation.memorization import extraction_likelihood, memorization_accuracy
+    from ..evaluation.metrics import mean
+    from ..io import write_json
+    from ..model.build import build_tiny_model, train_tokenizer
+    from ..model.load import load_model, load_tokenizer
+    from ..model.lora import ParamsConfig
+    from ..report import write_memorized_report
+    from .fictitious import _console
+
+    if size not in SETTINGS:
+        raise LetheError(f"unknown size '{size}' for the memorized scenario: expected one of {', '.join(SETTINGS)}")
+    if requests < 1:
+        raise LetheError(f"requests must be at least 1, got {requests}")
+    t0 = time.perf_counter()
+    st = SETTINGS[size]
+    out = Path(out)
+    console = _console(progress)
+    corpus = generate_corpus(n_canaries=st.forget_size * max(requests, 4), n_validation=st.validation_size,
+                             repeats=st.repeats, seed=seed, background_size="smoke" if size == "smoke" else "small")
+    base_dir = out / "models" / "base"
+    if resume and (base_dir / "lethe_finetune.json").exists():
+        tokenizer, console_msg = load_tokenizer(base_dir), f"reusing {base_dir}"
+        console.print(f"[dim]{console_msg}[/dim]")
+    else:
+        tokenizer = train_tokenizer(corpus.training_texts(), vocab_size=st.vocab_size)
+        canary_ids = _ids(tokenizer, corpus.canaries, st.max_tokens)
+        train_records = ([TextRecord(token_ids=tuple(ids)) for ids in _ids(tokenizer, corpus.background)]
+                         + [TextRecord(token_ids=tuple(ids)) for ids in canary_ids for _ in range(corpus.repeats)])
+        console.print(f"training the base model on {len(train_records)} sequences (canaries x{corpus.repeats})")
+        model = build_tiny_model(tokenizer, st.model_preset, seed=seed, max_positions=512)
+        api.finetune(model, train_records, tokenizer=tokenizer, config=replace(st.pretrain, seed=seed),
+                     out_dir=base_dir, progress=progress, desc="pretrain")
+    canary_ids = _ids(tokenizer, corpus.canaries, st.max_tokens)
+    val_ids = _ids(tokenizer, corpus.validation, st.max_tokens)
+    heldout_ids = _ids(tokenizer, corpus.held_out)
+    retain = [TextRecord(token_ids=tuple(ids)) for ids in _ids(tokenizer, corpus.background)]
+    order = list(range(len(canary_ids)))
+    random.Random(seed).shuffle(order)
+    request_sets = [[canary_ids[i] for i in order[k * st.forget_size : (k + 1) * st.forget_size]] for k in range(requests)]
+
+    base = load_model(base_dir)
+    thresholds = ExtractionThresholds(el=mean(extraction_likelihood(base, tokenizer, val_ids)),
+                                      ma=mean(memorization_accuracy(base, tokenizer, val_ids)))
+    before = [measure(base, tokenizer, ids, heldout_ids) for ids in request_sets]
+    console.print(f"validation EL10 {thresholds.el:.3f} MA {thresholds.ma:.3f}; forget EL10 "
+                  f"{before[0]['forget/EL10']:.3f} MA {before[0]['forget/MA']:.3f}")
+    del base
+
+    results_runs = []
+    for spec in runs or DEMO_RUNS:
+        method, kind = parse_run_spec(spec)
+        run_dir = out / "runs" / f"{method.lower().replace('+', '_')}-{kind}"
+        done = run_dir / "run.json"
+        if resume and done.exists():
+            results_runs.append(json.loads(done.read_text()))
+            continue
+        console.print(f"unlearning with {method} ({kind})")
+        model = load_model(base_dir)
+        cfg = replace(st.unlearn, seed=seed)
+        if kind != "full":
+            cfg = replace(cfg, lr=cfg.lr * st.lora_lr_scale)
+        per_request = []
+        for k, forget_ids in enumerate(request_sets):
+            def hook(epoch, mdl, forget_ids=forget_ids):
+                metrics = measure(mdl, tokenizer, forget_ids, heldout_ids)
+                return {"metrics": metrics, "stop": should_stop(epoch, metrics["forget/EL10"], metrics["forget/MA"],
+                                                                thresholds, st.min_epochs)}
+
+            forget = [TextRecord(token_ids=tuple(ids)) for ids in forget_ids]
+            model, run = api.unlearn(model, forget, retain, method=method, tokenizer=tokenizer, config=cfg,
+                                     params=ParamsConfig(kind=kind, rank=st.lora_rank), seed=seed + k,
+                                     epoch_hook=hook, save=False, progress=progress)
+            last = run.epochs[-1]["metrics"] if run.epochs else {}
+            success = run.status == "ok" and bool(run.epochs) and run.epochs[-1]["epoch"] > 0 and \
+                last.get("forget/EL10", 1) <= thresholds.el and last.get("forget/MA", 1) <= thresholds.ma
+            record = run.to_dict()
+            record.update({"request": k + 1, "success": success,
+                           "epochs_to_success": run.epochs[-1]["epoch"] if success else None})
+            per_request.append(record)
+            if hasattr(model, "peft_config"):  # the next request starts from this one's result
+                from ..model.lora import REFERENCE
+
+                if REFERENCE in model.peft_config:
+                    model.delete_adapter(REFERENCE)
+                model = model.merge_and_unload()
+        first = per_request[0]
+        entry = {**first, "method": method, "params": kind, "requests": per_request if requests > 1 else []}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(done, entry)
+        results_runs.append(entry)
+    results = {
+        "scenario": NAME, "scenario_version": VERSION, "size": size, "seed": seed,
+        "model": {"kind": "llama (built here)", "preset": st.model_preset, "vocab_size": len(tokenizer),
+                  "path": str(base_dir)},
+        "data": {"forget": st.forget_size, "requests": requests, "validation": len(val_ids),
+                 "canary_tokens": st.max_tokens, "repeats": corpus.repeats, "retain_sequences": len(retain),
+                 "heldout_sequences": len(heldout_ids)},
+        "thresholds": asdict(thresholds),
+        "settings": {"pretrain": asdict(st.pretrain), "unlearn": asdict(st.unlearn), "lora_rank": st.lora_rank,
+                     "lora_lr_scale": st.lora_lr_scale, "min_epochs": st.min_epochs},
+        "reference": {"target": {**before[0], "validation/EL10": thresholds.el, "validation/MA": thresholds.ma}},
+        "reference_requests": before,
+        "runs": results_runs,
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    write_json(out / "results.json", results)
+    write_memorized_report(results, out / "report.md")
+    return results
