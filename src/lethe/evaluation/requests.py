@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from ..data.batching import length_sorted_batches, pad_batch
-from ..data.prompt import DEFAULT_FORMAT, PromptFormat, encode_qa, prompt_ids
+from ..data.prompt import PromptFormat, encode_qa, prompt_ids
 from ..objectives.tokens import sequence_logprob
 
 
@@ -19,7 +19,7 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def answer_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32,
-               max_length: int = 512, fmt: PromptFormat = DEFAULT_FORMAT) -> tuple[list[float], list[int]]:
+               max_length: int = 512, fmt: PromptFormat | None = None) -> tuple[list[float], list[int]]:
     """Summed answer-token NLL and answer-token count for each (question, answer)."""
     encoded = [encode_qa(tokenizer, q, a, max_length=max_length, fmt=fmt) for q, a in pairs]
     nll = [0.0] * len(encoded)
@@ -40,7 +40,7 @@ def answer_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int = 64,
-                     batch_size: int = 32, fmt: PromptFormat = DEFAULT_FORMAT) -> list[str]:
+                     batch_size: int = 32, fmt: PromptFormat | None = None) -> list[str]:
     """Greedy answers: prompts sorted by length, left-padded, KV cache on."""
     prompts = [prompt_ids(tokenizer, q, fmt) for q in questions]
     outputs = [""] * len(prompts)

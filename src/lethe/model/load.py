@@ -5,6 +5,7 @@ unless the caller passes ``trust_remote_code=True`` explicitly.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -22,6 +23,10 @@ except ImportError:  # pragma: no cover
 
 
 def _resolve(name_or_path: str | os.PathLike) -> str:
+    from .pretrained import KNOWN, resolve
+
+    if str(name_or_path) in KNOWN and not Path(name_or_path).exists():
+        return str(resolve(str(name_or_path)))
     path = Path(name_or_path)
     if path.exists():
         if not path.is_dir():
@@ -56,6 +61,11 @@ def load_tokenizer(name_or_path, *, trust_remote_code: bool = False):
     if tok.pad_token_id is None:
         # Padding is masked everywhere; reusing eos as pad is the usual convention.
         tok.pad_token = tok.eos_token
+    fmt_file = Path(src) / "lethe_prompt.json"
+    if fmt_file.exists():
+        from ..data.prompt import PromptFormat
+
+        tok.lethe_prompt = PromptFormat(**json.loads(fmt_file.read_text()))
     return tok
 
 
@@ -88,6 +98,11 @@ def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+            fmt = getattr(tokenizer, "lethe_prompt", None)
+            if fmt is not None:  # the prompt format travels with the model
+                from dataclasses import asdict
+
+                (tmp / "lethe_prompt.json").write_text(json.dumps(asdict(fmt)))
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
