@@ -142,3 +142,76 @@ def test_unlearn_text_sequences_with_the_stopping_rule(smoke_run, tmp_path, caps
                          "--method", "IDK+GD", "--retain", str(tmp_path / "retain.jsonl"), "--out", str(tmp_path / "w")],
                         capsys)
     assert code == 2 and "needs QA records" in err
+
+
+def test_audit_record_matches_the_saved_weights(smoke_run, tmp_path, capsys):
+    from lethe.audit import saved_weights_sha256, weights_sha256
+    from lethe.model.load import load_model
+
+    out, _ = smoke_run
+    data, target = out / "data", out / "models" / "target"
+    code, _, err = _run(["--quiet", "unlearn", "--model", str(target), "--forget", str(data / "forget10.jsonl"),
+                         "--retain", str(data / "retain90.jsonl"), "--holdout", str(data / "forget05.jsonl"),
+                         "--method", "NPO+GD", "--params", "lora", "--rank", "2", "--epochs", "1",
+                         "--batch-size", "4", "--micro-batch-size", "4", "--out", str(tmp_path / "u")], capsys)
+    assert code == 0, err
+    audit = json.loads((tmp_path / "u" / "audit.json").read_text())
+    assert audit["model_after_sha256"] == saved_weights_sha256(tmp_path / "u" / "model")
+    assert audit["model_before_sha256"] == weights_sha256(load_model(target).state_dict())
+    assert audit["model_before_sha256"] != audit["model_after_sha256"]
+    assert audit["request"]["forget_records"] == 4 and len(audit["request"]["forget_sha256"]) == 64
+    assert "forget_text" not in audit["request"]
+    assert "Who" not in (tmp_path / "u" / "audit.json").read_text()  # no raw questions leak into the record
+    assert 0 <= audit["evidence"]["membership_after"]["auc_forget_vs_holdout"] <= 1
+    assert "forget/ROUGE" in audit["evidence"]["forget_after"] or audit["evidence"]["forget_after"] == {}
+    pointer = json.loads((tmp_path / "u" / "model" / "lethe_audit.json").read_text())
+    assert pointer["model_sha256"] == audit["model_after_sha256"]
+
+
+def test_config_file_validation(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cases = [("lr: fast\n", "key 'lr' expects a number, got 'fast'"),
+             ("epochs: 2.5\n", "key 'epochs' expects an integer, got 2.5"),
+             ("learning_rate: 0.1\n", "unknown key 'learning_rate'; valid keys:"),
+             ("params: qlora\n", "key 'params' expects one of full, lora, fila, got 'qlora'"),
+             ("merge: 1\n", "key 'merge' expects true or false, got 1"),
+             ("- a\n- b\n", "expected a mapping of option: value, got list")]
+    for text, expected in cases:
+        cfg.write_text(text)
+        code, _, err = _run(["unlearn", "--config", str(cfg), "--model", "m", "--forget", "f", "--out",
+                             str(tmp_path / "o")], capsys)
+        assert code == 2 and expected in err, (text, err)
+        assert not (tmp_path / "o").exists()
+
+
+def test_config_file_and_api_give_identical_results(smoke_run, tmp_path, capsys):
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+
+    out, _ = smoke_run
+    data, target = out / "data", out / "models" / "target"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {target}\nforget: {data / 'forget10.jsonl'}\nretain: {data / 'retain90.jsonl'}\n"
+                   "method: IHL+GD\nepochs: 2\nlr: 0.002\nbatch-size: 4\nmicro_batch_size: 4\nseed: 3\n"
+                   f"eval-retain: {data / 'retain90.jsonl'}\neval-limit: 4\n")
+    code, _, err = _run(["--quiet", "unlearn", "--config", str(cfg), "--epochs", "1", "--out", str(tmp_path / "cli")],
+                        capsys)
+    assert code == 0, err
+    resolved = (tmp_path / "cli" / "config.yaml").read_text()
+    assert "epochs: 1" in resolved and "lr: 0.002" in resolved  # the command line overrode the file
+    code, _, err = _run(["--quiet", "unlearn", "--config", str(tmp_path / "cli" / "config.yaml"), "--out",
+                         str(tmp_path / "again")], capsys)
+    assert code == 0, err
+    from lethe.data.readers import read_qa
+    from lethe.evaluation.suite import EvalSet, load_semantic
+
+    _, run = api.unlearn(str(target), data / "forget10.jsonl", data / "retain90.jsonl", method="IHL+GD", seed=3,
+                         config=TrainConfig(epochs=1, lr=0.002, batch_size=4, micro_batch_size=4),
+                         eval_sets=[EvalSet("forget", read_qa(data / "forget10.jsonl"), "qa", forget=True),
+                                    EvalSet("retain", read_qa(data / "retain90.jsonl"), "qa")],
+                         eval_kwargs={"eval_limit": 4, "max_new_tokens": 48, "semantic": load_semantic()},
+                         out_dir=tmp_path / "api", progress=False)
+    runs = [json.loads((tmp_path / d / "run.json").read_text()) for d in ("cli", "again")]
+    for r in runs:
+        assert r["epochs"][-1]["metrics"] == pytest.approx(run.epochs[-1]["metrics"], abs=1e-6)
+        assert r["epochs"][-1]["losses"] == pytest.approx(run.epochs[-1]["losses"], abs=1e-6)

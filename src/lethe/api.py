@@ -121,7 +121,8 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
             eval_sets: Sequence[EvalSet] = (), retain_model_tr: Sequence[float] | None = None,
             eval_kwargs: dict | None = None, alpha: float | None = None, gamma: float | None = None,
             save: bool = True, merge: bool = False, resume: bool = False, epoch_hook=None,
-            progress: bool = True) -> tuple[Any, UnlearnRun]:
+            holdout=None, include_text: bool = False, thresholds: dict | None = None,
+            initial_metrics: dict | None = None, progress: bool = True) -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method`` (e.g. ``"GA+GD"``), evaluating per epoch.
 
     ``params`` is ``"full"``, ``"lora"``, ``"fila"`` or a :class:`ParamsConfig` (rank, alpha,
@@ -131,7 +132,10 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
     adds metrics and may end training early (the EL/MA stopping rule). With ``out_dir`` the
     unlearned model is saved to
     ``out_dir/model``: a plain transformers dir (full, or ``merge=True``) or a peft adapter that
-    applies to the original base model.
+    applies to the original base model, and ``out_dir/audit.json`` records the request (hashes,
+    not text, unless ``include_text``), weight hashes before/after, the evidence (forget metrics,
+    ``thresholds`` of a stopping rule, Min-K% membership AUC against ``holdout`` records) and cost.
+    ``initial_metrics`` replaces the epoch-0 evaluation when the caller scored the starting model.
 
     >>> model, run = lethe.unlearn("models/target", "forget10.jsonl", "retain90.jsonl", method="GA+GD")  # doctest: +SKIP
     """
@@ -151,6 +155,15 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
     run = UnlearnRun(method=m.name, params=pcfg.kind, config={**asdict(config), "alpha": m.alpha, "gamma": m.gamma,
                                                               "seed": seed, "params": asdict(pcfg)})
     task = UnlearnTask(tokenizer, m, forget, retain, seed=seed)
+    holdout = _records(holdout, tokenizer) if holdout is not None else None
+    before_sha = None
+    membership_before = None
+    if out_dir:
+        from .audit import membership_signal, weights_sha256
+
+        before_sha = weights_sha256(model.state_dict())
+        if holdout:
+            membership_before = membership_signal(model, tokenizer, forget, holdout)
     model, pinfo = apply_params(model, pcfg, forget_examples=task.forget, retain_examples=task.retain,
                                 pad_id=tokenizer.pad_token_id, seed=seed, progress=progress)
     if "ref_retain_logits" in m.needs:
@@ -175,7 +188,9 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
             out["stop"] = bool(extra.get("stop", False))
         return out if (eval_sets or epoch_hook) else {}
 
-    if eval_sets or epoch_hook:
+    if initial_metrics is not None:  # the caller already scored the starting model (shared by many runs)
+        run.epochs.append({"epoch": 0, "metrics": dict(initial_metrics)})
+    elif eval_sets or epoch_hook:
         first = score(0, model)
         first.pop("stop", None)
         run.epochs.append({"epoch": 0, **first})
@@ -196,9 +211,19 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
         run.cost["reference_model_bytes"] = getattr(task.reference, "nbytes", 0)
     task.reference = None  # the unlearned model never carries the starting weights along
     if run_dir is not None:
+        from .audit import membership_signal, saved_weights_sha256, weights_sha256, write_audit
+
+        membership_after = membership_signal(model, tokenizer, forget, holdout) if holdout else None
+        model_dir = None
         if save and run.status == "ok":
-            save_unlearned(model, tokenizer, run_dir / "model", merge=merge, base_model_path=base_path)
+            model_dir = save_unlearned(model, tokenizer, run_dir / "model", merge=merge, base_model_path=base_path)
+            after_sha = saved_weights_sha256(model_dir)
+        else:
+            after_sha = weights_sha256({k: v for k, v in model.state_dict().items() if "lethe_reference" not in k})
         write_json(run_dir / "run.json", run.to_dict())
+        write_audit(run_dir, run=run, forget=forget, retain=retain, before_sha=before_sha, after_sha=after_sha,
+                    include_text=include_text, membership_before=membership_before,
+                    membership_after=membership_after, thresholds=thresholds, model_dir=model_dir)
     return model, run
 
 
@@ -260,3 +285,34 @@ def demo_memorized(size: str = "small", out: str | Path = "runs/memorized", *, r
 
     return run_memorized(size=size, out=Path(out), runs=runs, seed=seed, requests=requests, resume=resume,
                          progress=progress)
+
+
+def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> list[Path]:
+    """Write ``report.html`` (self-contained, plots embedded) and ``report.md`` for run directories.
+
+    >>> lethe.report(["runs/demo", "runs/memorized"], out="runs/report")  # doctest: +SKIP
+    """
+    from .report import write_memorized_report, write_report
+    from .report_html import write_html
+
+    loaded = []
+    for d in run_dirs:
+        f = Path(d) / "results.json"
+        if not f.exists():
+            raise LetheError(f"{f}: file not found (a run directory holds results.json)")
+        try:
+            loaded.append((str(d), json.loads(f.read_text())))
+        except json.JSONDecodeError as e:
+            raise LetheError(f"{f}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    out = Path(out) if out else Path(run_dirs[0])
+    html_path = write_html(loaded, out / "report.html")
+    md_parts = []
+    for src, res in loaded:
+        tmp = out / ".report_part.md"
+        (write_memorized_report if res.get("scenario") == "memorized-sequences" else write_report)(res, tmp)
+        md_parts.append(tmp.read_text())
+        tmp.unlink()
+    from .io import write_text
+
+    md_path = write_text(out / "report.md", "\n\n".join(md_parts))
+    return [html_path, md_path]

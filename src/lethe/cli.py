@@ -136,7 +136,7 @@ def _unlearn_text(args, progress: bool) -> None:
     retain = read(args.retain) if args.retain else []
     validation = sample_sequences(read(args.validation), None, args.seed, args.max_tokens) if args.validation else None
     heldout = read(args.heldout) if args.heldout else None
-    hook = None
+    hook, th = None, None
     if validation or heldout:
         from .model.load import load_model
 
@@ -149,7 +149,9 @@ def _unlearn_text(args, progress: bool) -> None:
         model = args.model
     _, run_ = api.unlearn(model, forget, retain, method=args.method, tokenizer=tokenizer, config=_train_config(args),
                           params=_params_config(args), merge=args.merge, seed=args.seed, out_dir=args.out,
-                          epoch_hook=hook, alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress)
+                          epoch_hook=hook, alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress,
+                          holdout=validation or args.holdout, include_text=args.include_text,
+                          thresholds={"el": th.el, "ma": th.ma} if hook is not None and th is not None else None)
     if run_.status != "ok":
         raise LetheError(run_.message or "unlearning failed")
     if not args.quiet:
@@ -162,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lethe", description="Make a language model forget, and measure that it did.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add = sub.add_parser
+
+    def add_parser(name, **kw):
+        p = _add(name, **kw)
+        p.add_argument("--config", default=None,
+                       help="YAML file of this command's options (long names as keys); command-line options win")
+        return p
+
+    sub.add_parser = add_parser  # every command takes --config
 
     p = sub.add_parser("demo", help="offline end-to-end run: data, models, unlearning, evaluation, report")
     p.add_argument("--scenario", choices=("fictitious", "memorized", "real-world"), default="fictitious",
@@ -205,10 +216,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--el-n", type=int, default=10, help="n of EL_n (default 10)")
     p.add_argument("--alpha", type=float, default=None, help="weight of the forget loss (paper default per method)")
     p.add_argument("--gamma", type=float, default=None, help="weight of the regularizer (default 1)")
-    p.add_argument("--out", required=True, help="run directory: model/, run.json, steps.jsonl, checkpoint/")
+    p.add_argument("--out", required=True, help="run directory: model/, run.json, audit.json, steps.jsonl, checkpoint/")
+    p.add_argument("--include-text", action="store_true",
+                   help="put the forget records' text in audit.json (default: only their count and sha256)")
+    p.add_argument("--holdout", default=None,
+                   help="records of the same kind the model never saw: audit.json gets a Min-K%% membership AUC "
+                        "(forget vs these) before and after")
     _train_args(p, TrainConfig())
     _params_args(p)
     _eval_args(p)
+
+    p = sub.add_parser("report", help="write report.html (plots embedded) and report.md from run directories")
+    p.add_argument("runs", nargs="+", help="directories holding a results.json (e.g. the --out of lethe demo)")
+    p.add_argument("--out", default=None, help="where to write report.html/report.md (default: the first run dir)")
 
     p = sub.add_parser("eval", help="evaluate a model on QA sets (ROUGE, P, TR, MU, FE, FQ)")
     p.add_argument("--model", required=True, help="model directory")
@@ -217,8 +237,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """Parse, applying ``--config FILE`` as defaults that command-line options override."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = parser._subparsers._group_actions[0].choices
+    command = next((a for a in argv if a in commands), None)
+    config = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"), None)
+    config = config or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    required = []
+    if command and config:
+        from .config import load_config
+
+        sub = commands[command]
+        sub.set_defaults(**load_config(config, sub))
+        # required options may come from the file: relax them, then check they are set
+        required = [a for a in sub._actions if a.required]
+        for a in required:
+            a.required = False
+    args = parser.parse_args(argv)
+    missing = [a.option_strings[0] for a in required if getattr(args, a.dest) is None]
+    if missing:
+        raise LetheError(f"missing {', '.join(missing)} (neither in {config} nor on the command line)")
+    return args, parser
+
+
 def run(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args, parser = parse(argv)
+    code = _dispatch(args)
+    if code == 0 and getattr(args, "out", None) and args.command in ("unlearn", "finetune", "demo"):
+        from .config import save_resolved  # written once the run succeeded: nothing is written for bad input
+
+        save_resolved(args, parser._subparsers._group_actions[0].choices[args.command], args.out)
+    return code
+
+
+def _dispatch(args) -> int:
     progress = not args.quiet and sys.stderr.isatty()
     from . import api
 
@@ -238,7 +292,12 @@ def run(argv=None) -> int:
                      forget_percent=args.forget_percent, resume=not args.fresh, progress=progress,
                      embedding_model=args.embedding_model, nli_model=args.nli_model)
         if not args.quiet:
-            print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}")
+            print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}\n"
+                  f"         {(Path(args.out) / 'report.html').resolve()}")
+    elif args.command == "report":
+        written = api.report(args.runs, out=args.out)
+        if not args.quiet:
+            print("\n".join(str(p) for p in written))
     elif args.command == "finetune":
         from .data.readers import read_qa
 
@@ -265,7 +324,8 @@ def run(argv=None) -> int:
                               params=_params_config(args), merge=args.merge, seed=args.seed, out_dir=args.out, eval_sets=sets, retain_model_tr=_retain_tr(args, sets),
                               eval_kwargs={"eval_limit": args.eval_limit, "max_new_tokens": args.max_new_tokens,
                                            "truth_ratio": args.truth_ratio, "semantic": _semantic(args)},
-                              alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress)
+                              alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress,
+                              holdout=args.holdout, include_text=args.include_text)
         if run_.status != "ok":
             print(f"lethe: {run_.message}", file=sys.stderr)
             return 1

@@ -169,7 +169,7 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
         _, run = api.unlearn(model, data.forget(forget_percent), data.retain(forget_percent), method=method,
                              tokenizer=tokenizer, config=train_cfg, params=params, seed=seed, out_dir=run_dir,
                              eval_sets=sets, retain_model_tr=retain_tr, eval_kwargs=eval_kwargs, save=False,
-                             progress=progress)
+                             initial_metrics=tgt.metrics, progress=progress)
         runs.append(run.to_dict())
     n_params = sum(p.numel() for p in retain_model.parameters())
     results = {
@@ -196,4 +196,7 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
     }
     write_json(out / "results.json", results)
     write_report(results, out / "report.md")
+    from ..report_html import write_html
+
+    write_html([(str(out), results)], out / "report.html")
     return results

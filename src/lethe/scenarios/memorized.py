@@ -188,4 +188,7 @@ def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int
     }
     write_json(out / "results.json", results)
     write_memorized_report(results, out / "report.md")
+    from ..report_html import write_html
+
+    write_html([(str(out), results)], out / "report.html")
     return results

@@ -1,0 +1,134 @@
+"""Audit record of a forget request: what was asked, what was done, and the evidence it worked.
+
+``audit.json`` holds: the request (count and sha256 of the forget records; their text only when
+asked), the method and resolved config, sha256 of the weights before and after, the evidence
+(forget metrics before/after, the EL/MA thresholds where they apply, a Min-K% membership signal
+on forget vs held-out data), the change in utility metrics, and the cost. The unlearned model
+directory carries ``lethe_audit.json`` pointing back to it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .io import write_json
+
+
+def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def saved_weights_sha256(model_dir: str | Path) -> str:
+    """The same hash, of the tensors stored in a saved model or adapter directory."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        tensors.update(load_file(str(f)))
+    return weights_sha256(tensors)
+
+
+def records_sha256(records: Sequence) -> str:
+    """A content hash of the request: canonical JSON of every record, in order."""
+    h = hashlib.sha256()
+    for r in records:
+        d = asdict(r) if is_dataclass(r) else dict(r)
+        h.update(json.dumps(d, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def min_k_scores(tok_logp: Sequence[Sequence[float]], k: float = 0.4) -> list[float]:
+    """Min-K% Prob: mean of the lowest k share of a sequence's token log-probs (higher = more member-like)."""
+    out = []
+    for lp in tok_logp:
+        lp = sorted(lp)
+        n = max(1, int(len(lp) * k))
+        out.append(float(np.mean(lp[:n])) if lp else float("nan"))
+    return out
+
+
+def membership_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
+    """ROC-AUC of telling members from non-members by score (0.5 = indistinguishable)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = [1] * len(member_scores) + [0] * len(nonmember_scores)
+    return float(roc_auc_score(y, list(member_scores) + list(nonmember_scores)))
+
+
+@torch.no_grad()
+def token_logprob_lists(model, tokenizer, records: Sequence, batch_size: int = 16) -> list[list[float]]:
+    """Per-token log-probs of each record's scored tokens (answer tokens for QA, all for text)."""
+    from .data.batching import pad_batch
+    from .data.prompt import encode_record
+    from .objectives.tokens import token_logprobs
+
+    device = next(model.parameters()).device
+    enc = [encode_record(tokenizer, r) for r in records]
+    out = []
+    for s in range(0, len(enc), batch_size):
+        b = pad_batch(enc[s : s + batch_size], tokenizer.pad_token_id)
+        lp, mask = token_logprobs(model(input_ids=b["input_ids"].to(device),
+                                        attention_mask=b["attention_mask"].to(device)).logits, b["labels"].to(device))
+        for row in range(lp.shape[0]):
+            out.append([float(v) for v, m in zip(lp[row], mask[row]) if m > 0])
+    return out
+
+
+def membership_signal(model, tokenizer, forget: Sequence, holdout: Sequence, k: float = 0.4) -> dict:
+    f = min_k_scores(token_logprob_lists(model, tokenizer, forget), k)
+    h = min_k_scores(token_logprob_lists(model, tokenizer, holdout), k)
+    return {"min_k_percent": 100 * k, "forget_mean": float(np.mean(f)), "holdout_mean": float(np.mean(h)),
+            "auc_forget_vs_holdout": membership_auc(f, h)}
+
+
+def write_audit(run_dir: Path, *, run, forget: Sequence, retain: Sequence, before_sha: str, after_sha: str,
+                include_text: bool = False, membership_before: dict | None = None,
+                membership_after: dict | None = None, thresholds: dict | None = None,
+                model_dir: Path | None = None) -> Path:
+    from . import __version__
+
+    first = run.epochs[0].get("metrics", {}) if run.epochs else {}
+    last = run.epochs[-1].get("metrics", {}) if run.epochs else {}
+    forget_keys = sorted(k for k in set(first) | set(last) if k.startswith("forget/") and "_values" not in k)
+    utility_keys = sorted(k for k in set(first) & set(last) if not k.startswith("forget/") and "_values" not in k)
+    request = {"forget_records": len(forget), "forget_sha256": records_sha256(forget),
+               "retain_records": len(retain), "retain_sha256": records_sha256(retain) if retain else None}
+    if include_text:
+        request["forget_text"] = [asdict(r) if is_dataclass(r) else r for r in forget]
+    audit = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "lethe_version": __version__,
+        "request": request,
+        "method": run.method, "params": run.params, "config": run.config, "status": run.status,
+        "model_before_sha256": before_sha, "model_after_sha256": after_sha,
+        "evidence": {
+            "forget_before": {k: first.get(k) for k in forget_keys},
+            "forget_after": {k: last.get(k) for k in forget_keys},
+            "stopping_rule": thresholds,
+            "membership_before": membership_before, "membership_after": membership_after,
+        },
+        "utility_change": {k: last[k] - first[k] for k in utility_keys
+                           if isinstance(first.get(k), (int, float)) and isinstance(last.get(k), (int, float))},
+        "cost": run.cost,
+        "saved_model": str(model_dir) if model_dir else None,
+    }
+    path = write_json(Path(run_dir) / "audit.json", audit)
+    if model_dir is not None and Path(model_dir).exists():
+        write_json(Path(model_dir) / "lethe_audit.json", {"audit": str(path.resolve()), "model_sha256": after_sha})
+    return path

@@ -1,0 +1,87 @@
+"""``--config run.yaml``: a command's options from a file, validated against the parser itself.
+
+Keys are the long option names (``lr``, ``micro-batch-size`` or ``micro_batch_size``). Unknown
+keys and values of the wrong type are errors naming the file, the key and what was expected,
+raised before any model loads. Command-line options override the file. The resolved options
+are saved as ``config.yaml`` in the run's output directory, so ``--config RUN/config.yaml``
+repeats the run.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from .errors import LetheError
+from .io import write_text
+
+SKIP = {"help", "config", "command", "quiet"}
+
+
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest not in SKIP and a.option_strings or a.dest in ("runs",)}
+
+
+def _typename(action) -> str:
+    if isinstance(action, argparse._StoreTrueAction):
+        return "true or false"
+    if action.choices:
+        return "one of " + ", ".join(map(str, action.choices))
+    return {int: "an integer", float: "a number", None: "a string", str: "a string"}.get(action.type, "a value")
+
+
+def _convert(path, key, action, value):
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise LetheError(f"{path}: key '{key}' expects true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    if isinstance(value, list) and action.dest in ("methods", "target_modules"):
+        value = ",".join(map(str, value))
+    if action.type is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LetheError(f"{path}: key '{key}' expects an integer, got {value!r}")
+    elif action.type is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LetheError(f"{path}: key '{key}' expects a number, got {value!r}")
+        value = float(value)
+    elif isinstance(value, (dict, list)):
+        raise LetheError(f"{path}: key '{key}' expects {_typename(action)}, got {type(value).__name__}")
+    else:
+        value = str(value) if not isinstance(value, (int, float)) or action.type is None else value
+        if action.type is None:
+            value = str(value)
+    if action.choices and value not in action.choices:
+        raise LetheError(f"{path}: key '{key}' expects {_typename(action)}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
+    """Validated defaults for ``parser`` from a YAML file."""
+    path = Path(path)
+    if not path.exists():
+        raise LetheError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise LetheError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise LetheError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
+    actions = _actions(parser)
+    out = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions:
+            raise LetheError(f"{path}: unknown key '{key}'; valid keys: {', '.join(sorted(d.replace('_', '-') for d in actions))}")
+        out[dest] = _convert(path, key, actions[dest], value)
+    return out
+
+
+def save_resolved(args: argparse.Namespace, parser: argparse.ArgumentParser, directory: str | Path) -> Path:
+    actions = _actions(parser)
+    resolved = {d.replace("_", "-"): getattr(args, d) for d in actions if hasattr(args, d)}
+    return write_text(Path(directory) / "config.yaml",
+                      f"# lethe {args.command}: resolved options (repeat with --config this-file)\n"
+                      + yaml.safe_dump(resolved, sort_keys=True, allow_unicode=True))

@@ -1,0 +1,174 @@
+"""A self-contained report.html (plots embedded as PNG data, no network) from results.json files."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+from .io import write_text
+from .report import _fmt, _present, final_metrics
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d1d1f;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}h3{font-size:1.05rem}
+table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0 1.2rem}th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:right}
+th{background:#f3f3f5}td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.9rem}
+.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{max-width:100%;border:1px solid #eee}
+.sample{font-size:.85rem;margin:.4rem 0 1rem;padding:.5rem;background:#fafafa;border-left:3px solid #aac}.bad{color:#b00}"""
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="{html.escape(fig.get_label() or "plot")}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _label(run: dict) -> str:
+    return f"{run['method']} ({run.get('params', 'full')})"
+
+
+def _series(run: dict, key: str):
+    pts = [(e["epoch"], e.get("metrics", {}).get(key)) for e in run.get("epochs", [])]
+    return [(x, y) for x, y in pts if y is not None and not (isinstance(y, float) and math.isnan(y))]
+
+
+def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = False, title: str = ""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), num=title)
+    cmap = plt.get_cmap("tab20")
+    for i, run in enumerate(results.get("runs", [])):
+        xs = dict(_series(run, x_key))
+        ys = dict(_series(run, y_key))
+        epochs = [e for e in xs if e in ys]
+        if not epochs:
+            continue
+        px, py = [xs[e] for e in epochs], [ys[e] for e in epochs]
+        ax.plot(px, py, "-", color=cmap(i % 20), alpha=0.6, lw=1)
+        ax.scatter(px, py, s=[18 + 22 * e for e in epochs], color=cmap(i % 20), alpha=0.85, label=_label(run),
+                   edgecolors="white", linewidths=0.5)
+    for name, marker, color in (("target", "s", "black"), ("retain", "*", "gold")):
+        m = results.get("reference", {}).get(name, {})
+        if x_key in m and y_key in m:
+            ax.scatter([m[x_key]], [m[y_key]], marker=marker, s=160, color=color, edgecolors="black", zorder=5,
+                       label=f"{name} model")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_key + (" (log scale)" if logx else ""))
+    ax.set_ylabel(y_key)
+    ax.set_title(title + "  (marker size = epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return _png(fig)
+
+
+def _per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: dict | None = None):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys), 3.6), num=title, squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, key in zip(axes[0], keys):
+        for i, run in enumerate(results.get("runs", [])):
+            pts = _series(run, key)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=cmap(i % 20), label=_label(run))
+        if thresholds and key in thresholds:
+            ax.axhline(thresholds[key], color="red", ls="--", lw=1, label="validation threshold")
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
+def _table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _section(results: dict, source: str) -> str:
+    scen = results.get("scenario", "?")
+    parts = [f"<h2>{html.escape(scen)} <span class='note'>({html.escape(source)})</span></h2>"]
+    model, data = results.get("model", {}), results.get("data", {})
+    parts.append(f"<p class='note'>Model: {html.escape(str(model.get('kind')))}; data: "
+                 f"{html.escape(', '.join(f'{k} {v}' for k, v in data.items() if isinstance(v, (int, float))))}; "
+                 f"seed {results.get('seed')}.</p>")
+    for metric, why in results.get("metrics_unavailable", {}).items():
+        parts.append(f"<p class='note bad'>{html.escape(metric)} unavailable: {html.escape(why)}</p>")
+    figs = []
+    if scen == "memorized-sequences":
+        th = results.get("thresholds", {})
+        figs.append(_per_epoch_plot(results, ["forget/EL10", "forget/MA", "heldout/PPL"],
+                                    "EL_10 and MA of the forget set vs the validation thresholds",
+                                    {"forget/EL10": th.get("el"), "forget/MA": th.get("ma")}))
+        rows = [[r["method"], r["params"], r.get("cost", {}).get("trainable_percent"),
+                 r.get("epochs_to_success") or "unsuccessful", final_metrics(r).get("forget/EL10"),
+                 final_metrics(r).get("forget/MA"), final_metrics(r).get("heldout/PPL"), r.get("cost", {}).get("flops"),
+                 r.get("cost", {}).get("wall_time_s")] for r in results.get("runs", [])]
+        table = _table(["method", "params", "trainable %", "epochs", "EL_10", "MA", "held-out PPL", "FLOPs", "time (s)"],
+                       rows)
+    else:
+        fe_y = "MU18" if any("MU18" in final_metrics(r) for r in results.get("runs", [])) else "MU"
+        figs.append(_trajectory_plot(results, "FE", fe_y, title=f"{fe_y} vs FE"))
+        if any("FQ" in final_metrics(r) for r in results.get("runs", [])):
+            figs.append(_trajectory_plot(results, "FQ", "MU", logx=True, title="MU vs FQ"))
+        keys = _present(results, ("forget/ROUGE", "forget/P", "retain/ROUGE", "neighbour/ROUGE", "forget/CS"))
+        figs.append(_per_epoch_plot(results, keys, "Forget and retain metrics per epoch"))
+        summary = _present(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS",
+                                     "retain/ROUGE", "neighbour/ROUGE"))
+        rows = [[f"{n} model", "–", *[m.get(k) for k in summary]] for n, m in results.get("reference", {}).items()]
+        rows += [[r["method"], r.get("params", "full"), *[final_metrics(r).get(k) for k in summary]]
+                 for r in results.get("runs", [])]
+        table = _table(["method", "params", *summary], rows)
+    parts.append("<div class='figs'>" + "".join(figs) + "</div>")
+    parts.append("<h3>Final epoch</h3>" + table)
+    # per-metric tables per set (closer-look Tables 5-6)
+    sets = sorted({k.split("/")[0] for r in results.get("runs", []) for k in final_metrics(r) if "/" in k})
+    for s in sets:
+        metrics = sorted({k.split("/")[1] for r in results.get("runs", []) for k in final_metrics(r)
+                          if k.startswith(s + "/") and not k.endswith("_values")})
+        rows = [[_label(r), *[final_metrics(r).get(f"{s}/{m}") for m in metrics]] for r in results.get("runs", [])]
+        parts.append(f"<h3>{html.escape(s)} set</h3>" + _table(["method", *metrics], rows))
+    crow = [[_label(r), r.get("cost", {}).get("trainable_percent"), r.get("cost", {}).get("epochs"),
+             r.get("cost", {}).get("tokens_trained"), r.get("cost", {}).get("flops"), r.get("cost", {}).get("wall_time_s"),
+             (r.get("cost", {}).get("peak_memory_bytes") or 0) / 2**20] for r in results.get("runs", [])]
+    parts.append("<h3>Cost</h3><p class='note'>FLOPs ≈ N·(6·(trained + Fisher tokens) + 2·forward-only tokens).</p>"
+                 + _table(["method", "trainable %", "epochs", "tokens trained", "FLOPs", "time (s)", "peak mem (MiB)"],
+                          crow))
+    for set_name in ("forget", "retain", "neighbour"):
+        ref = results.get("reference_samples", {}).get("target", {}).get(set_name, [])
+        if not ref:
+            continue
+        parts.append(f"<h3>Sample generations: {set_name} set (final epoch)</h3>")
+        for i, s in enumerate(ref):
+            lines = [f"<b>Q:</b> {html.escape(s['question'])}", f"<b>truth:</b> {html.escape(s['answer'])}",
+                     f"<b>before:</b> {html.escape(s['generated'])}"]
+            for r in results.get("runs", []):
+                gen = r.get("samples", {}).get(set_name, [])
+                if i < len(gen):
+                    lines.append(f"<b>{html.escape(_label(r))}:</b> {html.escape(gen[i]['generated'])}")
+            parts.append("<div class='sample'>" + "<br>".join(lines) + "</div>")
+    audit = results.get("audit")
+    if audit:
+        parts.append("<h3>Audit</h3>" + _table(["field", "value"], [[k, str(v)] for k, v in audit.items()]))
+    return "\n".join(parts)
+
+
+def write_html(results_list: Sequence[tuple[str, dict]], path: str | Path) -> Path:
+    body = "\n".join(_section(r, src) for src, r in results_list)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Lethe report</title><style>{CSS}</style>"
+            f"</head><body><h1>Lethe report</h1>{body}</body></html>")
+    return write_text(path, page)
