@@ -215,3 +215,56 @@ def test_config_file_and_api_give_identical_results(smoke_run, tmp_path, capsys)
     for r in runs:
         assert r["epochs"][-1]["metrics"] == pytest.approx(run.epochs[-1]["metrics"], abs=1e-6)
         assert r["epochs"][-1]["losses"] == pytest.approx(run.epochs[-1]["losses"], abs=1e-6)
+
+
+def test_bench_grid_resumes_without_rerunning_finished_cells(smoke_run, tmp_path, capsys):
+    import shutil
+
+    out, _ = smoke_run
+    bench = tmp_path / "bench"
+    shutil.copytree(out / "models", bench / "models")  # reuse the fine-tuned models: only the grid runs
+    argv = ["--quiet", "bench", "--size", "smoke", "--methods", "GA+GD,IHL+GD", "--params", "full,lora",
+            "--rank", "2,4", "--out", str(bench)]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    res = json.loads((bench / "results.json").read_text())
+    assert [(r["method"], r["params"], r["config"]["params"]["rank"]) for r in res["runs"]] == [
+        ("GA+GD", "full", 8), ("GA+GD", "lora", 2), ("GA+GD", "lora", 4), ("IHL+GD", "full", 8),
+        ("IHL+GD", "lora", 2), ("IHL+GD", "lora", 4)]
+    stamps = {p: p.stat().st_mtime_ns for p in (bench / "runs").glob("*/run.json")}
+    (bench / "runs" / "ihl_gd-lora-r2" / "run.json").unlink()  # an interrupted grid: one cell unfinished
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    for p, t in stamps.items():
+        if "ihl_gd-lora-r2" not in str(p):
+            assert p.stat().st_mtime_ns == t, p  # finished cells were not rerun
+    assert (bench / "runs" / "ihl_gd-lora-r2" / "run.json").exists()
+
+
+def test_html_report_is_self_contained_with_every_image(smoke_run, tmp_path, capsys):
+    import base64
+    from html.parser import HTMLParser
+
+    out, _ = smoke_run
+    code, stdout, err = _run(["report", str(out), "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    page = (tmp_path / "report.html").read_text()
+
+    class Images(HTMLParser):
+        srcs = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.srcs.append(dict(attrs)["src"])
+
+    parser = Images()
+    parser.feed(page)
+    assert len(parser.srcs) >= 3  # MU vs FE, MU vs FQ, per-epoch metrics
+    for src in parser.srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in page and "https://" not in page  # nothing to fetch
+    methods = {r["method"] for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert methods and all(m in page for m in methods) and "Sample generations" in page
+    code, _, err = _run(["report", str(tmp_path / "missing")], capsys)
+    assert code == 2 and "results.json: file not found" in err

@@ -226,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     _params_args(p)
     _eval_args(p)
 
+    p = sub.add_parser("bench", help="run a grid of methods x parameterisations (x ranks) on the fictitious-author "
+                                      "scenario into one results file; finished cells are reused after an interruption")
+    p.add_argument("--methods", required=True, help="comma-separated methods, e.g. ME+GD,IDK+AP,GA+GD")
+    p.add_argument("--params", default="full", help="comma-separated: full,lora,fila (default full)")
+    p.add_argument("--rank", default="", help="comma-separated LoRA/FILA ranks, e.g. 4,8 (default: the size's rank)")
+    p.add_argument("--size", choices=("smoke", "small", "full"), default="small", help="data/model size (default small)")
+    p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
+    p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    _semantic_args(p)
+
     p = sub.add_parser("report", help="write report.html (plots embedded) and report.md from run directories")
     p.add_argument("runs", nargs="+", help="directories holding a results.json (e.g. the --out of lethe demo)")
     p.add_argument("--out", default=None, help="where to write report.html/report.md (default: the first run dir)")
@@ -265,7 +276,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
 def run(argv=None) -> int:
     args, parser = parse(argv)
     code = _dispatch(args)
-    if code == 0 and getattr(args, "out", None) and args.command in ("unlearn", "finetune", "demo"):
+    if code == 0 and getattr(args, "out", None) and args.command in ("unlearn", "finetune", "demo", "bench"):
         from .config import save_resolved  # written once the run succeeded: nothing is written for bad input
 
         save_resolved(args, parser._subparsers._group_actions[0].choices[args.command], args.out)
@@ -294,6 +305,20 @@ def _dispatch(args) -> int:
         if not args.quiet:
             print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}\n"
                   f"         {(Path(args.out) / 'report.html').resolve()}")
+    elif args.command == "bench":
+        from .scenarios.fictitious import grid
+
+        specs = grid([m.strip() for m in args.methods.split(",") if m.strip()],
+                     [p.strip().lower() for p in args.params.split(",") if p.strip()],
+                     [int(r) for r in args.rank.split(",") if r.strip()])
+        for p in {s.partition("@")[2].partition(":")[0] for s in specs}:
+            if p not in ("full", "lora", "fila"):
+                raise LetheError(f"--params: unknown parameterisation '{p}': expected full, lora or fila")
+        api.demo(size=args.size, out=args.out, methods=specs, seed=args.seed, forget_percent=args.forget_percent,
+                 resume=True, progress=progress, embedding_model=args.embedding_model, nli_model=args.nli_model)
+        if not args.quiet:
+            print(f"results: {Path(args.out) / 'results.json'} ({len(specs)} cells)\n"
+                  f"report:  {(Path(args.out) / 'report.html').resolve()}")
     elif args.command == "report":
         written = api.report(args.runs, out=args.out)
         if not args.quiet:

@@ -81,10 +81,23 @@ DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "ME+GD", "DPO+GD", "
                 "IHL+GD", "FLAT-KL", "IHL+GD@lora", "IHL+GD@fila")
 
 
-def parse_run_spec(spec: str) -> tuple[str, str]:
-    """``"IHL+GD@fila"`` -> ("IHL+GD", "fila"); no suffix means full fine-tuning."""
+def parse_run_spec(spec: str) -> tuple[str, str, int | None]:
+    """``"IHL+GD@fila:r4"`` -> ("IHL+GD", "fila", 4); no suffix means full fine-tuning, default rank."""
     method, _, params = spec.partition("@")
-    return method.strip(), (params.strip().lower() or "full")
+    params, _, rank = params.partition(":r")
+    return method.strip(), (params.strip().lower() or "full"), (int(rank) if rank else None)
+
+
+def grid(methods: Sequence[str], params: Sequence[str] = ("full",), ranks: Sequence[int] = ()) -> list[str]:
+    """Run specs for every method x parameterisation (x rank, for LoRA/FILA)."""
+    specs = []
+    for m in methods:
+        for p in params:
+            if p == "full" or not ranks:
+                specs.append(f"{m}@{p}")
+            else:
+                specs += [f"{m}@{p}:r{r}" for r in ranks]
+    return specs
 
 
 def _console(progress: bool):
@@ -153,8 +166,10 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
     from ..model.lora import ParamsConfig
 
     for spec in methods or DEMO_METHODS:
-        method, kind = parse_run_spec(spec)
-        run_dir = out / "runs" / f"{method.lower().replace('+', '_')}-{kind}"
+        method, kind, rank = parse_run_spec(spec)
+        rank = rank or settings.lora_rank
+        suffix = f"-r{rank}" if kind != "full" and rank != settings.lora_rank else ""
+        run_dir = out / "runs" / f"{method.lower().replace('+', '_')}-{kind}{suffix}"
         done = run_dir / "run.json"
         if resume and done.exists():
             runs.append(json.loads(done.read_text()))
@@ -165,7 +180,7 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
         train_cfg = replace(settings.unlearn, seed=seed)
         if kind != "full":
             train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.lora_lr_scale)
-        params = ParamsConfig(kind=kind, rank=settings.lora_rank)
+        params = ParamsConfig(kind=kind, rank=rank)
         _, run = api.unlearn(model, data.forget(forget_percent), data.retain(forget_percent), method=method,
                              tokenizer=tokenizer, config=train_cfg, params=params, seed=seed, out_dir=run_dir,
                              eval_sets=sets, retain_model_tr=retain_tr, eval_kwargs=eval_kwargs, save=False,
