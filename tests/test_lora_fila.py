@@ -231,3 +231,17 @@ def test_unknown_architecture_lists_linear_modules():
     assert resolve_targets(Odd(), target_modules=["mixer"]) == ["mixer"]
     with pytest.raises(LetheError, match="match no linear layer"):
         resolve_targets(Odd(), target_modules=["nope"])
+
+
+def test_fila_on_gpt2_conv1d_with_square_weights_is_exact(tokenizer, smoke_data):
+    """GPT-2 keeps [in, out] weights (Conv1D); c_proj is square, so orientation must come from the type."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=16, n_head=2,
+                                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
+    ids = torch.tensor([encode_qa(tokenizer, r.question, r.answer)["input_ids"][:10] for r in smoke_data.full[:2]])
+    before = logits_of(model, ids)
+    cfg = ParamsConfig(kind="fila", rank=2, targets="all")
+    wrapped, _ = apply_params(model, cfg, forget_examples=encoded(tokenizer, smoke_data.forget(10)),
+                              retain_examples=encoded(tokenizer, smoke_data.retain(10)), pad_id=tokenizer.pad_token_id)
+    torch.testing.assert_close(logits_of(wrapped, ids), before, atol=1e-5, rtol=0)

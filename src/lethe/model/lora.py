@@ -101,8 +101,11 @@ def apply_params(model, config: ParamsConfig, *, forget_examples: Sequence[dict]
         f_retain, t2 = empirical_fisher(model, modules, retain_examples, desc="Fisher (retain)", **kw)
         fisher = {n: row_weights(f_forget[n], f_retain[n]) for n in modules}
         info["fisher_tokens"] = t1 + t2
+    from transformers.pytorch_utils import Conv1D
+
+    conv1d = any(isinstance(m, Conv1D) for m in model.modules())  # GPT-2 stores weights as [in, out]
     lora_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, target_modules=targets,
-                             bias="none", task_type="CAUSAL_LM")
+                             bias="none", task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
     torch.manual_seed(seed)  # LoRA's A starts random: the same seed must give the same run
     model = get_peft_model(model, lora_config)
     if fisher is not None:
@@ -114,10 +117,12 @@ def apply_params(model, config: ParamsConfig, *, forget_examples: Sequence[dict]
 @torch.no_grad()
 def _fila_init(model, fisher: dict[str, torch.Tensor], config: ParamsConfig) -> None:
     from peft import LoraConfig
+    from transformers.pytorch_utils import Conv1D
 
     ref_config = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
                             target_modules=model.peft_config[ADAPTER].target_modules, bias="none",
-                            task_type="CAUSAL_LM", inference_mode=True)
+                            task_type="CAUSAL_LM", inference_mode=True,
+                            fan_in_fan_out=model.peft_config[ADAPTER].fan_in_fan_out)
     model.add_adapter(REFERENCE, ref_config)
     for name, layer in lora_layers(model).items():
         key = name.split("base_model.model.", 1)[-1]
@@ -130,7 +135,8 @@ def _fila_init(model, fisher: dict[str, torch.Tensor], config: ParamsConfig) -> 
             layer.lora_A[adapter].weight.copy_(A.to(layer.lora_A[adapter].weight.dtype))
             layer.lora_B[adapter].weight.copy_(B.to(layer.lora_B[adapter].weight.dtype))
         residual = (weight.float() - scaling * (B @ A)).to(weight.dtype)
-        base.weight.copy_(residual.t() if base.weight.shape != residual.shape else residual)
+        # Conv1D (GPT-2) stores [in, out]: decide by type, never by shape (square matrices exist)
+        base.weight.copy_(residual.t() if isinstance(base, Conv1D) else residual)
     for n, p in model.named_parameters():
         if REFERENCE in n:
             p.requires_grad_(False)

@@ -21,7 +21,8 @@ from ..engine.loop import TrainConfig
 NAME = "real-world"
 VERSION = 1
 DEMO_METHODS = ("ME+GD", "IDK+AP", "GA+GD", "NPO+GD", "IDK+GD")
-UNLEARN = TrainConfig(epochs=3, lr=5e-4, batch_size=4, micro_batch_size=4, checkpoint=False)
+UNLEARN = TrainConfig(epochs=3, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False)
+ALPHA = {"ME+GD": 0.5}  # closer-look Sec. 5.3 uses alpha 0.5 for ME+GD on real-world knowledge
 SIZES = {"smoke": (2, 2, 6), "small": (4, 6, 12)}  # forget subjects, neighbour subjects, general items per set
 
 
@@ -97,6 +98,7 @@ def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequ
             continue
         console.print(f"unlearning with {method} (lora, rank {rank})")
         _, run = api.unlearn(load_model(model_name), forget, retain, method=method, tokenizer=tokenizer,
+                             alpha=ALPHA.get(method.upper()),
                              config=replace(UNLEARN, seed=seed),
                              params=ParamsConfig(kind="lora", rank=rank, lora_alpha=4 * rank, targets="all"),
                              seed=seed, out_dir=run_dir, eval_sets=sets, eval_kwargs={**eval_kwargs, "n_samples": 4},
