@@ -86,27 +86,22 @@ def load_model(name_or_path, *, dtype: torch.dtype | None = None, trust_remote_c
         raise _hub_error(src, e) from e
 
 
-def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
-    """Save weights (safetensors) and tokenizer; writes to a temp dir then renames (atomic)."""
-    import shutil
-    import tempfile
+def save_tokenizer(tokenizer, directory: Path) -> None:
+    """Tokenizer files plus Lethe's prompt format, which travels with the model."""
+    tokenizer.save_pretrained(directory)
+    fmt = getattr(tokenizer, "lethe_prompt", None)
+    if fmt is not None:
+        from dataclasses import asdict
 
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+        (Path(directory) / "lethe_prompt.json").write_text(json.dumps(asdict(fmt)))
+
+
+def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
+    """Save weights (safetensors) and tokenizer; written to a temp dir, then renamed (atomic)."""
+    from ..io import atomic_dir
+
+    with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-            fmt = getattr(tokenizer, "lethe_prompt", None)
-            if fmt is not None:  # the prompt format travels with the model
-                from dataclasses import asdict
-
-                (tmp / "lethe_prompt.json").write_text(json.dumps(asdict(fmt)))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
+            save_tokenizer(tokenizer, tmp)
+    return Path(directory)

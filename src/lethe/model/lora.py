@@ -200,10 +200,6 @@ def save_unlearned(model, tokenizer, directory, *, merge: bool = False, base_mod
 
 
 def _save_adapter(model, tokenizer, directory: Path, *, fila: bool, base_model_path: str | None) -> Path:
-    import os
-    import shutil
-    import tempfile
-
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -226,17 +222,12 @@ def _save_adapter(model, tokenizer, directory: Path, *, fila: bool, base_model_p
             cfg_dict[k] = sorted(v)
         elif hasattr(v, "value"):
             cfg_dict[k] = v.value
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    from ..io import atomic_dir
+    from .load import save_tokenizer
+
+    with atomic_dir(directory) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
         (tmp / "adapter_config.json").write_text(json.dumps(cfg_dict, indent=2, default=str))
         if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            save_tokenizer(tokenizer, tmp)
     return directory
