@@ -1,0 +1,16 @@
+"""Scenarios: data + protocol + metrics (SPEC §6). Each writes results.json, report.md and report.html."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def run_dir_for(out: Path, method: str, kind: str, suffix: str = "") -> Path:
+    """``out/runs/ihl_gd-fila``: one directory per (method, parameterisation) cell."""
+    return Path(out) / "runs" / f"{method.lower().replace('+', '_')}-{kind}{suffix}"
+
+
+def finished(run_dir: Path, resume: bool) -> dict | None:
+    """The recorded run of a finished cell (``run.json``), when resuming; else None."""
+    done = Path(run_dir) / "run.json"
+    return json.loads(done.read_text()) if resume and done.exists() else None

@@ -18,6 +18,7 @@ from ..data.records import QARecord
 from ..data.synthetic import AuthorsDataset, generate_authors
 from ..engine.loop import TrainConfig
 from ..evaluation.suite import EvalSet
+from . import finished, run_dir_for
 
 NAME = "fictitious-authors"
 VERSION = 1
@@ -169,11 +170,10 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
         method, kind, rank = parse_run_spec(spec)
         rank = rank or settings.lora_rank
         suffix = f"-r{rank}" if kind != "full" and rank != settings.lora_rank else ""
-        run_dir = out / "runs" / f"{method.lower().replace('+', '_')}-{kind}{suffix}"
-        done = run_dir / "run.json"
-        if resume and done.exists():
-            runs.append(json.loads(done.read_text()))
-            console.print(f"[dim]{spec}: already done, reusing {done}[/dim]")
+        run_dir = run_dir_for(out, method, kind, suffix)
+        if (previous := finished(run_dir, resume)) is not None:
+            runs.append(previous)
+            console.print(f"[dim]{spec}: already done, reusing {run_dir / 'run.json'}[/dim]")
             continue
         console.print(f"unlearning with {method} ({kind})")
         model = load_model(out / "models" / "target")

@@ -19,6 +19,7 @@ from typing import Sequence
 from ..data.records import TextRecord
 from ..engine.loop import TrainConfig
 from ..engine.stopping import ExtractionThresholds, should_stop
+from . import finished, run_dir_for
 
 NAME = "memorized-sequences"
 VERSION = 1
@@ -132,10 +133,10 @@ def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int
     results_runs = []
     for spec in runs or DEMO_RUNS:
         method, kind = parse_run_spec(spec)
-        run_dir = out / "runs" / f"{method.lower().replace('+', '_')}-{kind}"
+        run_dir = run_dir_for(out, method, kind)
         done = run_dir / "run.json"
-        if resume and done.exists():
-            results_runs.append(json.loads(done.read_text()))
+        if (previous := finished(run_dir, resume)) is not None:
+            results_runs.append(previous)
             continue
         console.print(f"unlearning with {method} ({kind})")
         model = load_model(base_dir)

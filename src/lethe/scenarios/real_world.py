@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..engine.loop import TrainConfig
+from . import finished, run_dir_for
 
 NAME = "real-world"
 VERSION = 1
@@ -91,10 +92,9 @@ def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequ
     del model
     runs = []
     for method in methods or DEMO_METHODS:
-        run_dir = out / "runs" / f"{method.lower().replace('+', '_')}-lora"
-        done = run_dir / "run.json"
-        if resume and done.exists():
-            runs.append(json.loads(done.read_text()))
+        run_dir = run_dir_for(out, method, "lora")
+        if (previous := finished(run_dir, resume)) is not None:
+            runs.append(previous)
             continue
         console.print(f"unlearning with {method} (lora, rank {rank})")
         _, run = api.unlearn(load_model(model_name), forget, retain, method=method, tokenizer=tokenizer,
