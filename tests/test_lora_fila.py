@@ -213,7 +213,8 @@ def test_roles_map_to_modules_per_architecture():
     for arch, model in models.items():
         for role in ("attn-qv", "attn", "mlp", "qv-mlp", "all"):
             targets = resolve_targets(model, role)
-            peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=targets))
+            peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=targets,
+                                                                         fan_in_fan_out=arch == "gpt2"))
             assert sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n) > 0, (arch, role)
 
 
