@@ -57,7 +57,7 @@ def test_entailment_directions_and_the_rouge_override():
 
 
 def test_nli_plumbing_with_a_tiny_random_classifier(tmp_path, tokenizer):
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
     cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=16, num_labels=3,

@@ -7,19 +7,15 @@
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from .data.readers import read_qa
-from .data.records import QARecord
 from .engine.loop import TrainConfig, TrainResult, train
 from .engine.tasks import FinetuneTask, UnlearnTask
 from .errors import DivergenceError, LetheError
-from .evaluation.suite import EvalResult, EvalSet, aggregate, evaluate_sets
+from .evaluation.suite import MU9_SETS, EvalResult, EvalSet, aggregate, evaluate_sets
 from .io import write_json
 from .model.load import load_model, load_tokenizer, save_model
 from .model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
@@ -172,14 +168,14 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
         task.reference = FrozenCopy(model) if pcfg.kind == "full" else AdapterReference(model)
     device = next(model.parameters()).device
     tokens_ref = task.cache_reference(model, device)
-    eval_kwargs = eval_kwargs or {}
+    eval_kwargs = dict(eval_kwargs or {})
+    utility_sets = eval_kwargs.pop("utility_sets", MU9_SETS)  # for aggregate(), not evaluate_sets()
 
     def score(epoch, mdl):
         out: dict = {"metrics": {}}
         if eval_sets:
-            res = evaluate_sets(mdl, tokenizer, eval_sets, **{k: v for k, v in eval_kwargs.items() if k != "utility_sets"})
-            aggregate(res, retain_model_tr=retain_model_tr, **({"utility_sets": eval_kwargs["utility_sets"]}
-                                                               if "utility_sets" in eval_kwargs else {}))
+            res = evaluate_sets(mdl, tokenizer, eval_sets, **eval_kwargs)
+            aggregate(res, retain_model_tr=retain_model_tr, utility_sets=utility_sets)
             run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
         if epoch_hook is not None:

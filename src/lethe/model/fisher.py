@@ -39,7 +39,6 @@ def empirical_fisher(model, modules: dict[str, torch.nn.Module], examples: Seque
     saved_grad = [w.requires_grad for w in weights]
     for w in weights:
         w.requires_grad_(True)
-    inputs: dict[str, torch.Tensor] = {}
     handles = []
 
     def capture(name):

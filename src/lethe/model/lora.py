@@ -176,6 +176,15 @@ class AdapterReference:
                               attention_mask=batch["attention_mask"].to(device)).logits
 
 
+def merge_adapters(model):
+    """The plain model with the trained adapter folded into its weights (FILA's frozen reference dropped)."""
+    if not hasattr(model, "peft_config"):
+        return model
+    if REFERENCE in model.peft_config:
+        model.delete_adapter(REFERENCE)
+    return model.merge_and_unload()
+
+
 def save_unlearned(model, tokenizer, directory, *, merge: bool = False, base_model_path: str | None = None) -> Path:
     """Save for use without Lethe.
 
@@ -192,10 +201,7 @@ def save_unlearned(model, tokenizer, directory, *, merge: bool = False, base_mod
         return save_model(model, tokenizer, directory)
     fila = REFERENCE in model.peft_config
     if merge:
-        if fila:
-            model.delete_adapter(REFERENCE)
-        merged = model.merge_and_unload()
-        return save_model(merged, tokenizer, directory)
+        return save_model(merge_adapters(model), tokenizer, directory)
     return _save_adapter(model, tokenizer, directory, fila=fila, base_model_path=base_model_path)
 
 

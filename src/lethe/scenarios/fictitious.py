@@ -7,10 +7,9 @@ every epoch (ROUGE, P, TR per set; MU, FE, FQ against the retain model).
 """
 from __future__ import annotations
 
-import json
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 

@@ -9,7 +9,6 @@ same model receives several disjoint forget requests in a row (continual unlearn
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -18,7 +17,7 @@ from typing import Sequence
 
 from ..data.records import TextRecord
 from ..engine.loop import TrainConfig
-from ..engine.stopping import ExtractionThresholds, should_stop
+from ..engine.stopping import meets_threshold
 from . import finished, run_dir_for
 
 NAME = "memorized-sequences"
@@ -68,26 +67,15 @@ def _ids(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list
     return out
 
 
-def measure(model, tokenizer, forget_ids, heldout_ids, *, n: int = 10) -> dict[str, float]:
-    from ..evaluation.memorization import extraction_likelihood, memorization_accuracy, perplexity
-    from ..evaluation.metrics import mean
-
-    return {"forget/EL10": mean(extraction_likelihood(model, tokenizer, forget_ids, n=n)),
-            "forget/MA": mean(memorization_accuracy(model, tokenizer, forget_ids)),
-            "heldout/PPL": perplexity(model, tokenizer, heldout_ids)}
-
-
 def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int, requests: int,
                   resume: bool, progress: bool) -> dict:
     from .. import api
     from ..data.canaries import generate_corpus
     from ..errors import LetheError
-    from ..evaluation.memorization import extraction_likelihood, memorization_accuracy
-    from ..evaluation.metrics import mean
     from ..io import write_json
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
-    from ..model.lora import ParamsConfig
+    from ..model.lora import ParamsConfig, merge_adapters
     from ..report import write_memorized_report
     from .fictitious import _console
 
@@ -122,10 +110,17 @@ def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int
     random.Random(seed).shuffle(order)
     request_sets = [[canary_ids[i] for i in order[k * st.forget_size : (k + 1) * st.forget_size]] for k in range(requests)]
 
+    def records(id_lists):
+        return [TextRecord(token_ids=tuple(ids)) for ids in id_lists]
+
     base = load_model(base_dir)
-    thresholds = ExtractionThresholds(el=mean(extraction_likelihood(base, tokenizer, val_ids)),
-                                      ma=mean(memorization_accuracy(base, tokenizer, val_ids)))
-    before = [measure(base, tokenizer, ids, heldout_ids) for ids in request_sets]
+    # One hook per request: EL_10, MA and held-out PPL after every epoch, and the stopping rule.
+    hook, thresholds = api.extraction_stop_hook(tokenizer, records(request_sets[0]), records(val_ids),
+                                                heldout=records(heldout_ids), model=base, min_epochs=st.min_epochs)
+    hooks = [hook] + [api.extraction_stop_hook(tokenizer, records(ids), None, heldout=records(heldout_ids),
+                                               thresholds=thresholds, min_epochs=st.min_epochs)[0]
+                      for ids in request_sets[1:]]
+    before = [h(0, base)["metrics"] for h in hooks]
     console.print(f"validation EL10 {thresholds.el:.3f} MA {thresholds.ma:.3f}; forget EL10 "
                   f"{before[0]['forget/EL10']:.3f} MA {before[0]['forget/MA']:.3f}")
     del base
@@ -144,29 +139,18 @@ def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int
         if kind != "full":
             cfg = replace(cfg, lr=cfg.lr * st.lora_lr_scale)
         per_request = []
-        for k, forget_ids in enumerate(request_sets):
-            def hook(epoch, mdl, forget_ids=forget_ids):
-                metrics = measure(mdl, tokenizer, forget_ids, heldout_ids)
-                return {"metrics": metrics, "stop": should_stop(epoch, metrics["forget/EL10"], metrics["forget/MA"],
-                                                                thresholds, st.min_epochs)}
-
-            forget = [TextRecord(token_ids=tuple(ids)) for ids in forget_ids]
-            model, run = api.unlearn(model, forget, retain, method=method, tokenizer=tokenizer, config=cfg,
-                                     params=ParamsConfig(kind=kind, rank=st.lora_rank), seed=seed + k,
+        for k, (forget_ids, hook) in enumerate(zip(request_sets, hooks)):
+            model, run = api.unlearn(model, records(forget_ids), retain, method=method, tokenizer=tokenizer,
+                                     config=cfg, params=ParamsConfig(kind=kind, rank=st.lora_rank), seed=seed + k,
                                      epoch_hook=hook, save=False, progress=progress)
             last = run.epochs[-1]["metrics"] if run.epochs else {}
-            success = run.status == "ok" and bool(run.epochs) and run.epochs[-1]["epoch"] > 0 and \
-                last.get("forget/EL10", 1) <= thresholds.el and last.get("forget/MA", 1) <= thresholds.ma
+            success = (run.status == "ok" and bool(run.epochs) and run.epochs[-1]["epoch"] > 0
+                       and meets_threshold(last.get("forget/EL10", 1.0), last.get("forget/MA", 1.0), thresholds))
             record = run.to_dict()
             record.update({"request": k + 1, "success": success,
                            "epochs_to_success": run.epochs[-1]["epoch"] if success else None})
             per_request.append(record)
-            if hasattr(model, "peft_config"):  # the next request starts from this one's result
-                from ..model.lora import REFERENCE
-
-                if REFERENCE in model.peft_config:
-                    model.delete_adapter(REFERENCE)
-                model = model.merge_and_unload()
+            model = merge_adapters(model)  # the next request starts from this one's result
         first = per_request[0]
         entry = {**first, "method": method, "params": kind, "requests": per_request if requests > 1 else []}
         run_dir.mkdir(parents=True, exist_ok=True)
