@@ -61,3 +61,25 @@ def test_harmonic_mean_and_mu9():
     assert res.metrics["MU"] == pytest.approx(expected)
     assert res.metrics["FE"] == pytest.approx(1 - (0.9 + 0.6 + 0.3) / 3)
     assert res.metrics["FQ"] == pytest.approx(1.0)
+
+
+def test_answer_nll_batched_matches_one_pair_at_a_time(tokenizer, tiny_model, smoke_data):
+    """Left padding, answer-span logits and de-duplication change nothing against a plain loop."""
+    import torch
+
+    from lethe.data.prompt import encode_qa
+    from lethe.evaluation.requests import answer_nll
+
+    recs = smoke_data.full[:7]
+    pairs = [(r.question, r.answer) for r in recs] + [(recs[0].question, recs[0].answer)]  # one duplicate
+    pairs += [(recs[1].question, "A much longer answer than any other in this batch, " * 3)]
+    nll, count = answer_nll(tiny_model, tokenizer, pairs, batch_size=4)
+    for (q, a), got_nll, got_n in zip(pairs, nll, count):
+        e = encode_qa(tokenizer, q, a)
+        ids, labels = torch.tensor([e["input_ids"]]), e["labels"]
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny_model(input_ids=ids).logits[0].double(), -1)
+        want = -sum(logp[t - 1, labels[t]].item() for t in range(1, len(labels)) if labels[t] != -100)
+        assert got_n == sum(1 for t in range(1, len(labels)) if labels[t] != -100)
+        assert got_nll == pytest.approx(want, rel=1e-4, abs=1e-4)
+    assert nll[7] == nll[0] and count[7] == count[0]

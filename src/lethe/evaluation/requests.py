@@ -17,25 +17,46 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _answer_logits(model, batch: dict, device, keep: int) -> torch.Tensor:
+    """Logits at the last ``keep`` positions of a left-padded batch (where every answer lies).
+
+    Position ids count real tokens only, so left padding changes nothing; models whose forward
+    has no ``logits_to_keep`` get all positions, cut afterwards.
+    """
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+    except TypeError:
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+    return logits[:, -keep:]
+
+
 @torch.no_grad()
 def answer_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32,
                max_length: int = 512, fmt: PromptFormat | None = None) -> tuple[list[float], list[int]]:
-    """Summed answer-token NLL and answer-token count for each (question, answer)."""
-    encoded = [encode_qa(tokenizer, q, a, max_length=max_length, fmt=fmt) for q, a in pairs]
-    nll = [0.0] * len(encoded)
-    count = [0] * len(encoded)
+    """Summed answer-token NLL and answer-token count for each (question, answer).
+
+    Identical pairs are scored once (a paraphrase often equals the answer). Batches are
+    left-padded so every answer ends at the last position and the vocabulary projection runs only
+    over the answer span, not the prompt (most of a chat-formatted sequence).
+    """
+    unique = list(dict.fromkeys(pairs))
+    encoded = [encode_qa(tokenizer, q, a, max_length=max_length, fmt=fmt) for q, a in unique]
+    scored: dict[tuple[str, str], tuple[float, int]] = {}
     was_training = model.training
     model.eval()
     device = _device(model)
     for idx in length_sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
-        batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"].to(device),
-                       attention_mask=batch["attention_mask"].to(device)).logits
-        seq_logp, n = sequence_logprob(logits, batch["labels"].to(device))
+        batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id, side="left")
+        labels = batch["labels"]
+        counted = (labels != -100).any(0).nonzero()
+        keep = labels.shape[1] - int(counted[0]) + 1 if len(counted) else 2  # the first answer token's predictor on
+        seq_logp, n = sequence_logprob(_answer_logits(model, batch, device, keep), labels[:, -keep:].to(device))
         for j, i in enumerate(idx):
-            nll[i], count[i] = -float(seq_logp[j]), int(n[j])
+            scored[unique[i]] = (-float(seq_logp[j]), int(n[j]))
     model.train(was_training)
-    return nll, count
+    return [scored[p][0] for p in pairs], [scored[p][1] for p in pairs]
 
 
 @torch.no_grad()
