@@ -128,7 +128,11 @@ def train(
         t0 = time.perf_counter()
         model.train()
         batches = bucketed_shuffle(lengths, config.micro_batch_size, seed=config.seed * 1000 + epoch)
+        if len(batches) % world:
+            # Every rank must join every all-reduce: repeat the first micro-batches so none runs out early.
+            batches = batches + batches[: world - len(batches) % world]
         batches = batches[accelerator.process_index :: world]
+        tokens = torch.zeros(2, dtype=torch.long, device=accelerator.device)  # trained, forward-only (this rank)
         epoch_losses: dict[str, list[float]] = {}
         for group_start in range(0, len(batches), accum):
             group = batches[group_start : group_start + accum]
@@ -143,13 +147,15 @@ def train(
                                "lower the learning rate, add a regularizer, or use a bounded loss (NPO, IHL, ME)")
                         if run_dir is not None:
                             append_jsonl(run_dir / "steps.jsonl", {"epoch": epoch, "step": global_step, "diverged": msg})
+                        cost.tokens_trained += int(tokens[0])  # this rank's share of the unfinished epoch
+                        cost.tokens_forward_only += int(tokens[1])
                         err = DivergenceError(msg)
                         err.history, err.cost = history, cost  # what was measured before it diverged
                         raise err
                     # Each micro-batch's mean loss is averaged over the group, so the step sees the group mean.
                     accelerator.backward(out.loss / len(group))
-                cost.tokens_trained += out.tokens_trained
-                cost.tokens_forward_only += out.tokens_forward_only
+                tokens[0] += out.tokens_trained
+                tokens[1] += out.tokens_forward_only
                 for k, v in {"loss": out.loss, **out.parts}.items():
                     epoch_losses.setdefault(k, []).append(float(v.detach()))
             if config.max_grad_norm:
@@ -164,6 +170,10 @@ def train(
                                                        **{k: v[-1] for k, v in epoch_losses.items()}})
             bar.update(1)
             bar.set_postfix(loss=f"{epoch_losses['loss'][-1]:.3f}")
+        if world > 1:
+            tokens = accelerator.reduce(tokens, reduction="sum")  # the cost counts every rank's tokens
+        cost.tokens_trained += int(tokens[0])
+        cost.tokens_forward_only += int(tokens[1])
         cost.wall_time_s += time.perf_counter() - t0
         cost.epochs, cost.steps = epoch + 1, global_step
         record = {"epoch": epoch + 1, "losses": {k: sum(v) / len(v) for k, v in epoch_losses.items()}}
