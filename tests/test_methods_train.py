@@ -103,7 +103,35 @@ def test_pairing_and_refusals_are_fixed_by_seed(tokenizer, smoke_data):
     c = UnlearnTask(tokenizer, parse_method("IDK+AP"), smoke_data.forget(10), smoke_data.retain(10), seed=2)
     assert a.pairs == b.pairs and a.idk == b.idk and a.retain_idk == b.retain_idk
     assert a.pairs != c.pairs or a.idk != c.idk
-    assert len(set(a.pairs)) == len(a.pairs)  # distinct retain partners while retain is larger
+    partners = [j for p in a.pairs for j in p]
+    assert len(set(partners)) == len(partners)  # distinct retain partners while retain is larger
+
+
+def test_retain_per_forget_widens_the_regularizer_batch(tokenizer, smoke_data, tiny_model):
+    from lethe.data.pairing import pair_retain
+    from lethe.engine.tasks import UnlearnTask
+    from lethe.objectives import parse_method
+
+    one = pair_retain(5, 12, seed=3)
+    three = pair_retain(5, 12, seed=3, per_forget=3)
+    assert three[0][0] == one[0][0] and all(len(set(p)) == 3 for p in three)  # distinct partners per example
+    assert len({j for p in three for j in p}) == 12  # 15 slots over 12 examples: every one is used
+    assert [p[0] for p in pair_retain(5, 12, seed=3, per_forget=1)] == [p[0] for p in one]
+    assert pair_retain(3, 0, seed=0) == [[], [], []]
+
+    task = UnlearnTask(tokenizer, parse_method("GA+GD"), smoke_data.forget(10), smoke_data.retain(10), seed=0,
+                       retain_per_forget=3)
+    seen = {}
+
+    def fake_loss(inputs):
+        seen["retain_rows"] = inputs["retain_logits"].shape[0]
+        return inputs["forget_logits"].sum() * 0, {}
+
+    task.method = type("M", (), {"loss": staticmethod(fake_loss)})()
+    import torch
+
+    task(tiny_model, [0, 1], torch.device("cpu"))
+    assert seen["retain_rows"] == 6  # two forget examples, three retain partners each
 
 
 def test_refusal_pool():
@@ -112,3 +140,23 @@ def test_refusal_pool():
     assert len(REFUSALS) >= 100 and len(set(REFUSALS)) == len(REFUSALS)
     assert refusal_for(3, 0) == refusal_for(3, 0)
     assert len({refusal_for(i, 0) for i in range(50)}) > 20
+
+
+def test_eval_every_scores_every_kth_epoch_and_the_last(tokenizer, smoke_data, tiny_model):
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+    from lethe.errors import LetheError
+    from lethe.evaluation.suite import EvalSet
+
+    forget = smoke_data.forget(10)
+    sets = [EvalSet("forget", forget, "qa", forget=True), EvalSet("retain", smoke_data.retain(10)[:4], "qa")]
+    _, run = api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
+                         config=TrainConfig(epochs=3, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False),
+                         eval_sets=sets, eval_kwargs={"max_new_tokens": 4, "utility_sets": ("retain",)},
+                         eval_every=2, retain_per_forget=2, save=False, progress=False)
+    scored = [e["epoch"] for e in run.epochs if "forget/ROUGE" in e.get("metrics", {})]
+    assert scored == [0, 2, 3]
+    assert all("forget" in e["losses"] for e in run.epochs[1:])  # every epoch still logs its losses
+    assert run.config["retain_per_forget"] == 2
+    with pytest.raises(LetheError, match="at least 1"):
+        api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer, eval_every=0)

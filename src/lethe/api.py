@@ -72,7 +72,7 @@ def finetune(model, records, *, tokenizer=None, config: TrainConfig | None = Non
     work = Path(out_dir).with_name(Path(out_dir).name + ".work") if out_dir else None
     result = train(model, lengths=task.lengths, step_fn=task, config=config, run_dir=work, resume=resume,
                    progress=progress, desc=desc)
-    if out_dir:
+    if out_dir and _is_main_process():
         save_model(model, tokenizer, out_dir)
         write_json(Path(out_dir) / "lethe_finetune.json",
                    {"history": result.history, "cost": result.cost.to_dict(), "config": asdict(config)})
@@ -112,13 +112,20 @@ class UnlearnRun:
         return asdict(self)
 
 
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
 def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", tokenizer=None,
             config: TrainConfig | None = None, params: ParamsConfig | str = "full", seed: int = 0, out_dir=None,
             eval_sets: Sequence[EvalSet] = (), retain_model_tr: Sequence[float] | None = None,
             eval_kwargs: dict | None = None, alpha: float | None = None, gamma: float | None = None,
             save: bool = True, merge: bool = False, resume: bool = False, epoch_hook=None,
             holdout=None, include_text: bool = False, thresholds: dict | None = None,
-            initial_metrics: dict | None = None, progress: bool = True) -> tuple[Any, UnlearnRun]:
+            initial_metrics: dict | None = None, retain_per_forget: int = 1, eval_every: int = 1,
+            progress: bool = True) -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method`` (e.g. ``"GA+GD"``), evaluating per epoch.
 
     ``params`` is ``"full"``, ``"lora"``, ``"fila"`` or a :class:`ParamsConfig` (rank, alpha,
@@ -132,11 +139,16 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
     not text, unless ``include_text``), weight hashes before/after, the evidence (forget metrics,
     ``thresholds`` of a stopping rule, Min-K% membership AUC against ``holdout`` records) and cost.
     ``initial_metrics`` replaces the epoch-0 evaluation when the caller scored the starting model.
+    ``retain_per_forget`` sets how many retain examples each forget example is paired with (the
+    regularizer's batch is that many times the forget batch). ``eval_every=k`` scores ``eval_sets``
+    after every k-th epoch and the last one (``epoch_hook`` still runs every epoch).
 
     >>> model, run = lethe.unlearn("models/target", "forget10.jsonl", "retain90.jsonl", method="GA+GD")  # doctest: +SKIP
     """
     # Validate data and method before loading model weights: user errors surface in seconds.
     m = method if isinstance(method, Method) else parse_method(method, alpha=alpha, gamma=gamma)
+    if eval_every < 1 or retain_per_forget < 1:
+        raise LetheError(f"eval_every and retain_per_forget must be at least 1 (got {eval_every}, {retain_per_forget})")
     pcfg = params if isinstance(params, ParamsConfig) else ParamsConfig(kind=params)
     pcfg.validate()
     base_path = str(model) if isinstance(model, (str, Path)) else None
@@ -149,8 +161,9 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
     model, tokenizer = _model_and_tokenizer(model, tokenizer)
     config = config or TrainConfig()
     run = UnlearnRun(method=m.name, params=pcfg.kind, config={**asdict(config), "alpha": m.alpha, "gamma": m.gamma,
-                                                              "seed": seed, "params": asdict(pcfg)})
-    task = UnlearnTask(tokenizer, m, forget, retain, seed=seed)
+                                                              "seed": seed, "params": asdict(pcfg),
+                                                              "retain_per_forget": retain_per_forget})
+    task = UnlearnTask(tokenizer, m, forget, retain, seed=seed, retain_per_forget=retain_per_forget)
     holdout = _records(holdout, tokenizer) if holdout is not None else None
     before_sha = None
     membership_before = None
@@ -173,7 +186,7 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
 
     def score(epoch, mdl):
         out: dict = {"metrics": {}}
-        if eval_sets:
+        if eval_sets and (epoch % eval_every == 0 or epoch >= config.epochs):
             res = evaluate_sets(mdl, tokenizer, eval_sets, **eval_kwargs)
             aggregate(res, retain_model_tr=retain_model_tr, utility_sets=utility_sets)
             run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
@@ -206,7 +219,7 @@ def unlearn(model, forget, retain=None, *, method: str | Method = "GA+GD", token
         run.cost = cost.to_dict()
         run.cost["reference_model_bytes"] = getattr(task.reference, "nbytes", 0)
     task.reference = None  # the unlearned model never carries the starting weights along
-    if run_dir is not None:
+    if run_dir is not None and _is_main_process():  # under `accelerate launch` one process writes
         from .audit import membership_signal, saved_weights_sha256, weights_sha256, write_audit
 
         membership_after = membership_signal(model, tokenizer, forget, holdout) if holdout else None

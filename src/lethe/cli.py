@@ -149,6 +149,7 @@ def _unlearn_text(args, progress: bool) -> None:
     _, run_ = api.unlearn(model, forget, retain, method=args.method, tokenizer=tokenizer, config=_train_config(args),
                           params=_params_config(args), merge=args.merge, seed=args.seed, out_dir=args.out,
                           epoch_hook=hook, alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress,
+                          retain_per_forget=args.retain_per_forget,
                           holdout=validation or args.holdout, include_text=args.include_text,
                           thresholds={"el": th.el, "ma": th.ma} if hook is not None and th is not None else None)
     if run_.status != "ok":
@@ -215,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--el-n", type=int, default=10, help="n of EL_n (default 10)")
     p.add_argument("--alpha", type=float, default=None, help="weight of the forget loss (paper default per method)")
     p.add_argument("--gamma", type=float, default=None, help="weight of the regularizer (default 1)")
+    p.add_argument("--retain-per-forget", type=int, default=1,
+                   help="retain examples paired with each forget example: the regularizer's batch is this many times "
+                        "the forget batch (default 1; more keeps shared question templates answered)")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="score the evaluation sets after every K-th epoch and the last (default 1)")
     p.add_argument("--out", required=True, help="run directory: model/, run.json, audit.json, steps.jsonl, checkpoint/")
     p.add_argument("--include-text", action="store_true",
                    help="put the forget records' text in audit.json (default: only their count and sha256)")
@@ -349,7 +355,8 @@ def _dispatch(args) -> int:
                               eval_kwargs={"eval_limit": args.eval_limit, "max_new_tokens": args.max_new_tokens,
                                            "truth_ratio": args.truth_ratio, "semantic": _semantic(args)},
                               alpha=args.alpha, gamma=args.gamma, resume=args.resume, progress=progress,
-                              holdout=args.holdout, include_text=args.include_text)
+                              holdout=args.holdout, include_text=args.include_text,
+                              retain_per_forget=args.retain_per_forget, eval_every=args.eval_every)
         if run_.status != "ok":
             print(f"lethe: {run_.message}", file=sys.stderr)
             return 1

@@ -39,11 +39,11 @@ class FinetuneTask:
 
 
 class UnlearnTask:
-    """Forget example i is paired with retain example ``pairs[i]`` (seeded, fixed)."""
+    """Forget example i is paired with retain examples ``pairs[i]`` (seeded, fixed; ``retain_per_forget`` of them)."""
 
     def __init__(self, tokenizer, method: Method, forget: Sequence[QARecord], retain: Sequence[QARecord] = (),
                  *, seed: int = 0, max_length: int = 512, refusals: Sequence[str] | None = None,
-                 reference=None):
+                 reference=None, retain_per_forget: int = 1):
         self.method = method
         self.needs = set(method.needs)
         self.pad = tokenizer.pad_token_id
@@ -60,7 +60,7 @@ class UnlearnTask:
             from ..errors import LetheError
 
             raise LetheError(f"method {method.name} needs retain data: pass a retain set")
-        self.pairs = pair_retain(len(self.forget), len(self.retain), seed)
+        self.pairs = pair_retain(len(self.forget), len(self.retain), seed, retain_per_forget)
         from ..data.refusals import refusal_for
 
         self.idk = self.retain_idk = None
@@ -106,7 +106,7 @@ class UnlearnTask:
             if name in self.needs:
                 inputs[name] = self.cache[name][list(idx)].to(device)
         if self.needs & {"retain_logits", "retain_labels", "ref_retain_logits"}:
-            b = pad_batch([self.retain[self.pairs[i]] for i in idx], self.pad)
+            b = pad_batch([self.retain[j] for i in idx for j in self.pairs[i]], self.pad)
             inputs["retain_logits"], inputs["retain_labels"] = _forward(model, b, device), b["labels"].to(device)
             trained += int(b["attention_mask"].sum())
             if "ref_retain_logits" in self.needs:
@@ -114,7 +114,7 @@ class UnlearnTask:
                     inputs["ref_retain_logits"] = self.reference(b, device)
                 forward_only += int(b["attention_mask"].sum())
         if self.needs & {"retain_idk_logits", "retain_idk_labels"}:
-            b = pad_batch([self.retain_idk[self.pairs[i]] for i in idx], self.pad)
+            b = pad_batch([self.retain_idk[j] for i in idx for j in self.pairs[i]], self.pad)
             inputs["retain_idk_logits"], inputs["retain_idk_labels"] = _forward(model, b, device), b["labels"].to(device)
             trained += int(b["attention_mask"].sum())
         loss, parts = self.method.loss(inputs)
