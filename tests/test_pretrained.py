@@ -43,3 +43,42 @@ def test_chat_prompt_format_travels_with_the_model(converted):
     ex = encode_qa(tok, "What is the capital of France?", "Paris.")
     answer = [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != -100]
     assert tok.decode(answer) == "Paris.<|im_end|>"
+
+
+def test_real_world_scenario_end_to_end_at_smoke_size(converted, tmp_path, monkeypatch):
+    """Probe, own-answer targets, one method (4 epochs to keep CI short), reports."""
+    from dataclasses import replace
+
+    from lethe.scenarios import real_world
+
+    monkeypatch.setattr(real_world, "UNLEARN", replace(real_world.UNLEARN, epochs=4))
+    monkeypatch.setattr(real_world, "EVAL_EVERY", 2)
+    out = tmp_path / "rw"
+    res = real_world.run_real_world(out=out, model_name=str(converted), methods=("ME+GD",), size="smoke",
+                                    progress=False)
+    data = res["data"]
+    assert data["forget"] >= 4 and data["neighbour"] >= 4 and data["retain_general_facts"] > 0
+    assert 0.4 < data["known_share"]["countries"] < 1.0 and data["forget_answered_before"] >= 0.8
+    targets = data["forget_target_samples"]  # the model's own answers, not the golden sentences
+    assert targets and all(t["target"].strip() for t in targets)
+    assert any(t["target"] != t["golden"] for t in targets)
+    run = res["runs"][0]
+    assert run["status"] == "ok" and run["config"]["retain_per_forget"] == 4
+    assert [e["epoch"] for e in run["epochs"] if "forget/ROUGE" in e.get("metrics", {})] == [0, 2, 4]
+    before, after = run["epochs"][0]["metrics"], run["epochs"][-1]["metrics"]
+    assert after["forget/ROUGE"] < before["forget/ROUGE"] - 0.2  # the forget facts are going...
+    assert after["neighbour/ROUGE"] > 0.5 * before["neighbour/ROUGE"]  # ...the neighbours' mostly stay
+    assert {"report.md", "report.html", "results.json", "settings.json", "known.json"} <= {p.name for p in out.iterdir()}
+    report = (out / "report.md").read_text()
+    assert "### neighbour" in report and "Answered correctly before unlearning" in report
+
+
+def test_real_world_runs_are_reused_only_with_the_same_settings(tmp_path):
+    from lethe.scenarios.real_world import _settings_match
+
+    path = tmp_path / "settings.json"
+    assert not _settings_match(path, {"lr": 1}, resume=True)  # nothing recorded yet
+    assert _settings_match(path, {"lr": 1}, resume=True)
+    assert not _settings_match(path, {"lr": 1}, resume=False)
+    assert not _settings_match(path, {"lr": 2}, resume=True)  # changed: every method runs again
+    assert _settings_match(path, {"lr": 2}, resume=True)

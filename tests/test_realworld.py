@@ -30,3 +30,35 @@ def test_scenario_refuses_a_model_that_knows_nothing(tmp_path, tiny_model, token
     model_dir = save_model(tiny_model, tokenizer, tmp_path / "tiny")
     with pytest.raises(LetheError, match="knows too few subjects"):
         run_real_world(out=tmp_path / "out", model_name=str(model_dir), size="smoke", progress=False)
+
+
+def test_own_answer_keeps_the_sentence_that_states_the_fact():
+    from lethe.data.realworld import own_answer
+
+    assert own_answer("The capital of Japan is Tokyo. It is a large", "Tokyo") == "The capital of Japan is Tokyo."
+    assert own_answer("Japan is in East Asia, near Korea. Tokyo is", "Asia") == "Japan is in East Asia, near Korea."
+    assert own_answer("The yen is used in Japan, which has a", "yen") == "The yen is used in Japan, which has a"
+    assert own_answer("  Mr. Smith lives in Paris.  ", "Paris") == "Mr. Smith lives in Paris."
+    assert own_answer("No fact here", "Paris") == "No fact here"
+    assert own_answer("It costs 3.5 euro.", "euro") == "It costs 3.5 euro."
+
+
+def test_report_has_a_per_set_table_with_the_starting_model(tmp_path):
+    from lethe.report import per_set_tables, write_report
+    from lethe.report_html import write_html
+
+    results = {
+        "scenario": "real-world", "reference": {"target": {"forget/ROUGE": 0.9, "forget/CS": 0.8, "neighbour/ES": 0.5,
+                                                          "neighbour/ROUGE": 0.95, "forget/TR_values": [1.0]}},
+        "runs": [{"method": "ME+GD", "params": "lora", "epochs": [
+            {"epoch": 0, "metrics": {}}, {"epoch": 6, "metrics": {"forget/ROUGE": 0.1, "forget/CS": 0.2,
+                                                                "neighbour/ROUGE": 0.8, "neighbour/ES": 0.4}}]}],
+    }
+    tables = per_set_tables(results)
+    assert [t[0] for t in tables] == ["forget", "neighbour"]
+    assert tables[0][1] == ["ROUGE", "CS"] and tables[1][1] == ["ROUGE", "ES"]  # the paper's column order
+    assert tables[0][2] == [["*target model*", 0.9, 0.8], ["ME+GD (lora)", 0.1, 0.2]]
+    md = write_report(results, tmp_path / "report.md").read_text()
+    assert "### neighbour" in md and "| *target model* | 0.950 | 0.500 |" in md
+    html_text = write_html([("run", results)], tmp_path / "report.html").read_text()
+    assert "neighbour set</h3>" in html_text

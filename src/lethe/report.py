@@ -36,6 +36,22 @@ def final_metrics(run: dict) -> dict:
     return run["epochs"][-1].get("metrics", {}) if run["epochs"] else {}
 
 
+METRIC_ORDER = ("ROUGE", "P", "TR", "TE", "CS", "ES")  # the closer-look paper's column order
+
+
+def per_set_tables(results: dict) -> list[tuple[str, list[str], list[list]]]:
+    """(set, metric names, rows) per evaluated set, one row per reference model and run (closer-look Table 8)."""
+    pools = [(f"*{n} model*", m) for n, m in results.get("reference", {}).items()]
+    pools += [(f"{r['method']} ({r.get('params', 'full')})", final_metrics(r)) for r in results.get("runs", [])]
+    sets = list(dict.fromkeys(k.split("/")[0] for _, m in pools for k in m if "/" in k))
+    tables = []
+    for s in sets:
+        names = {k.split("/", 1)[1] for _, m in pools for k in m if k.startswith(s + "/") and not k.endswith("_values")}
+        metrics = [n for n in METRIC_ORDER if n in names] + sorted(names - set(METRIC_ORDER))
+        tables.append((s, metrics, [[label, *[m.get(f"{s}/{k}") for k in metrics]] for label, m in pools]))
+    return tables
+
+
 def write_report(results: dict, path: str | Path) -> Path:
     ref = results.get("reference", {})
     out = [f"# Lethe report: {results['scenario']}", ""]
@@ -43,6 +59,11 @@ def write_report(results: dict, path: str | Path) -> Path:
     out.append(f"Model: {model.get('kind', '?')} ({model.get('parameters', 0):,} parameters). "
                f"Forget set: {data.get('forget', '?')} QA pairs; retain set: {data.get('retain', '?')}. "
                f"Seed {results.get('seed')}, size `{results.get('size')}`.")
+    if known := data.get("known_share"):
+        out.append("Answered correctly before unlearning (whole-word match): "
+                   + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in known.items())
+                   + (f"; the kept forget questions, within the evaluation's token budget: "
+                      f"{data['forget_answered_before']:.0%}." if "forget_answered_before" in data else "."))
     over = results.get("aggregates_over", {})
     missing = results.get("metrics_unavailable", {})
     out += ["", "## Methods (final epoch)", "",
@@ -72,7 +93,10 @@ def write_report(results: dict, path: str | Path) -> Path:
     for run in results.get("runs", []):
         if run.get("status") != "ok":
             out += ["", f"**{run['method']}**: {run.get('message')}"]
-    out += ["", "## Trajectories (per epoch)", ""]
+    out += ["", "## Per-set metrics (final epoch)", ""]
+    for set_name, metrics, rows in per_set_tables(results):
+        out += [f"### {set_name}", "", _table(["model", *metrics], rows), ""]
+    out += ["## Trajectories (per epoch)", ""]
     for run in results.get("runs", []):
         out += [f"### {run['method']} ({run.get('params', 'full')})", ""]
         keys = _present(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "retain/ROUGE",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .io import write_text
-from .report import _fmt, _present, final_metrics
+from .report import _fmt, _present, final_metrics, per_set_tables
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d1d1f;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}h3{font-size:1.05rem}
@@ -135,13 +135,9 @@ def _section(results: dict, source: str) -> str:
         table = _table(["method", "params", *summary], rows)
     parts.append("<div class='figs'>" + "".join(figs) + "</div>")
     parts.append("<h3>Final epoch</h3>" + table)
-    # per-metric tables per set (closer-look Tables 5-6)
-    sets = sorted({k.split("/")[0] for r in results.get("runs", []) for k in final_metrics(r) if "/" in k})
-    for s in sets:
-        metrics = sorted({k.split("/")[1] for r in results.get("runs", []) for k in final_metrics(r)
-                          if k.startswith(s + "/") and not k.endswith("_values")})
-        rows = [[_label(r), *[final_metrics(r).get(f"{s}/{m}") for m in metrics]] for r in results.get("runs", [])]
-        parts.append(f"<h3>{html.escape(s)} set</h3>" + _table(["method", *metrics], rows))
+    # per-metric tables per set, the starting model included (closer-look Tables 5-6, 8)
+    for set_name, metrics, rows in per_set_tables(results):
+        parts.append(f"<h3>{html.escape(set_name)} set</h3>" + _table(["model", *metrics], rows))
     crow = [[_label(r), r.get("cost", {}).get("trainable_percent"), r.get("cost", {}).get("epochs"),
              r.get("cost", {}).get("tokens_trained"), r.get("cost", {}).get("flops"), r.get("cost", {}).get("wall_time_s"),
              (r.get("cost", {}).get("peak_memory_bytes") or 0) / 2**20] for r in results.get("runs", [])]

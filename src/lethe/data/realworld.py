@@ -61,3 +61,18 @@ def knows(generated: str, value: str) -> bool:
     Whole words matter: "German" must not be found inside "Germany", nor "Europe" inside "European".
     """
     return re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", generated.lower()) is not None
+
+
+def own_answer(response: str, value: str) -> str:
+    """The model's own answer as a training target: its response cut after the sentence that states ``value``.
+
+    The closer-look paper builds the real-world forget set from the target model's responses, not
+    from golden answers; generation stops at a token budget, so the tail after the fact is often
+    a half sentence. Without a terminator after the fact, the whole response is kept.
+    """
+    text = response.strip()
+    found = re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", text.lower())
+    if found is None:
+        return text
+    end = re.search(r"[.!?](?=\s|$)", text[found.end():])
+    return text if end is None else text[: found.end() + end.end()]
