@@ -28,7 +28,8 @@ def main(out: str, n_records: int, micro: int, batch: int) -> None:
         with open(f"{out}/result.json", "w") as f:
             json.dump({"world": accelerator.num_processes, "backend": str(accelerator.state.backend),
                        "distributed_type": str(accelerator.distributed_type), "steps": result.cost.steps,
-                       "tokens_trained": result.cost.tokens_trained}, f)
+                       "tokens_trained": result.cost.tokens_trained,
+                       "losses": [h["losses"]["loss"] for h in result.history]}, f)
 
 
 if __name__ == "__main__":

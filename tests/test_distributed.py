@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -30,6 +31,7 @@ def test_two_gloo_processes_match_one_process_accumulating(tmp_path, tiny_model)
     assert two["world"] == 2 and "MULTI_CPU" in two["distributed_type"] and two["backend"] == "gloo"
     assert one["world"] == 1 and two["steps"] == one["steps"] == 2 * 4
     assert two["tokens_trained"] == one["tokens_trained"]  # counted over both ranks
+    assert two["losses"] == pytest.approx(one["losses"], abs=1e-6)  # averaged over both ranks
     a, b = load_file(tmp_path / "two" / "weights.safetensors"), load_file(tmp_path / "one" / "weights.safetensors")
     start = tiny_model.state_dict()  # the same seeded tiny model the workers started from
     assert a.keys() == b.keys() == start.keys()

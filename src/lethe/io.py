@@ -36,6 +36,9 @@ def atomic_dir(directory: str | os.PathLike) -> Iterator[Path]:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 directories; outputs are ordinary ones
         yield tmp
         if directory.exists():
             shutil.rmtree(directory)

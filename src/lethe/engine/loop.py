@@ -176,7 +176,11 @@ def train(
         cost.tokens_forward_only += int(tokens[1])
         cost.wall_time_s += time.perf_counter() - t0
         cost.epochs, cost.steps = epoch + 1, global_step
-        record = {"epoch": epoch + 1, "losses": {k: sum(v) / len(v) for k, v in epoch_losses.items()}}
+        losses = {k: sum(v) / len(v) for k, v in epoch_losses.items()}
+        if world > 1:  # the epoch's loss over every rank's micro-batches, not rank 0's alone
+            means = accelerator.reduce(torch.tensor(list(losses.values()), device=accelerator.device), reduction="mean")
+            losses = dict(zip(losses, means.tolist()))
+        record = {"epoch": epoch + 1, "losses": losses}
         if on_epoch_end is not None:
             model.eval()
             extra = on_epoch_end(epoch + 1, accelerator.unwrap_model(model)) or {}
