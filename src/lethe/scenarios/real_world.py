@@ -69,6 +69,11 @@ def _settings_match(path: Path, settings: dict, resume: bool) -> bool:
 def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequence[str] | None = None,
                    size: str = "small", seed: int = 0, resume: bool = True, progress: bool = True,
                    embedding_model: str | None = None, nli_model: str | None = None, rank: int = 8) -> dict:
+    """Probe, split by subject, unlearn with each method (LoRA), write results.json and reports to ``out``.
+
+    With ``resume`` the probe (``known.json``) and finished runs are reused while ``settings.json``
+    matches the current settings.
+    """
     from .. import api
     from ..data.realworld import country_facts, knows, own_answer
     from ..data.synthetic import general_knowledge
