@@ -91,3 +91,29 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, tiny_model):
         train(tiny_model, lengths=[3] * 4, step_fn=step, config=TrainConfig(epochs=1, micro_batch_size=2),
               run_dir=tmp_path, progress=False)
     assert "diverged" in (tmp_path / "steps.jsonl").read_text()
+
+
+def test_tensorboard_tracker_logs_steps_and_epoch_metrics(tokenizer, tiny_model, smoke_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lethe.errors import LetheError
+
+    task = FinetuneTask(tokenizer, smoke_data.full[:16])
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=8, micro_batch_size=8, checkpoint=False, log_with="tensorboard")
+    train(tiny_model, lengths=task.lengths, step_fn=task, config=cfg, run_dir=tmp_path / "run", progress=False,
+          on_epoch_end=lambda epoch, model: {"metrics": {"forget/ROUGE": 0.5 / epoch}}, desc="GA+GD")
+    logdir = tmp_path / "run" / "logs" / "ga_gd"  # one directory per run, named after it
+    assert list(logdir.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"lr", "train/loss", "epoch/loss", "eval/forget/ROUGE"} <= set(tags)
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [round(e.value, 6) for e in acc.Scalars("eval/forget/ROUGE")] == [0.5, 0.25]
+    with pytest.raises(LetheError, match="run directory"):
+        train(tiny_model, lengths=task.lengths, step_fn=task, config=cfg, progress=False)
+    with pytest.raises(LetheError, match="unknown tracker"):
+        from lethe.engine.loop import make_accelerator
+
+        make_accelerator("comet-ish")

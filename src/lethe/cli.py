@@ -26,12 +26,15 @@ def _train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm; 0 = off")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for data order, pairing and refusal choice")
     g.add_argument("--resume", action="store_true", help="continue from the last per-epoch checkpoint in --out")
+    g.add_argument("--log-with", choices=("tensorboard", "wandb", "mlflow"), default=None,
+                   help="also log per-step losses, the learning rate and per-epoch metrics to this accelerate tracker, "
+                        "under OUT/logs (needs its package, e.g. pip install tensorboard; default: only steps.jsonl)")
 
 
 def _train_config(a) -> TrainConfig:
     return TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, micro_batch_size=a.micro_batch_size,
                        weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, schedule=a.schedule,
-                       max_grad_norm=a.max_grad_norm, seed=a.seed)
+                       max_grad_norm=a.max_grad_norm, seed=a.seed, log_with=a.log_with)
 
 
 def _params_args(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,6 +37,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     checkpoint: bool = True
+    log_with: str | None = None   # an accelerate tracker ("tensorboard", "wandb", "mlflow"); logs in RUN/logs
 
 
 @dataclass
@@ -55,9 +56,27 @@ class TrainResult:
     diverged: str | None = None
 
 
-def make_accelerator() -> Accelerator:
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> package to install
+
+
+def make_accelerator(log_with: str | None = None, project_dir: str | Path | None = None) -> Accelerator:
     cuda = torch.cuda.is_available()
-    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
+    if log_with is not None:
+        _check_tracker(log_with)
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no", log_with=log_with,
+                       project_dir=str(project_dir) if project_dir is not None else None)
+
+
+def _check_tracker(name: str) -> None:
+    """accelerate drops an unavailable tracker with a warning; a user who asked for one gets an error."""
+    import importlib.util
+
+    from ..errors import LetheError
+
+    if name not in TRACKERS:
+        raise LetheError(f"unknown tracker '{name}': expected one of {', '.join(TRACKERS)}")
+    if importlib.util.find_spec(name) is None:
+        raise LetheError(f"--log-with {name} needs the '{TRACKERS[name]}' package: pip install {TRACKERS[name]}")
 
 
 def train(
@@ -78,8 +97,15 @@ def train(
     ``on_epoch_end(epoch, model)`` may return metrics (stored in history) and may return
     ``{"stop": True, ...}`` to end training early (the EL/MA stopping rule uses this).
     """
-    accelerator = accelerator or make_accelerator()
     run_dir = Path(run_dir) if run_dir is not None else None
+    if config.log_with and run_dir is None:
+        from ..errors import LetheError
+
+        raise LetheError(f"log_with={config.log_with!r} writes under the run directory: give one (--out)")
+    accelerator = accelerator or make_accelerator(config.log_with, run_dir / "logs" if config.log_with else None)
+    if config.log_with:
+        accelerator.init_trackers(desc.lower().replace("+", "_"),
+                                  config={k: v for k, v in asdict(config).items() if v is not None})
     world = accelerator.num_processes
     torch.manual_seed(config.seed)
 
@@ -118,6 +144,8 @@ def train(
         scheduler.last_epoch = global_step  # the optimizer state already carries the current LR
         _truncate_step_log(run_dir / "steps.jsonl", start_epoch)
         if start_epoch >= config.epochs or state.get("stopped"):
+            if config.log_with:
+                accelerator.end_training()
             return TrainResult(history, cost, stopped_early=bool(state.get("stopped")))
 
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -151,6 +179,8 @@ def train(
                         cost.tokens_forward_only += int(tokens[1])
                         err = DivergenceError(msg)
                         err.history, err.cost = history, cost  # what was measured before it diverged
+                        if config.log_with:
+                            accelerator.end_training()
                         raise err
                     # Each micro-batch's mean loss is averaged over the group, so the step sees the group mean.
                     accelerator.backward(out.loss / len(group))
@@ -168,6 +198,8 @@ def train(
             if run_dir is not None and accelerator.is_main_process:
                 append_jsonl(run_dir / "steps.jsonl", {"epoch": epoch, "step": global_step, "lr": lr,
                                                        **{k: v[-1] for k, v in epoch_losses.items()}})
+            if config.log_with:
+                accelerator.log({"lr": lr, **{f"train/{k}": v[-1] for k, v in epoch_losses.items()}}, step=global_step)
             bar.update(1)
             bar.set_postfix(loss=f"{epoch_losses['loss'][-1]:.3f}")
         if world > 1:
@@ -187,6 +219,9 @@ def train(
             stopped = bool(extra.pop("stop", False))
             record.update(extra)
         history.append(record)
+        if config.log_with:
+            scalars = {f"eval/{k}": v for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))}
+            accelerator.log({**{f"epoch/{k}": v for k, v in losses.items()}, **scalars}, step=global_step)
         mem, kind = peak_memory_bytes()
         cost.peak_memory_bytes, cost.peak_memory_kind = max(cost.peak_memory_bytes, mem), kind
         if config.checkpoint and ckpt_dir is not None and accelerator.is_main_process:
@@ -197,6 +232,8 @@ def train(
         if stopped:
             break
     bar.close()
+    if config.log_with:
+        accelerator.end_training()
     return TrainResult(history, cost, stopped_early=stopped)
 
 
