@@ -66,7 +66,8 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
     ax.set_ylabel(y_key)
     ax.set_title(title + "  (marker size = epoch)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    if ax.get_legend_handles_labels()[0]:  # nothing to name when no run has both metrics
+        ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return _png(fig)
 
 
