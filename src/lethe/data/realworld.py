@@ -55,12 +55,17 @@ def country_facts(seed: int = 0) -> list[tuple[QARecord, str]]:
     return out
 
 
+def _find_value(text: str, value: str) -> re.Match | None:
+    """``value`` in ``text`` as whole words, case-insensitive ("German" is not in "Germany")."""
+    return re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", text.lower())
+
+
 def knows(generated: str, value: str) -> bool:
     """A model knows the fact when its greedy answer contains the value as whole words (case-insensitive).
 
     Whole words matter: "German" must not be found inside "Germany", nor "Europe" inside "European".
     """
-    return re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", generated.lower()) is not None
+    return _find_value(generated, value) is not None
 
 
 def own_answer(response: str, value: str) -> str:
@@ -71,7 +76,7 @@ def own_answer(response: str, value: str) -> str:
     a half sentence. Without a terminator after the fact, the whole response is kept.
     """
     text = response.strip()
-    found = re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", text.lower())
+    found = _find_value(text, value)
     if found is None:
         return text
     end = re.search(r"[.!?](?=\s|$)", text[found.end():])
