@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .engine.loop import TrainConfig
+from .engine.loop import TRACKERS, TrainConfig
 from .errors import LetheError
 
 
@@ -26,7 +26,7 @@ def _train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm; 0 = off")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for data order, pairing and refusal choice")
     g.add_argument("--resume", action="store_true", help="continue from the last per-epoch checkpoint in --out")
-    g.add_argument("--log-with", choices=("tensorboard", "wandb", "mlflow"), default=None,
+    g.add_argument("--log-with", choices=TRACKERS, default=None,
                    help="also log per-step losses, the learning rate and per-epoch metrics to this accelerate tracker, "
                         "under OUT/logs (needs its package, e.g. pip install tensorboard; default: only steps.jsonl)")
 

@@ -56,7 +56,7 @@ class TrainResult:
     diverged: str | None = None
 
 
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> package to install
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate tracker names; each is also its pip package
 
 
 def make_accelerator(log_with: str | None = None, project_dir: str | Path | None = None) -> Accelerator:
@@ -76,7 +76,7 @@ def _check_tracker(name: str) -> None:
     if name not in TRACKERS:
         raise LetheError(f"unknown tracker '{name}': expected one of {', '.join(TRACKERS)}")
     if importlib.util.find_spec(name) is None:
-        raise LetheError(f"--log-with {name} needs the '{TRACKERS[name]}' package: pip install {TRACKERS[name]}")
+        raise LetheError(f"--log-with {name} needs the '{name}' package: pip install {name}")
 
 
 def train(
