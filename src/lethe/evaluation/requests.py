@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from ..data.batching import length_sorted_batches, pad_batch
-from ..data.prompt import PromptFormat, encode_qa, prompt_ids
+from ..data.prompt import IGNORE, PromptFormat, encode_qa, prompt_ids
 from ..objectives.tokens import sequence_logprob
 
 
@@ -50,7 +50,7 @@ def answer_nll(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size
     for idx in length_sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
         batch = pad_batch([encoded[i] for i in idx], tokenizer.pad_token_id, side="left")
         labels = batch["labels"]
-        counted = (labels != -100).any(0).nonzero()
+        counted = (labels != IGNORE).any(0).nonzero()
         keep = labels.shape[1] - int(counted[0]) + 1 if len(counted) else 2  # the first answer token's predictor on
         seq_logp, n = sequence_logprob(_answer_logits(model, batch, device, keep), labels[:, -keep:].to(device))
         for j, i in enumerate(idx):
