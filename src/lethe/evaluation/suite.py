@@ -63,6 +63,7 @@ class EvalResult:
     samples: dict[str, list[dict]] = field(default_factory=dict)
     aggregates_over: dict[str, list[str]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
+    generations: dict[str, list[str]] = field(default_factory=dict)  # every greedy answer, per set
 
 
 def evaluate_sets(model, tokenizer, sets: Sequence[EvalSet], *, batch_size: int = 32, max_new_tokens: int = 48,
@@ -82,6 +83,7 @@ def evaluate_sets(model, tokenizer, sets: Sequence[EvalSet], *, batch_size: int 
             continue
         gens = generate_answers(model, tokenizer, [r.question for r in recs], max_new_tokens=max_new_tokens,
                                 batch_size=batch_size)
+        result.generations[s.name] = gens
         rouge = M.rouge_l_recall(gens, [r.answer for r in recs])
         # One batched likelihood pass over answers, bases and perturbed answers.
         bases = [(r.paraphrased_answer or r.answer) if s.kind == "qa" else r.answer for r in recs]

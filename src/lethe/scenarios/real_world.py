@@ -78,7 +78,6 @@ def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequ
     from ..data.realworld import country_facts, knows, own_answer
     from ..data.synthetic import general_knowledge
     from ..errors import LetheError
-    from ..evaluation.requests import generate_answers
     from ..evaluation.suite import EvalSet, aggregate, evaluate_sets, load_semantic
     from ..io import write_json
     from ..model.load import load_model, load_tokenizer
@@ -134,9 +133,8 @@ def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequ
 
     before = evaluate_sets(model, tokenizer, sets, max_new_tokens=max_new, semantic=semantic, n_samples=4)
     # Kept by the probe's longer answers; how many does the model state within the evaluation's budget?
-    answers = generate_answers(model, tokenizer, [r.question for r in forget], max_new_tokens=max_new)
     forget_values = [v for s in forget_s for _, _, v in by_subject[s]]
-    answered_before = sum(knows(a, v) for a, v in zip(answers, forget_values)) / len(forget)
+    answered_before = sum(knows(a, v) for a, v in zip(before.generations["forget"], forget_values)) / len(forget)
     aggregate(before, utility_sets=utility)
     del model
     settings = {"version": VERSION, "model": str(model_name), "size": size, "seed": seed, "rank": rank,
