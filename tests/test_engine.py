@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -56,6 +58,16 @@ def test_killed_then_resumed_run_matches_uninterrupted(tmp_path, tokenizer, smok
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=name)
     steps = (tmp_path / "b" / "steps.jsonl").read_text().splitlines()
     assert len(steps) == len((tmp_path / "a" / "steps.jsonl").read_text().splitlines())
+
+
+def test_a_run_started_over_in_the_same_directory_does_not_append_to_its_old_step_log(tmp_path, tokenizer, smoke_data):
+    task = FinetuneTask(tokenizer, smoke_data.full[:16])
+    cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=8, micro_batch_size=8, checkpoint=False)
+    for seed in (1, 2):  # the second run starts over (no resume): its log replaces the first one's
+        train(build_tiny_model(tokenizer, "test", seed=seed), lengths=task.lengths, step_fn=task, config=cfg,
+              run_dir=tmp_path, progress=False)
+    steps = (tmp_path / "steps.jsonl").read_text().splitlines()
+    assert [json.loads(s)["step"] for s in steps] == [1, 2, 3, 4]
 
 
 def test_accumulation_1x8_equals_4x2(tokenizer, monkeypatch):

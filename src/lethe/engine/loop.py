@@ -148,6 +148,8 @@ def train(
                 accelerator.end_training()
             return TrainResult(history, cost, stopped_early=bool(state.get("stopped")))
 
+    if start_epoch == 0 and run_dir is not None and accelerator.is_main_process:
+        _truncate_step_log(run_dir / "steps.jsonl", 0)  # a run started over does not append to an old log
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     stopped = False
@@ -238,7 +240,7 @@ def train(
 
 
 def _truncate_step_log(path: Path, keep_before_epoch: int) -> None:
-    """Drop step lines of the epoch a killed run did not finish (it is re-run)."""
+    """Keep only step lines of epochs before ``keep_before_epoch`` (those a resumed run does not redo)."""
     import json
 
     if not path.exists():

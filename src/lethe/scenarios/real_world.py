@@ -142,8 +142,13 @@ def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequ
                 "eval_every": EVAL_EVERY, "embedding_model": semantic.embed_name,
                 "nli_model": getattr(semantic.judge, "name", None)}
     reuse = _settings_match(out / "settings.json", settings, resume)
-    if resume and not reuse and (out / "runs").exists():
+    stale = [] if reuse else list((out / "runs").glob("*/run.json"))
+    if stale:
+        # settings.json now names the new settings: an old run.json left behind would be reused by the
+        # next resume if this one is interrupted, so the old runs stop counting as finished now.
         console.print("settings changed since the last run in this directory: every method runs again")
+        for f in stale:
+            f.unlink()
     runs = []
     for method in methods or DEMO_METHODS:
         alpha = ALPHA.get(method.upper())
