@@ -259,11 +259,11 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
     """
     from .engine.stopping import ExtractionThresholds, should_stop
     from .evaluation.memorization import extraction_likelihood, memorization_accuracy, perplexity
+    from .data.prompt import text_token_ids
     from .evaluation.metrics import mean
 
     def ids(records):
-        return [list(r.token_ids) if r.token_ids is not None else tokenizer(r.text, add_special_tokens=False)["input_ids"]
-                for r in records]
+        return [text_token_ids(tokenizer, r) for r in records]
 
     forget_ids = ids(forget)
     held_ids = ids(heldout) if heldout else None

@@ -71,11 +71,17 @@ def encode_text(tokenizer, token_ids, *, max_length: int = 2048) -> dict[str, li
     return {"input_ids": ids, "labels": ([IGNORE] * len(bos) + list(token_ids))[:max_length]}
 
 
+def text_token_ids(tokenizer, record) -> list[int]:
+    """A text record's token ids: given ones (``.npy`` data) or its text tokenized without specials."""
+    if record.token_ids is not None:
+        return list(record.token_ids)
+    return tokenizer(record.text, add_special_tokens=False)["input_ids"]
+
+
 def encode_record(tokenizer, record, *, max_length: int = 512) -> dict[str, list[int]]:
     """QA records -> prompt + answer; text records -> the whole sequence."""
     from .records import QARecord
 
     if isinstance(record, QARecord):
         return encode_qa(tokenizer, record.question, record.answer, max_length=max_length)
-    ids = record.token_ids if record.token_ids is not None else tokenizer(record.text, add_special_tokens=False)["input_ids"]
-    return encode_text(tokenizer, ids, max_length=max_length)
+    return encode_text(tokenizer, text_token_ids(tokenizer, record), max_length=max_length)
