@@ -301,7 +301,7 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
 
     >>> lethe.report(["runs/demo", "runs/memorized"], out="runs/report")  # doctest: +SKIP
     """
-    from .report import write_memorized_report, write_report
+    from .report import render_memorized_report, render_report
     from .report_html import write_html
 
     loaded = []
@@ -315,12 +315,8 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
             raise LetheError(f"{f}: not valid JSON ({e.msg} at line {e.lineno})") from e
     out = Path(out) if out else Path(run_dirs[0])
     html_path = write_html(loaded, out / "report.html")
-    md_parts = []
-    for src, res in loaded:
-        tmp = out / ".report_part.md"
-        (write_memorized_report if res.get("scenario") == "memorized-sequences" else write_report)(res, tmp)
-        md_parts.append(tmp.read_text())
-        tmp.unlink()
+    md_parts = [(render_memorized_report if res.get("scenario") == "memorized-sequences" else render_report)(res)
+                for _, res in loaded]
     from .io import write_text
 
     md_path = write_text(out / "report.md", "\n\n".join(md_parts))

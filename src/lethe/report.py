@@ -53,6 +53,11 @@ def per_set_tables(results: dict) -> list[tuple[str, list[str], list[list]]]:
 
 
 def write_report(results: dict, path: str | Path) -> Path:
+    return write_text(path, render_report(results))
+
+
+def render_report(results: dict) -> str:
+    """report.md's text for the fictitious and real-world scenarios."""
     ref = results.get("reference", {})
     out = [f"# Lethe report: {results['scenario']}", ""]
     model, data = results.get("model", {}), results.get("data", {})
@@ -129,10 +134,14 @@ def write_report(results: dict, path: str | Path) -> Path:
                     out.append(f"**{run['method']} ({run.get('params', 'full')}):** {gen[i]['generated']}  ")
             out.append("")
     out.append(f"Total wall time: {_fmt(results.get('wall_time_s'))} s.")
-    return write_text(path, "\n".join(out) + "\n")
+    return "\n".join(out) + "\n"
 
 
 def write_memorized_report(results: dict, path: str | Path) -> Path:
+    return write_text(path, render_memorized_report(results))
+
+
+def render_memorized_report(results: dict) -> str:
     """Report for memorized-sequence unlearning, laid out like the IHL seed's Table 1."""
     th, ref = results["thresholds"], results["reference"]["target"]
     data = results.get("data", {})
@@ -168,4 +177,4 @@ def write_memorized_report(results: dict, path: str | Path) -> Path:
             out += ["Continual requests:", "", _table(["request", "success", "epochs", "EL_10", "MA", "held-out PPL"],
                                                       rows), ""]
     out.append(f"Total wall time: {_fmt(results.get('wall_time_s'))} s.")
-    return write_text(path, "\n".join(out) + "\n")
+    return "\n".join(out) + "\n"
