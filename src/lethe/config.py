@@ -15,6 +15,7 @@ import yaml
 
 from .errors import LetheError
 from .io import write_text
+from .validation import Range
 
 SKIP = {"help", "config", "command", "quiet", "_commands"}
 
@@ -28,6 +29,8 @@ def _typename(action) -> str:
         return "true or false"
     if action.choices:
         return "one of " + ", ".join(map(str, action.choices))
+    if isinstance(action.type, Range):
+        return action.type.expected()
     return {int: "an integer", float: "a number", None: "a string", str: "a string"}.get(action.type, "a value")
 
 
@@ -47,7 +50,17 @@ def _convert(path, key, action, value):
         return [str(v) for v in items]
     if isinstance(value, list) and action.dest in ("methods", "target_modules"):
         value = ",".join(map(str, value))
-    if action.type is int:
+    if isinstance(action.type, Range):  # the option's declared range, as on the command line
+        if isinstance(value, str):  # YAML reads 1e-5 without a dot as a string
+            try:
+                value = action.type(value)
+            except argparse.ArgumentTypeError:
+                raise LetheError(f"{path}: key '{key}' expects {action.type.expected()}, got {value!r}") from None
+        try:
+            value = action.type.check(f"{path}: key '{key}'", value)
+        except LetheError as e:
+            raise LetheError(str(e).replace(": expected", " expects", 1)) from None
+    elif action.type is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise LetheError(f"{path}: key '{key}' expects an integer, got {value!r}")
     elif action.type is float:

@@ -9,6 +9,7 @@ the CLI and :mod:`lethe.api` build these configs and call these three functions.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -23,12 +24,14 @@ from .engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
 from .errors import DivergenceError, LetheError
 from .evaluation.suite import MU9_SETS, EvalResult, EvalSet, Semantic, aggregate, evaluate_sets
 from .audit import records_sha256
-from .io import write_json
+from .io import crash_point, write_json
 from .model.load import load_model, load_tokenizer, saved_prompt_format
 from .model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
 from .model.save import save_model
 from .objectives.method import Method, parse_method
 from .runtime import RuntimeConfig
+from .rundir import check_output, claim, remove_temporaries, start_fresh
+from .validation import bounded, check_ranges
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,11 @@ class ModelConfig:
 
     prompt_format: str | PromptFormat = "auto"
     system_prompt: str | None = None
-    max_length: int = 512
+    max_length: int = bounded(512, int, 2)
     trust_remote_code: bool = False
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -50,8 +56,12 @@ class DataConfig:
     """How records are read: field names (``Fields``), plain-text window size, the split of a DatasetDict."""
 
     fields: Fields = DEFAULT_FIELDS
-    chunk_tokens: int = 200
+    chunk_tokens: int = bounded(200, int, 2)
     split: str | None = None
+    allow_overlap: bool = False  # forget and retain may share records (else an error)
+
+    def __post_init__(self):
+        check_ranges(self)
 
 
 @dataclass(frozen=True)
@@ -59,10 +69,13 @@ class MethodConfig:
     """A method and its options, e.g. ``MethodConfig("NPO+KL", forget_options={"beta": 0.2})``."""
 
     method: Any = "GA+GD"
-    alpha: float | None = None
-    gamma: float | None = None
+    alpha: float | None = bounded(None, float, 0, optional=True)
+    gamma: float | None = bounded(None, float, 0, optional=True)
     forget_options: Mapping[str, Any] = field(default_factory=dict)
     regularizer_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_ranges(self)
 
     def build(self) -> Method:
         return parse_method(self.method, alpha=self.alpha, gamma=self.gamma,
@@ -75,16 +88,21 @@ class EvalConfig:
     """What is scored before training (epoch 0) and after every ``every``-th epoch and the last."""
 
     sets: Sequence[EvalSet] = ()
-    every: int = 1
-    max_new_tokens: int = 48
-    limit: int | None = None
+    every: int = bounded(1, int, 1, option="--eval-every")
+    max_new_tokens: int = bounded(48, int, 1)
+    limit: int | None = bounded(None, int, 1, optional=True, option="--eval-limit")
     truth_ratio: str = "tofu"
-    batch_size: int = 32
-    n_samples: int = 3                               # generations kept per set for the report
+    batch_size: int = bounded(32, int, 1, option="eval batch_size")
+    n_samples: int = bounded(3, int, 0, option="eval n_samples")  # generations kept per set for the report
     semantic: Semantic | None = None
     utility_sets: Sequence[str] = MU9_SETS
     retain_model_tr: Sequence[float] | None = None   # the retain model's forget truth ratios, for FQ
     initial_metrics: dict | None = None              # the caller already scored the starting model
+
+    def __post_init__(self):
+        check_ranges(self)
+        if self.truth_ratio not in ("tofu", "tofu-utils"):
+            raise LetheError(f"--truth-ratio: expected tofu or tofu-utils, got {self.truth_ratio!r}")
 
     def suite_kwargs(self) -> dict:
         return {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "eval_limit": self.limit,
@@ -114,6 +132,7 @@ class UnlearnRun:
     config: dict = field(default_factory=dict)
     aggregates_over: dict = field(default_factory=dict)
     unavailable: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,31 +177,46 @@ def _tokenizer_for_text(model, tokenizer, model_config, sources) -> Any:
 
 def finetune(model, records, *, tokenizer=None, train: TrainConfig | None = None,
              model_config: ModelConfig | None = None, data: DataConfig | None = None, out_dir=None,
-             resume: bool = False, progress: bool = True, desc: str = "finetune",
+             resume: bool = False, overwrite: bool = False, progress: bool = True, desc: str = "finetune",
              runtime: RuntimeConfig | None = None) -> tuple[Any, TrainResult]:
     """Fine-tune ``model`` (object or directory) on ``records`` (any form :func:`load_records` reads).
 
     Returns (model, TrainResult). With ``out_dir`` the model is saved there (safetensors, with its
-    prompt format) and per-epoch checkpoints make ``resume=True`` continue a killed run.
+    prompt format) and per-epoch checkpoints in ``OUT.work`` make ``resume=True`` continue a killed run;
+    an existing ``out_dir`` is refused unless ``resume`` or ``overwrite``.
     """
     dc, mc = data or DataConfig(), model_config or ModelConfig()
+    out = check_output(out_dir) if out_dir else None
     tokenizer = _tokenizer_for_text(model, tokenizer, mc, [records])
     records = load_records(records, fields=dc.fields, tokenizer=tokenizer, chunk_tokens=dc.chunk_tokens, split=dc.split)
     if not records:
         raise LetheError("nothing to fine-tune on: the records are empty")
     rt = runtime or RuntimeConfig()
-    model, prompter, _ = prepare(model, tokenizer, mc, rt)
     train = train or TrainConfig()
+    if out is None:
+        return _finetune_locked(model, records, tokenizer, train, mc, rt, None, None, resume, progress, desc)
+    work = out.with_name(out.name + ".work")
+    with claim(work, ("checkpoint", "checkpoint.old", "steps.jsonl"), resume=resume, overwrite=overwrite,
+               command=desc):
+        remove_temporaries(out.parent, names=(out.name,))
+        start_fresh(out.parent, (out.name,), resume=resume, overwrite=overwrite)
+        return _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc)
+
+
+def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc):
+    from .audit import weights_sha256
+
+    model, prompter, _ = prepare(model, tokenizer, mc, rt)
     task = FinetuneTask(prompter, records, max_length=mc.max_length)
-    work = Path(out_dir).with_name(Path(out_dir).name + ".work") if out_dir else None
+    record = {**_run_record(train, prompter, mc, rt), "data_sha256": records_sha256(records)}
+    if work is not None:
+        record["model_sha256"] = weights_sha256(model.state_dict())  # --resume refuses another starting model
     result = train_loop(model, lengths=task.lengths, step_fn=task, config=train, run_dir=work, resume=resume,
-                        progress=progress, desc=desc, runtime=rt,
-                        run_config={**_run_record(train, prompter, mc, rt), "data_sha256": records_sha256(records)})
-    if out_dir and is_main_process():
-        save_model(model, prompter.tokenizer, out_dir, prompter.format)
-        write_json(Path(out_dir) / "lethe_finetune.json",
-                   {"history": result.history, "cost": result.cost.to_dict(), "config": asdict(train),
-                    "prompt_format": prompter.format.to_dict()})
+                        progress=progress, desc=desc, runtime=rt, run_config=record)
+    if out is not None and is_main_process():
+        summary = {"history": result.history, "cost": result.cost.to_dict(), "config": asdict(train),
+                   "prompt_format": prompter.format.to_dict()}
+        save_model(model, prompter.tokenizer, out, prompter.format, extra_json={"lethe_finetune.json": summary})
     return model, result
 
 
@@ -216,7 +250,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
             params: ParamsConfig | str = "full", train: TrainConfig | None = None,
             evaluation: EvalConfig | None = None, audit: AuditConfig | None = None,
             model_config: ModelConfig | None = None, data: DataConfig | None = None, out_dir=None,
-            save: bool = True, merge: bool = False, resume: bool = False,
+            save: bool = True, merge: bool = False, resume: bool = False, overwrite: bool = False,
             epoch_hook: Callable | None = None, progress: bool = True,
             runtime: RuntimeConfig | None = None) -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method``, evaluating per epoch.
@@ -228,7 +262,9 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     ``status="diverged"`` and a message, keeping what it measured. ``epoch_hook(epoch, model) ->
     {"metrics": {...}, "stop": bool}`` adds metrics and may end training early (the EL/MA rule).
     With ``out_dir``: ``model/`` (a plain transformers dir for full or ``merge=True``, else a peft
-    adapter for the original base model), ``run.json`` and ``audit.json``.
+    adapter for the original base model), ``run.json`` and ``audit.json``. The directory is locked for
+    the run; one holding an earlier run is refused unless ``resume`` (continue its checkpoint, which
+    must have been made with the same options, model and data) or ``overwrite`` (delete it first).
     """
     # Validate method and options before loading weights: user errors surface in seconds.
     m = method.build() if isinstance(method, MethodConfig) else parse_method(method)
@@ -236,23 +272,59 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     pcfg.validate()
     train = train or TrainConfig()
     ev, au, mc, dc = evaluation or EvalConfig(), audit or AuditConfig(), model_config or ModelConfig(), data or DataConfig()
-    if ev.every < 1 or train.retain_per_forget < 1:
-        raise LetheError(f"eval every and retain_per_forget must be at least 1 (got {ev.every}, {train.retain_per_forget})")
+    run_dir = check_output(out_dir) if out_dir else None
     tokenizer = _tokenizer_for_text(model, tokenizer, mc, [forget, retain, au.holdout])
     read = dict(fields=dc.fields, tokenizer=tokenizer, chunk_tokens=dc.chunk_tokens, split=dc.split)
     forget, retain = load_records(forget, **read), load_records(retain, **read)
     holdout = load_records(au.holdout, **read) if au.holdout is not None else None
     if not forget:
         raise LetheError("the forget set is empty")
+    if not dc.allow_overlap:
+        _refuse_overlap(forget, retain)
+    warnings = _utility_overlap(forget, ev.sets)
     rt = runtime or RuntimeConfig()
+    lock = claim(run_dir, RUN_OUTPUTS, resume=resume, overwrite=overwrite, command=f"unlearn {m.name}") \
+        if run_dir is not None else nullcontext()
+    with lock:
+        return _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir,
+                               warnings, save, merge, resume, epoch_hook, progress)
+
+
+# What an earlier run leaves in its directory (a fresh run there needs --resume or --overwrite).
+RUN_OUTPUTS = ("run.json", "audit.json", "model", "checkpoint", "checkpoint.old", "steps.jsonl", "logs")
+
+
+def _refuse_overlap(forget, retain) -> None:
+    from .data.records import shared_records
+
+    shared = shared_records(forget, retain)
+    if shared:
+        i, j = shared[0]
+        raise LetheError(f"the forget and retain sets share {len(shared)} record(s) (forget record {i} is retain "
+                         f"record {j}): the method would push the same data both ways. Remove them from the retain "
+                         "set, or pass --allow-overlap (DataConfig(allow_overlap=True)) if that is intended")
+
+
+def _utility_overlap(forget, sets) -> list[str]:
+    from .data.records import shared_records
+
+    out = []
+    for s_ in sets:
+        if not s_.forget and (shared := shared_records(s_.records, forget)):
+            out.append(f"evaluation set '{s_.name}' shares {len(shared)} record(s) with the forget set: its scores "
+                       "measure forgetting as well as utility")
+    return out
+
+
+def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir, warnings,
+                    save, merge, resume, epoch_hook, progress):
     model, prompter, base_path = prepare(model, tokenizer, mc, rt)
     streams = Streams(prompter, forget, retain, seed=train.seed, max_length=mc.max_length)
-    run_dir = Path(out_dir) if out_dir else None
     before_sha = membership_before = None
     if run_dir is not None:
         from .audit import membership_signal, weights_sha256
 
-        before_sha = weights_sha256(model.state_dict())
+        before_sha = weights_sha256(model.state_dict())  # recorded, so --resume refuses another starting model
         if holdout:
             with rt.autocast():
                 membership_before = membership_signal(model, prompter, forget, holdout)
@@ -270,8 +342,9 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
         from .model.reference import FrozenCopy
 
         task.reference = FrozenCopy(model) if pcfg.kind == "full" else AdapterReference(model)
-    run = UnlearnRun(method=m.name, params=pcfg.kind,
+    run = UnlearnRun(method=m.name, params=pcfg.kind, warnings=list(warnings),
                      config={**_run_record(train, prompter, mc, rt), **m.record(), "params": asdict(pcfg),
+                             "model_sha256": before_sha,
                              "data": {"forget_sha256": records_sha256(forget), "forget_records": len(forget),
                                       "retain_sha256": records_sha256(retain) if retain else None,
                                       "retain_records": len(retain)}})
@@ -283,10 +356,14 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
         with rt.autocast():
             return _score(epoch, mdl)
 
+    scored = {"epoch": None}  # the epoch whose model gave run.samples
+
     def _score(epoch, mdl):
         out: dict = {"metrics": {}}
+        scored["epoch"] = epoch
         if ev.sets and (epoch % ev.every == 0 or epoch >= train.epochs):
             res = evaluate_sets(mdl, prompter, ev.sets, **ev.suite_kwargs())
+            crash_point("evaluation")
             aggregate(res, retain_model_tr=ev.retain_model_tr, utility_sets=ev.utility_sets)
             run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
@@ -309,6 +386,10 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
                             run_config=run.config)
         run.epochs += list(result.history)
         cost = result.cost
+        last = run.epochs[-1]["epoch"] if run.epochs else 0
+        if last > 0 and scored["epoch"] != last and (ev.sets or epoch_hook):
+            # resumed after the last epoch's checkpoint: samples and metrics come from these (the saved) weights
+            run.epochs[-1]["metrics"] = score(last, model).get("metrics", {})
     except DivergenceError as e:
         run.status, run.message = "diverged", str(e)
         run.epochs += list(getattr(e, "history", []))

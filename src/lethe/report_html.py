@@ -165,8 +165,11 @@ def _section(results: dict, source: str) -> str:
     return "\n".join(parts)
 
 
-def write_html(results_list: Sequence[tuple[str, dict]], path: str | Path) -> Path:
+def render_html(results_list: Sequence[tuple[str, dict]]) -> str:
     body = "\n".join(_section(r, src) for src, r in results_list)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Lethe report</title><style>{CSS}</style>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Lethe report</title><style>{CSS}</style>"
             f"</head><body><h1>Lethe report</h1>{body}</body></html>")
-    return write_text(path, page)
+
+
+def write_html(results_list: Sequence[tuple[str, dict]], path: str | Path) -> Path:
+    return write_text(path, render_html(results_list))

@@ -57,15 +57,37 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
                       heldout=None, holdout=None, forget_count: int | None = None, max_tokens: int | None = None,
                       el_n: int = 10, min_epochs: int = 1, train: TrainConfig | None = None, params="full",
                       data: DataConfig | None = None, model_config: ModelConfig | None = None, out_dir=None,
-                      merge: bool = False, resume: bool = False, include_text: bool = False,
+                      merge: bool = False, resume: bool = False, overwrite: bool = False, include_text: bool = False,
                       progress: bool = True, runtime: RuntimeConfig | None = None) -> tuple[Any, UnlearnRun, Any]:
     """Unlearn memorized text sequences (IHL seed Sec. 3.1): a seeded sample of ``forget_count``
     sequences, the EL_n/MA stopping rule when ``validation`` sequences are given, held-out perplexity
     after every epoch with ``heldout``. Returns (model, run, thresholds or None)."""
-    from .data.readers import sample_sequences
+    from contextlib import nullcontext
 
+    from .core import RUN_OUTPUTS
+    from .rundir import check_output, claim
+    from .validation import Range, check_positive
+
+    check_positive("--forget-count", forget_count, optional=True)
+    Range(int, 2, optional=True).check("--max-tokens", max_tokens)
+    check_positive("--el-n", el_n)
+    check_positive("--min-epochs", min_epochs)
+    if out_dir:
+        check_output(out_dir)
     train, dc, rt = train or TrainConfig(), data or DataConfig(), runtime or RuntimeConfig()
     mc = model_config or ModelConfig()
+    lock = claim(out_dir, RUN_OUTPUTS, resume=resume, overwrite=overwrite, command="unlearn (sequences)") \
+        if out_dir else nullcontext()
+    with lock:
+        return _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count,
+                                  max_tokens, el_n, min_epochs, train, params, dc, mc, out_dir, merge, resume,
+                                  include_text, progress, rt)
+
+
+def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count, max_tokens,
+                       el_n, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt):
+    from .data.readers import sample_sequences
+
     tokenizer = load_tokenizer(model_path, trust_remote_code=mc.trust_remote_code)
     read = dict(fields=dc.fields, tokenizer=tokenizer, chunk_tokens=dc.chunk_tokens, split=dc.split)
     forget = sample_sequences(load_records(forget, **read), forget_count, train.seed, max_tokens)
@@ -88,8 +110,8 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
 
 
 def finetune_tiny(preset: str, records, *, train: TrainConfig | None = None, data: DataConfig | None = None,
-                  out_dir=None, resume: bool = False, progress: bool = True, vocab_size: int = 2048,
-                  runtime: RuntimeConfig | None = None):
+                  out_dir=None, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                  vocab_size: int = 2048, runtime: RuntimeConfig | None = None):
     """Build a small Llama (``preset``: test, smoke, small, full) with a BPE tokenizer trained on
     ``records``, then fine-tune it on them. Returns (model, TrainResult)."""
     from .data.records import QARecord
@@ -97,6 +119,10 @@ def finetune_tiny(preset: str, records, *, train: TrainConfig | None = None, dat
 
     if preset not in TINY_PRESETS:
         raise LetheError(f"unknown tiny preset '{preset}': expected one of {', '.join(TINY_PRESETS)}")
+    if out_dir:
+        from .rundir import check_output
+
+        check_output(out_dir)
     dc = data or DataConfig()
     records = load_records(records, fields=dc.fields, split=dc.split)
     if not all(isinstance(r, QARecord) for r in records):
@@ -106,7 +132,7 @@ def finetune_tiny(preset: str, records, *, train: TrainConfig | None = None, dat
     train = train or TrainConfig()
     model = build_tiny_model(tokenizer, preset, seed=train.seed)
     return finetune(model, records, tokenizer=tokenizer, train=train, data=dc, out_dir=out_dir,
-                    resume=resume, progress=progress, runtime=runtime)
+                    resume=resume, overwrite=overwrite, progress=progress, runtime=runtime)
 
 
 __all__: Sequence[str] = ("extraction_stop_hook", "unlearn_sequences", "finetune_tiny")

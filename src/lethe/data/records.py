@@ -31,3 +31,20 @@ class TextRecord:
 
     text: str | None = None
     token_ids: tuple[int, ...] | None = field(default=None, repr=False)
+
+
+def content_key(record) -> tuple:
+    """What makes two records the same request: the QA pair, or the text (or token ids), whitespace-trimmed."""
+    if isinstance(record, QARecord):
+        return ("qa", " ".join(record.question.split()), " ".join(record.answer.split()))
+    if isinstance(record, TextRecord):
+        return ("text", " ".join(record.text.split())) if record.text is not None else ("ids", record.token_ids)
+    return ("other", repr(record))
+
+
+def shared_records(a, b) -> list[tuple[int, int]]:
+    """(index in a, index in b) of every record of ``a`` that also occurs in ``b``, by content."""
+    first: dict[tuple, int] = {}
+    for j, r in enumerate(b):
+        first.setdefault(content_key(r), j)
+    return [(i, first[k]) for i, r in enumerate(a) if (k := content_key(r)) in first]

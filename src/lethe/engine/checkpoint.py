@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import LetheError
+from ..io import TEMP_PREFIX, crash_point
 
 # Options that do not change the result: a resumed run may differ in these.
 RESUME_INDIFFERENT = {"checkpoint", "log_with", "runtime.device"}
@@ -51,18 +52,24 @@ def trainable_state(model, full_state: dict | None = None) -> dict[str, torch.Te
 
 
 def save_checkpoint(directory: Path, model, optimizer, loop_state: dict, full_state: dict | None = None) -> None:
+    """Write the checkpoint beside ``directory``, then swap it in. At every instant either ``directory``
+    or ``directory.old`` holds a complete checkpoint, and :func:`complete_checkpoint` finds the newest."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=directory.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}ckpt.", dir=directory.parent))
     try:
         save_file(trainable_state(model, full_state), str(tmp / "model.safetensors"))
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
-        (tmp / "state.json").write_text(json.dumps(loop_state, indent=1))
-        old = directory.with_name(directory.name + ".old")
-        if directory.exists():
+        (tmp / "state.json").write_text(json.dumps(loop_state, indent=1))  # last: its presence marks completeness
+        old = _old(directory)
+        if (directory / "state.json").exists():
+            shutil.rmtree(old, ignore_errors=True)
             os.replace(directory, old)
+            crash_point("checkpoint-swap")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)  # an incomplete directory (never written by this code)
         os.replace(tmp, directory)
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
@@ -95,7 +102,7 @@ def check_config(directory: Path, saved: dict | None, current: dict | None) -> N
 
 
 def load_checkpoint(directory: Path, model, optimizer, config: dict | None = None) -> dict:
-    directory = Path(directory)
+    directory = complete_checkpoint(directory)
     state = json.loads((directory / "state.json").read_text())
     check_config(directory, state.get("config"), config)
     tensors = load_file(str(directory / "model.safetensors"))
@@ -110,5 +117,19 @@ def load_checkpoint(directory: Path, model, optimizer, config: dict | None = Non
     return state
 
 
+def _old(directory: Path) -> Path:
+    return directory.with_name(directory.name + ".old")
+
+
+def complete_checkpoint(directory: Path) -> Path | None:
+    """The newest complete checkpoint: ``directory``, or ``directory.old`` when a kill fell between the
+    writer's two renames; None when there is none."""
+    directory = Path(directory)
+    for d in (directory, _old(directory)):
+        if (d / "state.json").exists():
+            return d
+    return None
+
+
 def has_checkpoint(directory: Path) -> bool:
-    return (Path(directory) / "state.json").exists()
+    return complete_checkpoint(directory) is not None

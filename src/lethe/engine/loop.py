@@ -19,7 +19,8 @@ from accelerate import Accelerator
 
 from ..data.batching import bucketed_shuffle
 from ..errors import DivergenceError
-from ..io import append_jsonl
+from ..io import append_jsonl, crash_point, read_jsonl, write_text
+from ..validation import bounded, check_ranges
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .cost import Cost, count_parameters, peak_memory_bytes, reset_peak_memory, stop_peak_memory
 from .schedule import lr_factor
@@ -27,18 +28,30 @@ from .schedule import lr_factor
 
 @dataclass
 class TrainConfig:
-    epochs: int = 5
-    lr: float = 1e-5
-    batch_size: int = 32          # effective: micro_batch_size x accumulation x processes
-    micro_batch_size: int = 8
-    weight_decay: float = 0.01
-    warmup_epochs: float = 1.0    # linear warm-up over the first epoch (the papers' schedule)
+    """Optimisation settings; every numeric field has a declared range, checked when the config is built."""
+
+    epochs: int = bounded(5, int, 1)
+    lr: float = bounded(1e-5, float, 0, low_open=True)
+    batch_size: int = bounded(32, int, 1)          # effective: micro_batch_size x accumulation x processes
+    micro_batch_size: int = bounded(8, int, 1)
+    weight_decay: float = bounded(0.01, float, 0)
+    warmup_epochs: float = bounded(1.0, float, 0)  # linear warm-up over the first epoch (the papers' schedule)
     schedule: str = "linear"      # linear: warm-up then linear decay; constant: warm-up then flat
-    max_grad_norm: float = 1.0
-    seed: int = 0
+    max_grad_norm: float = bounded(1.0, float, 0)  # 0 = no clipping
+    seed: int = bounded(0, int, 0)
     checkpoint: bool = True
     log_with: str | None = None   # an accelerate tracker ("tensorboard", "wandb", "mlflow"); logs in RUN/logs
-    retain_per_forget: int = 1    # unlearning: retain examples paired with each forget example
+    retain_per_forget: int = bounded(1, int, 1)    # unlearning: retain examples paired with each forget example
+
+    def __post_init__(self):
+        check_ranges(self)
+        if self.schedule not in SCHEDULES:
+            from ..errors import LetheError
+
+            raise LetheError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+
+
+SCHEDULES = ("linear", "constant")
 
 
 @dataclass
@@ -139,10 +152,6 @@ def train(
     steps_per_epoch = math.ceil(per_rank / accum)
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = int(round(steps_per_epoch * config.warmup_epochs))
-    if config.schedule not in ("linear", "constant"):
-        from ..errors import LetheError
-
-        raise LetheError(f"schedule must be 'linear' or 'constant', got '{config.schedule}'")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, config.schedule))
 
@@ -232,6 +241,7 @@ def train(
                                                        **{k: v[-1] for k, v in epoch_losses.items()}})
             if config.log_with:
                 accelerator.log({"lr": lr, **{f"train/{k}": v[-1] for k, v in epoch_losses.items()}}, step=global_step)
+            crash_point("step")
             bar.update(1)
             bar.set_postfix(loss=f"{epoch_losses['loss'][-1]:.3f}")
         if world > 1:
@@ -319,9 +329,8 @@ def _truncate_step_log(path: Path, keep_before_epoch: int) -> None:
 
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) < keep_before_epoch]
-    path.write_text("".join(ln + "\n" for ln in kept))
+    kept = [r for r in read_jsonl(path) if r.get("epoch", 0) < keep_before_epoch]  # a torn last line is dropped
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _progress(enabled: bool, total: int, desc: str, initial: int):

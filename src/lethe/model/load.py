@@ -5,6 +5,7 @@ unless the caller passes ``trust_remote_code=True`` explicitly.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -51,11 +52,14 @@ def _hub_error(name: str, e: Exception) -> ModelError:
 
 def load_tokenizer(name_or_path, *, trust_remote_code: bool = False):
     src = _resolve(name_or_path)
+    if Path(src).is_dir() and not (Path(src) / "adapter_config.json").exists():
+        check_model_dir(src, trust_remote_code=trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         if Path(src).exists():
-            raise ModelError(f"{src}: cannot load a tokenizer from this directory ({e})") from e
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelError(f"{src}: cannot load a tokenizer from this directory ({first})") from None
         raise _hub_error(src, e) from e
     if tok.pad_token_id is None:
         # Padding is masked everywhere; reusing eos as pad is the usual convention.
@@ -71,19 +75,87 @@ def saved_prompt_format(name_or_path):
     return load_format(path) if path.is_dir() else None
 
 
+def check_model_dir(path: str | os.PathLike, *, trust_remote_code: bool = False) -> None:
+    """A local model directory, checked before any weights load: a readable config naming an architecture
+    transformers knows (or, with ``trust_remote_code``, one the directory's own code defines), and every
+    safetensors file readable and present."""
+    from transformers import CONFIG_MAPPING
+
+    path = Path(path)
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path / 'config.json'}: not readable JSON ({type(e).__name__})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path / 'config.json'}: expected a JSON object")
+    model_type, auto_map = config.get("model_type"), config.get("auto_map")
+    if model_type not in CONFIG_MAPPING:
+        if auto_map and not trust_remote_code:
+            raise ModelError(f"{path}: model_type '{model_type}' is defined by Python code in the model directory "
+                             "(auto_map), which Lethe runs only when asked: pass --trust-remote-code if you trust "
+                             "its source")
+        if not auto_map:
+            raise ModelError(f"{path}: unknown model_type {model_type!r} in config.json (transformers "
+                             f"{_transformers_version()} does not know it; upgrade transformers or fix config.json)")
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            raise ModelError(f"{index}: not a valid safetensors index (expected a 'weight_map' object)") from None
+        for shard in shards:
+            if not (path / shard).exists():
+                raise ModelError(f"{path / shard}: listed in {index.name} but missing")
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every defect
+            raise ModelError(f"{file}: not a readable safetensors file, truncated or corrupt "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
 def load_model(name_or_path, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
                attn_implementation: str | None = None):
     """Load a causal LM in ``dtype`` (default float32: mixed precision keeps fp32 master weights; the
-    runtime policy asks for bfloat16 only for pure bf16)."""
+    runtime policy asks for bfloat16 only for pure bf16). A checkpoint that lacks tensors the
+    architecture has (transformers would initialise them randomly) or holds tensors it does not is
+    refused."""
     src = _resolve(name_or_path)
     if dtype is None:
         dtype = torch.float32
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True}
+    local = Path(src).is_dir()
+    adapter = local and (Path(src) / "adapter_config.json").exists()
+    if local and not adapter:
+        check_model_dir(src, trust_remote_code=trust_remote_code)
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": True,
+              "output_loading_info": not adapter}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        return AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        model, info = loaded if isinstance(loaded, tuple) else (loaded, {})
     except OSError as e:
-        if Path(src).exists():
-            raise ModelError(f"{src}: cannot load model weights ({e})") from e
+        if local:
+            raise ModelError(f"{src}: cannot load model weights ({str(e).splitlines()[0]})") from e
         raise _hub_error(src, e) from e
+    except (RuntimeError, ValueError) as e:  # shape mismatches, unsupported options
+        raise ModelError(f"{src}: cannot load model weights ({str(e).splitlines()[0]})") from None
+    missing, unexpected = sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ()))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]}; transformers would initialise them randomly)")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise ModelError(f"{src}: the weights do not match the architecture in config.json: tensors "
+                         + " and ".join(parts))
+    return model

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 
 from ..errors import LetheError
+from ..validation import bounded, check_ranges
 from .fisher import empirical_fisher, row_weights, weight_out_in
 from .targets import resolve_targets
 
@@ -32,25 +33,29 @@ PARAMS = ("full", "lora", "fila")
 @dataclass(frozen=True)
 class ParamsConfig:
     kind: str = "full"                    # full | lora | fila
-    rank: int = 16
-    lora_alpha: float | None = None       # default 2 x rank
+    rank: int = bounded(16, int, 1)
+    lora_alpha: float | None = bounded(None, float, 0, low_open=True, optional=True)  # default 2 x rank
     targets: str = "qv-mlp"               # role, see model/targets.py
     target_modules: tuple[str, ...] = ()  # explicit module names (override targets)
     fisher_mode: str = "per-sample"       # per-sample (paper) | per-batch (released code)
-    fisher_batch_size: int = 8
+    fisher_batch_size: int = bounded(8, int, 1)
     svd: str = "exact"                    # exact | randomized
 
     @property
     def alpha(self) -> float:
         return float(self.lora_alpha) if self.lora_alpha is not None else 2.0 * self.rank
 
+    def __post_init__(self):
+        self.validate()
+
     def validate(self) -> None:
+        check_ranges(self)
         if self.kind not in PARAMS:
-            raise LetheError(f"unknown parameterisation '{self.kind}': expected one of {', '.join(PARAMS)}")
-        if self.rank < 1:
-            raise LetheError(f"rank must be at least 1, got {self.rank}")
+            raise LetheError(f"--params: unknown parameterisation '{self.kind}': expected one of {', '.join(PARAMS)}")
+        if self.fisher_mode not in ("per-sample", "per-batch"):
+            raise LetheError(f"--fisher-mode: expected per-sample or per-batch, got '{self.fisher_mode}'")
         if self.svd not in ("exact", "randomized"):
-            raise LetheError(f"svd must be 'exact' or 'randomized', got '{self.svd}'")
+            raise LetheError(f"--svd: expected exact or randomized, got '{self.svd}'")
 
 
 def fila_factors(weight: torch.Tensor, w: torch.Tensor, rank: int, scaling: float, *, svd: str = "exact",

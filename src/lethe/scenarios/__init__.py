@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 
 def run_dir_for(out: Path, method: str, kind: str, suffix: str = "") -> Path:
@@ -36,3 +38,40 @@ def console(progress: bool):
     from rich.console import Console
 
     return Console(quiet=not progress, stderr=True)
+
+
+FINGERPRINT = "lethe_scenario.json"
+
+
+@contextmanager
+def scenario_dir(out, fingerprint: dict, *, resume: bool, command: str) -> Iterator[Path]:
+    """The scenario's output directory, checked, locked and tidied for the run.
+
+    ``fingerprint`` is everything that determines the data and models (scenario, version, size, seed, ...).
+    Reusing finished parts (``resume``) of a directory made with another fingerprint is refused, naming what
+    differs; without ``resume`` (``--fresh``) everything is recomputed and the new fingerprint recorded.
+    """
+    from ..errors import LetheError
+    from ..io import write_json
+    from ..rundir import check_output, remove_temporaries, run_lock
+
+    out = check_output(out)
+    with run_lock(out, command=command):
+        remove_temporaries(out)
+        path = out / FINGERPRINT
+        if resume and path.exists():
+            try:
+                saved = json.loads(path.read_text())
+            except ValueError:
+                saved = {}
+            differ = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+            if differ:
+                was = ", ".join(f"{k} {saved.get(k)!r}" for k in differ)
+                now = ", ".join(f"{k} {fingerprint.get(k)!r}" for k in differ)
+                raise LetheError(f"--out {out} holds parts made with {was}; this run asks for {now}. Use another "
+                                 "--out, or --fresh to recompute everything there")
+        elif resume and ((out / "results.json").exists() or (out / "models").exists()):
+            raise LetheError(f"--out {out} holds a run without a {FINGERPRINT} (an older Lethe): its parts cannot be "
+                             "checked for reuse. Use another --out, or --fresh to recompute everything there")
+        write_json(path, fingerprint)
+        yield out

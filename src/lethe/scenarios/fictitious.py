@@ -17,7 +17,7 @@ from ..data.records import QARecord
 from ..data.synthetic import AuthorsDataset, generate_authors
 from ..engine.loop import TrainConfig
 from ..evaluation.suite import EvalSet
-from . import check_methods, console as make_console, finished, run_dir_for
+from . import check_methods, console as make_console, finished, run_dir_for, scenario_dir
 
 NAME = "fictitious-authors"
 VERSION = 1
@@ -126,12 +126,28 @@ def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resu
         console.print(f"fine-tuning the {name} model on {len(recs)} QA pairs")
         model = build_tiny_model(tokenizer, settings.model_preset, seed=seed)
         models[name], _ = finetune(model, recs, tokenizer=tokenizer, train=replace(settings.finetune, seed=seed),
-                                   out_dir=directory, progress=progress, desc=f"finetune {name}")
+                                   out_dir=directory, overwrite=True, progress=progress, desc=f"finetune {name}")
     return data, tokenizer, models["target"], models["retain"]
 
 
 def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, forget_percent: int,
              resume: bool, progress: bool, embedding_model: str | None = None, nli_model: str | None = None) -> dict:
+    from ..evaluation.suite import load_semantic
+
+    if size not in SETTINGS:
+        from ..errors import LetheError
+
+        raise LetheError(f"unknown size '{size}': expected one of {', '.join(SETTINGS)}")
+    check_methods(methods or DEMO_METHODS, parse_run_spec)  # a misspelt method fails before minutes of work
+    fingerprint = {"scenario": NAME, "scenario_version": VERSION, "size": size, "seed": seed,
+                   "forget_percent": forget_percent}
+    semantic = load_semantic(embedding_model, nli_model)  # an unloadable model the user named fails now
+    with scenario_dir(out, fingerprint, resume=resume, command=f"demo {NAME}") as out:
+        return _run(size=size, out=out, methods=methods, seed=seed, forget_percent=forget_percent, resume=resume,
+                    progress=progress, semantic=semantic)
+
+
+def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic) -> dict:
     from ..core import EvalConfig, unlearn
     from ..objectives.method import parse_method
     from ..evaluation.suite import aggregate, evaluate_sets
@@ -139,21 +155,12 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
     from ..model.load import load_model
     from ..report import write_report
 
-    if size not in SETTINGS:
-        from ..errors import LetheError
-
-        raise LetheError(f"unknown size '{size}': expected one of {', '.join(SETTINGS)}")
-    check_methods(methods or DEMO_METHODS, parse_run_spec)  # a misspelt method fails before minutes of work
     t0 = time.perf_counter()
     settings = SETTINGS[size]
-    out = Path(out)
     console = make_console(progress)
     data, tokenizer, target, retain_model = prepare_models(out, size, seed, forget_percent, resume=resume,
                                                            progress=progress)
     sets = eval_sets(data, forget_percent, settings.retain_eval, seed)
-    from ..evaluation.suite import load_semantic
-
-    semantic = load_semantic(embedding_model, nli_model)
     eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": semantic}
     console.print("evaluating the target and retain models")
     ret = evaluate_sets(retain_model, tokenizer, sets, **eval_kwargs)
@@ -186,7 +193,7 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
         evaluation = EvalConfig(sets=sets, retain_model_tr=retain_tr, initial_metrics=tgt.metrics, **eval_kwargs)
         _, run = unlearn(model, data.forget(forget_percent), data.retain(forget_percent), method=method,
                          tokenizer=tokenizer, train=train_cfg, params=params, evaluation=evaluation, out_dir=run_dir,
-                         save=False, progress=progress)
+                         save=False, resume=resume, overwrite=True, progress=progress)
         record = run.to_dict()
         if "(" in method:  # the report names the run as it was asked for, options included
             record["method"] = method

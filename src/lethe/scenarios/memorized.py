@@ -18,7 +18,7 @@ from typing import Sequence
 from ..data.records import TextRecord
 from ..engine.loop import TrainConfig
 from ..engine.stopping import meets_threshold
-from . import check_methods, console as make_console, finished, run_dir_for
+from . import check_methods, console as make_console, finished, run_dir_for, scenario_dir
 
 NAME = "memorized-sequences"
 VERSION = 1
@@ -69,9 +69,21 @@ def _ids(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list
 
 def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int, requests: int,
                   resume: bool, progress: bool) -> dict:
+    from ..errors import LetheError
+
+    if size not in SETTINGS:
+        raise LetheError(f"unknown size '{size}' for the memorized scenario: expected one of {', '.join(SETTINGS)}")
+    if not isinstance(requests, int) or requests < 1:
+        raise LetheError(f"--requests: expected an integer >= 1, got {requests!r}")
+    check_methods(runs or DEMO_RUNS, parse_run_spec)
+    fingerprint = {"scenario": NAME, "scenario_version": VERSION, "size": size, "seed": seed, "requests": requests}
+    with scenario_dir(out, fingerprint, resume=resume, command=f"demo {NAME}") as out:
+        return _run(size=size, out=out, runs=runs, seed=seed, requests=requests, resume=resume, progress=progress)
+
+
+def _run(*, size, out, runs, seed, requests, resume, progress) -> dict:
     from ..core import finetune, unlearn
     from ..data.canaries import generate_corpus
-    from ..errors import LetheError
     from ..io import write_json
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
@@ -79,14 +91,8 @@ def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int
     from ..report import write_memorized_report
     from ..workflows import extraction_stop_hook
 
-    if size not in SETTINGS:
-        raise LetheError(f"unknown size '{size}' for the memorized scenario: expected one of {', '.join(SETTINGS)}")
-    if requests < 1:
-        raise LetheError(f"requests must be at least 1, got {requests}")
-    check_methods(runs or DEMO_RUNS, parse_run_spec)
     t0 = time.perf_counter()
     st = SETTINGS[size]
-    out = Path(out)
     console = make_console(progress)
     corpus = generate_corpus(n_canaries=st.forget_size * max(requests, 4), n_validation=st.validation_size,
                              repeats=st.repeats, seed=seed, background_size="smoke" if size == "smoke" else "small")
@@ -102,7 +108,7 @@ def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int
         console.print(f"training the base model on {len(train_records)} sequences (canaries x{corpus.repeats})")
         model = build_tiny_model(tokenizer, st.model_preset, seed=seed, max_positions=512)
         finetune(model, train_records, tokenizer=tokenizer, train=replace(st.pretrain, seed=seed),
-                 out_dir=base_dir, progress=progress, desc="pretrain")
+                 out_dir=base_dir, overwrite=True, progress=progress, desc="pretrain")
     canary_ids = _ids(tokenizer, corpus.canaries, st.max_tokens)
     val_ids = _ids(tokenizer, corpus.validation, st.max_tokens)
     heldout_ids = _ids(tokenizer, corpus.held_out)

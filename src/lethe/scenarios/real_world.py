@@ -72,24 +72,36 @@ def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequ
     """Probe, split by subject, unlearn with each method (LoRA), write results.json and reports to ``out``.
 
     With ``resume`` the probe (``known.json``) and finished runs are reused while ``settings.json``
-    matches the current settings.
+    matches the current settings (when it does not, everything is recomputed).
     """
+    from ..errors import LetheError
+    from ..evaluation.suite import load_semantic
+    from ..rundir import check_output, remove_temporaries, run_lock
+
+    if size not in SIZES:
+        raise LetheError(f"unknown size '{size}' for the real-world scenario: expected one of {', '.join(SIZES)}")
+    check_methods(methods or DEMO_METHODS, lambda m: (m, "lora"))
+    semantic = load_semantic(embedding_model, nli_model, es_direction="generated=>truth")  # named models must load
+    out = check_output(out)
+    with run_lock(out, command=f"demo {NAME}"):
+        remove_temporaries(out)
+        return _run(out=out, model_name=model_name, methods=methods, size=size, seed=seed, resume=resume,
+                    progress=progress, semantic=semantic, rank=rank)
+
+
+def _run(*, out, model_name, methods, size, seed, resume, progress, semantic, rank) -> dict:
     from ..core import EvalConfig, MethodConfig, unlearn
     from ..data.realworld import country_facts, knows, own_answer
     from ..data.synthetic import general_knowledge
     from ..errors import LetheError
-    from ..evaluation.suite import EvalSet, aggregate, evaluate_sets, load_semantic
+    from ..evaluation.suite import EvalSet, aggregate, evaluate_sets
     from ..io import write_json
     from ..model.load import load_model, load_tokenizer
     from ..model.lora import ParamsConfig
     from ..report import write_report
 
-    if size not in SIZES:
-        raise LetheError(f"unknown size '{size}' for the real-world scenario: expected one of {', '.join(SIZES)}")
     n_forget, n_neighbour, n_general = SIZES[size]
-    check_methods(methods or DEMO_METHODS, lambda m: (m, "lora"))
     t0 = time.perf_counter()
-    out = Path(out)
     console = make_console(progress)
     tokenizer, model = load_tokenizer(model_name), load_model(model_name)
     max_new = 12  # short factual answers; generation dominates the CPU budget
@@ -128,7 +140,6 @@ def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequ
     sets = [EvalSet("forget", forget, "qa", forget=True), EvalSet("neighbour", neighbour, "qa"),
             EvalSet("real_authors", general_real, "mc"), EvalSet("world_facts", general_world, "mc")]
     utility = ("neighbour", "real_authors", "world_facts")
-    semantic = load_semantic(embedding_model, nli_model, es_direction="generated=>truth")
     eval_kwargs = {"max_new_tokens": max_new, "semantic": semantic, "utility_sets": utility, "n_samples": 4}
 
     before = evaluate_sets(model, tokenizer, sets, max_new_tokens=max_new, semantic=semantic, n_samples=4)
@@ -163,7 +174,7 @@ def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequ
                          params=ParamsConfig(kind="lora", rank=rank, lora_alpha=4 * rank, targets="all"),
                          evaluation=EvalConfig(sets=sets, initial_metrics=before.metrics, every=EVAL_EVERY,
                                                **eval_kwargs),
-                         out_dir=run_dir, save=False, progress=progress)
+                         out_dir=run_dir, save=False, overwrite=True, progress=progress)
         runs.append(run.to_dict())
     results = {
         "scenario": NAME, "scenario_version": VERSION, "size": size, "seed": seed,

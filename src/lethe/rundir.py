@@ -1,0 +1,197 @@
+"""Run directories: output paths checked before any work, one run per directory (a lock), no stale state.
+
+``claim(directory)`` is what every command that writes a run does before loading a model: it checks
+that the directory can be written, takes ``.lethe.lock`` (pid, host, start time; a lock left by a dead
+process on this host is taken over, with a message), removes the temporary files and directories of
+an interrupted run, and refuses to start over a finished run unless asked to resume or overwrite it.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import LetheError
+from .io import TEMP_PREFIX
+
+LOCK_NAME = ".lethe.lock"
+_HELD: set[Path] = set()  # directories this process holds the lock of
+# temporary names written by Lethe 0.1-0.2, before they carried TEMP_PREFIX
+_LEGACY_TEMP = (".ckpt.", ".model.")
+
+
+def check_output(path, *, option: str = "--out", kind: str = "dir") -> Path:
+    """``path`` can be created (or used) as a directory (``kind="dir"``) or a file; else a one-line error."""
+    path = Path(path)
+    if path.exists():
+        if kind == "dir" and not path.is_dir():
+            raise LetheError(f"{option} {path}: exists and is a file; expected a directory")
+        if kind == "file" and path.is_dir():
+            raise LetheError(f"{option} {path}: is a directory; expected a file name")
+    ancestor = path if path.exists() and kind == "dir" else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LetheError(f"{option} {path}: cannot be created under {ancestor}, which is a file")
+    if not _writable(ancestor):
+        raise LetheError(f"{option} {path}: {ancestor} is not writable")
+    return path
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return False
+    except (AttributeError, OSError):
+        pass
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def _rank() -> int:
+    """This process's rank under a launcher (torchrun/accelerate set RANK); 0 otherwise."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(directory, *, command: str = "lethe") -> Iterator[Path]:
+    """Hold ``directory/.lethe.lock`` for the duration; refuse if another live run holds it.
+
+    Under a launcher only rank 0 takes the lock (the other ranks are the same run). A directory
+    created only to hold the lock is removed again when the run fails before writing anything.
+    """
+    directory = Path(directory)
+    if _rank() != 0 or directory.resolve() in _HELD:  # other ranks, or a nested claim by this same run
+        yield directory
+        return
+    created = not directory.exists()
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = directory / LOCK_NAME
+    mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "command": command}
+    _acquire(lock, mine)
+    key = directory.resolve()
+    _HELD.add(key)
+    try:
+        yield directory
+    finally:
+        _HELD.discard(key)
+        try:
+            held = json.loads(lock.read_text())
+            if held.get("pid") == mine["pid"] and held.get("host") == mine["host"]:
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
+        if created:
+            try:
+                directory.rmdir()  # only if the run left nothing behind
+            except OSError:
+                pass
+
+
+def _acquire(lock: Path, mine: dict) -> None:
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            same_host = holder.get("host") == mine["host"]
+            pid = holder.get("pid")
+            if same_host and isinstance(pid, int) and pid != mine["pid"] and not _alive(pid):
+                print(f"lethe: taking over {lock}: the run that held it (pid {pid}, started "
+                      f"{holder.get('started', '?')}) is gone", file=sys.stderr)
+                lock.unlink(missing_ok=True)
+                continue
+            if not holder:  # unreadable: a lock being written this instant, or a torn one
+                time.sleep(0.2)
+                if not _read_lock(lock):
+                    lock.unlink(missing_ok=True)
+                continue
+            where = f"pid {pid}" + ("" if same_host else f" on host {holder.get('host')}")
+            raise LetheError(f"{lock.parent} is in use by another Lethe run ({where}, {holder.get('command', '?')}, "
+                             f"started {holder.get('started', '?')}); wait for it, use another --out, or delete "
+                             f"{lock} if that run is gone")
+        with os.fdopen(fd, "w") as f:
+            json.dump(mine, f)
+        return
+    raise LetheError(f"could not take the lock {lock}: another run keeps taking it")
+
+
+def _read_lock(lock: Path) -> dict:
+    try:
+        data = json.loads(lock.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remove_temporaries(directory, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete temporaries an interrupted run left in ``directory`` (all of them, or those of ``names``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.iterdir():
+        n = entry.name
+        ours = n.startswith(TEMP_PREFIX) or n.startswith(_LEGACY_TEMP)
+        if ours and names is not None:
+            ours = any(n.startswith(f"{TEMP_PREFIX}{x}.") for x in names)
+        if ours:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def start_fresh(directory, outputs: Iterable[str], *, resume: bool, overwrite: bool, option: str = "--out") -> None:
+    """A run directory that already holds ``outputs`` of an earlier run: continue (resume), replace
+    (overwrite: they are deleted now, so a killed rerun cannot leave the old result looking current),
+    or refuse."""
+    directory = Path(directory)
+    present = [n for n in outputs if (directory / n).exists()]
+    if not present or resume:
+        return
+    if not overwrite:
+        raise LetheError(f"{option} {directory} already holds a run ({', '.join(present)}): pass --resume to "
+                         "continue it, --overwrite to replace it, or choose another --out")
+    for n in present:
+        p = directory / n
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+@contextmanager
+def claim(directory, outputs: Iterable[str] = (), *, resume: bool = False, overwrite: bool = False,
+          command: str = "lethe", option: str = "--out") -> Iterator[Path]:
+    """Check, lock and tidy ``directory`` for a run (see the module docstring)."""
+    directory = check_output(directory, option=option)
+    with run_lock(directory, command=command):
+        if _rank() == 0:
+            remove_temporaries(directory)
+            start_fresh(directory, outputs, resume=resume, overwrite=overwrite, option=option)
+        yield directory
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for a failed write or read: what, where, why."""
+    where = f" {e.filename}" if e.filename else ""
+    reason = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EDQUOT: "disk quota exceeded"}.get(e.errno, e.strerror or str(e))
+    return f"cannot access{where}: {reason}"
