@@ -219,3 +219,39 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(argv, expect, world, tm
 
 def test_the_table_has_at_least_sixty_cases():
     assert len(CASES) >= 60
+
+
+def test_a_failed_write_is_one_line_naming_the_file(world, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import lethe.io
+
+    def full_disk(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(lethe.io, "write_text", full_disk)
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / "results.json").write_text(json.dumps({"scenario": "x", "runs": []}))
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(results)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "no space left on the device" in err
+    assert str(results / "report.html") in err
+
+
+def test_evaluation_sets_sharing_forget_records_are_a_warning(world, smoke_data, tokenizer):
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+    from lethe.evaluation.suite import EvalSet
+    from lethe.model.build import build_tiny_model
+
+    forget = smoke_data.forget(10)
+    sets = [EvalSet("forget", forget, "qa", forget=True), EvalSet("retain", forget[:2] + smoke_data.retain(10)[:2], "qa")]
+    _, run = api.unlearn(build_tiny_model(tokenizer, "test", seed=0), forget, smoke_data.retain(10)[:4], method="GA+GD",
+                         tokenizer=tokenizer, train=TrainConfig(epochs=1, lr=1e-3, batch_size=4, micro_batch_size=4,
+                                                                checkpoint=False),
+                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, utility_sets=("retain",)),
+                         save=False, progress=False)
+    assert run.warnings == ["evaluation set 'retain' shares 2 record(s) with the forget set: its scores measure "
+                            "forgetting as well as utility"]

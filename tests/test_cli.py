@@ -142,6 +142,12 @@ def test_unlearn_text_sequences_with_the_stopping_rule(smoke_run, tmp_path, caps
                          "--method", "IDK+GD", "--retain", str(tmp_path / "retain.jsonl"), "--out", str(tmp_path / "w")],
                         capsys)
     assert code == 2 and "needs QA records" in err
+    # no --validation and no --heldout: nothing is scored per epoch, and the run still completes
+    code, stdout, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget",
+                              str(tmp_path / "forget.npy"), "--retain", str(tmp_path / "retain.jsonl"), "--epochs", "1",
+                              "--lr", "1e-3", "--out", str(tmp_path / "plain")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "plain" / "model" / "model.safetensors").exists() and "run:" in stdout
 
 
 def test_audit_record_matches_the_saved_weights(smoke_run, tmp_path, capsys):
@@ -280,3 +286,38 @@ def test_demo_and_bench_reject_bad_methods_before_any_work(argv, tmp_path, capsy
     code, _, err = _run(["--quiet", *argv, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("lethe: error:"), err
     assert time.perf_counter() - t0 < 10 and not (tmp_path / "out").exists()
+
+
+def test_bench_killed_mid_cell_then_rerun_matches_the_uninterrupted_demo(smoke_run, tmp_path, capsys):
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    out, _ = smoke_run
+    bench = tmp_path / "bench"
+    shutil.copytree(out / "models", bench / "models")
+    shutil.copy(out / "lethe_scenario.json", bench / "lethe_scenario.json")
+    argv = ["--quiet", "bench", "--size", "smoke", "--methods", "GA+GD", "--out", str(bench)]
+    killed = subprocess.run([sys.executable, "-m", "lethe.cli", *argv], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "LETHE_CRASH_AT": "step:2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (bench / "runs" / "ga_gd-full" / "run.json").exists()
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    fields = ("epochs", "samples", "config", "status")
+    mine = json.loads((bench / "results.json").read_text())["runs"][0]
+    demo = next(r for r in json.loads((out / "results.json").read_text())["runs"] if r["method"] == "GA+GD")
+    assert {k: mine[k] for k in fields} == {k: demo[k] for k in fields}
+
+
+def test_demo_reuse_refuses_parts_made_with_other_settings(smoke_run, tmp_path, capsys):
+    import shutil
+
+    out, _ = smoke_run
+    copy = tmp_path / "demo"
+    shutil.copytree(out, copy)
+    code, _, err = _run(["--quiet", "demo", "--size", "smoke", "--seed", "1", "--methods", "GA", "--out", str(copy)],
+                        capsys)
+    assert code == 2 and "seed 0" in err and "seed 1" in err and "--fresh" in err and err.count("\n") == 1, err

@@ -495,6 +495,8 @@ def _unlearn(args, progress: bool) -> int:
         evaluation = _eval_config(args, forget_default=args.forget, every=args.eval_every)
         audit = api.AuditConfig(holdout=args.holdout, include_text=args.include_text)
         _, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit, **common)
+    for warning in run_.warnings:
+        print(f"lethe: warning: {warning}", file=sys.stderr)
     if run_.status != "ok":
         print(f"lethe: {run_.message}", file=sys.stderr)
         return 1

@@ -98,6 +98,8 @@ def render_report(results: dict) -> str:
     for run in results.get("runs", []):
         if run.get("status") != "ok":
             out += ["", f"**{run['method']}**: {run.get('message')}"]
+        for warning in run.get("warnings", []):
+            out += ["", f"Warning ({run['method']}): {warning}"]
     out += ["", "## Per-set metrics (final epoch)", ""]
     for set_name, metrics, rows in per_set_tables(results):
         out += [f"### {set_name}", "", _table(["model", *metrics], rows), ""]

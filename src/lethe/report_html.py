@@ -128,7 +128,8 @@ def _section(results: dict, source: str) -> str:
         if any("FQ" in final_metrics(r) for r in results.get("runs", [])):
             figs.append(_trajectory_plot(results, "FQ", "MU", logx=True, title="MU vs FQ"))
         keys = present_keys(results, ("forget/ROUGE", "forget/P", "retain/ROUGE", "neighbour/ROUGE", "forget/CS"))
-        figs.append(_per_epoch_plot(results, keys, "Forget and retain metrics per epoch"))
+        if keys:  # no run (or none with these metrics): nothing to plot
+            figs.append(_per_epoch_plot(results, keys, "Forget and retain metrics per epoch"))
         summary = present_keys(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS",
                                      "retain/ROUGE", "neighbour/ROUGE"))
         rows = [[f"{n} model", "–", *[m.get(k) for k in summary]] for n, m in results.get("reference", {}).items()]
