@@ -477,9 +477,12 @@ def describe_losses() -> str:
 
 def _unlearn(args, progress: bool) -> int:
     from . import api
+    from .core import RUN_OUTPUTS
     from .data.sources import is_text_source
+    from .rundir import preflight
 
     method = _method_config(args)
+    preflight(args.out, RUN_OUTPUTS, resume=args.resume, overwrite=args.overwrite)  # before any slow scoring
     data = _data_config(args)
     common = dict(method=method, train=_train_config(args), params=_params_config(args), data=data,
                   model_config=_model_config(args), out_dir=args.out, merge=args.merge, resume=args.resume,

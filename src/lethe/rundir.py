@@ -161,10 +161,11 @@ def remove_temporaries(directory, names: Iterable[str] | None = None) -> list[Pa
     return removed
 
 
-def start_fresh(directory, outputs: Iterable[str], *, resume: bool, overwrite: bool, option: str = "--out") -> None:
+def start_fresh(directory, outputs: Iterable[str], *, resume: bool, overwrite: bool, option: str = "--out",
+                dry_run: bool = False) -> None:
     """A run directory that already holds ``outputs`` of an earlier run: continue (resume), replace
     (overwrite: they are deleted now, so a killed rerun cannot leave the old result looking current),
-    or refuse."""
+    or refuse. ``dry_run`` only refuses."""
     directory = Path(directory)
     present = [n for n in outputs if (directory / n).exists()]
     if not present or resume:
@@ -172,9 +173,26 @@ def start_fresh(directory, outputs: Iterable[str], *, resume: bool, overwrite: b
     if not overwrite:
         raise LetheError(f"{option} {directory} already holds a run ({', '.join(present)}): pass --resume to "
                          "continue it, --overwrite to replace it, or choose another --out")
+    if dry_run:
+        return
     for n in present:
         p = directory / n
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def preflight(directory, outputs: Iterable[str] = (), *, resume: bool = False, overwrite: bool = False,
+              option: str = "--out") -> Path:
+    """The refusals :func:`claim` would make, checked without writing anything (for callers with slow work
+    to do before they claim the directory, such as scoring a retain model)."""
+    directory = check_output(directory, option=option)
+    holder = _read_lock(directory / LOCK_NAME)
+    if holder and _rank() == 0 and directory.resolve() not in _HELD:
+        pid, same_host = holder.get("pid"), holder.get("host") == socket.gethostname()
+        if not (same_host and isinstance(pid, int) and not _alive(pid)):
+            raise LetheError(f"{directory} is in use by another Lethe run (pid {pid}"
+                             + ("" if same_host else f" on host {holder.get('host')}") + ")")
+    start_fresh(directory, outputs, resume=resume, overwrite=overwrite, option=option, dry_run=True)
+    return directory
 
 
 @contextmanager
