@@ -174,7 +174,10 @@ def train(
                 accelerator.end_training()
             stop_peak_memory()
             return TrainResult(history, cost, stopped_early=bool(state.get("stopped")))
+    elif resume and config.checkpoint and ckpt_dir is not None and accelerator.is_main_process:
+        import sys
 
+        print(f"lethe: --resume: no checkpoint in {ckpt_dir}; starting from the first epoch", file=sys.stderr)
     if start_epoch == 0 and run_dir is not None and accelerator.is_main_process:
         _truncate_step_log(run_dir / "steps.jsonl", 0)  # a run started over does not append to an old log
     model, optimizer = accelerator.prepare(model, optimizer)
