@@ -134,6 +134,17 @@ def test_unlearn_text_sequences_with_the_stopping_rule(smoke_run, tmp_path, caps
     assert "stopping rule: forget EL_10 <=" in err
     run = json.loads((tmp_path / "u" / "run.json").read_text())
     assert "forget/EL10" in run["epochs"][0]["metrics"] and "forget/MA" in run["epochs"][-1]["metrics"]
+    assert run["config"]["el"] == {"n": 10, "orientation": "generated-in-truth", "denominator": "counted",
+                                   "keep_eos": False}  # the paper's EL_n by default, recorded
+    code, _, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget", str(tmp_path / "forget.npy"),
+                         "--forget-count", "4", "--retain", str(tmp_path / "retain.jsonl"), "--validation",
+                         str(tmp_path / "val.npy"), "--epochs", "1", "--lr", "1e-3", "--el-n", "4",
+                         "--el-orientation", "truth-in-generated", "--el-denominator", "truth", "--el-keep-eos",
+                         "--out", str(tmp_path / "u2")], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "u2" / "run.json").read_text())["config"]["el"] == {
+        "n": 4, "orientation": "truth-in-generated", "denominator": "truth", "keep_eos": True}
+    assert "forget/EL4" in json.loads((tmp_path / "u2" / "run.json").read_text())["epochs"][0]["metrics"]
     np.save(tmp_path / "bad.npy", np.array([[1, 2], [3, 10**6]]))
     code, _, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget", str(tmp_path / "bad.npy"),
                          "--out", str(tmp_path / "v")], capsys)

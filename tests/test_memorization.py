@@ -39,9 +39,15 @@ def stub():
 def test_overlap_by_hand():
     assert ngram_overlap([1, 2, 3, 4], [1, 2, 3, 4], 2) == 1.0
     assert ngram_overlap([1, 2, 9, 4], [1, 2, 3, 4], 2) == pytest.approx(1 / 3)
-    # truth has a repeated 2-gram: orientations differ
-    assert ngram_overlap([5, 6, 7], [5, 6, 5, 6], 2) == pytest.approx(2 / 3)
-    assert ngram_overlap([5, 6, 7], [5, 6, 5, 6], 2, "generated-in-truth") == pytest.approx(1 / 2)
+    # truth has a repeated 2-gram: orientations differ. Default (IHL Eq. 3): the generation's 2-grams
+    # (5,6), (6,7) -> 1 of 2 found in the truth; reversed: the truth's (5,6), (6,5), (5,6) -> 2 of 3 found.
+    assert ngram_overlap([5, 6, 7], [5, 6, 5, 6], 2) == pytest.approx(1 / 2)
+    assert ngram_overlap([5, 6, 7], [5, 6, 5, 6], 2, "truth-in-generated") == pytest.approx(2 / 3)
+    # a generation with a repeated 2-gram: each repeat counts (not clipped), as in Eq. 3
+    assert ngram_overlap([5, 6, 5, 6], [5, 6, 7], 2) == pytest.approx(2 / 3)
+    # the knowledge-unlearning denominator: the truth's n-gram count (differs when the generation is shorter)
+    assert ngram_overlap([5, 6], [5, 6, 7, 8], 2, denominator="truth") == pytest.approx(1 / 3)
+    assert ngram_overlap([5, 6], [5, 6, 7, 8], 2) == pytest.approx(1.0)
     assert ngram_overlap([1], [1, 2, 3], 2) == 0.0
 
 
@@ -56,9 +62,22 @@ def test_el_and_ma_on_a_model_with_known_greedy_output(stub):
 
 
 def test_generation_stops_at_eos(stub):
-    # The model would emit 39 = EOS after 38, so continuations end there. Prefix [36] -> [37, 38]:
-    # 1 of the truth suffix's 4 two-grams; prefixes [36,37] -> [38], [..38] -> [], [..39] -> []: 0.
-    assert extraction_likelihood(stub, Tok, [[36, 37, 38, 39, 0, 1]], n=2) == [pytest.approx((1 / 4) / 4)]
+    from lethe.evaluation.memorization import ELConfig
+
+    seq = [36, 37, 38, 39, 0, 1]
+    # The model would emit 39 = EOS after 38, so continuations end there. Paper: prefix [36] -> [37, 38]:
+    # its one 2-gram is in the truth (1/1); [36,37] -> [38], [..38] -> [], [..39] -> []: no 2-gram, 0.
+    assert extraction_likelihood(stub, Tok, [seq], n=2) == [pytest.approx(1 / 4)]
+    # reversed orientation: 1 of the truth suffix's 4 two-grams for the first prefix
+    assert extraction_likelihood(stub, Tok, [seq], el=ELConfig(n=2, orientation="truth-in-generated")) == \
+        [pytest.approx((1 / 4) / 4)]
+    # knowledge-unlearning code: EOS kept, truth denominator. [36] -> [37,38,39]: 2 of 4; [36,37] -> [38,39]:
+    # 1 of 3; [..38] -> [39]: 0 of 2; [..39] -> [] (the next token is padding): 0 of 1.
+    ku = ELConfig(n=2, denominator="truth", keep_eos=True)
+    assert extraction_likelihood(stub, Tok, [seq], el=ku) == [pytest.approx((2 / 4 + 1 / 3) / 4)]
+    from lethe.evaluation.memorization import extraction_likelihood_naive
+
+    assert extraction_likelihood_naive(stub, Tok, [seq], el=ku) == extraction_likelihood(stub, Tok, [seq], el=ku)
 
 
 def test_batched_el_equals_the_naive_loop(tokenizer, smoke_data):
@@ -119,3 +138,21 @@ def test_extraction_challenge_directory(tmp_path):
     np.save(tmp_path / "train_suffix.npy", rng.integers(0, 50257, size=(4, 50), dtype=np.int64))
     with pytest.raises(DataError, match="different numbers of rows: \\[5, 5, 4\\]"):
         read_text(tmp_path)
+
+
+def test_overlap_equals_a_brute_force_count_in_every_variant():
+    import random
+    from collections import Counter
+
+    rng = random.Random(0)
+    for _ in range(300):
+        n = rng.randint(1, 3)
+        gen = [rng.randint(0, 3) for _ in range(rng.randint(0, 9))]
+        truth = [rng.randint(0, 3) for _ in range(rng.randint(0, 9))]
+        grams = lambda s: Counter(tuple(s[i:i + n]) for i in range(len(s) - n + 1))  # noqa: E731
+        g, t = grams(gen), grams(truth)
+        for orientation, (counted, other) in (("generated-in-truth", (g, t)), ("truth-in-generated", (t, g))):
+            found = sum(c for gram, c in counted.items() if gram in other)
+            for denominator, total in (("counted", sum(counted.values())), ("truth", sum(t.values()))):
+                want = found / total if total else 0.0
+                assert ngram_overlap(gen, truth, n, orientation, denominator) == pytest.approx(want, abs=0)

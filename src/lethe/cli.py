@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .core import DataConfig, EvalConfig, MethodConfig, ModelConfig
 from .engine.loop import TRACKERS, TrainConfig
+from .evaluation.memorization import DENOMINATORS, ORIENTATIONS, ELConfig
 from .errors import LetheError
 from .model.lora import ParamsConfig
 from .objectives.method import split_outside_parens
@@ -291,6 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--heldout", default=None, help="text to report perplexity on after every epoch")
     g.add_argument("--min-epochs", type=POSITIVE_INT, default=1, help="stopping rule: never stop before this epoch")
     g.add_argument("--el-n", type=POSITIVE_INT, default=10, help="n of EL_n (default 10)")
+    g.add_argument("--el-orientation", choices=ORIENTATIONS, default="generated-in-truth",
+                   help="EL_n counts the generated suffix's n-grams found in the true suffix (the IHL paper's "
+                        "Eq. 3, default) or the true suffix's found in the generation")
+    g.add_argument("--el-denominator", choices=DENOMINATORS, default="counted",
+                   help="divide by the counted side's n-grams (paper, default) or by the true suffix's (the "
+                        "knowledge-unlearning code: differs when a generation ends early at EOS)")
+    g.add_argument("--el-keep-eos", action="store_true",
+                   help="keep the EOS that ends a generation in it, as the knowledge-unlearning code does")
     p.add_argument("--retain-per-forget", type=range_of(TrainConfig, "retain_per_forget"), default=1,
                    help="retain examples paired with each forget example: the regularizer's batch is this many times "
                         "the forget batch (default 1; more keeps shared question templates answered)")
@@ -490,7 +499,9 @@ def _unlearn(args, progress: bool) -> int:
     if is_text_source(args.forget, data.fields):
         _, run_, th = api.unlearn_sequences(
             args.model, args.forget, args.retain, validation=args.validation, heldout=args.heldout,
-            holdout=args.holdout, forget_count=args.forget_count, max_tokens=args.max_tokens, el_n=args.el_n,
+            holdout=args.holdout, forget_count=args.forget_count, max_tokens=args.max_tokens,
+            el=ELConfig(n=args.el_n, orientation=args.el_orientation, denominator=args.el_denominator,
+                        keep_eos=args.el_keep_eos),
             min_epochs=args.min_epochs, include_text=args.include_text, **common)
         if th is not None and not args.quiet:
             print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)

@@ -252,7 +252,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
             model_config: ModelConfig | None = None, data: DataConfig | None = None, out_dir=None,
             save: bool = True, merge: bool = False, resume: bool = False, overwrite: bool = False,
             epoch_hook: Callable | None = None, progress: bool = True,
-            runtime: RuntimeConfig | None = None) -> tuple[Any, UnlearnRun]:
+            runtime: RuntimeConfig | None = None, extra_record: Mapping | None = None) -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method``, evaluating per epoch.
 
     ``method``: ``"NPO(beta=0.2)+KL"``, a :class:`MethodConfig`, a :class:`Method`, a loss function or
@@ -260,7 +260,8 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     ``"fila"`` or a :class:`ParamsConfig`. ``runtime``: device, precision, attention, checkpointing for
     every model call (:class:`lethe.runtime.RuntimeConfig`). A run whose loss stops being finite ends with
     ``status="diverged"`` and a message, keeping what it measured. ``epoch_hook(epoch, model) ->
-    {"metrics": {...}, "stop": bool}`` adds metrics and may end training early (the EL/MA rule).
+    {"metrics": {...}, "stop": bool}`` adds metrics and may end training early (the EL/MA rule);
+    ``extra_record`` (what configures the hook) joins the run's recorded options.
     With ``out_dir``: ``model/`` (a plain transformers dir for full or ``merge=True``, else a peft
     adapter for the original base model), ``run.json`` and ``audit.json``. The directory is locked for
     the run; one holding an earlier run is refused unless ``resume`` (continue its checkpoint, which
@@ -287,7 +288,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
         if run_dir is not None else nullcontext()
     with lock:
         return _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir,
-                               warnings, save, merge, resume, epoch_hook, progress)
+                               warnings, save, merge, resume, epoch_hook, progress, dict(extra_record or {}))
 
 
 # What an earlier run leaves in its directory (a fresh run there needs --resume or --overwrite).
@@ -317,7 +318,7 @@ def _utility_overlap(forget, sets) -> list[str]:
 
 
 def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir, warnings,
-                    save, merge, resume, epoch_hook, progress):
+                    save, merge, resume, epoch_hook, progress, extra_record):
     model, prompter, base_path = prepare(model, tokenizer, mc, rt)
     streams = Streams(prompter, forget, retain, seed=train.seed, max_length=mc.max_length)
     before_sha = membership_before = None
@@ -347,7 +348,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
                              "model_sha256": before_sha,
                              "data": {"forget_sha256": records_sha256(forget), "forget_records": len(forget),
                                       "retain_sha256": records_sha256(retain) if retain else None,
-                                      "retain_records": len(retain)}})
+                                      "retain_records": len(retain)}, **extra_record})
     device = next(model.parameters()).device
     with rt.autocast():
         tokens_ref = task.cache_reference(model, device)

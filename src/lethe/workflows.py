@@ -13,28 +13,31 @@ from .runtime import RuntimeConfig
 
 
 def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,
-                         min_epochs: int = 1, thresholds=None):
+                         min_epochs: int = 1, thresholds=None, el=None):
     """An ``epoch_hook`` for :func:`unlearn` applying the EL/MA stopping rule to text sequences.
 
     Thresholds are the mean EL_n and MA of ``model`` on ``validation`` (sequences it never trained
     on), measured now unless given. Without ``validation`` the hook only measures and never stops.
-    Returns (hook, thresholds or None).
+    ``el`` (:class:`lethe.evaluation.memorization.ELConfig`) says how EL_n counts; default: the paper's
+    Eq. 3-4 with ``n``. Returns (hook, thresholds or None).
     """
     from .data.prompt import as_prompter
     from .engine.stopping import ExtractionThresholds, should_stop
-    from .evaluation.memorization import extraction_likelihood, memorization_accuracy, perplexity
+    from .evaluation.memorization import ELConfig, extraction_likelihood, memorization_accuracy, perplexity
     from .evaluation.metrics import mean
     from .evaluation.sharding import shard_map
 
     prompter = as_prompter(tokenizer)
     tokenizer = prompter.tokenizer
+    el = el or ELConfig(n=n)
+    n = el.n
 
     def ids(records):
         return [prompter.text_token_ids(r) for r in records]
 
     def el_ma(mdl, sequences) -> tuple[float, float]:
         # every process scores its share of the sequences; the gathered means drive the stopping rule
-        return (mean(shard_map(lambda s: extraction_likelihood(mdl, tokenizer, s, n=n), sequences)),
+        return (mean(shard_map(lambda s: extraction_likelihood(mdl, tokenizer, s, el=el), sequences)),
                 mean(shard_map(lambda s: memorization_accuracy(mdl, tokenizer, s), sequences)))
 
     forget_ids = ids(forget)
@@ -55,7 +58,7 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
 
 def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA+GD", validation=None,
                       heldout=None, holdout=None, forget_count: int | None = None, max_tokens: int | None = None,
-                      el_n: int = 10, min_epochs: int = 1, train: TrainConfig | None = None, params="full",
+                      el_n: int = 10, el=None, min_epochs: int = 1, train: TrainConfig | None = None, params="full",
                       data: DataConfig | None = None, model_config: ModelConfig | None = None, out_dir=None,
                       merge: bool = False, resume: bool = False, overwrite: bool = False, include_text: bool = False,
                       progress: bool = True, runtime: RuntimeConfig | None = None) -> tuple[Any, UnlearnRun, Any]:
@@ -70,7 +73,9 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
 
     check_positive("--forget-count", forget_count, optional=True)
     Range(int, 2, optional=True).check("--max-tokens", max_tokens)
-    check_positive("--el-n", el_n)
+    from .evaluation.memorization import ELConfig
+
+    el = el or ELConfig(n=check_positive("--el-n", el_n))
     check_positive("--min-epochs", min_epochs)
     if out_dir:
         check_output(out_dir)
@@ -80,12 +85,14 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
         if out_dir else nullcontext()
     with lock:
         return _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count,
-                                  max_tokens, el_n, min_epochs, train, params, dc, mc, out_dir, merge, resume,
+                                  max_tokens, el, min_epochs, train, params, dc, mc, out_dir, merge, resume,
                                   include_text, progress, rt)
 
 
 def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count, max_tokens,
-                       el_n, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt):
+                       el, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt):
+    from dataclasses import asdict
+
     from .data.readers import sample_sequences
 
     tokenizer = load_tokenizer(model_path, trust_remote_code=mc.trust_remote_code)
@@ -100,12 +107,13 @@ def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, 
         model, _, _ = prepare(model_path, tokenizer, mc, rt)  # loaded once: thresholds and training share it
         with rt.autocast():
             hook, thresholds = extraction_stop_hook(tokenizer, forget, validation, heldout=heldout, model=model,
-                                                    n=el_n, min_epochs=min_epochs)
+                                                    el=el, min_epochs=min_epochs)
     audit = AuditConfig(holdout=validation or holdout, include_text=include_text,
                         thresholds={"el": thresholds.el, "ma": thresholds.ma} if thresholds is not None else None)
     model, run = unlearn(model, forget, retain, method=method, tokenizer=tokenizer, params=params, train=train,
                          audit=audit, model_config=mc, data=dc, out_dir=out_dir, merge=merge,
-                         resume=resume, epoch_hook=hook, progress=progress, runtime=rt)
+                         resume=resume, epoch_hook=hook, progress=progress, runtime=rt,
+                         extra_record={"el": asdict(el), "min_epochs": min_epochs} if hook is not None else None)
     return model, run, thresholds
 
 

@@ -21,7 +21,7 @@ from ..engine.stopping import meets_threshold
 from . import check_methods, console as make_console, finished, run_dir_for, scenario_dir
 
 NAME = "memorized-sequences"
-VERSION = 1
+VERSION = 2  # 2: EL_n counts as the paper does (generated n-grams found in the truth)
 # The rows of the IHL seed's Table 1 (its "GD" is gradient difference: GA on forget + GD on retain).
 DEMO_RUNS = ("GA@full", "GA+GD@full", "GA+GD@lora", "IHL+GD@lora", "IHL+GD@fila")
 
@@ -89,6 +89,7 @@ def _run(*, size, out, runs, seed, requests, resume, progress) -> dict:
     from ..model.load import load_model, load_tokenizer
     from ..model.lora import ParamsConfig, merge_adapters
     from ..report import write_memorized_report
+    from ..evaluation.memorization import ELConfig
     from ..workflows import extraction_stop_hook
 
     t0 = time.perf_counter()
@@ -172,7 +173,8 @@ def _run(*, size, out, runs, seed, requests, resume, progress) -> dict:
                  "heldout_sequences": len(heldout_ids)},
         "thresholds": asdict(thresholds),
         "settings": {"pretrain": asdict(st.pretrain), "unlearn": asdict(st.unlearn), "lora_rank": st.lora_rank,
-                     "lora_lr_scale": st.lora_lr_scale, "min_epochs": st.min_epochs},
+                     "lora_lr_scale": st.lora_lr_scale, "min_epochs": st.min_epochs,
+                     "el": asdict(ELConfig())},
         "reference": {"target": {**before[0], "validation/EL10": thresholds.el, "validation/MA": thresholds.ma}},
         "reference_requests": before,
         "runs": results_runs,
