@@ -16,9 +16,10 @@ CFG = TrainConfig(epochs=2, lr=5e-3, batch_size=4, micro_batch_size=4, checkpoin
 
 def test_options_in_the_method_string_are_checked_and_typed():
     m = parse_method("NPO(beta=0.2)+KL")
-    assert m.forget.options() == {"beta": 0.2} and m.name == "NPO+KL" and m.spec == "NPO(beta=0.2)+KL"
+    assert m.forget.options() == {"beta": 0.2} and m.name == "NPO+KL" and m.spec == "NPO(beta=0.2)+KL(positions=answer)"
     m = parse_method("ME(direction=uniform-to-model, mask_question=true)+GD")
-    assert m.forget.options() == {"direction": "uniform-to-model", "mask_question": True} and m.alpha == 0.1
+    assert m.forget.options() == {"direction": "uniform-to-model", "mask_question": True, "eps": 0.0,
+                                  "padding": False} and m.alpha == 0.1
     m = parse_method("NPO+AP", forget_options={"beta": "0.5"}, regularizer_options={"beta": 2})
     assert m.forget.options()["beta"] == 0.5 and m.regularizer.options()["beta"] == 2.0
     assert parse_method("NPO(beta=0.2)", forget_options={"beta": 0.3}).forget.options()["beta"] == 0.3

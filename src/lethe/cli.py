@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .core import DataConfig, EvalConfig, MethodConfig, ModelConfig
 from .engine.loop import TRACKERS, TrainConfig
+from .conventions import CONVENTIONS, describe as describe_conventions
 from .evaluation.memorization import DENOMINATORS, ORIENTATIONS, ELConfig
 from .errors import LetheError
 from .model.lora import ParamsConfig
@@ -194,7 +195,10 @@ def _eval_config(a, forget_default=None, every: int = 1):
                                         ("world_facts", a.world_facts, "mc", False)):
         if path:
             sets.append(EvalSet(name, load_qa(path, fields=dc.fields, split=dc.split), kind, forget=is_forget))
-    cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=a.eval_limit,
+    from .conventions import get_convention
+
+    limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit
+    cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=limit,
                      truth_ratio=a.truth_ratio)
     if a.retain_model:
         cfg.retain_model_tr = retain_model_truth_ratios(a.retain_model, sets, config=cfg, model_config=_model_config(a),
@@ -212,6 +216,9 @@ def _method_args(p: argparse.ArgumentParser) -> None:
                         "the loss's options")
     p.add_argument("--reg-opt", action="append", default=None, metavar="NAME=VALUE",
                    help="an option of the regularizer (repeatable), e.g. --reg-opt beta=0.5 for AP")
+    p.add_argument("--convention", default="paper", choices=list(CONVENTIONS),
+                   help="reproduce a released code's numbers: " + describe_conventions()
+                        + ". Options given explicitly win (default paper)")
     p.add_argument("--alpha", type=range_of(MethodConfig, "alpha"), default=None, help="weight of the forget loss (paper default per method)")
     p.add_argument("--gamma", type=range_of(MethodConfig, "gamma"), default=None, help="weight of the regularizer (default 1)")
 
@@ -292,13 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--heldout", default=None, help="text to report perplexity on after every epoch")
     g.add_argument("--min-epochs", type=POSITIVE_INT, default=1, help="stopping rule: never stop before this epoch")
     g.add_argument("--el-n", type=POSITIVE_INT, default=10, help="n of EL_n (default 10)")
-    g.add_argument("--el-orientation", choices=ORIENTATIONS, default="generated-in-truth",
+    g.add_argument("--el-orientation", choices=ORIENTATIONS, default=None,
                    help="EL_n counts the generated suffix's n-grams found in the true suffix (the IHL paper's "
                         "Eq. 3, default) or the true suffix's found in the generation")
-    g.add_argument("--el-denominator", choices=DENOMINATORS, default="counted",
+    g.add_argument("--el-denominator", choices=DENOMINATORS, default=None,
                    help="divide by the counted side's n-grams (paper, default) or by the true suffix's (the "
                         "knowledge-unlearning code: differs when a generation ends early at EOS)")
-    g.add_argument("--el-keep-eos", action="store_true",
+    g.add_argument("--el-keep-eos", action="store_true", default=None,
                    help="keep the EOS that ends a generation in it, as the knowledge-unlearning code does")
     p.add_argument("--retain-per-forget", type=range_of(TrainConfig, "retain_per_forget"), default=1,
                    help="retain examples paired with each forget example: the regularizer's batch is this many times "
@@ -339,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on QA sets (ROUGE, P, TR, MU, FE, FQ)")
     p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--convention", default="paper", choices=list(CONVENTIONS),
+                   help="a released code's evaluation settings (closer-look: first 300 items per set); "
+                        "--eval-limit wins (default paper)")
     p.add_argument("--out", help="write metrics to this JSON file")
     _model_args(p)
     _runtime_args(p)
@@ -484,6 +494,18 @@ def describe_losses() -> str:
     return "\n".join(lines).rstrip()
 
 
+def _el_config(a) -> ELConfig:
+    """EL_n counting: the convention's, with the options given on the command line."""
+    from dataclasses import replace
+
+    from .conventions import get_convention
+
+    base = get_convention(a.convention).el
+    given = {k: v for k, v in (("orientation", a.el_orientation), ("denominator", a.el_denominator),
+                               ("keep_eos", a.el_keep_eos)) if v is not None}
+    return replace(base, n=a.el_n, **given)
+
+
 def _unlearn(args, progress: bool) -> int:
     from . import api
     from .core import RUN_OUTPUTS
@@ -500,15 +522,15 @@ def _unlearn(args, progress: bool) -> int:
         _, run_, th = api.unlearn_sequences(
             args.model, args.forget, args.retain, validation=args.validation, heldout=args.heldout,
             holdout=args.holdout, forget_count=args.forget_count, max_tokens=args.max_tokens,
-            el=ELConfig(n=args.el_n, orientation=args.el_orientation, denominator=args.el_denominator,
-                        keep_eos=args.el_keep_eos),
+            el=_el_config(args), convention=args.convention,
             min_epochs=args.min_epochs, include_text=args.include_text, **common)
         if th is not None and not args.quiet:
             print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
     else:
         evaluation = _eval_config(args, forget_default=args.forget, every=args.eval_every)
         audit = api.AuditConfig(holdout=args.holdout, include_text=args.include_text)
-        _, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit, **common)
+        _, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit,
+                              convention=args.convention, **common)
     for warning in run_.warnings:
         print(f"lethe: warning: {warning}", file=sys.stderr)
     if run_.status != "ok":

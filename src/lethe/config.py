@@ -36,6 +36,8 @@ def _typename(action) -> str:
 
 def _convert(path, key, action, value):
     if isinstance(action, argparse._StoreTrueAction):
+        if value is None and action.default is None:  # a flag whose absence means "as the convention says"
+            return None
         if not isinstance(value, bool):
             raise LetheError(f"{path}: key '{key}' expects true or false, got {value!r}")
         return value

@@ -10,7 +10,7 @@ the CLI and :mod:`lethe.api` build these configs and call these three functions.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,6 +24,7 @@ from .engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
 from .errors import DivergenceError, LetheError
 from .evaluation.suite import MU9_SETS, EvalResult, EvalSet, Semantic, aggregate, evaluate_sets
 from .audit import records_sha256
+from .conventions import Convention, get_convention
 from .io import crash_point, write_json
 from .model.load import load_model, load_tokenizer, saved_prompt_format
 from .model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
@@ -77,10 +78,11 @@ class MethodConfig:
     def __post_init__(self):
         check_ranges(self)
 
-    def build(self) -> Method:
+    def build(self, defaults: Mapping[str, Mapping[str, Any]] | None = None) -> Method:
+        """The method; ``defaults`` (per loss name) sit under the options given here or in the string."""
         return parse_method(self.method, alpha=self.alpha, gamma=self.gamma,
                             forget_options=dict(self.forget_options) or None,
-                            regularizer_options=dict(self.regularizer_options) or None)
+                            regularizer_options=dict(self.regularizer_options) or None, defaults=defaults)
 
 
 @dataclass
@@ -252,7 +254,8 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
             model_config: ModelConfig | None = None, data: DataConfig | None = None, out_dir=None,
             save: bool = True, merge: bool = False, resume: bool = False, overwrite: bool = False,
             epoch_hook: Callable | None = None, progress: bool = True,
-            runtime: RuntimeConfig | None = None, extra_record: Mapping | None = None) -> tuple[Any, UnlearnRun]:
+            runtime: RuntimeConfig | None = None, extra_record: Mapping | None = None,
+            convention: str | Convention = "paper") -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method``, evaluating per epoch.
 
     ``method``: ``"NPO(beta=0.2)+KL"``, a :class:`MethodConfig`, a :class:`Method`, a loss function or
@@ -261,22 +264,33 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     every model call (:class:`lethe.runtime.RuntimeConfig`). A run whose loss stops being finite ends with
     ``status="diverged"`` and a message, keeping what it measured. ``epoch_hook(epoch, model) ->
     {"metrics": {...}, "stop": bool}`` adds metrics and may end training early (the EL/MA rule);
-    ``extra_record`` (what configures the hook) joins the run's recorded options.
+    ``extra_record`` (what configures the hook) joins the run's recorded options. ``convention``
+    (:mod:`lethe.conventions`: ``paper``, ``closer-look``, ``tofu``, ``flat``, ``ihl-fila``,
+    ``knowledge-unlearning``) reproduces a released code's losses, batch layout and evaluation limit;
+    options given explicitly win, and ParamsConfig fields are taken from it where left at their defaults.
     With ``out_dir``: ``model/`` (a plain transformers dir for full or ``merge=True``, else a peft
     adapter for the original base model), ``run.json`` and ``audit.json``. The directory is locked for
     the run; one holding an earlier run is refused unless ``resume`` (continue its checkpoint, which
     must have been made with the same options, model and data) or ``overwrite`` (delete it first).
     """
     # Validate method and options before loading weights: user errors surface in seconds.
-    m = method.build() if isinstance(method, MethodConfig) else parse_method(method)
+    conv = get_convention(convention)
+    defaults = conv.loss_options
+    m = method.build(defaults) if isinstance(method, MethodConfig) else \
+        parse_method(method, defaults=defaults) if isinstance(method, (str, tuple)) else parse_method(method)
     pcfg = params if isinstance(params, ParamsConfig) else ParamsConfig(kind=params)
-    pcfg.validate()
+    pcfg = _with_convention_params(pcfg, conv)
     train = train or TrainConfig()
     ev, au, mc, dc = evaluation or EvalConfig(), audit or AuditConfig(), model_config or ModelConfig(), data or DataConfig()
+    if ev.limit is None and conv.eval_limit is not None:
+        ev = replace(ev, limit=conv.eval_limit)
+    if conv.pad_to is not None and conv.pad_to > mc.max_length:
+        mc = replace(mc, max_length=conv.pad_to)  # the released code's max length
     run_dir = check_output(out_dir) if out_dir else None
     tokenizer = _tokenizer_for_text(model, tokenizer, mc, [forget, retain, au.holdout])
     read = dict(fields=dc.fields, tokenizer=tokenizer, chunk_tokens=dc.chunk_tokens, split=dc.split)
-    forget, retain = load_records(forget, **read), load_records(retain, **read)
+    forget = load_records(forget, **read)
+    retain = load_records(retain, **read) if not _empty_sequence(retain) else []  # no retain set: []
     holdout = load_records(au.holdout, **read) if au.holdout is not None else None
     if not forget:
         raise LetheError("the forget set is empty")
@@ -287,8 +301,20 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     lock = claim(run_dir, RUN_OUTPUTS, resume=resume, overwrite=overwrite, command=f"unlearn {m.name}") \
         if run_dir is not None else nullcontext()
     with lock:
+        record = {**dict(extra_record or {}), **({"convention": conv.record()} if conv.name != "paper" else {})}
         return _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir,
-                               warnings, save, merge, resume, epoch_hook, progress, dict(extra_record or {}))
+                               warnings, save, merge, resume, epoch_hook, progress, record, conv.pad_to)
+
+
+def _with_convention_params(pcfg: ParamsConfig, conv) -> ParamsConfig:
+    """A convention's FILA settings, for the fields the caller left at their defaults."""
+    defaults = ParamsConfig()
+    changes = {k: v for k, v in conv.params.items() if getattr(pcfg, k) == getattr(defaults, k)}
+    return replace(pcfg, **changes) if changes else pcfg
+
+
+def _empty_sequence(x) -> bool:
+    return isinstance(x, (list, tuple)) and not x
 
 
 # What an earlier run leaves in its directory (a fresh run there needs --resume or --overwrite).
@@ -318,7 +344,7 @@ def _utility_overlap(forget, sets) -> list[str]:
 
 
 def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir, warnings,
-                    save, merge, resume, epoch_hook, progress, extra_record):
+                    save, merge, resume, epoch_hook, progress, extra_record, pad_to):
     model, prompter, base_path = prepare(model, tokenizer, mc, rt)
     streams = Streams(prompter, forget, retain, seed=train.seed, max_length=mc.max_length)
     before_sha = membership_before = None
@@ -338,7 +364,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             loss.setup(model, loss_data)
     _restrict_trainable(model, m)
     task = UnlearnTask(prompter, m, forget, retain, seed=train.seed, retain_per_forget=train.retain_per_forget,
-                       streams=streams, max_length=mc.max_length)
+                       streams=streams, max_length=mc.max_length, pad_to=pad_to)
     if task.needs_reference_model:
         from .model.reference import FrozenCopy
 

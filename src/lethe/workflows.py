@@ -61,7 +61,8 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
                       el_n: int = 10, el=None, min_epochs: int = 1, train: TrainConfig | None = None, params="full",
                       data: DataConfig | None = None, model_config: ModelConfig | None = None, out_dir=None,
                       merge: bool = False, resume: bool = False, overwrite: bool = False, include_text: bool = False,
-                      progress: bool = True, runtime: RuntimeConfig | None = None) -> tuple[Any, UnlearnRun, Any]:
+                      progress: bool = True, runtime: RuntimeConfig | None = None,
+                      convention: str = "paper") -> tuple[Any, UnlearnRun, Any]:
     """Unlearn memorized text sequences (IHL seed Sec. 3.1): a seeded sample of ``forget_count``
     sequences, the EL_n/MA stopping rule when ``validation`` sequences are given, held-out perplexity
     after every epoch with ``heldout``. Returns (model, run, thresholds or None)."""
@@ -75,7 +76,12 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
     Range(int, 2, optional=True).check("--max-tokens", max_tokens)
     from .evaluation.memorization import ELConfig
 
-    el = el or ELConfig(n=check_positive("--el-n", el_n))
+    from dataclasses import replace
+
+    from .conventions import get_convention
+
+    conv = get_convention(convention)
+    el = el or replace(conv.el, n=check_positive("--el-n", el_n))
     check_positive("--min-epochs", min_epochs)
     if out_dir:
         check_output(out_dir)
@@ -86,11 +92,11 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
     with lock:
         return _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count,
                                   max_tokens, el, min_epochs, train, params, dc, mc, out_dir, merge, resume,
-                                  include_text, progress, rt)
+                                  include_text, progress, rt, conv)
 
 
 def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count, max_tokens,
-                       el, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt):
+                       el, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt, conv):
     from dataclasses import asdict
 
     from .data.readers import sample_sequences
@@ -112,7 +118,7 @@ def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, 
                         thresholds={"el": thresholds.el, "ma": thresholds.ma} if thresholds is not None else None)
     model, run = unlearn(model, forget, retain, method=method, tokenizer=tokenizer, params=params, train=train,
                          audit=audit, model_config=mc, data=dc, out_dir=out_dir, merge=merge,
-                         resume=resume, epoch_hook=hook, progress=progress, runtime=rt,
+                         resume=resume, epoch_hook=hook, progress=progress, runtime=rt, convention=conv,
                          extra_record={"el": asdict(el), "min_epochs": min_epochs} if hook is not None else None)
     return model, run, thresholds
 

@@ -9,9 +9,11 @@ import torch
 from .prompt import IGNORE
 
 
-def pad_batch(examples: Sequence[dict], pad_id: int, *, side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad a list of {input_ids, labels?} to the longest example in the batch (not a global max)."""
-    width = max(len(e["input_ids"]) for e in examples)
+def pad_batch(examples: Sequence[dict], pad_id: int, *, side: str = "right", width: int | None = None
+              ) -> dict[str, torch.Tensor]:
+    """Pad a list of {input_ids, labels?} to the longest example in the batch (not a global max), or to
+    ``width`` when given (a released code's fixed layout; never shorter than the longest example)."""
+    width = max([len(e["input_ids"]) for e in examples] + [width or 0])
     ids, mask, labels = [], [], []
     for e in examples:
         n = len(e["input_ids"])

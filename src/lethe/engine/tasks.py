@@ -97,8 +97,9 @@ class UnlearnTask:
 
     def __init__(self, prompter, method: Method, forget: Sequence, retain: Sequence = (), *, seed: int = 0,
                  max_length: int = 512, refusals: Sequence[str] | None = None, reference=None,
-                 retain_per_forget: int = 1, streams: "Streams | None" = None):
+                 retain_per_forget: int = 1, streams: "Streams | None" = None, pad_to: int | None = None):
         self.prompter = as_prompter(prompter)
+        self.pad_to = pad_to  # every training batch padded to this width (a released code's layout), else dynamic
         self.method = method
         self.pad = self.prompter.pad_id
         self.streams = streams if streams is not None else Streams(
@@ -175,6 +176,9 @@ class UnlearnTask:
             unit = getattr(loss, "unit", "token")
             if unit == "sequence":
                 out[role] = float(len(rows))
+            elif unit in ("padded position", "padded slot"):  # every position of the padded batch (but the last)
+                width = max([len(examples[j]["input_ids"]) for j in rows] + [self.pad_to or 0])
+                out[role] = float(len(rows) * (width if unit == "padded slot" else width - 1))
             elif unit == "position":
                 out[role] = float(sum(len(examples[j]["input_ids"]) - 1 for j in rows))
             else:
@@ -189,7 +193,7 @@ class UnlearnTask:
             by_stream.setdefault(need.stream, []).append(need)
         for stream, needs in by_stream.items():
             rows = self.rows(stream, idx)
-            batch = pad_batch([self.streams[stream][j] for j in rows], self.pad)
+            batch = pad_batch([self.streams[stream][j] for j in rows], self.pad, width=self.pad_to)
             for n in needs:
                 if n.view == "labels":
                     values[n] = batch["labels"].to(device)

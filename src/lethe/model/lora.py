@@ -40,6 +40,8 @@ class ParamsConfig:
     fisher_mode: str = "per-sample"       # per-sample (paper) | per-batch (released code)
     fisher_batch_size: int = bounded(8, int, 1)
     svd: str = "exact"                    # exact | randomized
+    svd_oversample: int = bounded(8, int, 0)   # randomized: q = rank + this (the IHL/FILA code: 0)
+    svd_niter: int = bounded(4, int, 0)        # randomized: power iterations (the IHL/FILA code: 2)
 
     @property
     def alpha(self) -> float:
@@ -59,6 +61,7 @@ class ParamsConfig:
 
 
 def fila_factors(weight: torch.Tensor, w: torch.Tensor, rank: int, scaling: float, *, svd: str = "exact",
+                 oversample: int = 8, niter: int = 4,
                  eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Closed-form row-weighted rank-r factors: (A [r, in], B [out, r]) with s·B·A ≈ W in the w-norm.
 
@@ -66,7 +69,7 @@ def fila_factors(weight: torch.Tensor, w: torch.Tensor, rank: int, scaling: floa
     """
     m = w.unsqueeze(1) * weight
     if svd == "randomized":
-        U, S, V = torch.svd_lowrank(m, q=min(rank + 8, min(m.shape)), niter=4)
+        U, S, V = torch.svd_lowrank(m, q=min(rank + oversample, min(m.shape)), niter=niter)
         U, S, Vh = U[:, :rank], S[:rank], V[:, :rank].t()
     else:
         U, S, Vh = torch.linalg.svd(m, full_matrices=False)
@@ -135,7 +138,8 @@ def _fila_init(model, fisher: dict[str, torch.Tensor], config: ParamsConfig) -> 
         base = layer.get_base_layer()
         weight = weight_out_in(base)
         scaling = layer.scaling[ADAPTER]
-        A, B = fila_factors(weight.float(), w.to(weight.device), config.rank, scaling, svd=config.svd)
+        A, B = fila_factors(weight.float(), w.to(weight.device), config.rank, scaling, svd=config.svd,
+                            oversample=config.svd_oversample, niter=config.svd_niter)
         for adapter in (ADAPTER, REFERENCE):
             layer.lora_A[adapter].weight.copy_(A.to(layer.lora_A[adapter].weight.dtype))
             layer.lora_B[adapter].weight.copy_(B.to(layer.lora_B[adapter].weight.dtype))

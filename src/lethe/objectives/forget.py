@@ -56,8 +56,14 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float):
 
 
 @FORGET_LOSSES.register("dpo", unit="sequence")
-def dpo(forget_seq_logp, idk_seq_logp, ref_forget_seq_logp, ref_idk_seq_logp, *, beta: float = 0.1):
-    """DPO as unlearning: the refusal is preferred to the true answer, relative to the reference."""
+def dpo(forget_seq_logp, idk_seq_logp, ref_forget_seq_logp, ref_idk_seq_logp, *, beta: float = 0.1,
+        reference_free: bool = False):
+    """DPO as unlearning: the refusal is preferred to the true answer, relative to the reference.
+
+    ``reference_free=True``: the reference log-ratio is 0, as in the FLAT code's "dpo" baseline.
+    """
+    if reference_free:
+        ref_idk_seq_logp, ref_forget_seq_logp = torch.zeros_like(idk_seq_logp), torch.zeros_like(forget_seq_logp)
     return dpo_loss(idk_seq_logp, forget_seq_logp, ref_idk_seq_logp, ref_forget_seq_logp, beta)
 
 
@@ -133,23 +139,47 @@ _kl_to_uniform_rows = RowOp(_to_uniform_value, _to_uniform_value_and_grad)
 _kl_from_uniform_rows = RowOp(_from_uniform_value, _from_uniform_value_and_grad)
 
 
+def _from_uniform_eps(eps: float) -> RowOp:
+    # the released code's form: mean_v (1/V)(log(1/V) - log(p_v + eps)); gradient by autograd, chunk by chunk
+    def value(rows):
+        logp = torch.log_softmax(upcast(rows), dim=-1)
+        V = rows.shape[-1]
+        return (-math.log(V) - torch.log(logp.exp() + eps)).sum(-1) / V
+
+    return RowOp(value)
+
+
 ME_DIRECTIONS = {"model-to-uniform": _kl_to_uniform_rows, "uniform-to-model": _kl_from_uniform_rows}
 
 
-@FORGET_LOSSES.register("me", unit=lambda o: "token" if o["mask_question"] else "position")
+def _me_unit(o) -> str:
+    return "padded position" if o["padding"] else "token" if o["mask_question"] else "position"
+
+
+@FORGET_LOSSES.register("me", unit=_me_unit)
 def me(forget_logits, forget_labels, forget_mask, *, direction: str = "model-to-uniform",
-       mask_question: bool = False):
+       mask_question: bool = False, eps: float = 0.0, padding: bool = False):
     """Maximizing Entropy (closer-look Eq. 6): mean over positions of KL(P_t || uniform).
 
     Counts question and answer positions (not padding) by default; ``mask_question=True`` keeps
     answer positions only (the paper's App. E.5 ablation). ``direction="uniform-to-model"`` is
-    KL(uniform || P_t), what the released code computes.
+    KL(uniform || P_t), what the released code computes; with it, ``eps`` goes inside the log as
+    there (``log(p + 1e-12)``). ``padding=True`` averages over every position of the padded batch
+    but the last, B·(T-1), as the released ME+GD scripts do (SPEC §8).
     """
     if direction not in ME_DIRECTIONS:
         raise LetheError(f"me: direction must be one of {sorted(ME_DIRECTIONS)}, got '{direction}'")
+    if eps and direction != "uniform-to-model":
+        raise LetheError("me: eps applies to direction=uniform-to-model (the released code's form)")
+    if eps < 0:
+        raise LetheError(f"me: eps must be >= 0, got {eps}")
+    op = _from_uniform_eps(eps) if eps else ME_DIRECTIONS[direction]
+    values = map_positions(op, [forget_logits])
+    if padding:
+        return values[:, :-1].mean()
     # position t predicts token t+1: it counts when token t+1 is a real (or, with mask_question, answer) token
     mask = align_targets(forget_labels)[1] if mask_question else align_mask(forget_mask)
-    return masked_mean(map_positions(ME_DIRECTIONS[direction], [forget_logits]), mask)
+    return masked_mean(values, mask)
 
 
 # FLAT (FLAT seed, Table 2): optimal variational function g* and conjugate f* per f-divergence.
@@ -161,10 +191,19 @@ FLAT_DIVERGENCES = {
 }
 
 
-def mean_token_probability(logits, labels):
-    """h per sequence: mean over the response's own tokens of p(y_t) ([B]; 0 for an empty response)."""
+def mean_token_probability(logits, labels, normalise: str = "response"):
+    """h per sequence: mean over the response's own tokens of p(y_t) ([B]; 0 for an empty response).
+
+    ``normalise="padded"``: the sum divided by T-1 with T the padded width, as the FLAT code does.
+    """
     tok_logp, mask = token_logprobs(logits, labels)
-    return (tok_logp.exp() * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    total = (tok_logp.exp() * mask).sum(-1)
+    if normalise == "padded":
+        return total / max(1, logits.shape[1] - 1)
+    return total / mask.sum(-1).clamp(min=1.0)
+
+
+FLAT_NORMALISE = ("response", "padded")
 
 
 def flat_loss(h_template, h_forget, divergence: str):
@@ -173,13 +212,16 @@ def flat_loss(h_template, h_forget, divergence: str):
 
 
 def _register_flat(div: str):
-    def flat(forget_logits, forget_labels, idk_logits, idk_labels):
-        h_forget = mean_token_probability(forget_logits, forget_labels)
-        h_template = mean_token_probability(idk_logits, idk_labels)
+    def flat(forget_logits, forget_labels, idk_logits, idk_labels, *, normalise: str = "response"):
+        if normalise not in FLAT_NORMALISE:
+            raise LetheError(f"flat: normalise must be one of {', '.join(FLAT_NORMALISE)}, got {normalise!r}")
+        h_forget = mean_token_probability(forget_logits, forget_labels, normalise)
+        h_template = mean_token_probability(idk_logits, idk_labels, normalise)
         return flat_loss(h_template, h_forget, div)
 
     flat.__doc__ = (f"FLAT ({div.upper()}): -g*(h_e) + f*(g*(h_f)), h = mean token probability of the refusal "
-                    "template (e) and of the forget answer (f); no retain data, no reference model.")
+                    "template (e) and of the forget answer (f); no retain data, no reference model. "
+                    "normalise=padded: h's sum over T-1 padded positions (the released code).")
     FORGET_LOSSES.register(f"flat-{div}", unit="sequence")(flat)
 
 

@@ -108,25 +108,28 @@ def split_method(text: str) -> list[str]:
     return split_outside_parens(text, "+")
 
 
-def _one(part, registry: LossRegistry, extra: Mapping[str, Any] | None, where: str) -> Loss:
+def _one(part, registry: LossRegistry, extra: Mapping[str, Any] | None, where: str,
+         defaults: Mapping[str, Mapping[str, Any]] | None = None) -> Loss:
     if isinstance(part, str):
         name, _, rest = part.partition("(")
         if rest and not rest.rstrip().endswith(")"):
             raise LetheError(f"{where} '{part}': expected NAME(option=value, ...)")
-        options: dict[str, Any] = parse_options(rest.rstrip()[:-1], f"{where} '{part}'") if rest else {}
-        options.update(extra or {})
+        written: dict[str, Any] = parse_options(rest.rstrip()[:-1], f"{where} '{part}'") if rest else {}
         entry = registry.get(name.strip())
+        options = {**(defaults or {}).get(name.strip().lower(), {}), **written, **(extra or {})}
         return entry.build(**options)
     return build_loss(part, None, extra)
 
 
 def parse_method(text: str | Callable | Loss | tuple | Method, *, alpha: float | None = None,
                  gamma: float | None = None, forget_options: Mapping[str, Any] | None = None,
-                 regularizer_options: Mapping[str, Any] | None = None) -> Method:
+                 regularizer_options: Mapping[str, Any] | None = None,
+                 defaults: Mapping[str, Mapping[str, Any]] | None = None) -> Method:
     """A :class:`Method` from ``"NPO(beta=0.2)+KL"`` (case-insensitive), a loss function or :class:`Loss`
     (forget only), or a ``(forget, regularizer)`` pair of names, functions or losses.
 
-    ``forget_options``/``regularizer_options`` override options written in the string.
+    ``forget_options``/``regularizer_options`` override options written in the string, which override
+    ``defaults`` (per registered loss name: a convention's options, :mod:`lethe.conventions`).
     """
     if isinstance(text, Method):
         if any(v is not None for v in (alpha, gamma, forget_options, regularizer_options)):
@@ -142,10 +145,10 @@ def parse_method(text: str | Callable | Loss | tuple | Method, *, alpha: float |
             raise LetheError("method: expected (forget,) or (forget, regularizer)")
     else:
         pieces = [text]
-    forget = _one(pieces[0], FORGET_LOSSES, forget_options, "forget loss")
+    forget = _one(pieces[0], FORGET_LOSSES, forget_options, "forget loss", defaults)
     if len(pieces) < 2 and regularizer_options:
         raise LetheError(f"regularizer options {sorted(regularizer_options)} given, but the method has no regularizer")
-    reg = _one(pieces[1], REGULARIZERS, regularizer_options, "regularizer") if len(pieces) == 2 else None
+    reg = _one(pieces[1], REGULARIZERS, regularizer_options, "regularizer", defaults) if len(pieces) == 2 else None
     key = (forget.name, reg.name if reg else None)
     return Method(forget=forget, regularizer=reg,
                   alpha=DEFAULT_ALPHA.get(key, 1.0) if alpha is None else float(alpha),

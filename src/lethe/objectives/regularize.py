@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import LetheError
 from .registry import REGULARIZERS
 from .tokens import RowOp, align_targets, map_positions, masked_mean, mean_nll, upcast
 
@@ -33,11 +34,23 @@ def _kl_value_and_grad(rows, ref_rows, *, out):
 _kl_rows = RowOp(_kl_value, _kl_value_and_grad)
 
 
-@REGULARIZERS.register("kl")
-def kl(retain_logits, retain_labels, ref_retain_logits):
-    """KL(p_ref || p_θ) per retain answer position, averaged over answer positions only."""
+KL_POSITIONS = ("answer", "all")
+
+
+@REGULARIZERS.register("kl", unit=lambda o: "padded slot" if o["positions"] == "all" else "token")
+def kl(retain_logits, retain_labels, ref_retain_logits, *, positions: str = "answer"):
+    """KL(p_ref || p_θ) per retain answer position, averaged over answer positions only.
+
+    ``positions="all"``: averaged over every position of the padded batch, B·T (question, padding and
+    the last position included), as the released TOFU, closer-look, IHL and FLAT code do (SPEC §8).
+    """
+    if positions not in KL_POSITIONS:
+        raise LetheError(f"kl: positions must be one of {', '.join(KL_POSITIONS)}, got {positions!r}")
+    values = map_positions(_kl_rows, [retain_logits, ref_retain_logits.detach()])
+    if positions == "all":
+        return values.mean()
     _, mask = align_targets(retain_labels)
-    return masked_mean(map_positions(_kl_rows, [retain_logits, ref_retain_logits.detach()]), mask)
+    return masked_mean(values, mask)
 
 
 def ap_loss(logp_idk, logp_answer, beta: float):
