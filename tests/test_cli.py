@@ -332,3 +332,31 @@ def test_demo_reuse_refuses_parts_made_with_other_settings(smoke_run, tmp_path, 
     code, _, err = _run(["--quiet", "demo", "--size", "smoke", "--seed", "1", "--methods", "GA", "--out", str(copy)],
                         capsys)
     assert code == 2 and "seed 0" in err and "seed 1" in err and "--fresh" in err and err.count("\n") == 1, err
+
+
+def test_bench_sweep_and_seeds_report_fronts_and_spreads(smoke_run, tmp_path, capsys):
+    import shutil
+
+    out, _ = smoke_run
+    bench = tmp_path / "bench"
+    shutil.copytree(out / "models", bench / "models")
+    shutil.copy(out / "lethe_scenario.json", bench / "lethe_scenario.json")
+    argv = ["--quiet", "bench", "--size", "smoke", "--methods", "GA+GD", "--sweep", "lr=1e-3,3e-3", "--seeds", "2",
+            "--out", str(bench)]
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    res = json.loads((bench / "results.json").read_text())
+    cells = [(r["cell"]["sweep"]["lr"], r["cell"]["seed"], r["config"]["lr"], r["config"]["seed"]) for r in res["runs"]]
+    assert cells == [(1e-3, 0, 1e-3, 0), (1e-3, 1, 1e-3, 1), (3e-3, 0, 3e-3, 0), (3e-3, 1, 3e-3, 1)]
+    assert res["sweep"] == {"lr": [1e-3, 3e-3]} and res["seeds"] == 2
+    md = (bench / "report.md").read_text()
+    assert "## Comparison over sweep points and seeds" in md and "lr=0.001" in md and "Best MU" in md
+    assert " ± " in md and "★" in md
+    page = (bench / "report.html").read_text()
+    assert "Comparison over sweep points and seeds (2 seed(s))" in page and page.count("<img") >= 4
+    code, _, err = _run(["--quiet", "bench", "--size", "smoke", "--methods", "GA", "--sweep", "lr=-1",
+                         "--out", str(bench)], capsys)
+    assert code == 2 and "--lr" in err and err.count("\n") == 1
+    code, _, err = _run(["--quiet", "bench", "--size", "smoke", "--methods", "GA", "--sweep", "beta=1",
+                         "--out", str(bench)], capsys)
+    assert code == 2 and "cannot sweep 'beta'" in err

@@ -32,15 +32,20 @@ __all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "Loss
 
 def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequence[str] | None = None,
          seed: int = 0, forget_percent: int = 10, resume: bool = True, progress: bool = True,
-         embedding_model: str | None = None, nli_model: str | None = None) -> dict:
+         embedding_model: str | None = None, nli_model: str | None = None, sweep: dict | None = None,
+         seeds: int = 1) -> dict:
     """Run the offline fictitious-author benchmark end to end; write results.json and report.md.
+
+    ``sweep`` ({"lr": [1e-4, 3e-4]}) and ``seeds`` (unlearning seeds) make every method a set of cells;
+    the report then compares methods by their Pareto fronts and best utility at a level of forgetting.
 
     >>> results = lethe.demo(size="smoke", out="runs/smoke")  # doctest: +SKIP
     """
     from .scenarios.fictitious import run_demo
 
     return run_demo(size=size, out=Path(out), methods=methods, seed=seed, forget_percent=forget_percent,
-                    resume=resume, progress=progress, embedding_model=embedding_model, nli_model=nli_model)
+                    resume=resume, progress=progress, embedding_model=embedding_model, nli_model=nli_model,
+                    sweep=sweep, seeds=seeds)
 
 
 def demo_memorized(size: str = "small", out: str | Path = "runs/memorized", *, runs: Sequence[str] | None = None,

@@ -333,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("smoke", "small", "full"), default="small", help="data/model size (default small)")
     p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
     p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished cells")
+    p.add_argument("--sweep", action="append", default=None, metavar="NAME=V1,V2,...",
+                   help="also vary a setting across cells (repeatable): lr (absolute, for every parameterisation), "
+                        "epochs, warmup_epochs, weight_decay, max_grad_norm, retain_per_forget, batch_size, alpha, "
+                        "gamma; e.g. --sweep lr=1e-4,3e-4,1e-3")
+    p.add_argument("--seeds", type=POSITIVE_INT, default=1,
+                   help="unlearning seeds per cell (data order, pairing, refusals; the fine-tuned models stay "
+                        "the same); the report shows mean ± standard deviation over them (default 1)")
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed (default 0)")
     _semantic_args(p)
@@ -422,9 +429,13 @@ def _dispatch(args) -> int:
             if p not in ("full", "lora", "fila"):
                 raise LetheError(f"--params: unknown parameterisation '{p}': expected full, lora or fila")
         api.demo(size=args.size, out=args.out, methods=specs, seed=args.seed, forget_percent=args.forget_percent,
-                 resume=not args.fresh, progress=progress, embedding_model=args.embedding_model, nli_model=args.nli_model)
+                 resume=not args.fresh, progress=progress, embedding_model=args.embedding_model, nli_model=args.nli_model,
+                 sweep=_sweep(args.sweep), seeds=args.seeds)
         if not args.quiet:
-            print(f"results: {Path(args.out) / 'results.json'} ({len(specs)} cells)\n"
+            n_points = 1
+            for values in _sweep(args.sweep).values():
+                n_points *= len(values)
+            print(f"results: {Path(args.out) / 'results.json'} ({len(specs) * n_points * args.seeds} cells)\n"
                   f"report:  {(Path(args.out) / 'report.html').resolve()}")
     elif args.command == "losses":
         print(describe_losses())
@@ -463,6 +474,20 @@ def _dispatch(args) -> int:
             write_json(args.out, payload)
         print(json.dumps(res.metrics, indent=2))
     return 0
+
+
+def _sweep(items) -> dict[str, list[float]]:
+    """``["lr=1e-4,3e-4", "epochs=3,5"]`` -> {"lr": [1e-4, 3e-4], "epochs": [3.0, 5.0]}."""
+    out: dict[str, list[float]] = {}
+    for item in items or []:
+        name, eq, values = item.partition("=")
+        if not eq or not name.strip():
+            raise LetheError(f"--sweep: expected NAME=V1,V2,..., got {item!r}")
+        try:
+            out[name.strip()] = [float(v) for v in values.strip().strip("[]").split(",") if v.strip()]
+        except ValueError:
+            raise LetheError(f"--sweep {name.strip()}: expected comma-separated numbers, got {values!r}") from None
+    return out
 
 
 def _ranks(text: str) -> list[int]:

@@ -52,6 +52,41 @@ def per_set_tables(results: dict) -> list[tuple[str, list[str], list[list]]]:
     return tables
 
 
+def _ms(pair) -> str:
+    return "–" if pair is None else f"{fmt_value(pair[0])} ± {fmt_value(pair[1])}"
+
+
+def comparison_section(results: dict) -> list[str]:
+    """Per method: each sweep point's mean ± spread over seeds, its Pareto front of MU against FE (and FQ),
+    and the best MU reachable at FE ≥ x."""
+    from .comparison import THRESHOLDS, best_at, fronts_by_method, is_comparison, point_label, summarize
+
+    if not is_comparison(results):
+        return []
+    mu = "MU18" if any("MU18" in final_metrics(r) for r in results.get("runs", [])) else "MU"
+    rows = summarize(results["runs"], (mu, "FE", "FQ"))
+    front_fe = {id(r) for f in fronts_by_method(rows, "FE", mu).values() for r in f}
+    front_fq = {id(r) for f in fronts_by_method(rows, "FQ", mu).values() for r in f}
+    seeds = results.get("seeds", 1)
+    out = ["", "## Comparison over sweep points and seeds", "",
+           f"Each row: one method at one sweep point, mean ± standard deviation over {seeds} unlearning seed(s) "
+           f"(the fine-tuned models are shared). ★ marks the method's Pareto front of {mu} against FE "
+           f"(no other point of the same method is at least as good on both and better on one); ☆ the front of "
+           f"{mu} against FQ.", ""]
+    table = [[r["method"], point_label(r["point"]), r["n"] - r["failed"], _ms(r.get(mu)), _ms(r.get("FE")),
+              _ms(r.get("FQ")), ("★" if id(r) in front_fe else "") + ("☆" if id(r) in front_fq else "")]
+             for r in sorted(rows, key=lambda r: (r["method"], sorted(r["point"].items())))]
+    out.append(_table(["method", "point", "seeds", mu, "FE", "FQ", "front"], table))
+    best = best_at(rows, "FE", mu, THRESHOLDS)
+    out += ["", f"### Best {mu} at FE ≥ x (over the method's sweep points; – = never reached)", ""]
+    brow = []
+    for method, per in sorted(best.items()):
+        brow.append([method, *[("–" if r is None else f"{_ms(r[mu])} ({point_label(r['point'])})")
+                               for r in (per[t] for t in THRESHOLDS)]])
+    out.append(_table(["method", *[f"FE ≥ {t}" for t in THRESHOLDS]], brow))
+    return out
+
+
 def write_report(results: dict, path: str | Path) -> Path:
     return write_text(path, render_report(results))
 
@@ -100,6 +135,7 @@ def render_report(results: dict) -> str:
             out += ["", f"**{run['method']}**: {run.get('message')}"]
         for warning in run.get("warnings", []):
             out += ["", f"Warning ({run['method']}): {warning}"]
+    out += comparison_section(results)
     out += ["", "## Per-set metrics (final epoch)", ""]
     for set_name, metrics, rows in per_set_tables(results):
         out += [f"### {set_name}", "", _table(["model", *metrics], rows), ""]

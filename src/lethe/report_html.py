@@ -29,7 +29,12 @@ def _png(fig) -> str:
 
 
 def _label(run: dict) -> str:
-    return f"{run['method']} ({run.get('params', 'full')})"
+    from .comparison import point_label
+
+    cell = run.get("cell") or {}
+    extra = (f", {point_label(cell['sweep'])}" if cell.get("sweep") else "") + \
+        (f", seed {cell['seed']}" if cell.get("seed") else "")
+    return f"{run['method']} ({run.get('params', 'full')}{extra})"
 
 
 def _series(run: dict, key: str):
@@ -101,6 +106,60 @@ def _table(header, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _front_plot(rows, x: str, y: str, fronts: dict, title: str, logx: bool = False) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), num=title)
+    cmap = plt.get_cmap("tab10")
+    for i, method in enumerate(sorted({r["method"] for r in rows})):
+        pts = [r for r in rows if r["method"] == method and r.get(x) and r.get(y)]
+        if not pts:
+            continue
+        color = cmap(i % 10)
+        ax.errorbar([r[x][0] for r in pts], [r[y][0] for r in pts], xerr=[r[x][1] for r in pts],
+                    yerr=[r[y][1] for r in pts], fmt="o", ms=4, color=color, alpha=0.8, capsize=2, label=method)
+        front = fronts.get(method, [])
+        ax.plot([r[x][0] for r in front], [r[y][0] for r in front], "-", color=color, lw=1.2)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{x} (mean ± sd over seeds)")
+    ax.set_ylabel(y)
+    ax.set_title(title + "  (lines: each method's Pareto front)", fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return _png(fig)
+
+
+def _comparison(results: dict) -> str:
+    """Sweep points and seeds: the fronts as plots, mean ± spread and best-at-FE tables."""
+    from .comparison import THRESHOLDS, best_at, fronts_by_method, is_comparison, point_label, summarize
+
+    if not is_comparison(results):
+        return ""
+    mu = "MU18" if any("MU18" in final_metrics(r) for r in results.get("runs", [])) else "MU"
+    rows = summarize(results["runs"], (mu, "FE", "FQ"))
+    fe_fronts, fq_fronts = fronts_by_method(rows, "FE", mu), fronts_by_method(rows, "FQ", mu)
+    figs = [_front_plot(rows, "FE", mu, fe_fronts, f"{mu} vs FE")]
+    if any(r.get("FQ") for r in rows):
+        figs.append(_front_plot(rows, "FQ", mu, fq_fronts, f"{mu} vs FQ", logx=True))
+    on_fe = {id(r) for f in fe_fronts.values() for r in f}
+    ms = lambda p: "–" if p is None else f"{fmt_value(p[0])} ± {fmt_value(p[1])}"  # noqa: E731
+    table = _table(["method", "point", "seeds", mu, "FE", "FQ", "on the FE front"],
+                   [[r["method"], point_label(r["point"]), r["n"] - r["failed"], ms(r.get(mu)), ms(r.get("FE")),
+                     ms(r.get("FQ")), "★" if id(r) in on_fe else ""]
+                    for r in sorted(rows, key=lambda r: (r["method"], sorted(r["point"].items())))])
+    best = best_at(rows, "FE", mu, THRESHOLDS)
+    btable = _table(["method", *[f"best {mu} at FE ≥ {t}" for t in THRESHOLDS]],
+                    [[m, *[("–" if r is None else f"{ms(r[mu])} ({point_label(r['point'])})") for r in
+                           (per[t] for t in THRESHOLDS)]] for m, per in sorted(best.items())])
+    return (f"<h3>Comparison over sweep points and seeds ({results.get('seeds', 1)} seed(s))</h3>"
+            "<div class='figs'>" + "".join(figs) + "</div>" + table + btable)
+
+
 def _section(results: dict, source: str) -> str:
     scen = results.get("scenario", "?")
     parts = [f"<h2>{html.escape(scen)} <span class='note'>({html.escape(source)})</span></h2>"]
@@ -137,6 +196,7 @@ def _section(results: dict, source: str) -> str:
                  for r in results.get("runs", [])]
         table = _table(["method", "params", *summary], rows)
     parts.append("<div class='figs'>" + "".join(figs) + "</div>")
+    parts.append(_comparison(results))
     parts.append("<h3>Final epoch</h3>" + table)
     # per-metric tables per set, the starting model included (closer-look Tables 5-6, 8)
     for set_name, metrics, rows in per_set_tables(results):

@@ -17,6 +17,7 @@ from ..data.records import QARecord
 from ..data.synthetic import AuthorsDataset, generate_authors
 from ..engine.loop import TrainConfig
 from ..evaluation.suite import EvalSet
+from ..comparison import point_label
 from . import check_methods, console as make_console, finished, run_dir_for, scenario_dir
 
 NAME = "fictitious-authors"
@@ -105,6 +106,40 @@ def grid(methods: Sequence[str], params: Sequence[str] = ("full",), ranks: Seque
     return specs
 
 
+TRAIN_SWEEP = ("lr", "epochs", "warmup_epochs", "weight_decay", "max_grad_norm", "retain_per_forget", "batch_size")
+METHOD_SWEEP = ("alpha", "gamma")
+
+
+def check_sweep(sweep: dict, base) -> dict:
+    """{name: [values]} checked before any work: known names, numeric values in their declared ranges."""
+    from ..core import MethodConfig
+    from ..errors import LetheError
+
+    out = {}
+    for name, values in sweep.items():
+        key = name.replace("-", "_")
+        if key not in TRAIN_SWEEP + METHOD_SWEEP:
+            raise LetheError(f"--sweep: cannot sweep '{name}'; expected one of {', '.join(TRAIN_SWEEP + METHOD_SWEEP)}")
+        if not values:
+            raise LetheError(f"--sweep {name}: no values")
+        for v in values:  # each value must make a valid config (ranges declared once, in the configs)
+            replace(base, **{key: v}) if key in TRAIN_SWEEP else MethodConfig("GA", **{key: v})
+        out[key] = list(values)
+    return out
+
+
+def cells(specs, sweep: dict, seeds: int):
+    """(spec, sweep point, seed index) for every cell of the grid, in a stable order."""
+    import itertools
+
+    keys = sorted(sweep)
+    points = [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))] or [{}]
+    for spec in specs:
+        for point in points:
+            for s in range(seeds):
+                yield spec, point, s
+
+
 def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resume: bool, progress: bool):
     """Data, tokenizer and the two fine-tuned models (target, retain); reused when already on disk."""
     from ..core import finetune
@@ -131,7 +166,10 @@ def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resu
 
 
 def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, forget_percent: int,
-             resume: bool, progress: bool, embedding_model: str | None = None, nli_model: str | None = None) -> dict:
+             resume: bool, progress: bool, embedding_model: str | None = None, nli_model: str | None = None,
+             sweep: dict | None = None, seeds: int = 1) -> dict:
+    """``sweep`` ({"lr": [1e-4, 3e-4], "alpha": [...]}) and ``seeds`` (unlearning seeds seed, seed+1, ...)
+    multiply the grid: every method x parameterisation x sweep point x seed is a cell."""
     from ..evaluation.suite import load_semantic
 
     if size not in SETTINGS:
@@ -139,15 +177,19 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
 
         raise LetheError(f"unknown size '{size}': expected one of {', '.join(SETTINGS)}")
     check_methods(methods or DEMO_METHODS, parse_run_spec)  # a misspelt method fails before minutes of work
+    sweep = check_sweep(sweep or {}, SETTINGS[size].unlearn)
+    from ..validation import check_positive
+
+    seeds = check_positive("--seeds", seeds)
     fingerprint = {"scenario": NAME, "scenario_version": VERSION, "size": size, "seed": seed,
                    "forget_percent": forget_percent}
     semantic = load_semantic(embedding_model, nli_model)  # an unloadable model the user named fails now
     with scenario_dir(out, fingerprint, resume=resume, command=f"demo {NAME}") as out:
         return _run(size=size, out=out, methods=methods, seed=seed, forget_percent=forget_percent, resume=resume,
-                    progress=progress, semantic=semantic)
+                    progress=progress, semantic=semantic, sweep=sweep, seeds=seeds)
 
 
-def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic) -> dict:
+def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic, sweep, seeds) -> dict:
     from ..core import EvalConfig, unlearn
     from ..objectives.method import parse_method
     from ..evaluation.suite import aggregate, evaluate_sets
@@ -171,32 +213,40 @@ def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic
     del target
 
     runs = []
+    from ..core import MethodConfig
     from ..model.lora import ParamsConfig
 
-    for spec in methods or DEMO_METHODS:
+    for spec, point, s in cells(methods or DEMO_METHODS, sweep, seeds):
         method, kind, rank = parse_run_spec(spec)
         rank = rank or settings.lora_rank
         suffix = f"-r{rank}" if kind != "full" and rank != settings.lora_rank else ""
+        suffix += "".join(f"-{k}{v:g}" for k, v in sorted(point.items())) + (f"-s{s}" if seeds > 1 else "")
         run_dir = run_dir_for(out, method, kind, suffix)
+        cell = {"spec": spec, "sweep": point, "seed": s}
         if (previous := finished(run_dir, resume)) is not None:
             runs.append(previous)
-            console.print(f"[dim]{spec}: already done, reusing {run_dir / 'run.json'}[/dim]")
+            console.print(f"[dim]{spec} {point_label(point)} seed {s}: already done, reusing {run_dir / 'run.json'}[/dim]")
             continue
-        console.print(f"unlearning with {method} ({kind})")
+        console.print(f"unlearning with {method} ({kind})" + (f", {point_label(point)}" if point else "")
+                      + (f", seed {s}" if seeds > 1 else ""))
         model = load_model(out / "models" / "target")
-        train_cfg = replace(settings.unlearn, seed=seed)
+        train_cfg = replace(settings.unlearn, seed=seed + s)  # seeds vary the unlearning (order, pairing), not the models
         if kind != "full":
             train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.lora_lr_scale)
         if parse_method(method).forget.name == "rmu":
             train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.rmu_lr_scale)
+        train_cfg = replace(train_cfg, **{k: v for k, v in point.items() if k in TRAIN_SWEEP})  # a swept lr is absolute
         params = ParamsConfig(kind=kind, rank=rank)
         evaluation = EvalConfig(sets=sets, retain_model_tr=retain_tr, initial_metrics=tgt.metrics, **eval_kwargs)
-        _, run = unlearn(model, data.forget(forget_percent), data.retain(forget_percent), method=method,
+        _, run = unlearn(model, data.forget(forget_percent), data.retain(forget_percent),
+                         method=MethodConfig(method, **{k: v for k, v in point.items() if k in METHOD_SWEEP}),
                          tokenizer=tokenizer, train=train_cfg, params=params, evaluation=evaluation, out_dir=run_dir,
                          save=False, resume=resume, overwrite=True, progress=progress)
         record = run.to_dict()
         if "(" in method:  # the report names the run as it was asked for, options included
             record["method"] = method
+        record["cell"] = cell
+        write_json(run_dir / "run.json", record)  # reused cells carry their sweep point and seed
         runs.append(record)
     n_params = sum(p.numel() for p in retain_model.parameters())
     results = {
@@ -213,6 +263,7 @@ def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic
         "settings": {"finetune": asdict(settings.finetune), "unlearn": asdict(settings.unlearn),
                      "max_new_tokens": settings.max_new_tokens, "retain_eval": settings.retain_eval,
                      "lora_lr_scale": settings.lora_lr_scale, "rmu_lr_scale": settings.rmu_lr_scale},
+        "sweep": sweep, "seeds": seeds,
         "runs": runs,
         "reference": {"target": tgt.metrics, "retain": ret.metrics},
         "aggregates_over": tgt.aggregates_over,
