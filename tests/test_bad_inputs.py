@@ -23,7 +23,7 @@ OPTION_CASES = [
     (["--params", "lora", "--lora-alpha", "nan"], "--lora-alpha"), (["--rank", "0"], "--rank"),
     (["--rank", "-1"], "--rank"), (["--fisher-batch-size", "0"], "--fisher-batch-size"),
     (["--max-length", "0"], "--max-length"), (["--retain-per-forget", "0"], "--retain-per-forget"),
-    (["--eval-every", "0"], "--eval-every"), (["--forget-count", "-1"], "--forget-count"),
+    (["--eval-every", "-1"], "--eval-every"), (["--eval-at", "middle"], "--eval-at"), (["--forget-count", "-1"], "--forget-count"),
     (["--max-tokens", "0"], "--max-tokens"), (["--chunk-tokens", "0"], "--chunk-tokens"), (["--el-n", "0"], "--el-n"),
     (["--min-epochs", "0"], "--min-epochs"), (["--method", "GA+XYZ"], "XYZ"), (["--method", "NPO(gamma=1)"], "gamma"),
     (["--forget-opt", "beta"], "--forget-opt"), (["--params", "qlora"], "--params"), (["--precision", "fp8"], "--precision"),

@@ -160,6 +160,31 @@ def test_eval_every_scores_every_kth_epoch_and_the_last(tokenizer, smoke_data, t
     assert scored == [0, 2, 3]
     assert all("forget" in e["losses"] for e in run.epochs[1:])  # every epoch still logs its losses
     assert run.config["retain_per_forget"] == 2
-    with pytest.raises(LetheError, match="--eval-every: expected an integer >= 1, got 0"):
+    with pytest.raises(LetheError, match="--eval-every: expected an integer >= 0, got -1"):
         api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
-                    evaluation=api.EvalConfig(every=0))
+                    evaluation=api.EvalConfig(every=-1))
+
+
+def test_evaluation_schedule_start_end_and_none_between(tokenizer, smoke_data, tiny_model):
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+    from lethe.errors import LetheError
+    from lethe.evaluation.suite import EvalSet
+
+    forget = smoke_data.forget(10)
+    sets = [EvalSet("forget", forget, "qa", forget=True)]
+    cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False)
+
+    def scored(every, at):
+        _, run = api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
+                             train=cfg, evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, every=every, at=at,
+                                                                  utility_sets=()), save=False, progress=False)
+        return [e["epoch"] for e in run.epochs if "forget/ROUGE" in e.get("metrics", {})], run
+
+    assert scored(0, ("start", "end"))[0] == [0, 3]
+    only_end, run = scored(0, ("end",))
+    assert only_end == [3] and run.samples  # samples come from the final weights
+    assert scored(0, ())[0] == []
+    assert scored(2, ("end",))[0] == [2, 3]
+    with pytest.raises(LetheError, match="--eval-at"):
+        api.EvalConfig(at=("middle",))

@@ -181,6 +181,11 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     _semantic_args(p)
 
 
+def _eval_at(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    return () if parts == ("none",) else parts
+
+
 def _eval_config(a, forget_default=None, every: int = 1):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
     from .core import retain_model_truth_ratios
@@ -199,7 +204,7 @@ def _eval_config(a, forget_default=None, every: int = 1):
 
     limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit
     cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=limit,
-                     truth_ratio=a.truth_ratio)
+                     truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")))
     if a.retain_model:
         cfg.retain_model_tr = retain_model_truth_ratios(a.retain_model, sets, config=cfg, model_config=_model_config(a),
                                                         runtime=_runtime_config(a))
@@ -311,7 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retain examples paired with each forget example: the regularizer's batch is this many times "
                         "the forget batch (default 1; more keeps shared question templates answered)")
     p.add_argument("--eval-every", type=range_of(EvalConfig, "every"), default=1,
-                   help="score the evaluation sets after every K-th epoch and the last (default 1)")
+                   help="score the evaluation sets after every K-th epoch (default 1; 0: none between the start "
+                        "and the end, see --eval-at)")
+    p.add_argument("--eval-at", default="start,end",
+                   help="also score the starting model (start) and the final one (end): start,end (default), "
+                        "start, end or none")
     p.add_argument("--out", required=True, help="run directory: model/, run.json, audit.json, steps.jsonl, checkpoint/")
     p.add_argument("--include-text", action="store_true",
                    help="put the forget records' text in audit.json (default: only their count and sha256)")
@@ -400,7 +409,7 @@ def run(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet  # bars on a terminal, one line per epoch and stage otherwise
     from . import api
 
     if args.command == "demo":

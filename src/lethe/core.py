@@ -9,6 +9,7 @@ the CLI and :mod:`lethe.api` build these configs and call these three functions.
 """
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from .model.lora import AdapterReference, ParamsConfig, apply_params, save_unlea
 from .model.save import save_model
 from .objectives.method import Method, parse_method
 from .runtime import RuntimeConfig
+from .progress import note
 from .rundir import check_output, claim, remove_temporaries, start_fresh
 from .validation import bounded, check_ranges
 
@@ -87,10 +89,12 @@ class MethodConfig:
 
 @dataclass
 class EvalConfig:
-    """What is scored before training (epoch 0) and after every ``every``-th epoch and the last."""
+    """What is scored: the starting model (epoch 0) and the final one when ``at`` says so (default both),
+    and every ``every``-th epoch between (0: none)."""
 
     sets: Sequence[EvalSet] = ()
-    every: int = bounded(1, int, 1, option="--eval-every")
+    every: int = bounded(1, int, 0, option="--eval-every")  # 0: no evaluation between start and end
+    at: Sequence[str] = ("start", "end")             # also score the starting model, and the final one
     max_new_tokens: int = bounded(48, int, 1)
     limit: int | None = bounded(None, int, 1, optional=True, option="--eval-limit")
     truth_ratio: str = "tofu"
@@ -103,6 +107,9 @@ class EvalConfig:
 
     def __post_init__(self):
         check_ranges(self)
+        self.at = tuple(self.at)
+        if not set(self.at) <= {"start", "end"}:
+            raise LetheError(f"--eval-at: expected start, end, both or none, got {', '.join(self.at)}")
         if self.truth_ratio not in ("tofu", "tofu-utils"):
             raise LetheError(f"--truth-ratio: expected tofu or tofu-utils, got {self.truth_ratio!r}")
 
@@ -383,26 +390,32 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
         with rt.autocast():
             return _score(epoch, mdl)
 
-    scored = {"epoch": None}  # the epoch whose model gave run.samples
+    scored = {"eval": None, "hook": None}  # the last epochs evaluated and measured by the hook
 
-    def _score(epoch, mdl):
+    def _score(epoch, mdl, final=False):
         out: dict = {"metrics": {}}
-        scored["epoch"] = epoch
-        if ev.sets and (epoch % ev.every == 0 or epoch >= train.epochs):
+        periodic = epoch > 0 and ev.every > 0 and epoch % ev.every == 0
+        end = (final or epoch >= train.epochs) and "end" in ev.at
+        if ev.sets and ((epoch == 0 and "start" in ev.at) or periodic or end):
+            t0 = time.perf_counter()
             res = evaluate_sets(mdl, prompter, ev.sets, **ev.suite_kwargs())
+            note(progress, f"{m.name}: evaluated {sum(len(s_.records) for s_ in ev.sets)} items "
+                           f"({', '.join(s_.name for s_ in ev.sets)}) after epoch {epoch} in {time.perf_counter() - t0:.1f} s")
             crash_point("evaluation")
             aggregate(res, retain_model_tr=ev.retain_model_tr, utility_sets=ev.utility_sets)
             run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
+            scored["eval"] = epoch
         if epoch_hook is not None:
             extra = epoch_hook(epoch, mdl) or {}
             out["metrics"].update(extra.get("metrics", {}))
             out["stop"] = bool(extra.get("stop", False))
+            scored["hook"] = epoch
         return out if (ev.sets or epoch_hook) else {}
 
     if ev.initial_metrics is not None:
         run.epochs.append({"epoch": 0, "metrics": dict(ev.initial_metrics)})
-    elif ev.sets or epoch_hook:
+    elif (ev.sets and "start" in ev.at) or epoch_hook:
         first = score(0, model)
         first.pop("stop", None)
         run.epochs.append({"epoch": 0, **first})
@@ -414,9 +427,14 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
         run.epochs += list(result.history)
         cost = result.cost
         last = run.epochs[-1]["epoch"] if run.epochs else 0
-        if last > 0 and scored["epoch"] != last and (ev.sets or epoch_hook):
-            # resumed after the last epoch's checkpoint: samples and metrics come from these (the saved) weights
-            run.epochs[-1]["metrics"] = score(last, model).get("metrics", {})
+        missing_eval = ev.sets and "end" in ev.at and scored["eval"] != last
+        missing_hook = epoch_hook is not None and scored["hook"] != last
+        if last > 0 and (missing_eval or missing_hook):
+            # stopped early between evaluations, or resumed after the last checkpoint: the final samples and
+            # metrics come from these (the saved) weights
+            with rt.autocast():
+                extra = _score(last, model, final=True)
+            run.epochs[-1].setdefault("metrics", {}).update(extra.get("metrics", {}))
     except DivergenceError as e:
         run.status, run.message = "diverged", str(e)
         run.epochs += list(getattr(e, "history", []))

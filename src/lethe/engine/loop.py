@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from ..data.batching import bucketed_shuffle
 from ..errors import DivergenceError
 from ..io import append_jsonl, crash_point, read_jsonl, write_text
+from ..progress import bar as progress_bar, eta, note
 from ..validation import bounded, check_ranges
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .cost import Cost, count_parameters, peak_memory_bytes, reset_peak_memory, stop_peak_memory
@@ -184,7 +185,8 @@ def train(
     _shard_reference(step_fn, accelerator)
     device = accelerator.device
     stopped = False
-    bar = _progress(progress and accelerator.is_main_process, total_steps, desc, global_step)
+    bar = progress_bar(progress and accelerator.is_main_process, total_steps, desc, global_step)
+    started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -264,6 +266,11 @@ def train(
             stopped = bool(extra.pop("stop", False))
             record.update(extra)
         history.append(record)
+        done = epoch + 1 - start_epoch
+        note(progress and accelerator.is_main_process,
+             f"{desc}: epoch {epoch + 1}/{config.epochs}, loss {losses.get('loss', float('nan')):.4f}, "
+             f"{time.perf_counter() - t0:.1f} s; elapsed {time.perf_counter() - started:.0f} s, ETA "
+             f"{eta(time.perf_counter() - started, done, config.epochs - start_epoch)}")
         if config.log_with:
             scalars = {f"eval/{k}": v for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))}
             accelerator.log({**{f"epoch/{k}": v for k, v in losses.items()}, **scalars}, step=global_step)
@@ -334,9 +341,3 @@ def _truncate_step_log(path: Path, keep_before_epoch: int) -> None:
         return
     kept = [r for r in read_jsonl(path) if r.get("epoch", 0) < keep_before_epoch]  # a torn last line is dropped
     write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _progress(enabled: bool, total: int, desc: str, initial: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled, leave=False, dynamic_ncols=True)

@@ -146,10 +146,10 @@ def aggregate(result: EvalResult, *, retain_model_tr: Sequence[float] | None = N
     """
     m = result.metrics
     mu_keys = [f"{s}/{k}" for s in utility_sets for k in MU9_METRICS]
-    if all(k in m for k in mu_keys):
+    if mu_keys and all(k in m for k in mu_keys):  # no utility set: no MU (never a 0/0)
         m["MU"] = M.harmonic_mean([m[k] for k in mu_keys])
     mu18 = [f"{s}/{k}" for s in utility_sets for k in MU18_METRICS if f"{s}/{k}" in m]
-    if all(k in m for k in mu_keys) and mu18:
+    if mu_keys and all(k in m for k in mu_keys) and mu18:
         m["MU18"] = M.harmonic_mean([m[k] for k in mu18])
         result.aggregates_over["MU18"] = mu18
     fe_keys = [f"{forget_set}/{k}" for k in FE_METRICS if f"{forget_set}/{k}" in m]

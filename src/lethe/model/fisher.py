@@ -31,6 +31,9 @@ def empirical_fisher(model, modules: dict[str, torch.nn.Module], examples: Seque
     """Fisher [out, in] (float32) for each named module, and the number of tokens processed."""
     from tqdm.auto import tqdm
 
+    from ..progress import interactive, note
+
+    note(progress, f"{desc}: Fisher information over {len(examples)} examples")
     if mode not in MODES:
         raise LetheError(f"unknown Fisher mode '{mode}': expected one of {', '.join(MODES)}")
     device = next(model.parameters()).device
@@ -63,7 +66,7 @@ def empirical_fisher(model, modules: dict[str, torch.nn.Module], examples: Seque
     n_samples = n_tokens = 0
     try:
         batches = length_sorted_batches([len(e["input_ids"]) for e in examples], batch_size)
-        for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for idx in tqdm(batches, desc=desc, disable=not (progress and interactive()), leave=False):
             b = pad_batch([examples[i] for i in idx], pad_id)
             logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
             labels = b["labels"].to(device)

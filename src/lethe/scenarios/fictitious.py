@@ -216,7 +216,9 @@ def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic
     from ..core import MethodConfig
     from ..model.lora import ParamsConfig
 
-    for spec, point, s in cells(methods or DEMO_METHODS, sweep, seeds):
+    grid_cells = list(cells(methods or DEMO_METHODS, sweep, seeds))
+    grid_start = time.perf_counter()
+    for i, (spec, point, s) in enumerate(grid_cells):
         method, kind, rank = parse_run_spec(spec)
         rank = rank or settings.lora_rank
         suffix = f"-r{rank}" if kind != "full" and rank != settings.lora_rank else ""
@@ -227,8 +229,12 @@ def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic
             runs.append(previous)
             console.print(f"[dim]{spec} {point_label(point)} seed {s}: already done, reusing {run_dir / 'run.json'}[/dim]")
             continue
-        console.print(f"unlearning with {method} ({kind})" + (f", {point_label(point)}" if point else "")
-                      + (f", seed {s}" if seeds > 1 else ""))
+        from ..progress import eta
+
+        console.print(f"[{i + 1}/{len(grid_cells)}] unlearning with {method} ({kind})"
+                      + (f", {point_label(point)}" if point else "") + (f", seed {s}" if seeds > 1 else "")
+                      + (f"; elapsed {time.perf_counter() - grid_start:.0f} s, ETA "
+                         f"{eta(time.perf_counter() - grid_start, i, len(grid_cells))}" if i else ""))
         model = load_model(out / "models" / "target")
         train_cfg = replace(settings.unlearn, seed=seed + s)  # seeds vary the unlearning (order, pairing), not the models
         if kind != "full":
