@@ -188,3 +188,23 @@ def test_evaluation_schedule_start_end_and_none_between(tokenizer, smoke_data, t
     assert scored(2, ("end",))[0] == [2, 3]
     with pytest.raises(LetheError, match="--eval-at"):
         api.EvalConfig(at=("middle",))
+
+
+def test_fast_suite_scores_without_generation_and_agrees_with_the_full_one(tokenizer, smoke_data, tiny_model):
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+    from lethe.evaluation.suite import EvalSet, evaluate_sets
+
+    forget = smoke_data.forget(10)
+    sets = [EvalSet("forget", forget, "qa", forget=True), EvalSet("retain", smoke_data.retain(10)[:4], "qa")]
+    full = evaluate_sets(tiny_model, tokenizer, sets, max_new_tokens=3)
+    fast = evaluate_sets(tiny_model, tokenizer, sets, max_new_tokens=3, generate=False)
+    assert not fast.generations and "forget/ROUGE" not in fast.metrics and "forget/TE" not in fast.metrics
+    assert {k: v for k, v in full.metrics.items() if k in fast.metrics} == fast.metrics
+    assert fast.per_item["forget/TR_values"] == full.per_item["forget/TR_values"]
+    _, run = api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
+                         train=TrainConfig(epochs=3, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False),
+                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, per_epoch="fast",
+                                                   utility_sets=("retain",)), save=False, progress=False)
+    kinds = [("forget/ROUGE" in e["metrics"], "forget/P" in e["metrics"]) for e in run.epochs]
+    assert kinds == [(True, True), (False, True), (False, True), (True, True)]  # full at start and end

@@ -204,7 +204,8 @@ def _eval_config(a, forget_default=None, every: int = 1):
 
     limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit
     cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=limit,
-                     truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")))
+                     truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")),
+                     per_epoch=getattr(a, "eval_per_epoch", "full"))
     if a.retain_model:
         cfg.retain_model_tr = retain_model_truth_ratios(a.retain_model, sets, config=cfg, model_config=_model_config(a),
                                                         runtime=_runtime_config(a))
@@ -318,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=range_of(EvalConfig, "every"), default=1,
                    help="score the evaluation sets after every K-th epoch (default 1; 0: none between the start "
                         "and the end, see --eval-at)")
+    p.add_argument("--eval-per-epoch", choices=("full", "fast"), default="full",
+                   help="the evaluations between start and end: full (generation included) or fast "
+                        "(teacher-forced P, TR and FQ only; no generation, several times faster)")
     p.add_argument("--eval-at", default="start,end",
                    help="also score the starting model (start) and the final one (end): start,end (default), "
                         "start, end or none")

@@ -95,6 +95,7 @@ class EvalConfig:
     sets: Sequence[EvalSet] = ()
     every: int = bounded(1, int, 0, option="--eval-every")  # 0: no evaluation between start and end
     at: Sequence[str] = ("start", "end")             # also score the starting model, and the final one
+    per_epoch: str = "full"                          # between start and end: full, or fast (no generation)
     max_new_tokens: int = bounded(48, int, 1)
     limit: int | None = bounded(None, int, 1, optional=True, option="--eval-limit")
     truth_ratio: str = "tofu"
@@ -110,6 +111,8 @@ class EvalConfig:
         self.at = tuple(self.at)
         if not set(self.at) <= {"start", "end"}:
             raise LetheError(f"--eval-at: expected start, end, both or none, got {', '.join(self.at)}")
+        if self.per_epoch not in ("full", "fast"):
+            raise LetheError(f"--eval-per-epoch: expected full or fast, got {self.per_epoch!r}")
         if self.truth_ratio not in ("tofu", "tofu-utils"):
             raise LetheError(f"--truth-ratio: expected tofu or tofu-utils, got {self.truth_ratio!r}")
 
@@ -398,14 +401,16 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
         end = (final or epoch >= train.epochs) and "end" in ev.at
         if ev.sets and ((epoch == 0 and "start" in ev.at) or periodic or end):
             t0 = time.perf_counter()
-            res = evaluate_sets(mdl, prompter, ev.sets, **ev.suite_kwargs())
+            full = end or epoch == 0 or ev.per_epoch == "full"
+            res = evaluate_sets(mdl, prompter, ev.sets, **ev.suite_kwargs(), generate=full)
             note(progress, f"{m.name}: evaluated {sum(len(s_.records) for s_ in ev.sets)} items "
                            f"({', '.join(s_.name for s_ in ev.sets)}) after epoch {epoch} in {time.perf_counter() - t0:.1f} s")
             crash_point("evaluation")
             aggregate(res, retain_model_tr=ev.retain_model_tr, utility_sets=ev.utility_sets)
-            run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
+            if full:
+                run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
-            scored["eval"] = epoch
+            scored["eval"] = epoch if full else scored["eval"]
         if epoch_hook is not None:
             extra = epoch_hook(epoch, mdl) or {}
             out["metrics"].update(extra.get("metrics", {}))

@@ -69,10 +69,11 @@ class EvalResult:
 
 def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int = 32, max_new_tokens: int = 48,
                   eval_limit: int | None = None, n_samples: int = 3, truth_ratio: str = "tofu",
-                  semantic: Semantic | None = None) -> EvalResult:
+                  semantic: Semantic | None = None, generate: bool = True) -> EvalResult:
     """Score every set; ``eval_limit`` keeps the first N items of each (the peers use 300).
 
-    TE is always computed; CS and ES when ``semantic`` carries their models.
+    TE is always computed; CS and ES when ``semantic`` carries their models. ``generate=False`` is the
+    fast suite: teacher-forced metrics only (P, TR and the per-item truth ratios FQ needs), no generation.
     """
     from ..data.prompt import as_prompter
     from .semantic import cosine_scores, entailment_scores, token_entropies
@@ -86,9 +87,8 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
             continue
         # Each process generates and scores its share of the items (all of them when there is one).
         gens = shard_map(lambda qs: generate_answers(model, prompter, qs, max_new_tokens=max_new_tokens,
-                                                     batch_size=batch_size), [r.question for r in recs])
-        result.generations[s.name] = gens
-        rouge = M.rouge_l_recall(gens, [r.answer for r in recs])
+                                                     batch_size=batch_size), [r.question for r in recs]) \
+            if generate else None
         # One batched likelihood pass over answers, bases and perturbed answers.
         bases = [(r.paraphrased_answer or r.answer) if s.kind == "qa" else r.answer for r in recs]
         pairs = [(r.question, r.answer) for r in recs] + [(r.question, b) for r, b in zip(recs, bases)]
@@ -104,9 +104,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
         nll_perts = [list(tok[o : o + len(r.perturbed_answers)]) for o, r in zip(offsets, recs)]
         prob = M.probability_mc(nll_answer, nll_perts) if s.kind == "mc" else M.probability(nll_answer)
         m = result.metrics
-        m[f"{s.name}/ROUGE"] = M.mean(rouge)
         m[f"{s.name}/P"] = M.mean(prob)
-        result.per_item[f"{s.name}/ROUGE"] = rouge
         result.per_item[f"{s.name}/P"] = prob
         with_perts = [i for i, r in enumerate(recs) if r.perturbed_answers]
         if with_perts:
@@ -121,6 +119,11 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
                 m[f"{s.name}/TR"] = M.truth_ratio_forget(s_vals) if s.forget else M.truth_ratio_other(s_vals)
             if s.forget:
                 m[f"{s.name}/TR_closer"] = M.truth_ratio_forget_closer_look(s_vals)
+        if gens is None:
+            continue
+        result.generations[s.name] = gens
+        rouge = M.rouge_l_recall(gens, [r.answer for r in recs])
+        m[f"{s.name}/ROUGE"], result.per_item[f"{s.name}/ROUGE"] = M.mean(rouge), rouge
         te = token_entropies(prompter.tokenizer, gens)
         m[f"{s.name}/TE"], result.per_item[f"{s.name}/TE"] = M.mean(te), te
         truths = [r.answer for r in recs]
