@@ -15,7 +15,6 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from .io import write_json
@@ -53,49 +52,15 @@ def records_sha256(records: Sequence) -> str:
     return h.hexdigest()
 
 
-def min_k_scores(tok_logp: Sequence[Sequence[float]], k: float = 0.4) -> list[float]:
-    """Min-K% Prob: mean of the lowest k share of a sequence's token log-probs (higher = more member-like)."""
-    out = []
-    for lp in tok_logp:
-        lp = sorted(lp)
-        n = max(1, int(len(lp) * k))
-        out.append(float(np.mean(lp[:n])) if lp else float("nan"))
-    return out
-
-
-def membership_auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> float:
-    """ROC-AUC of telling members from non-members by score (0.5 = indistinguishable)."""
-    from sklearn.metrics import roc_auc_score
-
-    y = [1] * len(member_scores) + [0] * len(nonmember_scores)
-    return float(roc_auc_score(y, list(member_scores) + list(nonmember_scores)))
-
-
-@torch.no_grad()
-def token_logprob_lists(model, prompter, records: Sequence, batch_size: int = 16) -> list[list[float]]:
-    """Per-token log-probs of each record's scored tokens (answer tokens for QA, all for text)."""
-    from .data.batching import pad_batch
-    from .data.prompt import as_prompter
-    from .objectives.tokens import token_logprobs
-
-    prompter = as_prompter(prompter)
-    device = next(model.parameters()).device
-    enc = [prompter.encode(r) for r in records]
-    out = []
-    for s in range(0, len(enc), batch_size):
-        b = pad_batch(enc[s : s + batch_size], prompter.pad_id)
-        lp, mask = token_logprobs(model(input_ids=b["input_ids"].to(device),
-                                        attention_mask=b["attention_mask"].to(device)).logits, b["labels"].to(device))
-        for row in range(lp.shape[0]):
-            out.append([float(v) for v, m in zip(lp[row], mask[row]) if m > 0])
-    return out
-
-
 def membership_signal(model, prompter, forget: Sequence, holdout: Sequence, k: float = 0.4) -> dict:
-    f = min_k_scores(token_logprob_lists(model, prompter, forget), k)
-    h = min_k_scores(token_logprob_lists(model, prompter, holdout), k)
-    return {"min_k_percent": 100 * k, "forget_mean": float(np.mean(f)), "holdout_mean": float(np.mean(h)),
-            "auc_forget_vs_holdout": membership_auc(f, h)}
+    """The membership-inference suite (LOSS, zlib, Min-K%, Min-K%++) forget vs holdout, with Min-K%'s AUC
+    also under ``auc_forget_vs_holdout`` (the field earlier audit records had)."""
+    from .evaluation.mia import membership_report
+
+    report = membership_report(model, prompter, forget, holdout, k=k)
+    mink = report["attacks"]["min_k"]
+    return {"min_k_percent": 100 * k, "forget_mean": mink["forget_mean"], "holdout_mean": mink["holdout_mean"],
+            "auc_forget_vs_holdout": mink["auc"], **report}
 
 
 def write_audit(run_dir: Path, *, run, forget: Sequence, before_sha: str, after_sha: str,

@@ -176,6 +176,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retain-model", help="model trained without the forget set: needed for Forget Quality (FQ)")
     g.add_argument("--eval-limit", type=range_of(EvalConfig, "limit"), default=None, help="score only the first N items of each set (peers: 300)")
     g.add_argument("--max-new-tokens", type=range_of(EvalConfig, "max_new_tokens"), default=48, help="greedy generation length (default 48)")
+    g.add_argument("--mia-k", type=range_of(EvalConfig, "mia_k"), default=0.4,
+                   help="share of lowest-probability tokens Min-K%% and Min-K%%++ average (default 0.4, as MUSE)")
     g.add_argument("--truth-ratio", choices=("tofu", "tofu-utils"), default="tofu",
                    help="truth-ratio aggregation: geometric (TOFU's published, default) or arithmetic (TOFU utils)")
     _semantic_args(p)
@@ -188,8 +190,8 @@ def _eval_at(text: str) -> tuple[str, ...]:
 
 def _eval_config(a, forget_default=None, every: int = 1):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
-    from .core import retain_model_truth_ratios
-    from .data.sources import load_qa
+    from .core import retain_model_membership_auc, retain_model_truth_ratios
+    from .data.sources import load_qa, load_records
     from .evaluation.suite import EvalSet, load_semantic
 
     dc = _data_config(a)
@@ -203,12 +205,17 @@ def _eval_config(a, forget_default=None, every: int = 1):
     from .conventions import get_convention
 
     limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit
-    cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=limit,
+    holdout = load_records(a.holdout, fields=dc.fields, split=dc.split) if getattr(a, "holdout", None) else None
+    cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=limit, holdout=holdout,
+                     mia_k=a.mia_k,
                      truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")),
                      per_epoch=getattr(a, "eval_per_epoch", "full"))
     if a.retain_model:
         cfg.retain_model_tr = retain_model_truth_ratios(a.retain_model, sets, config=cfg, model_config=_model_config(a),
                                                         runtime=_runtime_config(a))
+        if holdout is not None:
+            cfg.retain_model_auc = retain_model_membership_auc(a.retain_model, sets, holdout, config=cfg,
+                                                               model_config=_model_config(a), runtime=_runtime_config(a))
     cfg.semantic = load_semantic(a.embedding_model, a.nli_model)
     return cfg
 
@@ -329,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-text", action="store_true",
                    help="put the forget records' text in audit.json (default: only their count and sha256)")
     p.add_argument("--holdout", default=None,
-                   help="records of the same kind the model never saw: audit.json gets a Min-K%% membership AUC "
-                        "(forget vs these) before and after")
+                   help="records of the same kind the model never saw: every evaluation reports membership-"
+                        "inference AUCs of the forget set against them (LOSS, zlib, Min-K%%, Min-K%%++; PrivLeak with "
+                        "--retain-model), and audit.json has them before and after")
     _train_args(p, TrainConfig())
     _params_args(p)
     _model_args(p)
@@ -364,8 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="directories holding a results.json (e.g. the --out of lethe demo)")
     p.add_argument("--out", default=None, help="where to write report.html/report.md (default: the first run dir)")
 
-    p = sub.add_parser("eval", help="evaluate a model on QA sets (ROUGE, P, TR, MU, FE, FQ)")
+    p = sub.add_parser("eval", help="evaluate a model on QA sets (ROUGE, P, TR, MU, FE, FQ; membership "
+                                    "inference with --holdout)")
     p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--holdout", default=None,
+                   help="records of the forget set's kind the model never saw: membership-inference AUCs (LOSS, "
+                        "zlib, Min-K%%, Min-K%%++) of the forget set against them; with --retain-model, PrivLeak")
     p.add_argument("--convention", default="paper", choices=list(CONVENTIONS),
                    help="a released code's evaluation settings (closer-look: first 300 items per set); "
                         "--eval-limit wins (default paper)")

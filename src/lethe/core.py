@@ -105,6 +105,9 @@ class EvalConfig:
     utility_sets: Sequence[str] = MU9_SETS
     retain_model_tr: Sequence[float] | None = None   # the retain model's forget truth ratios, for FQ
     initial_metrics: dict | None = None              # the caller already scored the starting model
+    holdout: Sequence | None = None                  # records never trained on: membership-inference AUCs
+    mia_k: float = bounded(0.4, float, 0, 1, low_open=True, option="--mia-k")  # Min-K% share (MUSE: 40 %)
+    retain_model_auc: dict | None = None             # the retain model's AUC per attack, for PrivLeak
 
     def __post_init__(self):
         check_ranges(self)
@@ -240,7 +243,26 @@ def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConf
     with rt.autocast():
         result = evaluate_sets(model, prompter, sets, **cfg.suite_kwargs())
     aggregate(result, retain_model_tr=cfg.retain_model_tr, utility_sets=cfg.utility_sets)
+    with rt.autocast():
+        result.metrics.update(membership_metrics(model, prompter, cfg))
     return result
+
+
+def membership_metrics(model, prompter, cfg: EvalConfig) -> dict[str, float]:
+    """``mia/ATTACK_AUC`` (forget set vs ``cfg.holdout``) and, given the retain model's AUCs,
+    ``mia/ATTACK_PrivLeak``; empty without a holdout set."""
+    forget = [s_ for s_ in cfg.sets if s_.forget]
+    if cfg.holdout is None or not forget:
+        return {}
+    from .evaluation.mia import membership_report, privleak
+
+    records = list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
+    report = membership_report(model, prompter, records, cfg.holdout, k=cfg.mia_k)
+    out = {f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()}
+    for a, ref in (cfg.retain_model_auc or {}).items():
+        if f"mia/{a}_AUC" in out:
+            out[f"mia/{a}_PrivLeak"] = privleak(out[f"mia/{a}_AUC"], ref)
+    return out
 
 
 def _restrict_trainable(model, method: Method) -> None:
@@ -410,6 +432,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             if full:
                 run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
+            out["metrics"].update(membership_metrics(mdl, prompter, ev))
             scored["eval"] = epoch if full else scored["eval"]
         if epoch_hook is not None:
             extra = epoch_hook(epoch, mdl) or {}
@@ -486,3 +509,15 @@ def retain_model_truth_ratios(retain_model, sets: Sequence[EvalSet], *, tokenize
     res = evaluate(retain_model, forget, tokenizer=tokenizer, config=config, model_config=model_config,
                    runtime=runtime)
     return res.per_item.get("forget/TR_values")
+
+
+@torch.no_grad()
+def retain_model_membership_auc(retain_model, sets: Sequence[EvalSet], holdout, *, tokenizer=None,
+                                config: EvalConfig | None = None, model_config: ModelConfig | None = None,
+                                runtime: RuntimeConfig | None = None) -> dict[str, float]:
+    """The retain model's AUC per attack (forget vs holdout): PrivLeak's reference point."""
+    cfg = replace(config or EvalConfig(), sets=[s_ for s_ in sets if s_.forget], holdout=holdout, retain_model_auc=None)
+    rt = runtime or RuntimeConfig()
+    model, prompter, _ = prepare(retain_model, tokenizer, model_config, rt)
+    with rt.autocast():
+        return {k.split("/")[1].rsplit("_", 1)[0]: v for k, v in membership_metrics(model, prompter, cfg).items()}

@@ -7,7 +7,7 @@ from pathlib import Path
 from .io import write_text
 
 SUMMARY = ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS", "retain/ROUGE", "retain/P",
-           "neighbour/ROUGE", "neighbour/P")
+           "neighbour/ROUGE", "neighbour/P", "mia/min_k_AUC", "mia/min_k_pp_AUC", "mia/min_k_PrivLeak")
 
 
 def present_keys(results: dict, keys) -> list[str]:

@@ -1,0 +1,148 @@
+"""Membership inference: did the model still see the forget set as training data?
+
+Per-item scores (higher = more member-like) from one forward pass per record, then ROC-AUC of the
+forget set (positives) against a held-out set of the same kind the model never saw (negatives):
+
+- ``loss``: minus the mean token NLL (Yeom et al. 2018).
+- ``zlib``: minus the mean token NLL over the zlib-compressed length of the text (Carlini et al. 2021).
+- ``min_k``: the mean of the lowest k% token log-probs (Shi et al. 2024; k = 40 % as in MUSE).
+- ``min_k_pp``: Min-K%++ (Zhang et al. 2024): each token's log-prob standardised by the mean and standard
+  deviation of log p over the vocabulary under the model's own distribution at that position, then the
+  mean of the lowest k%.
+- ``reference``: the reference model's mean NLL minus this model's (Carlini et al. 2022), when a
+  reference model is given.
+
+AUC 0.5: the forget set looks like data never seen; near 1: it still looks trained on. PrivLeak (MUSE) =
+(AUC_unlearned − AUC_retrain) / AUC_retrain × 100 with a retain model (trained without the forget set):
+near 0 is the goal, large positive is under-unlearning, large negative over-unlearning.
+"""
+from __future__ import annotations
+
+import zlib
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..data.batching import pad_batch
+from ..data.prompt import as_prompter
+from ..data.records import QARecord
+from ..objectives.tokens import align_targets, chunk_rows, upcast
+
+ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "reference")
+
+
+def scored_text(record, tokenizer) -> str:
+    """The text whose tokens are scored: a QA record's answer, a text record's text."""
+    if isinstance(record, QARecord):
+        return record.answer
+    if getattr(record, "text", None) is not None:
+        return record.text
+    return tokenizer.decode(list(record.token_ids))
+
+
+@torch.no_grad()
+def token_statistics(model, prompter, records: Sequence, *, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+    """Per record, over its scored tokens: ``logp`` (log p of the true token), ``mu`` and ``sigma`` (mean and
+    standard deviation of log p(z) for z drawn from the model's distribution at that position)."""
+    prompter = as_prompter(prompter)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    encoded = [prompter.encode(r) for r in records]
+    out: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(encoded), batch_size):
+        batch = pad_batch(encoded[start : start + batch_size], prompter.pad_id)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        targets, mask = align_targets(batch["labels"].to(device))
+        B, T, V = logits.shape
+        flat, tflat = logits.reshape(B * T, V), targets.reshape(-1)
+        stats = torch.empty(B * T, 3, dtype=torch.float64, device=device)
+        step = chunk_rows(V)
+        for s in range(0, B * T, step):  # vocabulary work chunk by chunk: no second [B,T,V] tensor
+            logp = torch.log_softmax(upcast(flat[s : s + step]).double(), dim=-1)
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            var = (p * logp * logp).sum(-1) - mu * mu
+            stats[s : s + step, 0] = logp.gather(-1, tflat[s : s + step].unsqueeze(-1)).squeeze(-1)
+            stats[s : s + step, 1] = mu
+            stats[s : s + step, 2] = var.clamp(min=0).sqrt()
+        stats = stats.reshape(B, T, 3).cpu().numpy()
+        keep = mask.bool().cpu().numpy()
+        for row in range(B):
+            sel = stats[row][keep[row]]
+            out.append({"logp": sel[:, 0], "mu": sel[:, 1], "sigma": sel[:, 2]})
+    model.train(was_training)
+    return out
+
+
+def _lowest_mean(values: np.ndarray, k: float) -> float:
+    if len(values) == 0:
+        return float("nan")
+    n = max(1, int(len(values) * k))
+    return float(np.sort(values)[:n].mean())
+
+
+def attack_scores(stats: Sequence[dict], texts: Sequence[str], *, k: float = 0.4,
+                  reference_stats: Sequence[dict] | None = None) -> dict[str, list[float]]:
+    """Per-item member scores of every attack that the inputs allow (``reference`` needs reference_stats)."""
+    out: dict[str, list[float]] = {a: [] for a in ATTACKS if a != "reference" or reference_stats is not None}
+    for i, (st, text) in enumerate(zip(stats, texts)):
+        nll = float(-st["logp"].mean()) if len(st["logp"]) else float("nan")
+        out["loss"].append(-nll)
+        out["zlib"].append(-nll / max(1, len(zlib.compress(text.encode("utf-8")))))
+        out["min_k"].append(_lowest_mean(st["logp"], k))
+        z = (st["logp"] - st["mu"]) / np.maximum(st["sigma"], 1e-12)
+        out["min_k_pp"].append(_lowest_mean(z, k))
+        if reference_stats is not None:
+            ref = reference_stats[i]["logp"]
+            out["reference"].append(float(-ref.mean()) - nll if len(ref) else float("nan"))
+    return out
+
+
+def auc(member: Sequence[float], nonmember: Sequence[float]) -> float:
+    """ROC-AUC of member (label 1) against non-member (label 0) scores; NaN scores are left out."""
+    from sklearn.metrics import roc_auc_score
+
+    m = [x for x in member if x == x]
+    n = [x for x in nonmember if x == x]
+    if not m or not n:
+        return float("nan")
+    return float(roc_auc_score([1] * len(m) + [0] * len(n), m + n))
+
+
+def privleak(auc_unlearned: float, auc_retrain: float) -> float:
+    """MUSE's PrivLeak: (AUC_unlearned - AUC_retrain) / AUC_retrain x 100."""
+    return (auc_unlearned - auc_retrain) / auc_retrain * 100.0
+
+
+def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k: float = 0.4,
+                      reference=None, retain_model=None, batch_size: int = 16) -> dict:
+    """Every attack's AUC (forget vs holdout) and mean scores; PrivLeak per attack with ``retain_model``.
+
+    ``reference`` and ``retain_model`` are models (with the same tokenizer and prompt format).
+    """
+    prompter = as_prompter(prompter)
+    tok = prompter.tokenizer
+    texts_f = [scored_text(r, tok) for r in forget]
+    texts_h = [scored_text(r, tok) for r in holdout]
+
+    def scores(mdl, with_reference=True):
+        sf = token_statistics(mdl, prompter, forget, batch_size=batch_size)
+        sh = token_statistics(mdl, prompter, holdout, batch_size=batch_size)
+        rf = rh = None
+        if reference is not None and with_reference:
+            rf = token_statistics(reference, prompter, forget, batch_size=batch_size)
+            rh = token_statistics(reference, prompter, holdout, batch_size=batch_size)
+        return (attack_scores(sf, texts_f, k=k, reference_stats=rf),
+                attack_scores(sh, texts_h, k=k, reference_stats=rh))
+
+    f, h = scores(model)
+    report = {"k_percent": 100 * k, "forget_items": len(forget), "holdout_items": len(holdout), "attacks": {
+        a: {"auc": auc(f[a], h[a]), "forget_mean": float(np.nanmean(f[a])), "holdout_mean": float(np.nanmean(h[a]))}
+        for a in f}}
+    if retain_model is not None:
+        rf, rh = scores(retain_model)
+        report["privleak"] = {a: privleak(report["attacks"][a]["auc"], auc(rf[a], rh[a])) for a in f if a in rf}
+        report["retain_model_auc"] = {a: auc(rf[a], rh[a]) for a in rf}
+    return report

@@ -1,0 +1,83 @@
+"""Membership inference: token statistics against brute force, attacks on cases with known answers, PrivLeak."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lethe.evaluation.mia import attack_scores, auc, membership_report, privleak, token_statistics
+
+
+def test_token_statistics_equal_a_per_position_loop(tokenizer, smoke_data, tiny_model):
+    from lethe.data.prompt import as_prompter
+
+    records = smoke_data.forget(10)[:3]
+    stats = token_statistics(tiny_model, tokenizer, records, batch_size=2)
+    prompter = as_prompter(tokenizer)
+    for rec, st in zip(records, stats):
+        enc = prompter.encode(rec)
+        ids = torch.tensor([enc["input_ids"]])
+        with torch.no_grad():
+            logits = tiny_model(input_ids=ids).logits[0].double()
+        want_lp, want_mu, want_sd = [], [], []
+        for t in range(len(enc["input_ids"]) - 1):
+            if enc["labels"][t + 1] == -100:
+                continue
+            logp = torch.log_softmax(logits[t], -1)
+            mu = sum(float(logp[v].exp() * logp[v]) for v in range(logp.shape[0]))
+            m2 = sum(float(logp[v].exp() * logp[v] ** 2) for v in range(logp.shape[0]))
+            want_lp.append(float(logp[enc["input_ids"][t + 1]]))
+            want_mu.append(mu)
+            want_sd.append(math.sqrt(max(m2 - mu * mu, 0.0)))
+        assert st["logp"] == pytest.approx(want_lp, abs=1e-5)
+        assert st["mu"] == pytest.approx(want_mu, abs=1e-5) and st["sigma"] == pytest.approx(want_sd, abs=1e-5)
+
+
+def test_scores_by_hand():
+    st = [{"logp": np.array([-1.0, -3.0, -2.0, -6.0, -0.5]), "mu": np.full(5, -2.0), "sigma": np.full(5, 2.0)}]
+    s = attack_scores(st, ["abc"], k=0.4, reference_stats=[{"logp": np.array([-4.0] * 5)}])
+    assert s["loss"] == [pytest.approx(-2.5)]
+    assert s["min_k"] == [pytest.approx((-6.0 - 3.0) / 2)]          # the lowest 2 of 5
+    assert s["min_k_pp"] == [pytest.approx(((-6 + 2) / 2 + (-3 + 2) / 2) / 2)]
+    assert s["reference"] == [pytest.approx(4.0 - 2.5)]
+    import zlib
+
+    assert s["zlib"] == [pytest.approx(-2.5 / len(zlib.compress(b"abc")))]
+    assert privleak(0.75, 0.5) == pytest.approx(50.0)
+    assert auc([1, 2, 3], [1, 2, 3]) == 0.5 and auc([3, 4], [1, 2]) == 1.0
+
+
+def test_a_model_that_memorized_the_forget_set_is_caught_and_identical_sets_are_not(tokenizer, smoke_data, tiny_model):
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+
+    members, nonmembers = smoke_data.forget(10), smoke_data.retain(10)[:8]
+    api.finetune(tiny_model, members, tokenizer=tokenizer, progress=False,
+                 train=TrainConfig(epochs=30, lr=5e-3, batch_size=4, micro_batch_size=4, checkpoint=False))
+    report = membership_report(tiny_model, tokenizer, members, nonmembers)
+    for attack in ("loss", "zlib", "min_k", "min_k_pp"):
+        assert report["attacks"][attack]["auc"] > 0.9, (attack, report["attacks"][attack])
+    same = membership_report(tiny_model, tokenizer, members, members)
+    assert all(v["auc"] == 0.5 for v in same["attacks"].values())
+    with_retain = membership_report(tiny_model, tokenizer, members, nonmembers, retain_model=tiny_model)
+    assert all(v == 0.0 for v in with_retain["privleak"].values())  # the same model: no leak relative to itself
+
+
+def test_eval_command_reports_membership_with_a_holdout(tokenizer, smoke_data, tmp_path, capsys):
+    import json
+
+    from lethe.cli import main
+    from lethe.model.build import build_tiny_model
+    from lethe.model.save import save_model
+
+    save_model(build_tiny_model(tokenizer, "test", seed=0), tokenizer, tmp_path / "m")
+    (tmp_path / "f.json").write_text(json.dumps([r.to_dict() for r in smoke_data.forget(10)]))
+    (tmp_path / "h.json").write_text(json.dumps([r.to_dict() for r in smoke_data.retain(10)[:6]]))
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "eval", "--model", str(tmp_path / "m"), "--eval-forget", str(tmp_path / "f.json"),
+              "--holdout", str(tmp_path / "h.json"), "--retain-model", str(tmp_path / "m"), "--max-new-tokens", "2",
+              "--out", str(tmp_path / "metrics.json")])
+    assert e.value.code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    for attack in ("loss", "zlib", "min_k", "min_k_pp"):
+        assert 0 <= metrics[f"mia/{attack}_AUC"] <= 1 and metrics[f"mia/{attack}_PrivLeak"] == 0.0
