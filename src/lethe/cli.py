@@ -176,11 +176,30 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retain-model", help="model trained without the forget set: needed for Forget Quality (FQ)")
     g.add_argument("--eval-limit", type=range_of(EvalConfig, "limit"), default=None, help="score only the first N items of each set (peers: 300)")
     g.add_argument("--max-new-tokens", type=range_of(EvalConfig, "max_new_tokens"), default=48, help="greedy generation length (default 48)")
+    g.add_argument("--lm-eval", default=None, metavar="TASKS",
+                   help="comma-separated lm-evaluation-harness tasks scored on the model in memory (unlearn: before "
+                        "and after). Offline: lethe_world_facts, lethe_real_authors; lm-eval's own tasks (arc_easy, "
+                        "piqa, hellaswag, ...) where their data is reachable. Needs pip install lm-eval")
+    g.add_argument("--lm-eval-tasks-dir", default=None, help="a directory of your own lm-eval task YAMLs")
+    g.add_argument("--lm-eval-limit", type=range_of(EvalConfig, "lm_eval_limit"), default=None,
+                   help="score only the first N documents of each lm-eval task")
     g.add_argument("--mia-k", type=range_of(EvalConfig, "mia_k"), default=0.4,
                    help="share of lowest-probability tokens Min-K%% and Min-K%%++ average (default 0.4, as MUSE)")
     g.add_argument("--truth-ratio", choices=("tofu", "tofu-utils"), default="tofu",
                    help="truth-ratio aggregation: geometric (TOFU's published, default) or arithmetic (TOFU utils)")
     _semantic_args(p)
+
+
+def _lm_eval_tasks(a) -> tuple[str, ...]:
+    """The requested lm-eval tasks, checked (names, package) before any model work."""
+    tasks = tuple(t.strip() for t in (a.lm_eval or "").split(",") if t.strip())
+    if tasks:
+        from .evaluation.downstream import check_tasks
+
+        check_tasks(tasks, a.lm_eval_tasks_dir)
+    elif a.lm_eval_tasks_dir:
+        raise LetheError("--lm-eval-tasks-dir given without --lm-eval TASKS")
+    return tasks
 
 
 def _eval_at(text: str) -> tuple[str, ...]:
@@ -209,7 +228,8 @@ def _eval_config(a, forget_default=None, every: int = 1):
     cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=limit, holdout=holdout,
                      mia_k=a.mia_k,
                      truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")),
-                     per_epoch=getattr(a, "eval_per_epoch", "full"))
+                     per_epoch=getattr(a, "eval_per_epoch", "full"), lm_eval_tasks=_lm_eval_tasks(a),
+                     lm_eval_dir=a.lm_eval_tasks_dir, lm_eval_limit=a.lm_eval_limit)
     if a.retain_model:
         cfg.retain_model_tr = retain_model_truth_ratios(a.retain_model, sets, config=cfg, model_config=_model_config(a),
                                                         runtime=_runtime_config(a))
@@ -487,8 +507,9 @@ def _dispatch(args) -> int:
 
             check_output(args.out, kind="file")
         evaluation = _eval_config(args)
-        if not evaluation.sets:
-            raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors or --world-facts")
+        if not evaluation.sets and not evaluation.lm_eval_tasks:
+            raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors, --world-facts "
+                             "or --lm-eval")
         res = api.evaluate(args.model, evaluation.sets, config=evaluation, model_config=_model_config(args),
                            runtime=_runtime_config(args))
         payload = {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples,

@@ -108,6 +108,9 @@ class EvalConfig:
     holdout: Sequence | None = None                  # records never trained on: membership-inference AUCs
     mia_k: float = bounded(0.4, float, 0, 1, low_open=True, option="--mia-k")  # Min-K% share (MUSE: 40 %)
     retain_model_auc: dict | None = None             # the retain model's AUC per attack, for PrivLeak
+    lm_eval_tasks: Sequence[str] = ()                # lm-evaluation-harness tasks, scored at start and end
+    lm_eval_dir: str | None = None                   # more task YAMLs
+    lm_eval_limit: int | None = bounded(None, int, 1, optional=True, option="--lm-eval-limit")
 
     def __post_init__(self):
         check_ranges(self)
@@ -245,7 +248,17 @@ def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConf
     aggregate(result, retain_model_tr=cfg.retain_model_tr, utility_sets=cfg.utility_sets)
     with rt.autocast():
         result.metrics.update(membership_metrics(model, prompter, cfg))
+        result.metrics.update(downstream_metrics(model, prompter, cfg))
     return result
+
+
+def downstream_metrics(model, prompter, cfg: EvalConfig) -> dict[str, float]:
+    """``lm_eval/TASK/METRIC`` for the configured lm-evaluation-harness tasks (empty without any)."""
+    if not cfg.lm_eval_tasks:
+        return {}
+    from .evaluation.downstream import run_lm_eval
+
+    return run_lm_eval(model, prompter, cfg.lm_eval_tasks, tasks_dir=cfg.lm_eval_dir, limit=cfg.lm_eval_limit)
 
 
 def membership_metrics(model, prompter, cfg: EvalConfig) -> dict[str, float]:
@@ -433,6 +446,8 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
                 run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
             out["metrics"].update(membership_metrics(mdl, prompter, ev))
+            if full and ev.lm_eval_tasks:
+                out["metrics"].update(downstream_metrics(mdl, prompter, ev))
             scored["eval"] = epoch if full else scored["eval"]
         if epoch_hook is not None:
             extra = epoch_hook(epoch, mdl) or {}
