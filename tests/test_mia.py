@@ -81,3 +81,37 @@ def test_eval_command_reports_membership_with_a_holdout(tokenizer, smoke_data, t
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     for attack in ("loss", "zlib", "min_k", "min_k_pp"):
         assert 0 <= metrics[f"mia/{attack}_AUC"] <= 1 and metrics[f"mia/{attack}_PrivLeak"] == 0.0
+
+
+def test_indistinguishable_stop_rule(tokenizer, smoke_data, tiny_model, tmp_path, capsys):
+    import json
+
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+    from lethe.workflows import IndistinguishableStop
+
+    members, nonmembers = smoke_data.forget(10), smoke_data.retain(10)[:8]
+    api.finetune(tiny_model, members, tokenizer=tokenizer, progress=False,
+                 train=TrainConfig(epochs=30, lr=5e-3, batch_size=4, micro_batch_size=4, checkpoint=False))
+    rule = IndistinguishableStop(members, nonmembers, prompter=tokenizer)
+    assert rule(1, tiny_model)["stop"] is False and rule(1, tiny_model)["metrics"]["stop/p_value"] < 0.05
+    same = IndistinguishableStop(members, members, prompter=tokenizer, min_epochs=2)
+    assert same(1, tiny_model)["stop"] is False and same(2, tiny_model)["stop"] is True  # p = 1, from epoch 2
+    # through the CLI: a holdout equal to the forget set is indistinguishable at once, so the run stops at epoch 1
+    from lethe.cli import main
+    from lethe.model.save import save_model
+
+    save_model(tiny_model, tokenizer, tmp_path / "m")
+    (tmp_path / "f.json").write_text(json.dumps([r.to_dict() for r in members]))
+    (tmp_path / "r.json").write_text(json.dumps([r.to_dict() for r in nonmembers]))
+    base = ["--quiet", "unlearn", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "f.json"), "--retain",
+            str(tmp_path / "r.json"), "--epochs", "3", "--lr", "1e-4", "--stop-when", "indistinguishable"]
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--holdout", str(tmp_path / "f.json"), "--allow-overlap", "--out", str(tmp_path / "u")])
+    assert e.value.code == 0, capsys.readouterr().err
+    run = json.loads((tmp_path / "u" / "run.json").read_text())
+    assert [ep["epoch"] for ep in run["epochs"]] == [0, 1] and run["config"]["stop_when"]["statistic"] == "min_k"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--out", str(tmp_path / "v")])
+    assert e.value.code == 2 and "needs --holdout" in capsys.readouterr().err

@@ -22,9 +22,10 @@ from .evaluation.suite import EvalSet
 from .model.lora import ParamsConfig
 from .objectives import Loss, Method, Need, parse_method
 from .runtime import RuntimeConfig
-from .workflows import extraction_stop_hook, finetune_tiny, unlearn_sequences
+from .workflows import IndistinguishableStop, extraction_stop_hook, finetune_tiny, unlearn_sequences
 
-__all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "Loss", "Method", "MethodConfig",
+__all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "IndistinguishableStop", "Loss", "Method",
+           "MethodConfig",
            "ModelConfig", "Need", "ParamsConfig", "PromptFormat", "RuntimeConfig", "TrainConfig", "UnlearnRun", "demo",
            "demo_memorized", "demo_real_world", "evaluate", "extraction_stop_hook", "finetune", "finetune_tiny",
            "load_records", "parse_method", "report", "retain_model_truth_ratios", "unlearn", "unlearn_sequences"]

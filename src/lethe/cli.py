@@ -353,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score the starting model (start) and the final one (end): start,end (default), "
                         "start, end or none")
     p.add_argument("--out", required=True, help="run directory: model/, run.json, audit.json, steps.jsonl, checkpoint/")
+    p.add_argument("--stop-when", choices=("indistinguishable",), default=None,
+                   help="QA data: stop at the first epoch (from --min-epochs) where the forget set's membership "
+                        "scores cannot be told from --holdout's by a KS test (no retain model needed)")
+    p.add_argument("--stop-statistic", default="min_k", choices=("min_k", "min_k_pp", "loss", "zlib"),
+                   help="the per-item membership score the stopping test compares (default min_k)")
+    p.add_argument("--stop-threshold", type=Range(float, 0, 1, low_open=True), default=0.05,
+                   help="stop when the KS test's p-value is at least this (default 0.05)")
     p.add_argument("--include-text", action="store_true",
                    help="put the forget records' text in audit.json (default: only their count and sha256)")
     p.add_argument("--holdout", default=None,
@@ -600,8 +607,24 @@ def _unlearn(args, progress: bool) -> int:
     else:
         evaluation = _eval_config(args, forget_default=args.forget, every=args.eval_every)
         audit = api.AuditConfig(holdout=args.holdout, include_text=args.include_text)
+        hook = None
+        if args.stop_when == "indistinguishable":
+            from .data.sources import load_records
+            from .workflows import IndistinguishableStop
+
+            read = dict(fields=data.fields, split=data.split)
+            hook = IndistinguishableStop(load_records(args.forget, **read),
+                                         load_records(args.holdout, **read) if args.holdout else [],
+                                         statistic=args.stop_statistic, threshold=args.stop_threshold,
+                                         min_epochs=args.min_epochs, k=args.mia_k)
         _, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit,
-                              convention=args.convention, **common)
+                              convention=args.convention, epoch_hook=hook,
+                              extra_record={"stop_when": hook.record()} if hook else None,
+                              **common)
+        if hook is not None and not args.quiet:
+            last = run_.epochs[-1] if run_.epochs else {}
+            print(f"stopping rule: forget vs holdout KS p-value {last.get('metrics', {}).get('stop/p_value', float('nan')):.3f} "
+                  f"at epoch {last.get('epoch')}", file=sys.stderr)
     for warning in run_.warnings:
         print(f"lethe: warning: {warning}", file=sys.stderr)
     if run_.status != "ok":

@@ -420,6 +420,8 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
                              "data": {"forget_sha256": records_sha256(forget), "forget_records": len(forget),
                                       "retain_sha256": records_sha256(retain) if retain else None,
                                       "retain_records": len(retain)}, **extra_record})
+    if hasattr(epoch_hook, "bind"):
+        epoch_hook.bind(prompter)  # a hook that encodes records does it in the run's prompt format
     device = next(model.parameters()).device
     with rt.autocast():
         tokens_ref = task.cache_reference(model, device)

@@ -149,4 +149,62 @@ def finetune_tiny(preset: str, records, *, train: TrainConfig | None = None, dat
                     resume=resume, overwrite=overwrite, progress=progress, runtime=runtime)
 
 
-__all__: Sequence[str] = ("extraction_stop_hook", "unlearn_sequences", "finetune_tiny")
+__all__: Sequence[str] = ("extraction_stop_hook", "unlearn_sequences", "finetune_tiny", "IndistinguishableStop")
+
+
+STOP_STATISTICS = ("min_k", "min_k_pp", "loss", "zlib")
+
+
+class IndistinguishableStop:
+    """An ``epoch_hook`` that stops unlearning without a retain model: at the first epoch (from
+    ``min_epochs``) where the forget set's per-item membership scores (``statistic``: an attack of
+    :mod:`lethe.evaluation.mia`) cannot be told from those of ``holdout`` — records of the same kind the
+    model never saw — by a two-sample KS test at level ``threshold`` (p-value ≥ threshold).
+
+    Records ``stop/p_value`` per epoch (epoch 0 included: how distinguishable the set was before).
+    :func:`unlearn` binds it to the run's prompt format before the first call.
+    """
+
+    def __init__(self, forget, holdout, *, statistic: str = "min_k", threshold: float = 0.05, min_epochs: int = 1,
+                 k: float = 0.4, prompter=None):
+        from .validation import Range, check_positive
+
+        if statistic not in STOP_STATISTICS:
+            raise LetheError(f"--stop-statistic: expected one of {', '.join(STOP_STATISTICS)}, got {statistic!r}")
+        Range(float, 0, 1, low_open=True).check("--stop-threshold", threshold)
+        check_positive("--min-epochs", min_epochs)
+        if not holdout:
+            raise LetheError("--stop-when indistinguishable needs --holdout: records of the forget set's kind that "
+                             "the model never saw")
+        self.forget, self.holdout = list(forget), list(holdout)
+        self.statistic, self.threshold, self.min_epochs, self.k = statistic, threshold, min_epochs, k
+        self.prompter = None
+        if prompter is not None:
+            self.bind(prompter)
+
+    def bind(self, prompter) -> None:
+        from .data.prompt import as_prompter
+
+        self.prompter = as_prompter(prompter)
+
+    def record(self) -> dict:
+        return {"rule": "indistinguishable", "statistic": self.statistic, "threshold": self.threshold,
+                "min_epochs": self.min_epochs, "k": self.k}
+
+    def p_value(self, model) -> float:
+        from scipy.stats import ks_2samp
+
+        from .evaluation.mia import attack_scores, scored_text, token_statistics
+
+        tok = self.prompter.tokenizer
+        f = attack_scores(token_statistics(model, self.prompter, self.forget),
+                          [scored_text(r, tok) for r in self.forget], k=self.k)[self.statistic]
+        h = attack_scores(token_statistics(model, self.prompter, self.holdout),
+                          [scored_text(r, tok) for r in self.holdout], k=self.k)[self.statistic]
+        return float(ks_2samp(f, h).pvalue)
+
+    def __call__(self, epoch, model) -> dict:
+        if self.prompter is None:
+            raise LetheError("IndistinguishableStop: bind(prompter) first (unlearn does this)")
+        p = self.p_value(model)
+        return {"metrics": {"stop/p_value": p}, "stop": epoch >= self.min_epochs and p >= self.threshold}
