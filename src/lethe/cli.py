@@ -176,6 +176,22 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retain-model", help="model trained without the forget set: needed for Forget Quality (FQ)")
     g.add_argument("--eval-limit", type=range_of(EvalConfig, "limit"), default=None, help="score only the first N items of each set (peers: 300)")
     g.add_argument("--max-new-tokens", type=range_of(EvalConfig, "max_new_tokens"), default=48, help="greedy generation length (default 48)")
+    g.add_argument("--memorization", action="store_true",
+                   help="forget set: exact memorization (share of answer tokens predicted exactly) and extraction "
+                        "strength (1 - the shortest answer prefix from which greedy decoding yields the rest)")
+    g.add_argument("--verbmem", default=None, metavar="TEXTS",
+                   help="forget texts for MUSE's VerbMem: ROUGE-L F1 x100 of the greedy continuation of each text's "
+                        "first --verbmem-prefix tokens against its next --verbmem-tokens")
+    g.add_argument("--verbmem-prefix", type=range_of(EvalConfig, "verbmem_prefix"), default=32,
+                   help="VerbMem prefix tokens (default 32, MUSE)")
+    g.add_argument("--verbmem-tokens", type=range_of(EvalConfig, "verbmem_tokens"), default=128,
+                   help="VerbMem continuation tokens (default 128, MUSE)")
+    g.add_argument("--knowmem", default=None, metavar="QA",
+                   help="QA about the forget data for MUSE's KnowMem (ROUGE-L F1 x100 of few-shot answers cut at the "
+                        "first blank line); --knowmem-retain gives the retain-side set and the worked examples")
+    g.add_argument("--knowmem-retain", default=None, metavar="QA", help="retain-side QA for KnowMem")
+    g.add_argument("--knowmem-shots", type=range_of(EvalConfig, "knowmem_shots"), default=3,
+                   help="worked examples before each KnowMem question (default 3)")
     g.add_argument("--lm-eval", default=None, metavar="TASKS",
                    help="comma-separated lm-evaluation-harness tasks scored on the model in memory (unlearn: before "
                         "and after). Offline: lethe_world_facts, lethe_real_authors; lm-eval's own tasks (arc_easy, "
@@ -229,7 +245,12 @@ def _eval_config(a, forget_default=None, every: int = 1):
                      mia_k=a.mia_k,
                      truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")),
                      per_epoch=getattr(a, "eval_per_epoch", "full"), lm_eval_tasks=_lm_eval_tasks(a),
-                     lm_eval_dir=a.lm_eval_tasks_dir, lm_eval_limit=a.lm_eval_limit)
+                     lm_eval_dir=a.lm_eval_tasks_dir, lm_eval_limit=a.lm_eval_limit, memorization=a.memorization,
+                     verbmem_texts=load_records(a.verbmem, fields=dc.fields, split=dc.split) if a.verbmem else None,
+                     verbmem_prefix=a.verbmem_prefix, verbmem_tokens=a.verbmem_tokens,
+                     knowmem={k: load_qa(v, fields=dc.fields, split=dc.split)
+                              for k, v in (("forget", a.knowmem), ("retain", a.knowmem_retain)) if v} or None,
+                     knowmem_shots=a.knowmem_shots)
     if a.retain_model:
         cfg.retain_model_tr = retain_model_truth_ratios(a.retain_model, sets, config=cfg, model_config=_model_config(a),
                                                         runtime=_runtime_config(a))
@@ -514,9 +535,9 @@ def _dispatch(args) -> int:
 
             check_output(args.out, kind="file")
         evaluation = _eval_config(args)
-        if not evaluation.sets and not evaluation.lm_eval_tasks:
-            raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors, --world-facts "
-                             "or --lm-eval")
+        if not (evaluation.sets or evaluation.lm_eval_tasks or evaluation.verbmem_texts or evaluation.knowmem):
+            raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors, --world-facts, "
+                             "--verbmem, --knowmem or --lm-eval")
         res = api.evaluate(args.model, evaluation.sets, config=evaluation, model_config=_model_config(args),
                            runtime=_runtime_config(args))
         payload = {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples,

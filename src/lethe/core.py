@@ -108,6 +108,12 @@ class EvalConfig:
     holdout: Sequence | None = None                  # records never trained on: membership-inference AUCs
     mia_k: float = bounded(0.4, float, 0, 1, low_open=True, option="--mia-k")  # Min-K% share (MUSE: 40 %)
     retain_model_auc: dict | None = None             # the retain model's AUC per attack, for PrivLeak
+    memorization: bool = False                       # forget set: exact memorization and extraction strength
+    verbmem_texts: Sequence | None = None            # forget texts for MUSE's VerbMem
+    verbmem_prefix: int = bounded(32, int, 1, option="--verbmem-prefix")
+    verbmem_tokens: int = bounded(128, int, 1, option="--verbmem-tokens")
+    knowmem: Mapping[str, Sequence] | None = None    # {"forget": QA, "retain": QA} for MUSE's KnowMem
+    knowmem_shots: int = bounded(3, int, 0, option="--knowmem-shots")
     lm_eval_tasks: Sequence[str] = ()                # lm-evaluation-harness tasks, scored at start and end
     lm_eval_dir: str | None = None                   # more task YAMLs
     lm_eval_limit: int | None = bounded(None, int, 1, optional=True, option="--lm-eval-limit")
@@ -248,8 +254,36 @@ def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConf
     aggregate(result, retain_model_tr=cfg.retain_model_tr, utility_sets=cfg.utility_sets)
     with rt.autocast():
         result.metrics.update(membership_metrics(model, prompter, cfg))
+        result.metrics.update(verbatim_metrics(model, prompter, cfg))
         result.metrics.update(downstream_metrics(model, prompter, cfg))
     return result
+
+
+def verbatim_metrics(model, prompter, cfg: EvalConfig) -> dict[str, float]:
+    """``forget/EM``, ``forget/ExtractionStrength`` (with ``memorization``), ``verbmem/VerbMem`` and
+    ``knowmem/SET`` (MUSE, × 100) for what the config names."""
+    from .evaluation import metrics as M
+    from .evaluation.verbatim import exact_memorization, extraction_strength, knowmem, verbmem
+
+    out: dict[str, float] = {}
+    forget = [s_ for s_ in cfg.sets if s_.forget]
+    if cfg.memorization and forget:
+        records = list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
+        out["forget/EM"] = M.mean(exact_memorization(model, prompter, records))
+        out["forget/ExtractionStrength"] = M.mean(extraction_strength(model, prompter, records))
+    if cfg.verbmem_texts:
+        out["verbmem/VerbMem"] = M.mean(verbmem(model, prompter, cfg.verbmem_texts, prefix_tokens=cfg.verbmem_prefix,
+                                                continuation_tokens=cfg.verbmem_tokens))
+    if cfg.knowmem:
+        sets = dict(cfg.knowmem)
+        examples = list(sets.get("retain") or sets.get("forget") or [])
+        for name, qa in sets.items():
+            qa = list(qa)[: cfg.limit] if cfg.limit else list(qa)
+            # worked examples never include the question asked: taken from the retain set, past what it scores
+            shots = [e for e in examples if e not in qa][: cfg.knowmem_shots]
+            out[f"knowmem/{name}"] = M.mean(knowmem(model, prompter, qa, shots, shots=cfg.knowmem_shots,
+                                                    max_new_tokens=cfg.max_new_tokens))
+    return out
 
 
 def downstream_metrics(model, prompter, cfg: EvalConfig) -> dict[str, float]:
@@ -448,6 +482,8 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
                 run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
             out["metrics"].update(membership_metrics(mdl, prompter, ev))
+            if full:
+                out["metrics"].update(verbatim_metrics(mdl, prompter, ev))
             if full and ev.lm_eval_tasks:
                 out["metrics"].update(downstream_metrics(mdl, prompter, ev))
             scored["eval"] = epoch if full else scored["eval"]
