@@ -208,3 +208,8 @@ def test_fast_suite_scores_without_generation_and_agrees_with_the_full_one(token
                                                    utility_sets=("retain",)), save=False, progress=False)
     kinds = [("forget/ROUGE" in e["metrics"], "forget/P" in e["metrics"]) for e in run.epochs]
     assert kinds == [(True, True), (False, True), (False, True), (True, True)]  # full at start and end
+    # evaluation cost is recorded: two full evaluations of 2 generated tokens at most per question
+    ev_cost = run.cost["evaluation"]
+    n_questions = len(forget) + 4
+    assert 0 < ev_cost["generated_tokens"] <= 2 * 2 * n_questions and ev_cost["generation_tokens_per_s"] > 0
+    assert ev_cost["evaluation_s"] >= ev_cost["generation_s"] > 0

@@ -465,6 +465,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             return _score(epoch, mdl)
 
     scored = {"eval": None, "hook": None}  # the last epochs evaluated and measured by the hook
+    eval_cost = {"evaluation_s": 0.0, "generation_s": 0.0, "generated_tokens": 0}
 
     def _score(epoch, mdl, final=False):
         out: dict = {"metrics": {}}
@@ -477,6 +478,8 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             note(progress, f"{m.name}: evaluated {sum(len(s_.records) for s_ in ev.sets)} items "
                            f"({', '.join(s_.name for s_ in ev.sets)}) after epoch {epoch} in {time.perf_counter() - t0:.1f} s")
             crash_point("evaluation")
+            for k in eval_cost:
+                eval_cost[k] += res.timing.get(k, 0)
             aggregate(res, retain_model_tr=ev.retain_model_tr, utility_sets=ev.utility_sets)
             if full:
                 run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
@@ -525,6 +528,9 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
         cost.tokens_fisher = pinfo["fisher_tokens"]
         run.cost = cost.to_dict()
         run.cost["reference_model_bytes"] = getattr(task.reference, "nbytes", 0)
+        if eval_cost["evaluation_s"]:  # what this process spent scoring (a resumed run: since it resumed)
+            run.cost["evaluation"] = {**eval_cost, "generation_tokens_per_s": eval_cost["generated_tokens"] /
+                                      eval_cost["generation_s"] if eval_cost["generation_s"] else None}
     task.reference = None  # the unlearned model never carries the starting weights along
     if run_dir is not None and is_main_process():  # under `accelerate launch` one process writes
         with rt.autocast():

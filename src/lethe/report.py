@@ -153,12 +153,14 @@ def render_report(results: dict) -> str:
     crow = []
     for run in results.get("runs", []):
         c = run.get("cost", {})
+        ev = c.get("evaluation") or {}
         crow.append([run["method"], run.get("params", "full"), c.get("params_trainable"), c.get("trainable_percent"),
                      c.get("epochs"), c.get("steps"), c.get("tokens_trained"), c.get("tokens_fisher"),
                      c.get("tokens_forward_only"), c.get("flops"), c.get("wall_time_s"),
-                     (c.get("peak_memory_bytes") or 0) / 2**20])
+                     (c.get("peak_memory_bytes") or 0) / 2**20, ev.get("evaluation_s"), ev.get("generation_tokens_per_s")])
     out += [_table(["method", "params", "trainable", "trainable %", "epochs", "steps", "tokens trained",
-                    "Fisher tokens", "fwd-only tokens", "FLOPs", "time (s)", "peak mem (MiB)"], crow), ""]
+                    "Fisher tokens", "fwd-only tokens", "FLOPs", "time (s)", "peak mem (MiB)", "evaluation (s)",
+                    "generated tok/s"], crow), ""]
     for set_name in ("forget", "retain", "neighbour"):
         samples = results.get("reference_samples", {}).get("target", {}).get(set_name, [])
         if not samples:

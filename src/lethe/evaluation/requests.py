@@ -62,9 +62,13 @@ def answer_nll(model, prompter, pairs: Sequence[tuple[str, str]], *, batch_size:
 
 @torch.no_grad()
 def generate_answers(model, prompter, questions: Sequence[str], *, max_new_tokens: int = 64,
-                     batch_size: int = 32) -> list[str]:
+                     batch_size: int = 32, stats: dict | None = None) -> list[str]:
     """Greedy answers: prompts sorted by length, left-padded, KV cache on; a row ends at eos or the
-    chat template's end-of-turn token."""
+    chat template's end-of-turn token. ``stats`` (a dict) accumulates ``generated_tokens`` (up to each
+    row's stop) and ``generation_s``."""
+    import time
+
+    started = time.perf_counter()
     prompter = as_prompter(prompter)
     prompts = [prompter.prompt_ids(q) for q in questions]
     outputs = [""] * len(prompts)
@@ -85,5 +89,11 @@ def generate_answers(model, prompter, questions: Sequence[str], *, max_new_token
         new = out[:, batch["input_ids"].shape[1]:]
         for j, i in enumerate(idx):
             outputs[i] = prompter.decode(new[j]).strip()
+        if stats is not None:
+            stops = torch.isin(new, torch.tensor(prompter.stop_ids + [prompter.pad_id], device=new.device))
+            ended = stops.cumsum(-1) > 0  # a row's tokens after its first stop are padding
+            stats["generated_tokens"] = stats.get("generated_tokens", 0) + int((~ended).sum()) + int(stops.any(-1).sum())
+    if stats is not None:
+        stats["generation_s"] = stats.get("generation_s", 0.0) + time.perf_counter() - started
     model.train(was_training)
     return outputs

@@ -65,6 +65,7 @@ class EvalResult:
     aggregates_over: dict[str, list[str]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     generations: dict[str, list[str]] = field(default_factory=dict)  # every greedy answer, per set
+    timing: dict[str, float] = field(default_factory=dict)  # generated tokens, generation and total seconds
 
 
 def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int = 32, max_new_tokens: int = 48,
@@ -78,17 +79,21 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
     from ..data.prompt import as_prompter
     from .semantic import cosine_scores, entailment_scores, token_entropies
 
+    import time
+
+    started = time.perf_counter()
     prompter = as_prompter(prompter)
     result = EvalResult(metrics={}, unavailable=dict(semantic.unavailable) if semantic else
                         {"CS": "not requested", "ES": "not requested"})
+    timing: dict = {}
     for s in sets:
         recs = list(s.records)[:eval_limit] if eval_limit else list(s.records)
         if not recs:
             continue
         # Each process generates and scores its share of the items (all of them when there is one).
         gens = shard_map(lambda qs: generate_answers(model, prompter, qs, max_new_tokens=max_new_tokens,
-                                                     batch_size=batch_size), [r.question for r in recs]) \
-            if generate else None
+                                                     batch_size=batch_size, stats=timing),
+                         [r.question for r in recs]) if generate else None
         # One batched likelihood pass over answers, bases and perturbed answers.
         bases = [(r.paraphrased_answer or r.answer) if s.kind == "qa" else r.answer for r in recs]
         pairs = [(r.question, r.answer) for r in recs] + [(r.question, b) for r, b in zip(recs, bases)]
@@ -137,6 +142,9 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
             m[f"{s.name}/ES"], result.per_item[f"{s.name}/ES"] = M.mean(es), es
         result.samples[s.name] = [{"question": r.question, "answer": r.answer, "generated": g}
                                   for r, g in zip(recs[:n_samples], gens[:n_samples])]
+    result.timing = {"evaluation_s": time.perf_counter() - started, **timing}
+    if timing.get("generation_s"):
+        result.timing["generation_tokens_per_s"] = timing["generated_tokens"] / timing["generation_s"]
     return result
 
 
