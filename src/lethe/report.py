@@ -199,10 +199,10 @@ def render_memorized_report(results: dict) -> str:
         epochs = run.get("epochs_to_success")
         rows.append([run["method"], run["params"], c.get("trainable_percent"),
                      epochs if epochs else f"✗ ({run['epochs'][-1]['epoch'] if run['epochs'] else 0})",
-                     m.get("forget/EL10"), m.get("forget/MA"), m.get("heldout/PPL"), c.get("flops"),
-                     c.get("wall_time_s")])
+                     m.get("forget/EL10"), m.get("forget/MA"), m.get("heldout/PPL"), m.get("mia/min_k_AUC"),
+                     c.get("flops"), c.get("wall_time_s")])
     out += [_table(["method", "params", "trainable %", "epochs (✗ = unsuccessful)", "EL_10", "MA", "held-out PPL",
-                    "FLOPs", "time (s)"], rows), ""]
+                    "Min-K% AUC vs validation", "FLOPs", "time (s)"], rows), ""]
     out += ["## Per epoch", ""]
     for run in results["runs"]:
         out += [f"### {run['method']} ({run['params']})", ""]

@@ -177,10 +177,11 @@ def _section(results: dict, source: str) -> str:
                                     {"forget/EL10": th.get("el"), "forget/MA": th.get("ma")}))
         rows = [[r["method"], r["params"], r.get("cost", {}).get("trainable_percent"),
                  r.get("epochs_to_success") or "unsuccessful", final_metrics(r).get("forget/EL10"),
-                 final_metrics(r).get("forget/MA"), final_metrics(r).get("heldout/PPL"), r.get("cost", {}).get("flops"),
+                 final_metrics(r).get("forget/MA"), final_metrics(r).get("heldout/PPL"),
+                 final_metrics(r).get("mia/min_k_AUC"), r.get("cost", {}).get("flops"),
                  r.get("cost", {}).get("wall_time_s")] for r in results.get("runs", [])]
-        table = _table(["method", "params", "trainable %", "epochs", "EL_10", "MA", "held-out PPL", "FLOPs", "time (s)"],
-                       rows)
+        table = _table(["method", "params", "trainable %", "epochs", "EL_10", "MA", "held-out PPL",
+                        "Min-K% AUC vs validation", "FLOPs", "time (s)"], rows)
     else:
         fe_y = "MU18" if any("MU18" in final_metrics(r) for r in results.get("runs", [])) else "MU"
         figs.append(_trajectory_plot(results, "FE", fe_y, title=f"{fe_y} vs FE"))

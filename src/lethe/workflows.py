@@ -13,13 +13,14 @@ from .runtime import RuntimeConfig
 
 
 def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,
-                         min_epochs: int = 1, thresholds=None, el=None):
+                         min_epochs: int = 1, thresholds=None, el=None, membership=None):
     """An ``epoch_hook`` for :func:`unlearn` applying the EL/MA stopping rule to text sequences.
 
     Thresholds are the mean EL_n and MA of ``model`` on ``validation`` (sequences it never trained
     on), measured now unless given. Without ``validation`` the hook only measures and never stops.
     ``el`` (:class:`lethe.evaluation.memorization.ELConfig`) says how EL_n counts; default: the paper's
-    Eq. 3-4 with ``n``. Returns (hook, thresholds or None).
+    Eq. 3-4 with ``n``. ``membership`` (sequences never trained on) adds the membership-inference AUCs
+    of the forget sequences against them (``mia/ATTACK_AUC``). Returns (hook, thresholds or None).
     """
     from .data.prompt import as_prompter
     from .engine.stopping import ExtractionThresholds, should_stop
@@ -50,6 +51,11 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
         metrics = {f"forget/EL{n}": el, "forget/MA": ma}
         if held_ids:
             metrics["heldout/PPL"] = perplexity(mdl, tokenizer, held_ids)
+        if membership:
+            from .evaluation.mia import membership_report
+
+            report = membership_report(mdl, prompter, forget, membership)
+            metrics.update({f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()})
         stop = thresholds is not None and should_stop(epoch, el, ma, thresholds, min_epochs)
         return {"metrics": metrics, "stop": stop}
 
@@ -113,7 +119,7 @@ def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, 
         model, _, _ = prepare(model_path, tokenizer, mc, rt)  # loaded once: thresholds and training share it
         with rt.autocast():
             hook, thresholds = extraction_stop_hook(tokenizer, forget, validation, heldout=heldout, model=model,
-                                                    el=el, min_epochs=min_epochs)
+                                                    el=el, min_epochs=min_epochs, membership=validation)
     audit = AuditConfig(holdout=validation or holdout, include_text=include_text,
                         thresholds={"el": thresholds.el, "ma": thresholds.ma} if thresholds is not None else None)
     model, run = unlearn(model, forget, retain, method=method, tokenizer=tokenizer, params=params, train=train,

@@ -123,10 +123,13 @@ def _run(*, size, out, runs, seed, requests, resume, progress) -> dict:
 
     base = load_model(base_dir)
     # One hook per request: EL_10, MA and held-out PPL after every epoch, and the stopping rule.
+    # The validation canaries (never trained on) are also the membership-inference negatives.
     hook, thresholds = extraction_stop_hook(tokenizer, records(request_sets[0]), records(val_ids),
-                                                heldout=records(heldout_ids), model=base, min_epochs=st.min_epochs)
+                                            heldout=records(heldout_ids), model=base, min_epochs=st.min_epochs,
+                                            membership=records(val_ids))
     hooks = [hook] + [extraction_stop_hook(tokenizer, records(ids), None, heldout=records(heldout_ids),
-                                               thresholds=thresholds, min_epochs=st.min_epochs)[0]
+                                           thresholds=thresholds, min_epochs=st.min_epochs,
+                                           membership=records(val_ids))[0]
                       for ids in request_sets[1:]]
     before = [h(0, base)["metrics"] for h in hooks]
     console.print(f"validation EL10 {thresholds.el:.3f} MA {thresholds.ma:.3f}; forget EL10 "
