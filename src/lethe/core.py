@@ -23,6 +23,7 @@ from .data.sources import is_text_source, load_records
 from .engine.loop import TrainConfig, TrainResult, train as train_loop
 from .engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
 from .errors import DivergenceError, LetheError
+from .evaluation.evidence import downstream_metrics, membership_metrics, verbatim_metrics
 from .evaluation.suite import MU9_SETS, EvalResult, EvalSet, Semantic, aggregate, evaluate_sets
 from .audit import records_sha256
 from .conventions import Convention, get_convention
@@ -257,59 +258,6 @@ def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConf
         result.metrics.update(verbatim_metrics(model, prompter, cfg))
         result.metrics.update(downstream_metrics(model, prompter, cfg))
     return result
-
-
-def verbatim_metrics(model, prompter, cfg: EvalConfig) -> dict[str, float]:
-    """``forget/EM``, ``forget/ExtractionStrength`` (with ``memorization``), ``verbmem/VerbMem`` and
-    ``knowmem/SET`` (MUSE, × 100) for what the config names."""
-    from .evaluation import metrics as M
-    from .evaluation.verbatim import exact_memorization, extraction_strength, knowmem, verbmem
-
-    out: dict[str, float] = {}
-    forget = [s_ for s_ in cfg.sets if s_.forget]
-    if cfg.memorization and forget:
-        records = list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
-        out["forget/EM"] = M.mean(exact_memorization(model, prompter, records))
-        out["forget/ExtractionStrength"] = M.mean(extraction_strength(model, prompter, records))
-    if cfg.verbmem_texts:
-        out["verbmem/VerbMem"] = M.mean(verbmem(model, prompter, cfg.verbmem_texts, prefix_tokens=cfg.verbmem_prefix,
-                                                continuation_tokens=cfg.verbmem_tokens))
-    if cfg.knowmem:
-        sets = dict(cfg.knowmem)
-        examples = list(sets.get("retain") or sets.get("forget") or [])
-        for name, qa in sets.items():
-            qa = list(qa)[: cfg.limit] if cfg.limit else list(qa)
-            # worked examples never include the question asked: taken from the retain set, past what it scores
-            shots = [e for e in examples if e not in qa][: cfg.knowmem_shots]
-            out[f"knowmem/{name}"] = M.mean(knowmem(model, prompter, qa, shots, shots=cfg.knowmem_shots,
-                                                    max_new_tokens=cfg.max_new_tokens))
-    return out
-
-
-def downstream_metrics(model, prompter, cfg: EvalConfig) -> dict[str, float]:
-    """``lm_eval/TASK/METRIC`` for the configured lm-evaluation-harness tasks (empty without any)."""
-    if not cfg.lm_eval_tasks:
-        return {}
-    from .evaluation.downstream import run_lm_eval
-
-    return run_lm_eval(model, prompter, cfg.lm_eval_tasks, tasks_dir=cfg.lm_eval_dir, limit=cfg.lm_eval_limit)
-
-
-def membership_metrics(model, prompter, cfg: EvalConfig) -> dict[str, float]:
-    """``mia/ATTACK_AUC`` (forget set vs ``cfg.holdout``) and, given the retain model's AUCs,
-    ``mia/ATTACK_PrivLeak``; empty without a holdout set."""
-    forget = [s_ for s_ in cfg.sets if s_.forget]
-    if cfg.holdout is None or not forget:
-        return {}
-    from .evaluation.mia import membership_report, privleak
-
-    records = list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
-    report = membership_report(model, prompter, records, cfg.holdout, k=cfg.mia_k)
-    out = {f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()}
-    for a, ref in (cfg.retain_model_auc or {}).items():
-        if f"mia/{a}_AUC" in out:
-            out[f"mia/{a}_PrivLeak"] = privleak(out[f"mia/{a}_AUC"], ref)
-    return out
 
 
 def _restrict_trainable(model, method: Method) -> None:

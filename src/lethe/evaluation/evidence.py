@@ -1,0 +1,55 @@
+"""The optional evidence an evaluation adds on request, each from an ``EvalConfig`` (``lethe.core``):
+memorization (EM, extraction strength, VerbMem, KnowMem), downstream tasks (lm-eval) and membership
+inference (AUCs forget vs holdout, PrivLeak). Each returns ``{metric: value}``, empty when not asked for."""
+from __future__ import annotations
+
+from . import metrics as M
+from .downstream import run_lm_eval
+from .mia import membership_report, privleak
+from .verbatim import exact_memorization, extraction_strength, knowmem, verbmem
+
+
+def verbatim_metrics(model, prompter, cfg) -> dict[str, float]:
+    """``forget/EM``, ``forget/ExtractionStrength`` (with ``memorization``), ``verbmem/VerbMem`` and
+    ``knowmem/SET`` (MUSE, × 100) for what the config names."""
+    out: dict[str, float] = {}
+    forget = [s_ for s_ in cfg.sets if s_.forget]
+    if cfg.memorization and forget:
+        records = list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
+        out["forget/EM"] = M.mean(exact_memorization(model, prompter, records))
+        out["forget/ExtractionStrength"] = M.mean(extraction_strength(model, prompter, records))
+    if cfg.verbmem_texts:
+        out["verbmem/VerbMem"] = M.mean(verbmem(model, prompter, cfg.verbmem_texts, prefix_tokens=cfg.verbmem_prefix,
+                                                continuation_tokens=cfg.verbmem_tokens))
+    if cfg.knowmem:
+        sets = dict(cfg.knowmem)
+        examples = list(sets.get("retain") or sets.get("forget") or [])
+        for name, qa in sets.items():
+            qa = list(qa)[: cfg.limit] if cfg.limit else list(qa)
+            # worked examples never include the question asked: taken from the retain set, past what it scores
+            shots = [e for e in examples if e not in qa][: cfg.knowmem_shots]
+            out[f"knowmem/{name}"] = M.mean(knowmem(model, prompter, qa, shots, shots=cfg.knowmem_shots,
+                                                    max_new_tokens=cfg.max_new_tokens))
+    return out
+
+
+def downstream_metrics(model, prompter, cfg) -> dict[str, float]:
+    """``lm_eval/TASK/METRIC`` for the configured lm-evaluation-harness tasks (empty without any)."""
+    if not cfg.lm_eval_tasks:
+        return {}
+    return run_lm_eval(model, prompter, cfg.lm_eval_tasks, tasks_dir=cfg.lm_eval_dir, limit=cfg.lm_eval_limit)
+
+
+def membership_metrics(model, prompter, cfg) -> dict[str, float]:
+    """``mia/ATTACK_AUC`` (forget set vs ``cfg.holdout``) and, given the retain model's AUCs,
+    ``mia/ATTACK_PrivLeak``; empty without a holdout set."""
+    forget = [s_ for s_ in cfg.sets if s_.forget]
+    if cfg.holdout is None or not forget:
+        return {}
+    records = list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
+    report = membership_report(model, prompter, records, cfg.holdout, k=cfg.mia_k)
+    out = {f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()}
+    for a, ref in (cfg.retain_model_auc or {}).items():
+        if f"mia/{a}_AUC" in out:
+            out[f"mia/{a}_PrivLeak"] = privleak(out[f"mia/{a}_AUC"], ref)
+    return out
