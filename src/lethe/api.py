@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .core import (AuditConfig, DataConfig, EvalConfig, MethodConfig, ModelConfig, UnlearnRun, evaluate, finetune,
-                   retain_model_truth_ratios, unlearn)
+                   retain_model_references, retain_model_truth_ratios, unlearn)
 from .data.prompt import PromptFormat
 from .data.readers import Fields
 from .data.sources import load_records
@@ -28,7 +28,7 @@ __all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "Indi
            "MethodConfig",
            "ModelConfig", "Need", "ParamsConfig", "PromptFormat", "RuntimeConfig", "TrainConfig", "UnlearnRun", "demo",
            "demo_memorized", "demo_real_world", "evaluate", "extraction_stop_hook", "finetune", "finetune_tiny",
-           "load_records", "parse_method", "report", "retain_model_truth_ratios", "unlearn", "unlearn_sequences"]
+           "load_records", "parse_method", "report", "retain_model_references", "retain_model_truth_ratios", "unlearn", "unlearn_sequences"]
 
 
 def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequence[str] | None = None,

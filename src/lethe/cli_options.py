@@ -215,7 +215,7 @@ def _eval_at(text: str) -> tuple[str, ...]:
 
 def eval_config(a, forget_default=None, every: int = 1):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
-    from .core import retain_model_membership_auc, retain_model_truth_ratios
+    from .core import retain_model_references
     from .data.sources import load_qa, load_records
     from .evaluation.suite import EvalSet, load_semantic
 
@@ -242,11 +242,9 @@ def eval_config(a, forget_default=None, every: int = 1):
                               for k, v in (("forget", a.knowmem), ("retain", a.knowmem_retain)) if v} or None,
                      knowmem_shots=a.knowmem_shots)
     if a.retain_model:
-        cfg.retain_model_tr = retain_model_truth_ratios(a.retain_model, sets, config=cfg, model_config=model_config(a),
-                                                        runtime=runtime_config(a))
-        if holdout is not None:
-            cfg.retain_model_auc = retain_model_membership_auc(a.retain_model, sets, holdout, config=cfg,
-                                                               model_config=model_config(a), runtime=runtime_config(a))
+        tr, aucs = retain_model_references(a.retain_model, sets, config=cfg, model_config=model_config(a),
+                                           runtime=runtime_config(a))
+        cfg.retain_model_tr, cfg.retain_model_auc = tr, (aucs if holdout is not None else None)
     cfg.semantic = load_semantic(a.embedding_model, a.nli_model)
     return cfg
 

@@ -23,7 +23,7 @@ from .data.sources import is_text_source, load_records
 from .engine.loop import TrainConfig, TrainResult, train as train_loop
 from .engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
 from .errors import DivergenceError, LetheError
-from .evaluation.evidence import downstream_metrics, membership_metrics, verbatim_metrics
+from .evaluation.evidence import downstream_metrics, membership_aucs, membership_metrics, verbatim_metrics
 from .evaluation.suite import MU9_SETS, EvalResult, EvalSet, Semantic, aggregate, evaluate_sets
 from .audit import records_sha256
 from .conventions import Convention, get_convention
@@ -506,25 +506,24 @@ def _write_run(run_dir: Path, model, prompter, run: UnlearnRun, forget, holdout,
 
 
 @torch.no_grad()
+def retain_model_references(retain_model, sets: Sequence[EvalSet], *, tokenizer=None,
+                            config: EvalConfig | None = None, model_config: ModelConfig | None = None,
+                            runtime: RuntimeConfig | None = None) -> tuple[Sequence[float] | None, dict[str, float]]:
+    """What the unlearned model is compared against, from one load and one evaluation of the retain model:
+    its per-item truth ratios on the forget set (FQ) and, when ``config.holdout`` is set, its AUC per
+    membership attack (PrivLeak). Evidence the comparison does not need (memorization, lm-eval) is skipped."""
+    forget = [s_ for s_ in sets if s_.forget]
+    if not forget:
+        raise LetheError("a retain model is used for FQ, which needs a forget set to score")
+    cfg = replace(config or EvalConfig(), sets=forget, retain_model_tr=None, retain_model_auc=None, memorization=False,
+                  verbmem_texts=None, knowmem=None, lm_eval_tasks=())
+    res = evaluate(retain_model, forget, tokenizer=tokenizer, config=cfg, model_config=model_config, runtime=runtime)
+    return res.per_item.get("forget/TR_values"), membership_aucs(res.metrics)
+
+
 def retain_model_truth_ratios(retain_model, sets: Sequence[EvalSet], *, tokenizer=None,
                               config: EvalConfig | None = None, model_config: ModelConfig | None = None,
                               runtime: RuntimeConfig | None = None):
     """The retain model's per-item truth ratios on the forget set (what FQ compares against)."""
-    forget = [s for s in sets if s.forget]
-    if not forget:
-        raise LetheError("a retain model is used for FQ, which needs a forget set to score")
-    res = evaluate(retain_model, forget, tokenizer=tokenizer, config=config, model_config=model_config,
-                   runtime=runtime)
-    return res.per_item.get("forget/TR_values")
-
-
-@torch.no_grad()
-def retain_model_membership_auc(retain_model, sets: Sequence[EvalSet], holdout, *, tokenizer=None,
-                                config: EvalConfig | None = None, model_config: ModelConfig | None = None,
-                                runtime: RuntimeConfig | None = None) -> dict[str, float]:
-    """The retain model's AUC per attack (forget vs holdout): PrivLeak's reference point."""
-    cfg = replace(config or EvalConfig(), sets=[s_ for s_ in sets if s_.forget], holdout=holdout, retain_model_auc=None)
-    rt = runtime or RuntimeConfig()
-    model, prompter, _ = prepare(retain_model, tokenizer, model_config, rt)
-    with rt.autocast():
-        return {k.split("/")[1].rsplit("_", 1)[0]: v for k, v in membership_metrics(model, prompter, cfg).items()}
+    return retain_model_references(retain_model, sets, tokenizer=tokenizer, config=config, model_config=model_config,
+                                   runtime=runtime)[0]

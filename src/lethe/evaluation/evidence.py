@@ -53,3 +53,8 @@ def membership_metrics(model, prompter, cfg) -> dict[str, float]:
         if f"mia/{a}_AUC" in out:
             out[f"mia/{a}_PrivLeak"] = privleak(out[f"mia/{a}_AUC"], ref)
     return out
+
+
+def membership_aucs(metrics: dict[str, float]) -> dict[str, float]:
+    """{attack: AUC} back from the ``mia/ATTACK_AUC`` entries :func:`membership_metrics` wrote."""
+    return {k[len("mia/"):-len("_AUC")]: v for k, v in metrics.items() if k.startswith("mia/") and k.endswith("_AUC")}
