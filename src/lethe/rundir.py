@@ -14,7 +14,7 @@ import shutil
 import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -80,7 +80,8 @@ def run_lock(directory, *, command: str = "lethe") -> Iterator[Path]:
     created only to hold the lock is removed again when the run fails before writing anything.
     """
     directory = Path(directory)
-    if _rank() != 0 or directory.resolve() in _HELD:  # other ranks, or a nested claim by this same run
+    key = directory.resolve()
+    if _rank() != 0 or key in _HELD:  # other ranks, or a nested claim by this same run
         yield directory
         return
     created = not directory.exists()
@@ -89,18 +90,15 @@ def run_lock(directory, *, command: str = "lethe") -> Iterator[Path]:
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "command": command}
     _acquire(lock, mine)
-    key = directory.resolve()
     _HELD.add(key)
     try:
         yield directory
     finally:
         _HELD.discard(key)
-        try:
-            held = json.loads(lock.read_text())
-            if held.get("pid") == mine["pid"] and held.get("host") == mine["host"]:
+        held = _read_lock(lock)
+        if held.get("pid") == mine["pid"] and held.get("host") == mine["host"]:
+            with suppress(OSError):  # a lock that cannot be removed is stale once this process ends
                 lock.unlink()
-        except (OSError, ValueError):
-            pass
         if created:
             try:
                 directory.rmdir()  # only if the run left nothing behind
@@ -114,10 +112,8 @@ def _acquire(lock: Path, mine: dict) -> None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
             holder = _read_lock(lock)
-            same_host = holder.get("host") == mine["host"]
-            pid = holder.get("pid")
-            if same_host and isinstance(pid, int) and pid != mine["pid"] and not _alive(pid):
-                print(f"lethe: taking over {lock}: the run that held it (pid {pid}, started "
+            if holder and _stale(holder):
+                print(f"lethe: taking over {lock}: the run that held it (pid {holder['pid']}, started "
                       f"{holder.get('started', '?')}) is gone", file=sys.stderr)
                 lock.unlink(missing_ok=True)
                 continue
@@ -126,14 +122,26 @@ def _acquire(lock: Path, mine: dict) -> None:
                 if not _read_lock(lock):
                     lock.unlink(missing_ok=True)
                 continue
-            where = f"pid {pid}" + ("" if same_host else f" on host {holder.get('host')}")
-            raise LetheError(f"{lock.parent} is in use by another Lethe run ({where}, {holder.get('command', '?')}, "
-                             f"started {holder.get('started', '?')}); wait for it, use another --out, or delete "
-                             f"{lock} if that run is gone")
+            raise _in_use(lock, holder)
         with os.fdopen(fd, "w") as f:
             json.dump(mine, f)
         return
     raise LetheError(f"could not take the lock {lock}: another run keeps taking it")
+
+
+def _stale(holder: dict) -> bool:
+    """A lock left by a process of this host (not this one) that no longer exists."""
+    pid = holder.get("pid")
+    return (holder.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid()
+            and not _alive(pid))
+
+
+def _in_use(lock: Path, holder: dict) -> LetheError:
+    remote = holder.get("host") != socket.gethostname()
+    where = f"pid {holder.get('pid')}" + (f" on host {holder.get('host')}" if remote else "")
+    return LetheError(f"{lock.parent} is in use by another Lethe run ({where}, {holder.get('command', '?')}, "
+                      f"started {holder.get('started', '?')}); wait for it, use another --out, or delete "
+                      f"{lock} if that run is gone")
 
 
 def _read_lock(lock: Path) -> dict:
@@ -186,11 +194,8 @@ def preflight(directory, outputs: Iterable[str] = (), *, resume: bool = False, o
     to do before they claim the directory, such as scoring a retain model)."""
     directory = check_output(directory, option=option)
     holder = _read_lock(directory / LOCK_NAME)
-    if holder and _rank() == 0 and directory.resolve() not in _HELD:
-        pid, same_host = holder.get("pid"), holder.get("host") == socket.gethostname()
-        if not (same_host and isinstance(pid, int) and not _alive(pid)):
-            raise LetheError(f"{directory} is in use by another Lethe run (pid {pid}"
-                             + ("" if same_host else f" on host {holder.get('host')}") + ")")
+    if holder and _rank() == 0 and directory.resolve() not in _HELD and not _stale(holder):
+        raise _in_use(directory / LOCK_NAME, holder)
     start_fresh(directory, outputs, resume=resume, overwrite=overwrite, option=option, dry_run=True)
     return directory
 
