@@ -321,15 +321,15 @@ def _unlearn(args, progress: bool) -> int:
             print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
     else:
         evaluation = opts.eval_config(args, forget_default=args.forget, every=args.eval_every)
-        audit = api.AuditConfig(holdout=args.holdout, include_text=args.include_text)
+        holdout = evaluation.holdout  # read once: the evaluation, the audit and the stopping rule share it
+        audit = api.AuditConfig(holdout=holdout, include_text=args.include_text)
         hook = None
         if args.stop_when == "indistinguishable":
             from .data.sources import load_records
             from .workflows import IndistinguishableStop
 
-            read = dict(fields=data.fields, split=data.split)
-            hook = IndistinguishableStop(load_records(args.forget, **read),
-                                         load_records(args.holdout, **read) if args.holdout else [],
+            hook = IndistinguishableStop(load_records(args.forget, fields=data.fields, split=data.split),
+                                         holdout or [],
                                          statistic=args.stop_statistic, threshold=args.stop_threshold,
                                          min_epochs=args.min_epochs, k=args.mia_k)
         _, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit,
