@@ -90,22 +90,15 @@ def world(tmp_path_factory, smoke_data, tokenizer):
         (d / "pytorch_model.bin").write_bytes(b"pickle")
 
     variant("bin_only", bin_only)
-    (root / "results_empty").mkdir()
-    (root / "results_empty" / "results.json").write_text("{}")
-    (root / "results_list").mkdir()
-    (root / "results_list" / "results.json").write_text("[]")
-    (root / "results_runs").mkdir()
-    (root / "results_runs" / "results.json").write_text('{"runs": [1]}')
-    (root / "results_epochs").mkdir()
-    (root / "results_epochs" / "results.json").write_text(
-        '{"scenario": "x", "runs": [{"method": "GA", "params": "full", "epochs": [{"metrics": {}}]}]}')
-    (root / "results_json").mkdir()
-    (root / "results_json" / "results.json").write_text("{")
-    (root / "finished").mkdir()
-    (root / "finished" / "run.json").write_text("{}")
-    (root / "nli_bin").mkdir()
-    (root / "nli_bin" / "config.json").write_text("{}")
-    (root / "nli_bin" / "pytorch_model.bin").write_bytes(b"pickle")
+    files = {"results_empty/results.json": "{}", "results_list/results.json": "[]",
+             "results_runs/results.json": '{"runs": [1]}',
+             "results_epochs/results.json": '{"scenario": "x", "runs": [{"method": "GA", "params": "full", '
+                                            '"epochs": [{"metrics": {}}]}]}',
+             "results_json/results.json": "{", "finished/run.json": "{}", "nli_bin/config.json": "{}",
+             "nli_bin/pytorch_model.bin": "pickle"}
+    for name, text in files.items():
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_text(text)
     return root
 
 
