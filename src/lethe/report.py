@@ -56,35 +56,43 @@ def _ms(pair) -> str:
     return "–" if pair is None else f"{fmt_value(pair[0])} ± {fmt_value(pair[1])}"
 
 
-def comparison_section(results: dict) -> list[str]:
-    """Per method: each sweep point's mean ± spread over seeds, its Pareto front of MU against FE (and FQ),
-    and the best MU reachable at FE ≥ x."""
+def comparison_tables(results: dict) -> dict | None:
+    """The comparison over sweep points and seeds, ready to render (None when the runs form none):
+    ``mu`` (MU18 where present), ``rows`` (per method and point), ``fronts`` ({"FE"|"FQ": per method}),
+    ``points`` (header, rows: mean ± sd and front markers) and ``best`` (header, rows: best MU at FE ≥ x)."""
     from .comparison import THRESHOLDS, best_at, fronts_by_method, is_comparison, point_label, summarize
 
     if not is_comparison(results):
-        return []
+        return None
     mu = "MU18" if any("MU18" in final_metrics(r) for r in results.get("runs", [])) else "MU"
     rows = summarize(results["runs"], (mu, "FE", "FQ"))
-    front_fe = {id(r) for f in fronts_by_method(rows, "FE", mu).values() for r in f}
-    front_fq = {id(r) for f in fronts_by_method(rows, "FQ", mu).values() for r in f}
-    seeds = results.get("seeds", 1)
-    out = ["", "## Comparison over sweep points and seeds", "",
-           f"Each row: one method at one sweep point, mean ± standard deviation over {seeds} unlearning seed(s) "
-           f"(the fine-tuned models are shared). ★ marks the method's Pareto front of {mu} against FE "
-           f"(no other point of the same method is at least as good on both and better on one); ☆ the front of "
-           f"{mu} against FQ.", ""]
-    table = [[r["method"], point_label(r["point"]), r["n"] - r["failed"], _ms(r.get(mu)), _ms(r.get("FE")),
-              _ms(r.get("FQ")), ("★" if id(r) in front_fe else "") + ("☆" if id(r) in front_fq else "")]
-             for r in sorted(rows, key=lambda r: (r["method"], sorted(r["point"].items())))]
-    out.append(_table(["method", "point", "seeds", mu, "FE", "FQ", "front"], table))
-    best = best_at(rows, "FE", mu, THRESHOLDS)
-    out += ["", f"### Best {mu} at FE ≥ x (over the method's sweep points; – = never reached)", ""]
-    brow = []
-    for method, per in sorted(best.items()):
-        brow.append([method, *[("–" if r is None else f"{_ms(r[mu])} ({point_label(r['point'])})")
-                               for r in (per[t] for t in THRESHOLDS)]])
-    out.append(_table(["method", *[f"FE ≥ {t}" for t in THRESHOLDS]], brow))
-    return out
+    fronts = {x: fronts_by_method(rows, x, mu) for x in ("FE", "FQ")}
+    on = {x: {id(r) for f in fronts[x].values() for r in f} for x in fronts}
+    points = [[r["method"], point_label(r["point"]), r["n"] - r["failed"], _ms(r.get(mu)), _ms(r.get("FE")),
+               _ms(r.get("FQ")), ("★" if id(r) in on["FE"] else "") + ("☆" if id(r) in on["FQ"] else "")]
+              for r in sorted(rows, key=lambda r: (r["method"], sorted(r["point"].items())))]
+    best = [[method, *[("–" if r is None else f"{_ms(r[mu])} ({point_label(r['point'])})")
+                       for r in (per[t] for t in THRESHOLDS)]]
+            for method, per in sorted(best_at(rows, "FE", mu, THRESHOLDS).items())]
+    return {"mu": mu, "rows": rows, "fronts": fronts,
+            "points": (["method", "point", "seeds", mu, "FE", "FQ", "front"], points),
+            "best": (["method", *[f"FE ≥ {t}" for t in THRESHOLDS]], best)}
+
+
+def comparison_section(results: dict) -> list[str]:
+    """Per method: each sweep point's mean ± spread over seeds, its Pareto front of MU against FE (and FQ),
+    and the best MU reachable at FE ≥ x."""
+    c = comparison_tables(results)
+    if c is None:
+        return []
+    mu = c["mu"]
+    return ["", "## Comparison over sweep points and seeds", "",
+            f"Each row: one method at one sweep point, mean ± standard deviation over {results.get('seeds', 1)} "
+            f"unlearning seed(s) (the fine-tuned models are shared). ★ marks the method's Pareto front of {mu} "
+            f"against FE (no other point of the same method is at least as good on both and better on one); ☆ the "
+            f"front of {mu} against FQ.", "", _table(*c["points"]),
+            "", f"### Best {mu} at FE ≥ x (over the method's sweep points; – = never reached)", "",
+            _table(*c["best"])]
 
 
 def write_report(results: dict, path: str | Path) -> Path:

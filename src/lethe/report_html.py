@@ -136,28 +136,19 @@ def _front_plot(rows, x: str, y: str, fronts: dict, title: str, logx: bool = Fal
 
 def _comparison(results: dict) -> str:
     """Sweep points and seeds: the fronts as plots, mean ± spread and best-at-FE tables."""
-    from .comparison import THRESHOLDS, best_at, fronts_by_method, is_comparison, point_label, summarize
+    from .report import comparison_tables
 
-    if not is_comparison(results):
+    c = comparison_tables(results)
+    if c is None:
         return ""
-    mu = "MU18" if any("MU18" in final_metrics(r) for r in results.get("runs", [])) else "MU"
-    rows = summarize(results["runs"], (mu, "FE", "FQ"))
-    fe_fronts, fq_fronts = fronts_by_method(rows, "FE", mu), fronts_by_method(rows, "FQ", mu)
-    figs = [_front_plot(rows, "FE", mu, fe_fronts, f"{mu} vs FE")]
+    mu, rows = c["mu"], c["rows"]
+    figs = [_front_plot(rows, "FE", mu, c["fronts"]["FE"], f"{mu} vs FE")]
     if any(r.get("FQ") for r in rows):
-        figs.append(_front_plot(rows, "FQ", mu, fq_fronts, f"{mu} vs FQ", logx=True))
-    on_fe = {id(r) for f in fe_fronts.values() for r in f}
-    ms = lambda p: "–" if p is None else f"{fmt_value(p[0])} ± {fmt_value(p[1])}"  # noqa: E731
-    table = _table(["method", "point", "seeds", mu, "FE", "FQ", "on the FE front"],
-                   [[r["method"], point_label(r["point"]), r["n"] - r["failed"], ms(r.get(mu)), ms(r.get("FE")),
-                     ms(r.get("FQ")), "★" if id(r) in on_fe else ""]
-                    for r in sorted(rows, key=lambda r: (r["method"], sorted(r["point"].items())))])
-    best = best_at(rows, "FE", mu, THRESHOLDS)
-    btable = _table(["method", *[f"best {mu} at FE ≥ {t}" for t in THRESHOLDS]],
-                    [[m, *[("–" if r is None else f"{ms(r[mu])} ({point_label(r['point'])})") for r in
-                           (per[t] for t in THRESHOLDS)]] for m, per in sorted(best.items())])
+        figs.append(_front_plot(rows, "FQ", mu, c["fronts"]["FQ"], f"{mu} vs FQ", logx=True))
     return (f"<h3>Comparison over sweep points and seeds ({results.get('seeds', 1)} seed(s))</h3>"
-            "<div class='figs'>" + "".join(figs) + "</div>" + table + btable)
+            "<div class='figs'>" + "".join(figs) + "</div>" + _table(*c["points"])
+            + f"<p class='note'>Best {mu} at FE ≥ x over each method's sweep points (– = never reached); "
+              "★: on the method's front of MU against FE, ☆: against FQ.</p>" + _table(*c["best"]))
 
 
 def _section(results: dict, source: str) -> str:
