@@ -9,7 +9,6 @@ the CLI and :mod:`lethe.api` build these configs and call these three functions.
 """
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -420,11 +419,11 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
         periodic = epoch > 0 and ev.every > 0 and epoch % ev.every == 0
         end = (final or epoch >= train.epochs) and "end" in ev.at
         if ev.sets and ((epoch == 0 and "start" in ev.at) or periodic or end):
-            t0 = time.perf_counter()
             full = end or epoch == 0 or ev.per_epoch == "full"
             res = evaluate_sets(mdl, prompter, ev.sets, **ev.suite_kwargs(), generate=full)
             note(progress, f"{m.name}: evaluated {sum(len(s_.records) for s_ in ev.sets)} items "
-                           f"({', '.join(s_.name for s_ in ev.sets)}) after epoch {epoch} in {time.perf_counter() - t0:.1f} s")
+                           f"({', '.join(s_.name for s_ in ev.sets)}) after epoch {epoch} "
+                           f"in {res.timing['evaluation_s']:.1f} s")
             crash_point("evaluation")
             for k in eval_cost:
                 eval_cost[k] += res.timing.get(k, 0)
