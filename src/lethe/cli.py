@@ -13,7 +13,8 @@ from .engine.loop import TrainConfig
 from .errors import LetheError
 from .evaluation.memorization import DENOMINATORS, ORIENTATIONS
 from .objectives.method import split_outside_parens
-from .validation import NON_NEGATIVE_INT, OPTIONAL_POSITIVE_INT, POSITIVE_INT, Range, range_of
+from .validation import (NON_NEGATIVE_INT, OPTIONAL_POSITIVE_INT, P_VALUE_THRESHOLD, POSITIVE_INT, SEQUENCE_TOKENS,
+                         range_of)
 
 
 class Parser(argparse.ArgumentParser):
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "or an extraction-challenge directory")
     g.add_argument("--forget-count", type=OPTIONAL_POSITIVE_INT, default=None,
                    help="sample this many forget sequences by --seed (the IHL seed uses 32); default all")
-    g.add_argument("--max-tokens", type=Range(int, 2, optional=True), default=None, help="cut text sequences to this many tokens")
+    g.add_argument("--max-tokens", type=SEQUENCE_TOKENS, default=None, help="cut text sequences to this many tokens")
     g.add_argument("--chunk-tokens", type=range_of(DataConfig, "chunk_tokens"), default=200, help="window size for plain-text files (default 200)")
     g.add_argument("--validation", default=None,
                    help="sequences the model never trained on: enables the EL/MA stopping rule (stop at the first "
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "scores cannot be told from --holdout's by a KS test (no retain model needed)")
     p.add_argument("--stop-statistic", default="min_k", choices=("min_k", "min_k_pp", "loss", "zlib"),
                    help="the per-item membership score the stopping test compares (default min_k)")
-    p.add_argument("--stop-threshold", type=Range(float, 0, 1, low_open=True), default=0.05,
+    p.add_argument("--stop-threshold", type=P_VALUE_THRESHOLD, default=0.05,
                    help="stop when the KS test's p-value is at least this (default 0.05)")
     p.add_argument("--include-text", action="store_true",
                    help="put the forget records' text in audit.json (default: only their count and sha256)")

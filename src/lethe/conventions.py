@@ -11,7 +11,7 @@ FLAT code (Lethe adds the two means), closer-look's forget truth ratio written a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from .errors import LetheError
@@ -34,8 +34,7 @@ class Convention:
     def record(self) -> dict:
         return {"name": self.name, "loss_options": {k: dict(v) for k, v in self.loss_options.items()},
                 "pad_to": self.pad_to, "eval_limit": self.eval_limit,
-                "el": {"n": self.el.n, "orientation": self.el.orientation, "denominator": self.el.denominator,
-                       "keep_eos": self.el.keep_eos}, "params": dict(self.params)}
+                "el": asdict(self.el), "params": dict(self.params)}
 
 
 CONVENTIONS: dict[str, Convention] = {c.name: c for c in (

@@ -73,19 +73,15 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
     sequences, the EL_n/MA stopping rule when ``validation`` sequences are given, held-out perplexity
     after every epoch with ``heldout``. Returns (model, run, thresholds or None)."""
     from contextlib import nullcontext
-
-    from .core import RUN_OUTPUTS
-    from .rundir import check_output, claim
-    from .validation import Range, check_positive
-
-    check_positive("--forget-count", forget_count, optional=True)
-    Range(int, 2, optional=True).check("--max-tokens", max_tokens)
-    from .evaluation.memorization import ELConfig
-
     from dataclasses import replace
 
     from .conventions import get_convention
+    from .core import RUN_OUTPUTS
+    from .rundir import check_output, claim
+    from .validation import SEQUENCE_TOKENS, check_positive
 
+    check_positive("--forget-count", forget_count, optional=True)
+    SEQUENCE_TOKENS.check("--max-tokens", max_tokens)
     conv = get_convention(convention)
     el = el or replace(conv.el, n=check_positive("--el-n", el_n))
     check_positive("--min-epochs", min_epochs)
@@ -173,11 +169,11 @@ class IndistinguishableStop:
 
     def __init__(self, forget, holdout, *, statistic: str = "min_k", threshold: float = 0.05, min_epochs: int = 1,
                  k: float = 0.4, prompter=None):
-        from .validation import Range, check_positive
+        from .validation import P_VALUE_THRESHOLD, check_positive
 
         if statistic not in STOP_STATISTICS:
             raise LetheError(f"--stop-statistic: expected one of {', '.join(STOP_STATISTICS)}, got {statistic!r}")
-        Range(float, 0, 1, low_open=True).check("--stop-threshold", threshold)
+        P_VALUE_THRESHOLD.check("--stop-threshold", threshold)
         check_positive("--min-epochs", min_epochs)
         if not holdout:
             raise LetheError("--stop-when indistinguishable needs --holdout: records of the forget set's kind that "
