@@ -126,7 +126,7 @@ def test_retain_per_forget_widens_the_regularizer_batch(tokenizer, smoke_data, t
 
     def fake_loss(inputs, scale=None):
         seen["retain_rows"] = inputs[("regularizer", "retain_logits")].shape[0]
-        return inputs[("forget", "forget_logits")].sum() * 0, {}
+        return inputs[("forget", "forget_logits")].hidden.sum() * 0, {}  # logits arrive through the fused head
 
     task.method = type("M", (), {"loss": staticmethod(fake_loss), "total": staticmethod(lambda parts: 0.0)})()
     import torch

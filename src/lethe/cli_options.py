@@ -113,13 +113,18 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="attention kernel passed to transformers (default: its own choice, usually sdpa)")
     g.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass: less memory for about a third more time")
+    g.add_argument("--no-fused-head", dest="fused_head", action="store_false",
+                   help="build the full [batch, tokens, vocabulary] logits in training. By default losses are "
+                        "computed from the last hidden states and the output head chunk by chunk (the prompt never "
+                        "reaches the vocabulary; the same values to round-off), wherever the model's logits are "
+                        "exactly head(hidden)")
 
 
 def runtime_config(a):
     from .runtime import RuntimeConfig
 
     return RuntimeConfig(device=a.device, precision=a.precision, attn_implementation=a.attn_implementation,
-                         gradient_checkpointing=a.gradient_checkpointing)
+                         gradient_checkpointing=a.gradient_checkpointing, fused_head=a.fused_head)
 
 
 def model_config(a):
@@ -166,6 +171,9 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retain-model", help="model trained without the forget set: needed for Forget Quality (FQ)")
     g.add_argument("--eval-limit", type=range_of(EvalConfig, "limit"), default=None, help="score only the first N items of each set (peers: 300)")
     g.add_argument("--max-new-tokens", type=range_of(EvalConfig, "max_new_tokens"), default=48, help="greedy generation length (default 48)")
+    g.add_argument("--generation-batch-size", type=range_of(EvalConfig, "generation_batch_size"), default=None,
+                   metavar="N", help="prompts decoded together (default: what a quarter of the free memory holds, "
+                                     "at most 256; finished answers leave the batch either way)")
     g.add_argument("--memorization", action="store_true",
                    help="forget set: exact memorization (share of answer tokens predicted exactly) and extraction "
                         "strength (1 - the shortest answer prefix from which greedy decoding yields the rest)")
@@ -232,6 +240,7 @@ def eval_config(a, forget_default=None, every: int = 1):
     limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit
     holdout = load_records(a.holdout, fields=dc.fields, split=dc.split) if getattr(a, "holdout", None) else None
     cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=limit, holdout=holdout,
+                     generation_batch_size=a.generation_batch_size,
                      mia_k=a.mia_k,
                      truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")),
                      per_epoch=getattr(a, "eval_per_epoch", "full"), lm_eval_tasks=_lm_eval_tasks(a),

@@ -99,7 +99,8 @@ class EvalConfig:
     max_new_tokens: int = bounded(48, int, 1)
     limit: int | None = bounded(None, int, 1, optional=True, option="--eval-limit")
     truth_ratio: str = "tofu"
-    batch_size: int = bounded(32, int, 1, option="eval batch_size")
+    batch_size: int = bounded(32, int, 1, option="eval batch_size")  # likelihood scoring
+    generation_batch_size: int | None = bounded(None, int, 1, optional=True, option="--generation-batch-size")
     n_samples: int = bounded(3, int, 0, option="eval n_samples")  # generations kept per set for the report
     semantic: Semantic | None = None
     utility_sets: Sequence[str] = MU9_SETS
@@ -129,7 +130,8 @@ class EvalConfig:
             raise LetheError(f"--truth-ratio: expected tofu or tofu-utils, got {self.truth_ratio!r}")
 
     def suite_kwargs(self) -> dict:
-        return {"batch_size": self.batch_size, "max_new_tokens": self.max_new_tokens, "eval_limit": self.limit,
+        return {"batch_size": self.batch_size, "generation_batch_size": self.generation_batch_size,
+                "max_new_tokens": self.max_new_tokens, "eval_limit": self.limit,
                 "truth_ratio": self.truth_ratio, "semantic": self.semantic, "n_samples": self.n_samples}
 
 
@@ -231,7 +233,7 @@ def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume
     from .audit import weights_sha256
 
     model, prompter, _ = prepare(model, tokenizer, mc, rt)
-    task = FinetuneTask(prompter, records, max_length=mc.max_length)
+    task = FinetuneTask(prompter, records, max_length=mc.max_length, fused_head=rt.fused_head)
     record = {**_run_record(train, prompter, mc, rt), "data_sha256": records_sha256(records)}
     if work is not None:
         record["model_sha256"] = weights_sha256(model.state_dict())  # --resume refuses another starting model
@@ -390,7 +392,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             loss.setup(model, loss_data)
     _restrict_trainable(model, m)
     task = UnlearnTask(prompter, m, forget, retain, seed=train.seed, retain_per_forget=train.retain_per_forget,
-                       streams=streams, max_length=mc.max_length, pad_to=pad_to)
+                       streams=streams, max_length=mc.max_length, pad_to=pad_to, fused_head=rt.fused_head)
     if task.needs_reference_model:
         from .model.reference import FrozenCopy
 

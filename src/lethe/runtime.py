@@ -31,6 +31,7 @@ class RuntimeConfig:
     precision: str = "auto"                 # auto: bf16-mixed on CUDA, fp32 on CPU
     attn_implementation: str | None = None  # transformers' attn_implementation (None: its default)
     gradient_checkpointing: bool = False    # recompute activations in backward: less memory, ~30% more time
+    fused_head: bool = True                 # training losses from hidden states + head by chunks, no [B,T,V] logits
 
     def __post_init__(self):
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -72,7 +73,8 @@ class RuntimeConfig:
     def describe(self) -> dict:
         return {"device": str(self.resolved_device), "precision": self.resolved_precision,
                 "weight_dtype": str(self.weight_dtype).replace("torch.", ""),
-                "attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing}
+                "attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing,
+                "fused_head": self.fused_head}
 
     # -- application -----------------------------------------------------------------------------
     def init_distributed(self) -> None:

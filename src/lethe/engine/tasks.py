@@ -8,6 +8,8 @@ before training, instead of a second forward per step.
 """
 from __future__ import annotations
 
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -18,7 +20,8 @@ from ..data.pairing import pair_retain
 from ..data.prompt import IGNORE, Prompter, as_prompter
 from ..data.records import QARecord
 from ..errors import LetheError
-from ..model.layers import capture_layers
+from ..model.layers import capture_head_inputs, capture_layers, head_matches, output_head, unwrap
+from ..objectives.head import HeadLogits
 from ..objectives.inputs import Need
 from ..objectives.method import Method
 from ..objectives.tokens import mean_nll, token_logprobs
@@ -27,19 +30,40 @@ from .loop import StepOutput
 FORWARD_VIEWS = ("logits", "token_logp", "seq_logp")  # views computed from the logits
 
 
-def forward_views(model, batch: dict, device, *, logits: bool, layers: Sequence[int] = ()):
+def forward_views(model, batch: dict, device, *, logits: bool, layers: Sequence[int] = (), fused_head: bool = False):
     """(logits or None, {layer: hidden}) of one forward pass. Without ``logits`` only the last
-    position is projected to the vocabulary (``logits_to_keep=1``)."""
+    position is projected to the vocabulary (``logits_to_keep=1``).
+
+    With ``fused_head``, the logits come back as :class:`HeadLogits` (the decoder's last hidden state and
+    the output head; never the [B,T,V] tensor) when the model's logits are exactly ``head(hidden)``:
+    checked from its config and, once per head, numerically at the last position. Otherwise, plain logits.
+    """
+    found = output_head(model) if logits and fused_head else None
+    if found is not None and getattr(found[1], "_lethe_head_matches", True) is False:
+        found = None
     kwargs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-    if not logits:
+    if not logits or found is not None:
         kwargs["logits_to_keep"] = 1
-    with capture_layers(model, layers) as hidden:
+    with capture_layers(model, layers) as hidden, \
+            (capture_head_inputs(found[0]) if found is not None else nullcontext({})) as head_in:
         try:
             out = model(**kwargs)
         except TypeError:  # a model whose forward has no logits_to_keep
             kwargs.pop("logits_to_keep", None)
             out = model(**kwargs)
-    return (out.logits if logits else None), dict(hidden)
+    if found is None:
+        return (out.logits if logits else None), dict(hidden)
+    head, final = found[1], head_in.get("hidden")
+    matches = final is not None and tuple(final.shape[:2]) == tuple(kwargs["input_ids"].shape)
+    if matches and getattr(head, "_lethe_head_matches", None) is None:
+        matches = head_matches(head, final[:, -1], out.logits[:, -1])
+        head._lethe_head_matches = matches
+        if not matches:
+            warnings.warn(f"{type(unwrap(model)).__name__}: its logits are not the output head applied to the "
+                          "decoder's output; training computes full logits instead of the fused head", stacklevel=2)
+    if not matches:
+        return forward_views(model, batch, device, logits=True, layers=layers, fused_head=False)
+    return HeadLogits(final, head.weight, head.bias), dict(hidden)
 
 
 def label_count(example: dict) -> int:
@@ -50,8 +74,9 @@ def label_count(example: dict) -> int:
 class FinetuneTask:
     """Plain supervised training: QA pairs (question tokens masked) or text sequences."""
 
-    def __init__(self, prompter, records: Sequence, *, max_length: int = 512):
+    def __init__(self, prompter, records: Sequence, *, max_length: int = 512, fused_head: bool = True):
         prompter = as_prompter(prompter)
+        self.fused_head = fused_head
         self.pad = prompter.pad_id
         self.examples = [prompter.encode(r, max_length=max_length) for r in records]
         self.lengths = [len(e["input_ids"]) for e in self.examples]
@@ -62,7 +87,7 @@ class FinetuneTask:
 
     def __call__(self, model, idx, device, scale: dict[str, float] | None = None) -> StepOutput:
         batch = pad_batch([self.examples[i] for i in idx], self.pad)
-        logits, _ = forward_views(model, batch, device, logits=True)
+        logits, _ = forward_views(model, batch, device, logits=True, fused_head=self.fused_head)
         loss = mean_nll(logits, batch["labels"].to(device))
         scaled = loss * scale["loss"] if scale else loss
         return StepOutput(scaled, tokens_trained=int(batch["attention_mask"].sum()), logged=loss.detach())
@@ -97,14 +122,20 @@ class UnlearnTask:
 
     def __init__(self, prompter, method: Method, forget: Sequence, retain: Sequence = (), *, seed: int = 0,
                  max_length: int = 512, refusals: Sequence[str] | None = None, reference=None,
-                 retain_per_forget: int = 1, streams: "Streams | None" = None, pad_to: int | None = None):
+                 retain_per_forget: int = 1, streams: "Streams | None" = None, pad_to: int | None = None,
+                 fused_head: bool = True):
         self.prompter = as_prompter(prompter)
+        self.fused_head = fused_head  # logits as HeadLogits wherever every loss reading them allows it
         self.pad_to = pad_to  # every training batch padded to this width (a released code's layout), else dynamic
         self.method = method
         self.pad = self.prompter.pad_id
         self.streams = streams if streams is not None else Streams(
             self.prompter, forget, retain, seed=seed, max_length=max_length, refusals=refusals)
         self.needs = method.needs()
+        by_role = dict(zip(("forget", "regularizer"), method.losses))
+        # logits views whose every reader takes HeadLogits (likelihood views are computed here: always fine)
+        self.head_views = {need for need in self.needs.values() if need.view == "logits" and all(
+            by_role[role].head_logits for (role, _), other in self.needs.items() if other == need)}
         wanted = {n.stream for n in self.needs.values()}
         records = list(self.streams.records["forget"]) + list(self.streams.records["retain"])
         if wanted & {"idk", "retain_idk"} and not all(isinstance(r, QARecord) for r in records):
@@ -139,7 +170,7 @@ class UnlearnTask:
             values = torch.zeros(len(examples))
             for idx in length_sorted_batches([len(e["input_ids"]) for e in examples], batch_size):
                 batch = pad_batch([examples[i] for i in idx], self.pad)
-                logits, _ = forward_views(model, batch, device, logits=True)
+                logits, _ = forward_views(model, batch, device, logits=True, fused_head=self.fused_head)
                 values[idx] = token_logprobs(logits, batch["labels"].to(device))[0].sum(-1).float().cpu()
                 tokens += int(batch["attention_mask"].sum())
             self.cache[stream] = values
@@ -149,7 +180,8 @@ class UnlearnTask:
         out: dict[Need, torch.Tensor] = {}
         want_logits = any(n.view in FORWARD_VIEWS for n in needs)
         layers = sorted({n.layer for n in needs if n.view == "hidden"})
-        logits, hidden = forward_views(model, batch, device, logits=want_logits, layers=layers)
+        fused = self.fused_head and all(n.view != "logits" or n in self.head_views for n in needs)
+        logits, hidden = forward_views(model, batch, device, logits=want_logits, layers=layers, fused_head=fused)
         labels = batch["labels"].to(device)
         tok = None
         for n in needs:

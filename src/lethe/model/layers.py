@@ -50,3 +50,49 @@ def capture_layers(model, layers: Iterable[int]) -> Iterator[dict[int, torch.Ten
     finally:
         for h in handles:
             h.remove()
+
+
+# Config fields of architectures whose logits are not plain ``lm_head(hidden)`` (soft-capping, scaling).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def output_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
+    """(decoder, output head) when the model's logits are exactly ``head(decoder output)``, else None.
+
+    A head that is not a plain ``nn.Linear`` (a LoRA-wrapped head) or a config with a logit transform
+    rules the fused path out; :func:`capture_head_inputs` also checks the equality numerically once.
+    """
+    base = unwrap(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or not hasattr(base, "get_decoder"):
+        return None
+    config = getattr(base, "config", None)
+    if any(getattr(config, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS):
+        return None
+    decoder = base.get_decoder()
+    return (decoder, head) if decoder is not base else None
+
+
+@contextmanager
+def capture_head_inputs(decoder: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, each forward stores the decoder's last hidden state (the head's input) at ``out["hidden"]``."""
+    out: dict[str, torch.Tensor] = {}
+
+    def hook(module, args, output):
+        out["hidden"] = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = decoder.register_forward_hook(hook)
+    try:
+        yield out
+    finally:
+        handle.remove()
+
+
+def head_matches(head: torch.nn.Linear, hidden_last: torch.Tensor, logits_last: torch.Tensor) -> bool:
+    """Whether the model's logits at the last position equal ``head(hidden)`` there (to the dtype's round-off)."""
+    device_type = hidden_last.device.type if hidden_last.device.type in ("cuda", "cpu") else "cpu"
+    with torch.no_grad(), torch.autocast(device_type, enabled=False):
+        mine = torch.nn.functional.linear(hidden_last.float(), head.weight.float(),
+                                          None if head.bias is None else head.bias.float())
+        tol = 1e-4 if logits_last.dtype == torch.float32 else 3e-2
+        return bool(torch.allclose(mine, logits_last.float(), rtol=tol, atol=tol))

@@ -11,11 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LetheError
+from .head import reads_logits_through_tokens
 from .registry import FORGET_LOSSES
 from .tokens import RowOp, align_mask, align_targets, map_positions, masked_mean, mean_nll, token_logprobs, upcast
 
 
 @FORGET_LOSSES.register("ga")
+@reads_logits_through_tokens
 def ga(forget_logits, forget_labels):
     """Gradient ascent: minus the token-mean cross-entropy of the forget answer (unbounded below)."""
     return -mean_nll(forget_logits, forget_labels)
@@ -45,6 +47,7 @@ def simnpo(forget_seq_logp, forget_lengths, *, beta: float = 2.5, delta: float =
 
 
 @FORGET_LOSSES.register("idk")
+@reads_logits_through_tokens
 def idk(idk_logits, idk_labels):
     """IDK fine-tuning (TOFU): cross-entropy of a refusal answer to the forget question."""
     return mean_nll(idk_logits, idk_labels)
@@ -97,13 +100,14 @@ _ihl_rows = RowOp(_ihl_value, _ihl_value_and_grad)
 
 
 @FORGET_LOSSES.register("ihl")
+@reads_logits_through_tokens
 def ihl(forget_logits, forget_labels):
     """Inverted Hinge Loss (IHL seed, Sec. 2.2): per answer token 1 + p(y_t) - max_{v≠y_t} p(v).
 
     Always ≥ 0 (so the hinge never clips); it lowers the true token and raises only the runner-up.
     """
     targets, mask = align_targets(forget_labels)
-    return masked_mean(map_positions(_ihl_rows, [forget_logits, targets]), mask)
+    return masked_mean(map_positions(_ihl_rows, [forget_logits, targets], where=mask.bool()), mask)
 
 
 def _to_uniform_value(rows):
@@ -157,6 +161,7 @@ def _me_unit(o) -> str:
 
 
 @FORGET_LOSSES.register("me", unit=_me_unit)
+@reads_logits_through_tokens
 def me(forget_logits, forget_labels, forget_mask, *, direction: str = "model-to-uniform",
        mask_question: bool = False, eps: float = 0.0, padding: bool = False):
     """Maximizing Entropy (closer-look Eq. 6): mean over positions of KL(P_t || uniform).
@@ -212,6 +217,7 @@ def flat_loss(h_template, h_forget, divergence: str):
 
 
 def _register_flat(div: str):
+    @reads_logits_through_tokens
     def flat(forget_logits, forget_labels, idk_logits, idk_labels, *, normalise: str = "response"):
         if normalise not in FLAT_NORMALISE:
             raise LetheError(f"flat: normalise must be one of {', '.join(FLAT_NORMALISE)}, got {normalise!r}")

@@ -32,6 +32,9 @@ class Loss:
     # "token" (counted answer tokens of its first stream), "position" (real input positions, ME),
     # or "sequence" (examples; NPO, DPO, RMU, ...). A plain function says so with ``fn.unit = "..."``.
     unit: str = "token"
+    # True when the loss reads its ``*_logits`` inputs only through ``lethe.objectives.tokens``: the engine
+    # may then hand it :class:`~lethe.objectives.head.HeadLogits` and never build [B,T,V] logits.
+    head_logits: bool = False
 
     def setup(self, model, data) -> None:
         """Once before training, with the model being trained and the run's data (:class:`LossData`)."""
@@ -58,6 +61,7 @@ class FunctionLoss(Loss):
     def __init__(self, fn: Callable, name: str, options: Mapping[str, Any], unit="token"):
         self.fn, self.name, self._options = fn, name, dict(options)
         self.unit = unit(self._options) if callable(unit) else unit
+        self.head_logits = bool(getattr(fn, "head_logits", False))
         layer = self._options.get("layer")
         self._needs = {p: parse_input_name(p, layer=layer) for p in input_parameters(fn)}
 

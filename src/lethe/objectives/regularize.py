@@ -5,11 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LetheError
+from .head import reads_logits_through_tokens
 from .registry import REGULARIZERS
 from .tokens import RowOp, align_targets, map_positions, masked_mean, mean_nll, upcast
 
 
 @REGULARIZERS.register("gd")
+@reads_logits_through_tokens
 def gd(retain_logits, retain_labels):
     """Gradient descent: token-mean cross-entropy of the retain answer (question masked)."""
     return mean_nll(retain_logits, retain_labels)
@@ -38,6 +40,7 @@ KL_POSITIONS = ("answer", "all")
 
 
 @REGULARIZERS.register("kl", unit=lambda o: "padded slot" if o["positions"] == "all" else "token")
+@reads_logits_through_tokens
 def kl(retain_logits, retain_labels, ref_retain_logits, *, positions: str = "answer"):
     """KL(p_ref || p_θ) per retain answer position, averaged over answer positions only.
 
@@ -46,11 +49,10 @@ def kl(retain_logits, retain_labels, ref_retain_logits, *, positions: str = "ans
     """
     if positions not in KL_POSITIONS:
         raise LetheError(f"kl: positions must be one of {', '.join(KL_POSITIONS)}, got {positions!r}")
-    values = map_positions(_kl_rows, [retain_logits, ref_retain_logits.detach()])
     if positions == "all":
-        return values.mean()
+        return map_positions(_kl_rows, [retain_logits, ref_retain_logits.detach()]).mean()
     _, mask = align_targets(retain_labels)
-    return masked_mean(values, mask)
+    return masked_mean(map_positions(_kl_rows, [retain_logits, ref_retain_logits.detach()], where=mask.bool()), mask)
 
 
 def ap_loss(logp_idk, logp_answer, beta: float):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..data.prompt import IGNORE
+from .head import HeadLogits, fused_map_positions
 
 # Backward scales the saved gradient buffer in place (no second logits-sized buffer), so a graph
 # through map_positions can be backpropagated once. Tests that re-run backward on one graph
@@ -106,14 +107,22 @@ class _RowwiseMap(torch.autograd.Function):
         return (None, None, *out)
 
 
-def map_positions(fn, tensors, *, chunk: int | None = None) -> torch.Tensor:
+def map_positions(fn, tensors, *, chunk: int | None = None, where: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a row-wise ``fn(*rows) -> [n]`` (a function or :class:`RowOp`) to every position.
 
     ``tensors`` are same-shaped ``[B,T,...]``. Chunks of ``chunk`` positions (default: from the
     vocabulary size) bound the temporaries to one chunk; with gradients on, the gradient lands
     in one logits-sized buffer per differentiable input. Returns ``[B,T]``.
+
+    When the first input is a :class:`~lethe.objectives.head.HeadLogits` (logits never built), only
+    the positions in ``where`` ([B,T] bool) are projected; elsewhere the value is 0 with no gradient.
+    Callers mask with ``where`` afterwards either way, so both paths give the same result.
     """
     chunk = chunk or chunk_rows(tensors[0].shape[-1])
+    if isinstance(tensors[0], HeadLogits) and not any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in tensors[1:]):
+        return fused_map_positions(fn, tensors, chunk=chunk, where=where)
+    tensors = [t.materialize() if isinstance(t, HeadLogits) else t for t in tensors]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _RowwiseMap.apply(fn, chunk, *tensors)
     B, T = tensors[0].shape[:2]
@@ -143,7 +152,7 @@ target_logp = RowOp(_target_logp_value, _target_logp_grad)
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, *, chunk: int | None = None):
     """log p(next token) per position: (tok_logp [B,T-1], zero where masked; mask [B,T-1] float32)."""
     targets, mask = align_targets(labels)
-    values = map_positions(target_logp, [logits, targets], chunk=chunk) * mask
+    values = map_positions(target_logp, [logits, targets], chunk=chunk, where=mask.bool()) * mask
     return values[:, :-1], mask[:, :-1]
 
 
