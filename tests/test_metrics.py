@@ -83,3 +83,62 @@ def test_answer_nll_batched_matches_one_pair_at_a_time(tokenizer, tiny_model, sm
         assert got_n == sum(1 for t in range(1, len(labels)) if labels[t] != -100)
         assert got_nll == pytest.approx(want, rel=1e-4, abs=1e-4)
     assert nll[7] == nll[0] and count[7] == count[0]
+
+
+def _one_pair_nll(model, prompter, q, a, max_length):
+    import torch
+
+    e = prompter.encode_qa(q, a, max_length=max_length)
+    ids, labels = torch.tensor([e["input_ids"]]), e["labels"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    counted = [t for t in range(1, len(labels)) if labels[t] != -100]
+    return -sum(logp[t - 1, labels[t]].item() for t in counted), len(counted)
+
+
+@pytest.mark.parametrize("fmt", ["plain", "chat"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_prompt_scoring_equals_each_pair_alone(fmt, arch, tokenizer, smoke_data):
+    """Answers to one question share the prompt's KV cache: the same NLL and count as scoring each pair
+    alone, with groups of different sizes, duplicates, chat templates and answers cut by max_length."""
+    import copy
+
+    import lethe
+    from lethe.data.prompt import Prompter
+    from lethe.evaluation import requests
+    from lethe.model.build import build_tiny_model
+
+    tok = copy.deepcopy(tokenizer)
+    if fmt == "chat":
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+        tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    if arch == "llama":
+        model = build_tiny_model(tok, "test", seed=1)
+    else:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=256))
+    model.eval()
+    prompter = Prompter(tok, lethe.PromptFormat(fmt))
+    recs = smoke_data.forget(10)[:5]
+    pairs = []
+    for k, r in enumerate(recs):  # group sizes 7, 6, 5, ... (answer, paraphrase, a shrinking list of perturbed)
+        pairs += [(r.question, r.answer), (r.question, r.paraphrased_answer)]
+        pairs += [(r.question, p) for p in r.perturbed_answers[: max(0, 5 - k)]]
+    pairs += [pairs[0], (smoke_data.retain(10)[0].question, smoke_data.retain(10)[0].answer)]  # duplicate, singleton
+    for max_length in (512, 24):  # 24 cuts most answers short (some to nothing)
+        calls = []
+        real = requests._score_shared
+        requests._score_shared = lambda *a, **k: calls.append(1) or real(*a, **k)
+        try:
+            nll, count = requests.answer_nll(model, prompter, pairs, batch_size=2, max_length=max_length)
+        finally:
+            requests._score_shared = real
+        assert calls, "the shared path was not taken"
+        for (q, a), got_nll, got_n in zip(pairs, nll, count):
+            want_nll, want_n = _one_pair_nll(model, prompter, q, a, max_length)
+            assert got_n == want_n
+            assert got_nll == pytest.approx(want_nll, rel=1e-4, abs=1e-4)
+        plain = requests.answer_nll(model, prompter, pairs, batch_size=3, max_length=max_length, share_prompts=False)
+        assert plain[1] == count and plain[0] == pytest.approx(nll, rel=1e-4, abs=1e-4)

@@ -34,66 +34,149 @@ def _answer_logits(model, batch: dict, device, keep: int) -> torch.Tensor:
 
 @torch.no_grad()
 def answer_nll(model, prompter, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32,
-               max_length: int = 512) -> tuple[list[float], list[int]]:
+               max_length: int = 512, share_prompts: bool = True) -> tuple[list[float], list[int]]:
     """Summed answer-token NLL and answer-token count for each (question, answer).
 
-    Identical pairs are scored once (a paraphrase often equals the answer). Batches are
-    left-padded so every answer ends at the last position and the vocabulary projection runs only
-    over the answer span, not the prompt (most of a chat-formatted sequence).
+    Identical pairs are scored once (a paraphrase often equals the answer). With ``share_prompts``,
+    the answers to one question (a TOFU item's answer, paraphrase and perturbed answers) share one
+    forward of the prompt: its KV cache serves every answer (:func:`_score_shared`). Other pairs go
+    in left-padded batches whose vocabulary projection covers only the answer span, not the prompt.
     """
     prompter = as_prompter(prompter)
     unique = list(dict.fromkeys(pairs))
     encoded = [prompter.encode_qa(q, a, max_length=max_length) for q, a in unique]
-    scored: dict[tuple[str, str], tuple[float, int]] = {}
     was_training = model.training
     model.eval()
     device = _device(model)
-    for idx in length_sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
+    by_question: dict[str, list[int]] = {}
+    for i, (q, _) in enumerate(unique):
+        by_question.setdefault(q, []).append(i)
+    groups = [g for g in by_question.values() if len(g) > 1] if share_prompts else []
+    scored: dict[int, tuple[float, int]] = {}
+    if groups:
+        try:
+            scored.update(_score_shared(model, encoded, groups, prompter.pad_id, batch_size, device))
+        except _NoSharedCache:
+            scored.clear()
+    alone = [i for i in range(len(unique)) if i not in scored]
+    for idx in length_sorted_batches([len(encoded[i]["input_ids"]) for i in alone], batch_size):
+        idx = [alone[j] for j in idx]
         batch = pad_batch([encoded[i] for i in idx], prompter.pad_id, side="left")
         labels = batch["labels"]
         counted = (labels != IGNORE).any(0).nonzero()
         keep = labels.shape[1] - int(counted[0]) + 1 if len(counted) else 2  # the first answer token's predictor on
         seq_logp, n = sequence_logprob(_answer_logits(model, batch, device, keep), labels[:, -keep:].to(device))
         for j, i in enumerate(idx):
-            scored[unique[i]] = (-float(seq_logp[j]), int(n[j]))
+            scored[i] = (-float(seq_logp[j]), int(n[j]))
     model.train(was_training)
-    return [scored[p][0] for p in pairs], [scored[p][1] for p in pairs]
+    position = {p: i for i, p in enumerate(unique)}
+    return [scored[position[p]][0] for p in pairs], [scored[position[p]][1] for p in pairs]
+
+
+class _NoSharedCache(Exception):
+    """The model returned no croppable KV cache: score every pair on its own."""
+
+
+def _first_counted(labels: Sequence[int]) -> int:
+    return next((t for t, label in enumerate(labels) if label != IGNORE), len(labels))
+
+
+def _score_shared(model, encoded: list[dict], groups: list[list[int]], pad_id: int, batch_size: int,
+                  device) -> dict[int, tuple[float, int]]:
+    """(NLL, count) of each encoded pair, the pairs of a group sharing one forward of their common prompt.
+
+    A batch of groups runs its prompts once (left-padded, KV cache kept, logits at the last position
+    only: they predict every answer's first token). Then answer slot k of every group in the batch
+    runs as one right-padded continuation on that cache, which is cropped back to the prompt after
+    each slot. Groups short of slot k repeat their first answer there, and the result is dropped.
+    """
+    shared = []
+    for g in groups:
+        cut = max(1, min(_first_counted(encoded[i]["labels"]) for i in g))
+        first = encoded[g[0]]["input_ids"]
+        while cut > 1 and any(encoded[i]["input_ids"][:cut] != first[:cut] for i in g):
+            cut -= 1  # a tokenizer merge across the prompt's end: share only what every answer has
+        shared.append((cut, g))
+    shared.sort(key=lambda c: (c[0], len(c[1])))
+    out: dict[int, tuple[float, int]] = {}
+    for start in range(0, len(shared), batch_size):
+        chunk = shared[start : start + batch_size]
+        prompts = pad_batch([{"input_ids": encoded[g[0]]["input_ids"][:cut]} for cut, g in chunk], pad_id, side="left")
+        mask = prompts["attention_mask"].to(device)
+        kwargs = {"input_ids": prompts["input_ids"].to(device), "attention_mask": mask,
+                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "use_cache": True}
+        try:
+            head = model(**kwargs, logits_to_keep=1)
+        except TypeError:
+            head = model(**kwargs)
+        cache = getattr(head, "past_key_values", None)
+        if cache is None or not hasattr(cache, "crop") or not getattr(cache, "is_croppable", True):
+            raise _NoSharedCache
+        first_logp = torch.log_softmax(head.logits[:, -1].float(), dim=-1)
+        lengths = mask.sum(-1, keepdim=True)
+        for slot in range(max(len(g) for _, g in chunk)):
+            members = [g[slot] if slot < len(g) else g[0] for _, g in chunk]
+            conts = []
+            for (cut, _), i in zip(chunk, members):
+                ids, labels = encoded[i]["input_ids"][cut:], encoded[i]["labels"][cut:]
+                conts.append({"input_ids": ids or [pad_id], "labels": labels or [IGNORE]})
+            batch = pad_batch(conts, pad_id, side="right")
+            cont_mask = batch["attention_mask"].to(device)
+            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=torch.cat([mask, cont_mask], 1),
+                           position_ids=lengths + torch.arange(cont_mask.shape[1], device=device),
+                           past_key_values=cache, use_cache=True).logits
+            cache.crop(-cont_mask.shape[1])  # back to the prompt (a negative count: every transformers version)
+            labels = batch["labels"].to(device)
+            rest, n_rest = sequence_logprob(logits, labels)
+            head_label = labels[:, 0]
+            counts_first = head_label != IGNORE
+            first = first_logp.gather(-1, head_label.clamp(min=0).unsqueeze(-1)).squeeze(-1) * counts_first
+            total, count = rest + first, n_rest + counts_first.float()
+            for j, ((_, g), i) in enumerate(zip(chunk, members)):
+                if slot < len(g):
+                    out[i] = (-float(total[j]), int(count[j]))
+    return out
 
 
 @torch.no_grad()
 def generate_answers(model, prompter, questions: Sequence[str], *, max_new_tokens: int = 64,
-                     batch_size: int = 32, stats: dict | None = None) -> list[str]:
-    """Greedy answers: prompts sorted by length, left-padded, KV cache on; a row ends at eos or the
-    chat template's end-of-turn token. ``stats`` (a dict) accumulates ``generated_tokens`` (up to each
-    row's stop) and ``generation_s``."""
+                     batch_size: int | None = None, stats: dict | None = None) -> list[str]:
+    """Greedy answers: prompts sorted by length, left-padded, KV cache on; a row leaves the batch at eos or
+    the chat template's end-of-turn token (:func:`~lethe.evaluation.generation.greedy_decode`).
+    ``batch_size`` None: as many rows as a quarter of the free memory holds (``generation_rows``).
+    ``stats`` (a dict) accumulates ``generated_tokens`` (up to each row's stop), ``generation_s`` and
+    the ``generation_batch`` used."""
     import time
+
+    from .generation import generation_rows, greedy_decode
 
     started = time.perf_counter()
     prompter = as_prompter(prompter)
     prompts = [prompter.prompt_ids(q) for q in questions]
     outputs = [""] * len(prompts)
+    if not prompts:
+        return outputs
     was_training = model.training
     model.eval()
     device = _device(model)
-    for idx in length_sorted_batches([len(p) for p in prompts], batch_size):
+    rows = batch_size or generation_rows(model, max(len(p) for p in prompts), max_new_tokens, len(prompts))
+    stop_ids = prompter.stop_ids
+    for idx in length_sorted_batches([len(p) for p in prompts], rows):
         batch = pad_batch([{"input_ids": prompts[i]} for i in idx], prompter.pad_id, side="left")
-        out = model.generate(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            use_cache=True,
-            pad_token_id=prompter.pad_id,
-            eos_token_id=prompter.stop_ids,
-        )
-        new = out[:, batch["input_ids"].shape[1]:]
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        new = greedy_decode(model, ids, mask, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=prompter.pad_id)
+        if new is None:  # a cache that cannot drop rows: the library's loop
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 use_cache=True, pad_token_id=prompter.pad_id, eos_token_id=stop_ids)
+            new = out[:, ids.shape[1]:]
         for j, i in enumerate(idx):
             outputs[i] = prompter.decode(new[j]).strip()
         if stats is not None:
-            stops = torch.isin(new, torch.tensor(prompter.stop_ids + [prompter.pad_id], device=new.device))
+            stops = torch.isin(new, torch.tensor(stop_ids + [prompter.pad_id], device=new.device))
             ended = stops.cumsum(-1) > 0  # a row's tokens after its first stop are padding
             stats["generated_tokens"] = stats.get("generated_tokens", 0) + int((~ended).sum()) + int(stops.any(-1).sum())
     if stats is not None:
         stats["generation_s"] = stats.get("generation_s", 0.0) + time.perf_counter() - started
+        stats["generation_batch"] = max(stats.get("generation_batch", 0), rows)
     model.train(was_training)
     return outputs
