@@ -8,21 +8,26 @@ answer log-likelihoods, ROUGE / P / TR).
   to 512 tokens; the reference model runs a forward at every step (NPO's log-probs, KL's logits); each
   answer scored on its own, evaluation in batches of 32 in file order padded to 512 with logits over
   every position; evaluation after every epoch.
-- Lethe's path: dynamic padding and length buckets, the reference's sequence log-probs cached once,
-  identical pairs scored once over the answer span only, length-sorted generation with a KV cache,
-  evaluation before (the audit's evidence) and after training.
+- Lethe's path: dynamic padding and length buckets, losses from hidden states through the fused output
+  head (no [B,T,V] logits), the reference's sequence log-probs cached once, identical pairs scored once
+  and the answers to one question on one forward of its prompt (shared KV cache), length-sorted
+  generation with finished rows leaving the batch and the batch sized from free memory, evaluation
+  before (the audit's evidence) and after training.
 
 Both train the same method on the same data; the printed ratios are reference / Lethe (wall time, peak
 memory) and Lethe / reference (tokens per second), and the final metrics of both evaluations are
 compared on the same weights. ``--device cuda --precisions bf16-mixed,fp32,bf16`` adds, per precision,
 model FLOP utilisation and the training step's peak memory of Lethe's path.
 
-Usage: python benchmarks/whole_job.py [--size small] [--epochs 5] [--methods GA+GD,NPO+KL] [--device auto]
+``--compile`` adds, per method, Lethe's path with ``torch.compile`` of the decoder blocks.
+
+Usage: python benchmarks/whole_job.py [--size small] [--epochs 5] [--methods GA+GD,NPO+KL] [--device auto] [--compile]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import time
 
 import torch
@@ -136,6 +141,7 @@ def run_job(path: str, method: str, model, tok, data, sets, args, runtime) -> di
                                    train=train, evaluation=evaluation, runtime=runtime, progress=False)
         metrics = run.epochs[-1]["metrics"]
     else:
+        runtime = dataclasses.replace(runtime, fused_head=False)  # the reference toolkit builds full logits
         seen = {}
 
         def every_epoch(epoch, mdl):
@@ -174,6 +180,7 @@ def main() -> None:
     ap.add_argument("--precisions", default="",
                     help="GPU mode: comma-separated precisions (e.g. bf16-mixed,fp32,bf16) for MFU and step memory")
     ap.add_argument("--skip-reference", action="store_true", help="only Lethe's path (e.g. GPU mode alone)")
+    ap.add_argument("--compile", action="store_true", help="also time Lethe's path with --compile")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data, tok, base, sets = build(args.size, args.seed)
@@ -192,6 +199,12 @@ def main() -> None:
                 shown = {k: round(v, 3) for k, v in r["metrics"].items() if k in ("forget/ROUGE", "forget/P", "retain/P")}
                 print(f"{method:<8} {p:<10} {r['wall_s']:8.1f} {r['train_s']:8.1f} {r['tokens_per_s']:8.0f} "
                       f"{r['peak_bytes'] / 2**20:9.0f}  {shown}")
+            if args.compile:
+                rt_c = lethe.RuntimeConfig(device=args.device, compile=True)
+                c = run_job("lethe", method, copy.deepcopy(base), tok, data, sets, args, rt_c)
+                print(f"{method:<8} {'compiled':<10} {c['wall_s']:8.1f} {c['train_s']:8.1f} {c['tokens_per_s']:8.0f} "
+                      f"{c['peak_bytes'] / 2**20:9.0f}  training {res['lethe']['train_s'] / c['train_s']:.2f}x of "
+                      f"Lethe's uncompiled, whole job {res['lethe']['wall_s'] / c['wall_s']:.2f}x")
             ref, fast = res["reference"], res["lethe"]
             # the same weights scored both ways must give the same metrics
             with runtime.autocast():

@@ -1,6 +1,5 @@
 """VerbMem, KnowMem, exact memorization and extraction strength on a model with known greedy output."""
 import pytest
-import torch
 
 from lethe.data.records import QARecord, TextRecord
 from lethe.evaluation.verbatim import exact_memorization, extraction_strength, knowmem, verbmem

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from ..errors import DataError
 from .readers import DEFAULT_FIELDS, EXTRACTION_PARTS, Fields, qa_from_dicts, read_qa, read_text

@@ -68,7 +68,8 @@ class EvalResult:
     timing: dict[str, float] = field(default_factory=dict)  # generated tokens, generation and total seconds
 
 
-def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int = 32, max_new_tokens: int = 48,
+def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int = 32,
+                  generation_batch_size: int | None = None, max_new_tokens: int = 48,
                   eval_limit: int | None = None, n_samples: int = 3, truth_ratio: str = "tofu",
                   semantic: Semantic | None = None, generate: bool = True) -> EvalResult:
     """Score every set; ``eval_limit`` keeps the first N items of each (the peers use 300).
@@ -92,7 +93,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
             continue
         # Each process generates and scores its share of the items (all of them when there is one).
         gens = shard_map(lambda qs: generate_answers(model, prompter, qs, max_new_tokens=max_new_tokens,
-                                                     batch_size=batch_size, stats=timing),
+                                                     batch_size=generation_batch_size, stats=timing),
                          [r.question for r in recs]) if generate else None
         # One batched likelihood pass over answers, bases and perturbed answers.
         bases = [(r.paraphrased_answer or r.answer) if s.kind == "qa" else r.answer for r in recs]
