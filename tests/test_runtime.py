@@ -96,6 +96,26 @@ def test_gradient_checkpointing_changes_nothing_but_memory(tokenizer, smoke_data
     assert runs[0] == pytest.approx(runs[1], abs=1e-6)
 
 
+@pytest.mark.slow
+def test_compile_trains_the_same_model_and_leaves_it_uncompiled(tokenizer, smoke_data):
+    """--compile: torch.compile of each decoder block for the training loop; same losses to round-off,
+    and the returned model is plain again (evaluation and saving see no compiled wrapper)."""
+    from lethe.model.build import build_tiny_model
+    from lethe.model.layers import decoder_layers
+
+    runs = []
+    for compiled in (False, True):
+        model = build_tiny_model(tokenizer, "test", seed=0)
+        model, run = lethe.unlearn(model, smoke_data.forget(10)[:4], smoke_data.retain(10)[:4], method="GA+GD",
+                                   tokenizer=tokenizer, runtime=RuntimeConfig(device="cpu", compile=compiled),
+                                   train=TrainConfig(epochs=1, lr=1e-3, batch_size=4, micro_batch_size=4,
+                                                     checkpoint=False), progress=False)
+        runs.append([e["losses"]["loss"] for e in run.epochs])
+        assert all(getattr(b, "_compiled_call_impl", None) is None for b in decoder_layers(model))
+        assert run.config["runtime"]["compile"] is compiled
+    assert runs[0] == pytest.approx(runs[1], abs=1e-4)
+
+
 def test_each_run_reports_its_own_peak_memory(tokenizer, smoke_data):
     from lethe.engine.cost import _rss_bytes
     from lethe.model.build import build_tiny_model

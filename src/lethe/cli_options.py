@@ -118,13 +118,18 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                         "computed from the last hidden states and the output head chunk by chunk (the prompt never "
                         "reaches the vocabulary; the same values to round-off), wherever the model's logits are "
                         "exactly head(hidden)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile each decoder block for training (dynamic shapes). Off by default: on a "
+                        "2-core CPU with small models the compile time outweighs the gain (see the README's "
+                        "measurements); try it on a GPU with long runs")
 
 
 def runtime_config(a):
     from .runtime import RuntimeConfig
 
     return RuntimeConfig(device=a.device, precision=a.precision, attn_implementation=a.attn_implementation,
-                         gradient_checkpointing=a.gradient_checkpointing, fused_head=a.fused_head)
+                         gradient_checkpointing=a.gradient_checkpointing, fused_head=a.fused_head,
+                         compile=a.compile)
 
 
 def model_config(a):

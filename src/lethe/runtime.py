@@ -32,6 +32,7 @@ class RuntimeConfig:
     attn_implementation: str | None = None  # transformers' attn_implementation (None: its default)
     gradient_checkpointing: bool = False    # recompute activations in backward: less memory, ~30% more time
     fused_head: bool = True                 # training losses from hidden states + head by chunks, no [B,T,V] logits
+    compile: bool = False                   # torch.compile each decoder block for training (dynamic shapes)
 
     def __post_init__(self):
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -74,7 +75,7 @@ class RuntimeConfig:
         return {"device": str(self.resolved_device), "precision": self.resolved_precision,
                 "weight_dtype": str(self.weight_dtype).replace("torch.", ""),
                 "attn_implementation": self.attn_implementation, "gradient_checkpointing": self.gradient_checkpointing,
-                "fused_head": self.fused_head}
+                "fused_head": self.fused_head, "compile": self.compile}
 
     # -- application -----------------------------------------------------------------------------
     def init_distributed(self) -> None:
@@ -107,6 +108,25 @@ class RuntimeConfig:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         return model
+
+    def compile_blocks(self, model) -> list:
+        """With ``compile``, ``torch.compile`` every decoder block in place (dynamic shapes, since batches are
+        padded per batch) and return the blocks, for :func:`uncompile_blocks`. Block by block, not the whole
+        model: state-dict names stay as they are, and the hooks Lethe puts on the decoder (fused head,
+        hidden-state inputs) stay outside the compiled code."""
+        if not self.compile:
+            return []
+        from .model.layers import decoder_layers
+
+        blocks = list(decoder_layers(model))
+        for block in blocks:
+            block.compile(dynamic=True)
+        return blocks
+
+
+def uncompile_blocks(blocks) -> None:
+    for block in blocks:
+        block._compiled_call_impl = None
 
 
 DEFAULT_RUNTIME = RuntimeConfig()

@@ -78,7 +78,7 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate tracker names; each 
 def make_accelerator(log_with: str | None = None, project_dir: str | Path | None = None, runtime=None) -> Accelerator:
     """accelerate on the runtime policy's device. Autocast comes from the policy, not from accelerate's
     process-wide mixed-precision state, so runs of different precision can follow each other in one process."""
-    from ..runtime import DEFAULT_RUNTIME
+    from ..runtime import DEFAULT_RUNTIME, uncompile_blocks
 
     runtime = runtime or DEFAULT_RUNTIME
     if log_with is not None:
@@ -126,7 +126,7 @@ def train(
         from ..errors import LetheError
 
         raise LetheError(f"log_with={config.log_with!r} writes under the run directory: give one (--out)")
-    from ..runtime import DEFAULT_RUNTIME
+    from ..runtime import DEFAULT_RUNTIME, uncompile_blocks
 
     runtime = runtime or DEFAULT_RUNTIME
     accelerator = accelerator or make_accelerator(config.log_with, run_dir / "logs" if config.log_with else None,
@@ -182,6 +182,7 @@ def train(
     if start_epoch == 0 and run_dir is not None and accelerator.is_main_process:
         _truncate_step_log(run_dir / "steps.jsonl", 0)  # a run started over does not append to an old log
     model, optimizer = accelerator.prepare(model, optimizer)
+    compiled = runtime.compile_blocks(model)  # --compile: for this loop's forwards only
     _shard_reference(step_fn, accelerator)
     device = accelerator.device
     stopped = False
@@ -218,6 +219,7 @@ def train(
                         err.history, err.cost = history, cost  # what was measured before it diverged
                         if config.log_with:
                             accelerator.end_training()
+                        uncompile_blocks(compiled)
                         stop_peak_memory()
                         raise err
                     # Weighted steps already carry their share of the group (and of the processes: DDP
@@ -287,6 +289,7 @@ def train(
         if stopped:
             break
     bar.close()
+    uncompile_blocks(compiled)
     stop_peak_memory()
     if config.log_with:
         accelerator.end_training()

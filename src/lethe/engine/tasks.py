@@ -41,7 +41,8 @@ def forward_views(model, batch: dict, device, *, logits: bool, layers: Sequence[
     found = output_head(model) if logits and fused_head else None
     if found is not None and getattr(found[1], "_lethe_head_matches", True) is False:
         found = None
-    kwargs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
+    kwargs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device),
+              "use_cache": False}  # a training forward builds no KV cache
     if not logits or found is not None:
         kwargs["logits_to_keep"] = 1
     with capture_layers(model, layers) as hidden, \
