@@ -64,7 +64,7 @@ def build(size: str, seed: int):
 
 # ---- the reference path ---------------------------------------------------------------------------------
 
-def pad_to_max(examples, pad_id, *, side="right"):
+def pad_to_max(examples, pad_id, *, side="right", width=None):
     """The reference path pads every batch to the maximum length, whatever its examples' lengths."""
     padded = [dict(e, input_ids=list(e["input_ids"]) + [pad_id] * (PAD_TO - len(e["input_ids"])),
                    **({"labels": list(e["labels"]) + [IGNORE] * (PAD_TO - len(e["labels"]))} if "labels" in e else {}))

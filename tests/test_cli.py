@@ -181,6 +181,21 @@ def test_audit_record_matches_the_saved_weights(smoke_run, tmp_path, capsys):
     assert "Who" not in (tmp_path / "u" / "audit.json").read_text()  # no raw questions leak into the record
     assert 0 <= audit["evidence"]["membership_after"]["auc_forget_vs_holdout"] <= 1
     assert "forget/ROUGE" in audit["evidence"]["forget_after"] or audit["evidence"]["forget_after"] == {}
+    # The audit's membership evidence is the evaluation's own start/end report (not scored twice) and equals
+    # what the audit computes on its own from the starting weights.
+    from lethe.audit import membership_signal
+    from lethe.core import prepare
+    from lethe.data.sources import load_records
+
+    run = json.loads((tmp_path / "u" / "run.json").read_text())
+    evidence = audit["evidence"]
+    assert evidence["membership_before"]["auc_forget_vs_holdout"] == run["epochs"][0]["metrics"]["mia/min_k_AUC"]
+    assert evidence["membership_after"]["auc_forget_vs_holdout"] == run["epochs"][-1]["metrics"]["mia/min_k_AUC"]
+    model, prompter, _ = prepare(str(target))
+    alone = membership_signal(model, prompter, load_records(str(data / "forget10.jsonl")),
+                              load_records(str(data / "forget05.jsonl")))
+    assert alone["attacks"]["loss"]["auc"] == pytest.approx(evidence["membership_before"]["attacks"]["loss"]["auc"])
+    assert alone["forget_mean"] == pytest.approx(evidence["membership_before"]["forget_mean"], rel=1e-5)
     pointer = json.loads((tmp_path / "u" / "model" / "lethe_audit.json").read_text())
     assert pointer["model_sha256"] == audit["model_after_sha256"]
 

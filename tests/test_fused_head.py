@@ -196,3 +196,22 @@ def test_lora_model_uses_fused_head_with_frozen_weight():
     assert grads[0].keys() == grads[1].keys() and all("lora" in n for n in grads[0])
     for n in grads[0]:
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-4, atol=1e-7)
+
+
+def test_sharded_or_wrapped_heads_are_not_fused():
+    """A head whose weight is not whole outside forward (ZeRO-3/FSDP1 placeholder) or a LoRA-wrapped head:
+    the model's own forward applies it, on full logits."""
+    from peft import LoraConfig, get_peft_model
+
+    from lethe.model.layers import output_head
+
+    model = _tiny()
+    assert output_head(model) is not None
+    wrapped = get_peft_model(_tiny(), LoraConfig(r=2, target_modules=["lm_head"]))
+    assert output_head(wrapped) is None
+    placeholder = _tiny()
+    placeholder.lm_head.weight = torch.nn.Parameter(torch.empty(0))  # what ZeRO-3 leaves between forwards
+    assert output_head(placeholder) is None
+    softcapped = _tiny()
+    softcapped.config.final_logit_softcapping = 30.0
+    assert output_head(softcapped) is None

@@ -57,7 +57,11 @@ def membership_signal(model, prompter, forget: Sequence, holdout: Sequence, k: f
     also under ``auc_forget_vs_holdout`` (the field earlier audit records had)."""
     from .evaluation.mia import membership_report
 
-    report = membership_report(model, prompter, forget, holdout, k=k)
+    return membership_signal_of(membership_report(model, prompter, forget, holdout, k=k), k)
+
+
+def membership_signal_of(report: dict, k: float) -> dict:
+    """The audit's membership record from a report :func:`membership_report` already computed."""
     mink = report["attacks"]["min_k"]
     return {"min_k_percent": 100 * k, "forget_mean": mink["forget_mean"], "holdout_mean": mink["holdout_mean"],
             "auc_forget_vs_holdout": mink["auc"], **report}

@@ -376,13 +376,18 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
     model, prompter, base_path = prepare(model, tokenizer, mc, rt)
     streams = Streams(prompter, forget, retain, seed=train.seed, max_length=mc.max_length)
     before_sha = membership_before = None
+    # The audit's membership evidence is the evaluation's own report at the start and at the end when both
+    # score the same forget records against the same holdout (the usual --holdout run): not scored twice.
+    audit_reuses_eval = (bool(holdout) and not resume and ev.initial_metrics is None
+                         and {"start", "end"} <= set(ev.at) and _scores_audit_sets(ev, forget, holdout))
+    reports: dict[int, dict] = {}  # epoch -> the evaluation's membership report
     if run_dir is not None:
         from .audit import membership_signal, weights_sha256
 
         before_sha = weights_sha256(model.state_dict())  # recorded, so --resume refuses another starting model
-        if holdout:
+        if holdout and not audit_reuses_eval:
             with rt.autocast():
-                membership_before = membership_signal(model, prompter, forget, holdout)
+                membership_before = membership_signal(model, prompter, forget, holdout, k=ev.mia_k)
     with rt.autocast():
         model, pinfo = apply_params(model, pcfg, forget_examples=streams["forget"],
                                     retain_examples=streams["retain"] if pcfg.kind == "fila" else (),
@@ -427,13 +432,18 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
                            f"({', '.join(s_.name for s_ in ev.sets)}) after epoch {epoch} "
                            f"in {res.timing['evaluation_s']:.1f} s")
             crash_point("evaluation")
-            for k in eval_cost:
+            for k in ("evaluation_s", "generation_s", "generated_tokens"):
                 eval_cost[k] += res.timing.get(k, 0)
+            if res.timing.get("generation_batch"):
+                eval_cost["generation_batch"] = max(eval_cost.get("generation_batch", 0), res.timing["generation_batch"])
             aggregate(res, retain_model_tr=ev.retain_model_tr, utility_sets=ev.utility_sets)
             if full:
                 run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
-            out["metrics"].update(membership_metrics(mdl, prompter, ev))
+            keep: dict = {}
+            out["metrics"].update(membership_metrics(mdl, prompter, ev, keep))
+            if "report" in keep:
+                reports[epoch] = keep["report"]
             if full:
                 out["metrics"].update(verbatim_metrics(mdl, prompter, ev))
             if full and ev.lm_eval_tasks:
@@ -481,18 +491,37 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             run.cost["evaluation"] = {**eval_cost, "generation_tokens_per_s": eval_cost["generated_tokens"] /
                                       eval_cost["generation_s"] if eval_cost["generation_s"] else None}
     task.reference = None  # the unlearned model never carries the starting weights along
+    membership_after = None
+    if audit_reuses_eval and run.epochs:
+        from .audit import membership_signal_of
+
+        last = run.epochs[-1]["epoch"]
+        membership_before = membership_signal_of(reports[0], ev.mia_k) if 0 in reports else None
+        if last in reports:
+            membership_after = membership_signal_of(reports[last], ev.mia_k)
     if run_dir is not None and is_main_process():  # under `accelerate launch` one process writes
         with rt.autocast():
             _write_run(run_dir, model, prompter, run, forget, holdout, before_sha, membership_before,
-                       au, save, merge, base_path)
+                       au, save, merge, base_path, membership_after, ev.mia_k)
     return model, run
 
 
+def _scores_audit_sets(ev: EvalConfig, forget, holdout) -> bool:
+    """Whether the evaluation's membership report is the audit's: same forget records, same holdout."""
+    sets = [s for s in ev.sets if s.forget]
+    if not sets or ev.holdout is None:
+        return False
+    scored = list(sets[0].records)[: ev.limit] if ev.limit else list(sets[0].records)
+    return scored == list(forget) and list(ev.holdout) == list(holdout)
+
+
 def _write_run(run_dir: Path, model, prompter, run: UnlearnRun, forget, holdout, before_sha,
-               membership_before, au: AuditConfig, save: bool, merge: bool, base_path) -> None:
+               membership_before, au: AuditConfig, save: bool, merge: bool, base_path, membership_after=None,
+               mia_k: float = 0.4) -> None:
     from .audit import membership_signal, saved_weights_sha256, weights_sha256, write_audit
 
-    membership_after = membership_signal(model, prompter, forget, holdout) if holdout else None
+    if holdout and membership_after is None:
+        membership_after = membership_signal(model, prompter, forget, holdout, k=mia_k)
     model_dir = None
     if save and run.status == "ok":
         model_dir = save_unlearned(model, prompter.tokenizer, run_dir / "model", merge=merge,

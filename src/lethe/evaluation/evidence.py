@@ -40,14 +40,17 @@ def downstream_metrics(model, prompter, cfg) -> dict[str, float]:
     return run_lm_eval(model, prompter, cfg.lm_eval_tasks, tasks_dir=cfg.lm_eval_dir, limit=cfg.lm_eval_limit)
 
 
-def membership_metrics(model, prompter, cfg) -> dict[str, float]:
+def membership_metrics(model, prompter, cfg, keep: dict | None = None) -> dict[str, float]:
     """``mia/ATTACK_AUC`` (forget set vs ``cfg.holdout``) and, given the retain model's AUCs,
-    ``mia/ATTACK_PrivLeak``; empty without a holdout set."""
+    ``mia/ATTACK_PrivLeak``; empty without a holdout set. ``keep`` (a dict) receives the full report and
+    the forget records it scored, for the audit to reuse."""
     forget = [s_ for s_ in cfg.sets if s_.forget]
     if cfg.holdout is None or not forget:
         return {}
     records = list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
     report = membership_report(model, prompter, records, cfg.holdout, k=cfg.mia_k)
+    if keep is not None:
+        keep.update(report=report, records=records)
     out = {f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()}
     for a, ref in (cfg.retain_model_auc or {}).items():
         if f"mia/{a}_AUC" in out:

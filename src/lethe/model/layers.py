@@ -59,12 +59,17 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
 def output_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     """(decoder, output head) when the model's logits are exactly ``head(decoder output)``, else None.
 
-    A head that is not a plain ``nn.Linear`` (a LoRA-wrapped head) or a config with a logit transform
-    rules the fused path out; :func:`capture_head_inputs` also checks the equality numerically once.
+    A head that is not a plain ``nn.Linear`` (a LoRA-wrapped head), a sharded head, or a config with a logit
+    transform rules the fused path out; :func:`capture_head_inputs` also checks the equality numerically once.
     """
     base = unwrap(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear or not hasattr(base, "get_decoder"):
+        return None
+    # Sharded weights (FSDP2's DTensor; FSDP1 or ZeRO-3 leave an empty placeholder outside forward) exist
+    # whole only inside the module's own forward: the head is then applied there, on full logits.
+    weight = head.weight
+    if type(weight).__name__ == "DTensor" or tuple(weight.shape) != (head.out_features, head.in_features):
         return None
     config = getattr(base, "config", None)
     if any(getattr(config, k, None) not in (None, 1, 1.0) for k in _LOGIT_TRANSFORMS):
