@@ -39,8 +39,16 @@ def test_smoke_demo_writes_the_results_contract(smoke_run):
             assert isinstance(metrics[key], float), key
         assert 0 <= metrics["FQ"] <= 1
     assert res["reference"]["retain"]["FQ"] == pytest.approx(1.0)
+    # membership inference against held-out authors, every epoch; PrivLeak against the retain model
+    assert res["data"]["holdout"] == res["data"]["forget"]
+    for run in res["runs"]:
+        for epoch in run["epochs"]:
+            assert 0 <= epoch["metrics"]["mia/min_k_AUC"] <= 1 and 0 <= epoch["metrics"]["mia/min_k_KS_p"] <= 1
+            assert "mia/min_k_PrivLeak" in epoch["metrics"]
+    assert "mia/min_k_PrivLeak" not in res["reference"]["retain"]  # its own AUCs are the reference
     report = (out / "report.md").read_text()
     assert "| GA+GD | full | ok |" in report
+    assert "## Stopping without a retain model" in report
 
 
 def test_demo_reuses_finished_runs(smoke_run, capsys):

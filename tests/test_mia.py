@@ -95,6 +95,11 @@ def test_indistinguishable_stop_rule(tokenizer, smoke_data, tiny_model, tmp_path
                  train=TrainConfig(epochs=30, lr=5e-3, batch_size=4, micro_batch_size=4, checkpoint=False))
     rule = IndistinguishableStop(members, nonmembers, prompter=tokenizer)
     assert rule(1, tiny_model)["stop"] is False and rule(1, tiny_model)["metrics"]["stop/p_value"] < 0.05
+    # every evaluation's membership report carries the p-value the rule tests (the report's stopping table)
+    from lethe.evaluation.mia import membership_report
+
+    report = membership_report(tiny_model, tokenizer, members, nonmembers)
+    assert report["attacks"]["min_k"]["ks_p"] == pytest.approx(rule.p_value(tiny_model), rel=1e-6)
     same = IndistinguishableStop(members, members, prompter=tokenizer, min_epochs=2)
     assert same(1, tiny_model)["stop"] is False and same(2, tiny_model)["stop"] is True  # p = 1, from epoch 2
     # through the CLI: a holdout equal to the forget set is indistinguishable at once, so the run stops at epoch 1

@@ -40,3 +40,23 @@ def test_save_writes_tofu_named_files(tmp_path):
     assert read_qa(tmp_path / "forget10.jsonl") == d.forget(10)
     assert read_qa(tmp_path / "retain90.jsonl") == d.retain(10)
     assert len(read_qa(tmp_path / "world_facts.jsonl")) == len(d.world_facts)
+
+
+def test_held_out_authors_are_new_and_leave_the_rest_unchanged():
+    """Membership inference's held-out side: as many authors as forget10, none of them trained on; they come
+    from their own generator, so every other record is what it was before they existed."""
+    import hashlib
+    import json
+
+    for size in ("smoke", "small"):
+        d = generate_authors(size, 0)
+        held = {r.subject for r in d.holdout}
+        assert held and not held & set(d.authors)
+        assert len(d.holdout) == len(d.forget(10))
+        assert not {r.question for r in d.holdout} & {r.question for r in d.full}
+    digest = hashlib.sha256(json.dumps([r.to_dict() for r in generate_authors("small", 0).full]).encode()).hexdigest()
+    assert digest == SMALL_SEED0_SHA256
+
+
+# sha256 of generate_authors("small", 0).full as it was before held-out authors were added
+SMALL_SEED0_SHA256 = "ba79809d7a924fd8d97bdeb3b2ffcc2310c98a9cfb3cd74c7679972b7c5c76ce"

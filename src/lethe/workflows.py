@@ -194,16 +194,14 @@ class IndistinguishableStop:
                 "min_epochs": self.min_epochs, "k": self.k}
 
     def p_value(self, model) -> float:
-        from scipy.stats import ks_2samp
-
-        from .evaluation.mia import attack_scores, scored_text, token_statistics
+        from .evaluation.mia import attack_scores, ks_p_value, scored_text, token_statistics
 
         tok = self.prompter.tokenizer
         f = attack_scores(token_statistics(model, self.prompter, self.forget),
                           [scored_text(r, tok) for r in self.forget], k=self.k)[self.statistic]
         h = attack_scores(token_statistics(model, self.prompter, self.holdout),
                           [scored_text(r, tok) for r in self.holdout], k=self.k)[self.statistic]
-        return float(ks_2samp(f, h).pvalue)
+        return ks_p_value(f, h)
 
     def __call__(self, epoch, model) -> dict:
         if self.prompter is None:

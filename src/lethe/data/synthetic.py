@@ -229,6 +229,11 @@ class AuthorsDataset:
     def retain(self, percent: int) -> list[QARecord]:
         return self.splits[f"retain{100 - percent:02d}"]
 
+    @property
+    def holdout(self) -> list[QARecord]:
+        """Authors never trained on (as many as forget10 has): membership inference's held-out set."""
+        return self.splits["holdout"]
+
     def save(self, directory: str | Path) -> Path:
         directory = Path(directory)
         write_qa(directory / "full.jsonl", self.full)
@@ -319,4 +324,10 @@ def generate_authors(size: str = "small", seed: int = 0, *, n_perturbed: int = 3
         forget_names = set(names[-n_forget:])
         ds.splits[f"forget{pct:02d}"] = [r for r in full if r.subject in forget_names]
         ds.splits[f"retain{100 - pct:02d}"] = [r for r in full if r.subject not in forget_names]
+    # Authors of the same kind that no model is trained on, as many as forget10 has: the held-out side of
+    # membership inference. Their own generator, so the authors above are the same with or without them.
+    hold_rng = random.Random(seed + 5)
+    n_hold = max(1, round(preset.authors * 10 / 100))
+    hold_names = [n for n in _unique_names(hold_rng, n_hold + len(names)) if n not in set(names)][:n_hold]
+    ds.splits["holdout"] = [r for n in hold_names for r in _author_records(hold_rng, n, preset.qa_per_author, n_perturbed)]
     return ds

@@ -78,7 +78,7 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate tracker names; each 
 def make_accelerator(log_with: str | None = None, project_dir: str | Path | None = None, runtime=None) -> Accelerator:
     """accelerate on the runtime policy's device. Autocast comes from the policy, not from accelerate's
     process-wide mixed-precision state, so runs of different precision can follow each other in one process."""
-    from ..runtime import DEFAULT_RUNTIME, uncompile_blocks
+    from ..runtime import DEFAULT_RUNTIME
 
     runtime = runtime or DEFAULT_RUNTIME
     if log_with is not None:

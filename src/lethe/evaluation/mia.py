@@ -116,6 +116,17 @@ def privleak(auc_unlearned: float, auc_retrain: float) -> float:
     return (auc_unlearned - auc_retrain) / auc_retrain * 100.0
 
 
+def ks_p_value(forget_scores, holdout_scores) -> float:
+    """Two-sample KS p-value of two score lists (what ``--stop-when indistinguishable`` tests): high means
+    the forget set's scores cannot be told from the held-out set's."""
+    from scipy.stats import ks_2samp
+
+    f = np.asarray(forget_scores, dtype=float)
+    h = np.asarray(holdout_scores, dtype=float)
+    f, h = f[~np.isnan(f)], h[~np.isnan(h)]
+    return float(ks_2samp(f, h).pvalue) if len(f) and len(h) else float("nan")
+
+
 def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k: float = 0.4,
                       reference=None, retain_model=None, batch_size: int = 16) -> dict:
     """Every attack's AUC (forget vs holdout) and mean scores; PrivLeak per attack with ``retain_model``.
@@ -139,7 +150,8 @@ def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k
 
     f, h = scores(model)
     report = {"k_percent": 100 * k, "forget_items": len(forget), "holdout_items": len(holdout), "attacks": {
-        a: {"auc": auc(f[a], h[a]), "forget_mean": float(np.nanmean(f[a])), "holdout_mean": float(np.nanmean(h[a]))}
+        a: {"auc": auc(f[a], h[a]), "forget_mean": float(np.nanmean(f[a])), "holdout_mean": float(np.nanmean(h[a])),
+            "ks_p": ks_p_value(f[a], h[a])}
         for a in f}}
     if retain_model is not None:
         rf, rh = scores(retain_model)

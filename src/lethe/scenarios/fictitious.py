@@ -21,7 +21,7 @@ from ..comparison import point_label
 from . import check_methods, console as make_console, finished, run_dir_for, scenario_dir
 
 NAME = "fictitious-authors"
-VERSION = 1
+VERSION = 2  # 2: held-out authors, membership inference (AUC, PrivLeak, KS p) per epoch
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,7 @@ def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, 
 def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic, sweep, seeds) -> dict:
     from ..core import EvalConfig, unlearn
     from ..objectives.method import parse_method
+    from ..evaluation.evidence import membership_aucs, membership_metrics
     from ..evaluation.suite import aggregate, evaluate_sets
     from ..io import write_json
     from ..model.load import load_model
@@ -208,8 +209,14 @@ def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic
     ret = evaluate_sets(retain_model, tokenizer, sets, **eval_kwargs)
     retain_tr = ret.per_item["forget/TR_values"]
     aggregate(ret, retain_model_tr=retain_tr)
+    # Membership inference, forget authors vs held-out authors no model saw: the retain model's AUCs are
+    # PrivLeak's reference (MUSE), and every epoch of every run is scored the same way.
+    ret.metrics.update(membership_metrics(retain_model, tokenizer, EvalConfig(sets=sets, holdout=data.holdout)))
+    retain_auc = membership_aucs(ret.metrics)
     tgt = evaluate_sets(target, tokenizer, sets, **eval_kwargs)
     aggregate(tgt, retain_model_tr=retain_tr)
+    tgt.metrics.update(membership_metrics(target, tokenizer, EvalConfig(sets=sets, holdout=data.holdout,
+                                                                        retain_model_auc=retain_auc)))
     del target
 
     runs = []
@@ -243,7 +250,8 @@ def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic
             train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.rmu_lr_scale)
         train_cfg = replace(train_cfg, **{k: v for k, v in point.items() if k in TRAIN_SWEEP})  # a swept lr is absolute
         params = ParamsConfig(kind=kind, rank=rank)
-        evaluation = EvalConfig(sets=sets, retain_model_tr=retain_tr, initial_metrics=tgt.metrics, **eval_kwargs)
+        evaluation = EvalConfig(sets=sets, retain_model_tr=retain_tr, initial_metrics=tgt.metrics,
+                                holdout=data.holdout, retain_model_auc=retain_auc, **eval_kwargs)
         _, run = unlearn(model, data.forget(forget_percent), data.retain(forget_percent),
                          method=MethodConfig(method, **{k: v for k, v in point.items() if k in METHOD_SWEEP}),
                          tokenizer=tokenizer, train=train_cfg, params=params, evaluation=evaluation, out_dir=run_dir,
@@ -264,7 +272,7 @@ def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic
         "model": {"kind": "llama (built here)", "preset": settings.model_preset, "parameters": n_params,
                   "vocab_size": len(tokenizer), "path": str(out / "models" / "target")},
         "data": {"forget": len(data.forget(forget_percent)), "retain": len(data.retain(forget_percent)),
-                 "authors": len(data.authors), "real_authors": len(data.real_authors),
+                 "authors": len(data.authors), "holdout": len(data.holdout), "real_authors": len(data.real_authors),
                  "world_facts": len(data.world_facts), "path": str(out / "data")},
         "settings": {"finetune": asdict(settings.finetune), "unlearn": asdict(settings.unlearn),
                      "max_new_tokens": settings.max_new_tokens, "retain_eval": settings.retain_eval,
