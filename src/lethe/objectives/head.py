@@ -104,9 +104,9 @@ class _FusedHeadMap(torch.autograd.Function):
             sel = rows[start : start + chunk]
             scale = grad_values[start : start + chunk]
             h = hidden_flat[sel]
-            with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            with torch.autocast(device_type, dtype=dtype, enabled=enabled):  # as forward projected them
                 logits = F.linear(h, weight, bias).detach()
-            others = [_rows_of(o, sel) for o in ctx.others]
+                others = [_rows_of(o, sel) for o in ctx.others]
             if getattr(fn, "value_and_grad", None) is not None:
                 g = torch.empty(logits.shape, dtype=_wide(logits.dtype), device=logits.device)
                 fn.value_and_grad(logits, *others, out=g)
