@@ -120,3 +120,54 @@ def test_indistinguishable_stop_rule(tokenizer, smoke_data, tiny_model, tmp_path
     with pytest.raises(SystemExit) as e:
         main(base + ["--out", str(tmp_path / "v")])
     assert e.value.code == 2 and "needs --holdout" in capsys.readouterr().err
+
+
+def test_group_permutation_p_is_exact_over_group_splits_and_respects_clustering():
+    import itertools
+
+    import numpy as np
+
+    from lethe.errors import LetheError
+    from lethe.evaluation.mia import auc, group_permutation_p, ks_p_value
+    from lethe.workflows import IndistinguishableStop
+
+    rng = np.random.default_rng(0)
+    mg = [g for g in "abcd" for _ in range(5)]
+    hg = [g for g in "efgh" for _ in range(5)]
+    # a strong effect per group and none per side: what two sets of unseen authors look like
+    effect = {g: rng.normal(0, 2) for g in "abcdefgh"}
+    m = [effect[g] + rng.normal(0, 0.1) for g in mg]
+    h = [effect[g] + rng.normal(0, 0.1) for g in hg]
+    # brute force: AUC of every way to call 4 of the 8 groups members
+    obs, hits, total = abs(auc(m, h) - 0.5), 0, 0
+    items = list(zip(m + h, mg + hg))
+    for chosen in itertools.combinations("abcdefgh", 4):
+        a = [x for x, g in items if g in chosen]
+        b = [x for x, g in items if g not in chosen]
+        hits += abs(auc(a, b) - 0.5) >= obs - 1e-12
+        total += 1
+    assert group_permutation_p(m, h, mg, hg) == pytest.approx(hits / total)
+    # 20 items a side look independent to KS, which rejects; whole groups show there is nothing to reject
+    assert ks_p_value(m, h) < 0.05 and group_permutation_p(m, h, mg, hg) > 0.05
+    # sampled permutations (more splits than n_perm) agree with the exact value
+    assert group_permutation_p(m, h, mg, hg, n_perm=60) == pytest.approx(hits / total, abs=0.15)
+    # a real difference between the sides is still found, groups or not
+    shifted = [x + 10 for x in m]
+    assert group_permutation_p(shifted, h, mg, hg) == pytest.approx(2 / total)
+    with pytest.raises(LetheError, match="subject"):
+        from lethe.data.records import QARecord
+
+        IndistinguishableStop([QARecord("q", "a")], [QARecord("q2", "a2")], test="group")
+
+
+def test_group_stop_rule_on_authors(tokenizer, smoke_data, tiny_model):
+    from lethe.evaluation.mia import group_permutation_p, membership_report
+    from lethe.workflows import IndistinguishableStop
+
+    forget, holdout = smoke_data.forget(10), smoke_data.holdout
+    rule = IndistinguishableStop(forget, holdout, prompter=tokenizer, test="group")
+    report = membership_report(tiny_model, tokenizer, forget, holdout)
+    assert report["groups"] == {"forget": len({r.subject for r in forget}), "holdout": len({r.subject for r in holdout})}
+    assert report["attacks"]["min_k"]["group_p"] == pytest.approx(rule.p_value(tiny_model))
+    assert rule.record()["test"] == "group"
+    assert group_permutation_p([1.0], [0.0], ["a"], ["b"]) == pytest.approx(1.0)  # one group a side: undecidable

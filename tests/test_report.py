@@ -19,3 +19,14 @@ def test_stopping_rows_pick_the_rules_epoch_and_the_oracles():
     assert rows[0] == ["NPO+GD", "full", 2, 0.2, 0.55, 0.5, 2, 0.55, 0.5, 3]
     assert rows[1][2] == "never" and rows[1][3:6] == [None, None, None] and rows[1][6] == 1
     assert stopping_rows({"runs": runs}, min_epochs=3)[0][2] == 3  # epoch 0 never counts; min_epochs does
+
+
+def test_stopping_rows_read_the_grouped_test_when_asked():
+    from lethe.report import render_report, stopping_rows
+
+    run = {"method": "GA", "params": "full", "epochs": [
+        {"epoch": 1, "metrics": {"mia/min_k_KS_p": 0.001, "mia/min_k_group_p": 0.3, "FQ": 0.2, "MU": 0.5}}]}
+    assert stopping_rows({"runs": [run]})[0][2] == "never"
+    assert stopping_rows({"runs": [run]}, test="group")[0][2] == 1
+    text = render_report({"scenario": "fictitious-authors", "runs": [run]})
+    assert "permutation of whole authors" in text and "two-sample KS over QA pairs" in text

@@ -112,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-statistic", default="min_k", choices=("min_k", "min_k_pp", "loss", "zlib"),
                    help="the per-item membership score the stopping test compares (default min_k)")
     p.add_argument("--stop-threshold", type=P_VALUE_THRESHOLD, default=0.05,
-                   help="stop when the KS test's p-value is at least this (default 0.05)")
+                   help="stop when the test's p-value is at least this (default 0.05)")
+    p.add_argument("--stop-test", choices=("ks", "group"), default="ks",
+                   help="ks: two-sample KS over records (default); group: permutation of whole groups of records "
+                        "sharing a 'subject' (several QA pairs per author or person are not independent evidence, "
+                        "and the item-level test rejects too easily on them)")
     p.add_argument("--include-text", action="store_true",
                    help="put the forget records' text in audit.json (default: only their count and sha256)")
     p.add_argument("--holdout", default=None,
@@ -332,7 +336,7 @@ def _unlearn(args, progress: bool) -> int:
             hook = IndistinguishableStop(load_records(args.forget, fields=data.fields, split=data.split),
                                          holdout or [],
                                          statistic=args.stop_statistic, threshold=args.stop_threshold,
-                                         min_epochs=args.min_epochs, k=args.mia_k)
+                                         min_epochs=args.min_epochs, k=args.mia_k, test=args.stop_test)
         _, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit,
                               convention=args.convention, epoch_hook=hook,
                               extra_record={"stop_when": hook.record()} if hook else None,

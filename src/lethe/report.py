@@ -95,12 +95,13 @@ def comparison_section(results: dict) -> list[str]:
             _table(*c["best"])]
 
 
-def stopping_rows(results: dict, *, statistic: str = "min_k", threshold: float = 0.05, min_epochs: int = 1) -> list:
+def stopping_rows(results: dict, *, statistic: str = "min_k", threshold: float = 0.05, min_epochs: int = 1,
+                  test: str = "KS") -> list:
     """Per run: the epoch ``--stop-when indistinguishable`` stops at (the first from ``min_epochs`` whose
-    forget-vs-holdout KS p-value of ``statistic`` is ≥ ``threshold``: no retain model needed) next to the
-    epoch an oracle picks by FQ (its maximum, the earliest on ties), with MU and FQ at both. Runs without
-    per-epoch KS p-values and FQ are left out."""
-    key, rows = f"mia/{statistic}_KS_p", []
+    forget-vs-holdout p-value of ``statistic`` is ≥ ``threshold``: no retain model needed; ``test`` "KS" or
+    "group" for ``--stop-test group``) next to the epoch an oracle picks by FQ (its maximum, the earliest on
+    ties), with MU and FQ at both. Runs without per-epoch p-values and FQ are left out."""
+    key, rows = f"mia/{statistic}_{test}_p", []
     for run in results.get("runs", []):
         epochs = [e for e in run["epochs"] if e.get("epoch", 0) >= 1 and e.get("metrics")]
         scored = [e for e in epochs if key in e["metrics"] and "FQ" in e["metrics"]]
@@ -120,14 +121,17 @@ STOPPING_HEADER = ["method", "params", "rule's epoch", "KS p there", "MU there",
 
 
 def stopping_section(results: dict) -> list[str]:
-    rows = stopping_rows(results)
-    if not rows:
+    out = []
+    for test, how in (("KS", "two-sample KS over QA pairs, `--stop-test ks`"),
+                      ("group", "permutation of whole authors, `--stop-test group`")):
+        if rows := stopping_rows(results, test=test):
+            out += ["", f"Test: {how}.", "", _table(STOPPING_HEADER, rows)]
+    if not out:
         return []
     return ["", "## Stopping without a retain model", "",
             "`--stop-when indistinguishable` stops at the first epoch where the forget set's Min-K% scores cannot "
-            "be told from held-out authors' (two-sample KS p ≥ 0.05; no retain model). The oracle picks the epoch "
-            "with the highest FQ, which needs the retain model. Both read the same per-epoch evaluations.", "",
-            _table(STOPPING_HEADER, rows)]
+            "be told from held-out authors' (p ≥ 0.05; no retain model). The oracle picks the epoch with the "
+            "highest FQ, which needs the retain model. Both read the same per-epoch evaluations.", *out]
 
 
 def write_report(results: dict, path: str | Path) -> Path:

@@ -192,10 +192,11 @@ def _section(results: dict, source: str) -> str:
     parts.append("<h3>Final epoch</h3>" + table)
     from .report import STOPPING_HEADER, stopping_rows
 
-    if stop_rows := stopping_rows(results):
-        parts.append("<h3>Stopping without a retain model</h3><p class='note'>The first epoch whose forget-vs-held-out "
-                     "Min-K% KS p ≥ 0.05 (--stop-when indistinguishable) next to the epoch with the highest FQ "
-                     "(needs the retain model).</p>" + _table(STOPPING_HEADER, stop_rows))
+    for test, how in (("KS", "KS over QA pairs"), ("group", "permutation of whole authors")):
+        if stop_rows := stopping_rows(results, test=test):
+            parts.append(f"<h3>Stopping without a retain model ({how})</h3><p class='note'>The first epoch whose "
+                         "forget-vs-held-out Min-K% p ≥ 0.05 (--stop-when indistinguishable) next to the epoch with "
+                         "the highest FQ (needs the retain model).</p>" + _table(STOPPING_HEADER, stop_rows))
     # per-metric tables per set, the starting model included (closer-look Tables 5-6, 8)
     for set_name, metrics, rows in per_set_tables(results):
         parts.append(f"<h3>{html.escape(set_name)} set</h3>" + _table(["model", *metrics], rows))

@@ -157,18 +157,24 @@ __all__: Sequence[str] = ("extraction_stop_hook", "unlearn_sequences", "finetune
 STOP_STATISTICS = ("min_k", "min_k_pp", "loss", "zlib")
 
 
+STOP_TESTS = ("ks", "group")  # item-level two-sample KS; permutation of whole groups (records sharing a subject)
+
+
 class IndistinguishableStop:
     """An ``epoch_hook`` that stops unlearning without a retain model: at the first epoch (from
     ``min_epochs``) where the forget set's per-item membership scores (``statistic``: an attack of
     :mod:`lethe.evaluation.mia`) cannot be told from those of ``holdout`` — records of the same kind the
     model never saw — by a two-sample KS test at level ``threshold`` (p-value ≥ threshold).
+    ``test="group"``: records come in groups (several QA pairs per author, grouped by ``subject``), which an
+    item-level test treats as independent evidence; the p-value then comes from permuting whole groups
+    between the two sides (:func:`lethe.evaluation.mia.group_permutation_p`).
 
     Records ``stop/p_value`` per epoch (epoch 0 included: how distinguishable the set was before).
     :func:`unlearn` binds it to the run's prompt format before the first call.
     """
 
     def __init__(self, forget, holdout, *, statistic: str = "min_k", threshold: float = 0.05, min_epochs: int = 1,
-                 k: float = 0.4, prompter=None):
+                 k: float = 0.4, prompter=None, test: str = "ks"):
         from .validation import P_VALUE_THRESHOLD, check_positive
 
         if statistic not in STOP_STATISTICS:
@@ -179,6 +185,16 @@ class IndistinguishableStop:
             raise LetheError("--stop-when indistinguishable needs --holdout: records of the forget set's kind that "
                              "the model never saw")
         self.forget, self.holdout = list(forget), list(holdout)
+        if test not in STOP_TESTS:
+            raise LetheError(f"--stop-test: expected one of {', '.join(STOP_TESTS)}, got {test!r}")
+        if test == "group":
+            from .evaluation.mia import record_groups
+
+            self.groups = record_groups(self.forget), record_groups(self.holdout)
+            if None in self.groups:
+                raise LetheError("--stop-test group needs a 'subject' on every forget and holdout record (the "
+                                 "author or person several records share)")
+        self.test = test
         self.statistic, self.threshold, self.min_epochs, self.k = statistic, threshold, min_epochs, k
         self.prompter = None
         if prompter is not None:
@@ -190,18 +206,18 @@ class IndistinguishableStop:
         self.prompter = as_prompter(prompter)
 
     def record(self) -> dict:
-        return {"rule": "indistinguishable", "statistic": self.statistic, "threshold": self.threshold,
-                "min_epochs": self.min_epochs, "k": self.k}
+        return {"rule": "indistinguishable", "statistic": self.statistic, "test": self.test,
+                "threshold": self.threshold, "min_epochs": self.min_epochs, "k": self.k}
 
     def p_value(self, model) -> float:
-        from .evaluation.mia import attack_scores, ks_p_value, scored_text, token_statistics
+        from .evaluation.mia import attack_scores, group_permutation_p, ks_p_value, scored_text, token_statistics
 
         tok = self.prompter.tokenizer
         f = attack_scores(token_statistics(model, self.prompter, self.forget),
                           [scored_text(r, tok) for r in self.forget], k=self.k)[self.statistic]
         h = attack_scores(token_statistics(model, self.prompter, self.holdout),
                           [scored_text(r, tok) for r in self.holdout], k=self.k)[self.statistic]
-        return ks_p_value(f, h)
+        return group_permutation_p(f, h, *self.groups) if self.test == "group" else ks_p_value(f, h)
 
     def __call__(self, epoch, model) -> dict:
         if self.prompter is None:

@@ -53,6 +53,7 @@ def membership_metrics(model, prompter, cfg, keep: dict | None = None) -> dict[s
         keep.update(report=report, records=records)
     out = {f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()}
     out.update({f"mia/{a}_KS_p": v["ks_p"] for a, v in report["attacks"].items()})
+    out.update({f"mia/{a}_group_p": v["group_p"] for a, v in report["attacks"].items() if "group_p" in v})
     for a, ref in (cfg.retain_model_auc or {}).items():
         if f"mia/{a}_AUC" in out:
             out[f"mia/{a}_PrivLeak"] = privleak(out[f"mia/{a}_AUC"], ref)

@@ -127,6 +127,55 @@ def ks_p_value(forget_scores, holdout_scores) -> float:
     return float(ks_2samp(f, h).pvalue) if len(f) and len(h) else float("nan")
 
 
+def record_groups(records: Sequence) -> list | None:
+    """Each record's group (``subject``: the author, person or topic several records share), or None when
+    some record has none."""
+    groups = [getattr(r, "subject", None) for r in records]
+    return None if not groups or any(g is None for g in groups) else groups
+
+
+def group_permutation_p(member: Sequence[float], nonmember: Sequence[float], member_groups: Sequence,
+                        nonmember_groups: Sequence, *, n_perm: int = 2000, seed: int = 0) -> float:
+    """Two-sided p-value of the AUC (member vs non-member) under permutations of whole groups between the sides.
+
+    Records of one group (the QA pairs of one author) are not independent, so an item-level test counts
+    one author's name ten times and rejects too easily. Here the null distribution comes from reassigning
+    whole groups: every split when there are at most ``n_perm`` of them (exact), else ``n_perm`` seeded
+    random ones. Ranks of the pooled scores are fixed, so each permutation's AUC is a sum over groups.
+    """
+    import itertools
+    import math
+
+    from scipy.stats import rankdata
+
+    items = [(x, ("member", g)) for x, g in zip(member, member_groups) if x == x]
+    items += [(x, ("nonmember", g)) for x, g in zip(nonmember, nonmember_groups) if x == x]
+    keys = list(dict.fromkeys(k for _, k in items))
+    members = [i for i, k in enumerate(keys) if k[0] == "member"]
+    if not members or len(members) == len(keys):
+        return float("nan")
+    ranks = rankdata([x for x, _ in items])
+    index = {k: i for i, k in enumerate(keys)}
+    rank_sum, size = np.zeros(len(keys)), np.zeros(len(keys))
+    for r, (_, k) in zip(ranks, items):
+        rank_sum[index[k]] += r
+        size[index[k]] += 1
+    total_items = size.sum()
+
+    def distance(chosen) -> float:
+        n1 = size[list(chosen)].sum()
+        u = rank_sum[list(chosen)].sum() - n1 * (n1 + 1) / 2
+        return abs(u / (n1 * (total_items - n1)) - 0.5)
+
+    observed = distance(members) - 1e-12
+    if math.comb(len(keys), len(members)) <= n_perm:
+        stats = [distance(c) for c in itertools.combinations(range(len(keys)), len(members))]
+        return float(np.mean([d >= observed for d in stats]))
+    rng = np.random.default_rng(seed)
+    hits = sum(distance(rng.choice(len(keys), len(members), replace=False)) >= observed for _ in range(n_perm))
+    return float((1 + hits) / (1 + n_perm))
+
+
 def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k: float = 0.4,
                       reference=None, retain_model=None, batch_size: int = 16) -> dict:
     """Every attack's AUC (forget vs holdout) and mean scores; PrivLeak per attack with ``retain_model``.
@@ -153,6 +202,11 @@ def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k
         a: {"auc": auc(f[a], h[a]), "forget_mean": float(np.nanmean(f[a])), "holdout_mean": float(np.nanmean(h[a])),
             "ks_p": ks_p_value(f[a], h[a])}
         for a in f}}
+    groups_f, groups_h = record_groups(forget), record_groups(holdout)
+    if groups_f and groups_h:  # records in groups (several QA per author): the test that respects them
+        report["groups"] = {"forget": len(set(groups_f)), "holdout": len(set(groups_h))}
+        for a in f:
+            report["attacks"][a]["group_p"] = group_permutation_p(f[a], h[a], groups_f, groups_h)
     if retain_model is not None:
         rf, rh = scores(retain_model)
         report["privleak"] = {a: privleak(report["attacks"][a]["auc"], auc(rf[a], rh[a])) for a in f if a in rf}
