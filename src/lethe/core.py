@@ -22,7 +22,8 @@ from .data.sources import is_text_source, load_records
 from .engine.loop import TrainConfig, TrainResult, train as train_loop
 from .engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
 from .errors import DivergenceError, LetheError
-from .evaluation.evidence import downstream_metrics, membership_aucs, membership_metrics, verbatim_metrics
+from .evaluation.evidence import (downstream_metrics, membership_aucs, membership_metrics, scored_forget_records,
+                                  verbatim_metrics)
 from .evaluation.suite import MU9_SETS, EvalResult, EvalSet, Semantic, aggregate, evaluate_sets
 from .audit import records_sha256
 from .conventions import Convention, get_convention
@@ -508,11 +509,8 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
 
 def _scores_audit_sets(ev: EvalConfig, forget, holdout) -> bool:
     """Whether the evaluation's membership report is the audit's: same forget records, same holdout."""
-    sets = [s for s in ev.sets if s.forget]
-    if not sets or ev.holdout is None:
-        return False
-    scored = list(sets[0].records)[: ev.limit] if ev.limit else list(sets[0].records)
-    return scored == list(forget) and list(ev.holdout) == list(holdout)
+    scored = scored_forget_records(ev)
+    return scored is not None and ev.holdout is not None and scored == list(forget) and list(ev.holdout) == list(holdout)
 
 
 def _write_run(run_dir: Path, model, prompter, run: UnlearnRun, forget, holdout, before_sha,

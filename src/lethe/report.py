@@ -116,14 +116,16 @@ def stopping_rows(results: dict, *, statistic: str = "min_k", threshold: float =
     return rows
 
 
-STOPPING_HEADER = ["method", "params", "rule's epoch", "KS p there", "MU there", "FQ there", "oracle's epoch",
+STOPPING_HEADER = ["method", "params", "rule's epoch", "p there", "MU there", "FQ there", "oracle's epoch",
                    "MU there", "FQ there", "epochs run"]
+# The stopping rule's tests as the reports name them: (metric infix, description).
+STOPPING_TESTS = (("KS", "two-sample KS over QA pairs, `--stop-test ks`"),
+                  ("group", "permutation of whole authors, `--stop-test group`"))
 
 
 def stopping_section(results: dict) -> list[str]:
     out = []
-    for test, how in (("KS", "two-sample KS over QA pairs, `--stop-test ks`"),
-                      ("group", "permutation of whole authors, `--stop-test group`")):
+    for test, how in STOPPING_TESTS:
         if rows := stopping_rows(results, test=test):
             out += ["", f"Test: {how}.", "", _table(STOPPING_HEADER, rows)]
     if not out:

@@ -190,13 +190,14 @@ def _section(results: dict, source: str) -> str:
     parts.append("<div class='figs'>" + "".join(figs) + "</div>")
     parts.append(_comparison(results))
     parts.append("<h3>Final epoch</h3>" + table)
-    from .report import STOPPING_HEADER, stopping_rows
+    from .report import STOPPING_HEADER, STOPPING_TESTS, stopping_rows
 
-    for test, how in (("KS", "KS over QA pairs"), ("group", "permutation of whole authors")):
+    for test, how in STOPPING_TESTS:
         if stop_rows := stopping_rows(results, test=test):
-            parts.append(f"<h3>Stopping without a retain model ({how})</h3><p class='note'>The first epoch whose "
-                         "forget-vs-held-out Min-K% p ≥ 0.05 (--stop-when indistinguishable) next to the epoch with "
-                         "the highest FQ (needs the retain model).</p>" + _table(STOPPING_HEADER, stop_rows))
+            parts.append(f"<h3>Stopping without a retain model ({html.escape(how.replace('`', ''))})</h3>"
+                         "<p class='note'>The first epoch whose forget-vs-held-out Min-K% p ≥ 0.05 (--stop-when "
+                         "indistinguishable) next to the epoch with the highest FQ (needs the retain model).</p>"
+                         + _table(STOPPING_HEADER, stop_rows))
     # per-metric tables per set, the starting model included (closer-look Tables 5-6, 8)
     for set_name, metrics, rows in per_set_tables(results):
         parts.append(f"<h3>{html.escape(set_name)} set</h3>" + _table(["model", *metrics], rows))

@@ -328,6 +328,7 @@ def generate_authors(size: str = "small", seed: int = 0, *, n_perturbed: int = 3
     # membership inference. Their own generator, so the authors above are the same with or without them.
     hold_rng = random.Random(seed + 5)
     n_hold = max(1, round(preset.authors * 10 / 100))
-    hold_names = [n for n in _unique_names(hold_rng, n_hold + len(names)) if n not in set(names)][:n_hold]
+    taken = set(names)
+    hold_names = [n for n in _unique_names(hold_rng, n_hold + len(names)) if n not in taken][:n_hold]
     ds.splits["holdout"] = [r for n in hold_names for r in _author_records(hold_rng, n, preset.qa_per_author, n_perturbed)]
     return ds

@@ -9,13 +9,20 @@ from .mia import membership_report, privleak
 from .verbatim import exact_memorization, extraction_strength, knowmem, verbmem
 
 
+def scored_forget_records(cfg) -> list | None:
+    """The forget set's records an evaluation scores (its first ``limit``), or None without a forget set."""
+    forget = [s_ for s_ in cfg.sets if s_.forget]
+    if not forget:
+        return None
+    return list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
+
+
 def verbatim_metrics(model, prompter, cfg) -> dict[str, float]:
     """``forget/EM``, ``forget/ExtractionStrength`` (with ``memorization``), ``verbmem/VerbMem`` and
     ``knowmem/SET`` (MUSE, × 100) for what the config names."""
     out: dict[str, float] = {}
-    forget = [s_ for s_ in cfg.sets if s_.forget]
-    if cfg.memorization and forget:
-        records = list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
+    records = scored_forget_records(cfg)
+    if cfg.memorization and records is not None:
         out["forget/EM"] = M.mean(exact_memorization(model, prompter, records))
         out["forget/ExtractionStrength"] = M.mean(extraction_strength(model, prompter, records))
     if cfg.verbmem_texts:
@@ -42,15 +49,14 @@ def downstream_metrics(model, prompter, cfg) -> dict[str, float]:
 
 def membership_metrics(model, prompter, cfg, keep: dict | None = None) -> dict[str, float]:
     """``mia/ATTACK_AUC`` (forget set vs ``cfg.holdout``) and, given the retain model's AUCs,
-    ``mia/ATTACK_PrivLeak``; empty without a holdout set. ``keep`` (a dict) receives the full report and
-    the forget records it scored, for the audit to reuse."""
-    forget = [s_ for s_ in cfg.sets if s_.forget]
-    if cfg.holdout is None or not forget:
+    ``mia/ATTACK_PrivLeak``; empty without a holdout set. ``keep`` (a dict) receives the full report under
+    ``"report"``, for the audit to reuse."""
+    records = scored_forget_records(cfg)
+    if cfg.holdout is None or records is None:
         return {}
-    records = list(forget[0].records)[: cfg.limit] if cfg.limit else list(forget[0].records)
     report = membership_report(model, prompter, records, cfg.holdout, k=cfg.mia_k)
     if keep is not None:
-        keep.update(report=report, records=records)
+        keep["report"] = report
     out = {f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()}
     out.update({f"mia/{a}_KS_p": v["ks_p"] for a, v in report["attacks"].items()})
     out.update({f"mia/{a}_group_p": v["group_p"] for a, v in report["attacks"].items() if "group_p" in v})

@@ -60,7 +60,8 @@ def output_head(model) -> tuple[torch.nn.Module, torch.nn.Linear] | None:
     """(decoder, output head) when the model's logits are exactly ``head(decoder output)``, else None.
 
     A head that is not a plain ``nn.Linear`` (a LoRA-wrapped head), a sharded head, or a config with a logit
-    transform rules the fused path out; :func:`capture_head_inputs` also checks the equality numerically once.
+    transform rules the fused path out; the engine also checks the equality numerically once per head
+    (:func:`head_matches`).
     """
     base = unwrap(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
