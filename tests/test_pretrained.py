@@ -56,8 +56,10 @@ def test_real_world_scenario_end_to_end_at_smoke_size(converted, tmp_path, monke
     monkeypatch.setattr(real_world, "UNLEARN", replace(real_world.UNLEARN, epochs=4))
     monkeypatch.setattr(real_world, "EVAL_EVERY", 2)
     out = tmp_path / "rw"
-    res = real_world.run_real_world(out=out, model_name=str(converted), methods=("ME+GD",), size="smoke",
-                                    progress=False)
+    from lethe.scenarios.runner import run_scenario
+
+    res = run_scenario("real-world", out=out, model_name=str(converted), runs=("ME+GD",), size="smoke",
+                       progress=False)
     data = res["data"]
     assert data["forget"] >= 4 and data["neighbour"] >= 4 and data["retain_general_facts"] > 0
     assert 0.4 < data["known_share"]["countries"] < 1.0 and data["forget_answered_before"] >= 0.8

@@ -25,11 +25,11 @@ def test_knows_is_a_case_insensitive_containment():
 def test_scenario_refuses_a_model_that_knows_nothing(tmp_path, tiny_model, tokenizer):
     from lethe.errors import LetheError
     from lethe.model.save import save_model
-    from lethe.scenarios.real_world import run_real_world
+    from lethe.scenarios.runner import run_scenario
 
     model_dir = save_model(tiny_model, tokenizer, tmp_path / "tiny")
     with pytest.raises(LetheError, match="knows too few subjects"):
-        run_real_world(out=tmp_path / "out", model_name=str(model_dir), size="smoke", progress=False)
+        run_scenario("real-world", out=tmp_path / "out", model_name=str(model_dir), size="smoke", progress=False)
 
 
 def test_own_answer_keeps_the_sentence_that_states_the_fact():
@@ -44,8 +44,8 @@ def test_own_answer_keeps_the_sentence_that_states_the_fact():
 
 
 def test_report_has_a_per_set_table_with_the_starting_model(tmp_path):
-    from lethe.report import per_set_tables, write_report
-    from lethe.report_html import write_html
+    from lethe.layouts import write_reports
+    from lethe.report import per_set_tables
 
     results = {
         "scenario": "real-world", "reference": {"target": {"forget/ROUGE": 0.9, "forget/CS": 0.8, "neighbour/ES": 0.5,
@@ -58,7 +58,8 @@ def test_report_has_a_per_set_table_with_the_starting_model(tmp_path):
     assert [t[0] for t in tables] == ["forget", "neighbour"]
     assert tables[0][1] == ["ROUGE", "CS"] and tables[1][1] == ["ROUGE", "ES"]  # the paper's column order
     assert tables[0][2] == [["*target model*", 0.9, 0.8], ["ME+GD (lora)", 0.1, 0.2]]
-    md = write_report(results, tmp_path / "report.md").read_text()
+    md_path, html_path = write_reports(results, tmp_path)
+    md = md_path.read_text()
     assert "### neighbour" in md and "| *target model* | 0.950 | 0.500 |" in md
-    html_text = write_html([("run", results)], tmp_path / "report.html").read_text()
+    html_text = html_path.read_text()
     assert "neighbour set</h3>" in html_text

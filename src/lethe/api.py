@@ -22,13 +22,14 @@ from .evaluation.suite import EvalSet
 from .model.lora import ParamsConfig
 from .objectives import Loss, Method, Need, parse_method
 from .runtime import RuntimeConfig
+from .scenarios.runner import run_scenario
 from .workflows import IndistinguishableStop, extraction_stop_hook, finetune_tiny, unlearn_sequences
 
 __all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "IndistinguishableStop", "Loss", "Method",
            "MethodConfig",
            "ModelConfig", "Need", "ParamsConfig", "PromptFormat", "RuntimeConfig", "TrainConfig", "UnlearnRun", "demo",
-           "demo_memorized", "demo_real_world", "evaluate", "extraction_stop_hook", "finetune", "finetune_tiny",
-           "load_records", "parse_method", "report", "retain_model_references", "retain_model_truth_ratios", "unlearn", "unlearn_sequences"]
+           "demo_continual", "demo_memorized", "demo_real_world", "evaluate", "extraction_stop_hook", "finetune", "finetune_tiny",
+           "load_records", "parse_method", "report", "run_scenario", "retain_model_references", "retain_model_truth_ratios", "unlearn", "unlearn_sequences"]
 
 
 def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequence[str] | None = None,
@@ -42,11 +43,9 @@ def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequenc
 
     >>> results = lethe.demo(size="smoke", out="runs/smoke")  # doctest: +SKIP
     """
-    from .scenarios.fictitious import run_demo
-
-    return run_demo(size=size, out=Path(out), methods=methods, seed=seed, forget_percent=forget_percent,
-                    resume=resume, progress=progress, embedding_model=embedding_model, nli_model=nli_model,
-                    sweep=sweep, seeds=seeds)
+    return run_scenario("fictitious", out=Path(out), size=size, seed=seed, runs=methods, resume=resume,
+                        progress=progress, forget_percent=forget_percent, embedding_model=embedding_model,
+                        nli_model=nli_model, sweep=sweep, seeds=seeds)
 
 
 def demo_memorized(size: str = "small", out: str | Path = "runs/memorized", *, runs: Sequence[str] | None = None,
@@ -55,20 +54,30 @@ def demo_memorized(size: str = "small", out: str | Path = "runs/memorized", *, r
 
     >>> results = lethe.demo_memorized(size="smoke", out="runs/mem")  # doctest: +SKIP
     """
-    from .scenarios.memorized import run_memorized
+    return run_scenario("memorized", out=Path(out), size=size, seed=seed, runs=runs, resume=resume,
+                        progress=progress, requests=requests)
 
-    return run_memorized(size=size, out=Path(out), runs=runs, seed=seed, requests=requests, resume=resume,
-                         progress=progress)
+
+def demo_continual(size: str = "small", out: str | Path = "runs/continual", *, methods: Sequence[str] | None = None,
+                   seed: int = 0, requests: int = 5, forget_percent: int = 10, reference: str = "moving",
+                   resume: bool = True, progress: bool = True, embedding_model: str | None = None,
+                   nli_model: str | None = None) -> dict:
+    """Continual unlearning of fictitious authors (closer-look Sec. 5.2): ``requests`` author groups of
+    ``forget_percent`` % each, one after another; ``reference`` "moving", "fixed" or "both" (NPO/DPO/KL).
+
+    >>> results = lethe.demo_continual(size="smoke", out="runs/continual")  # doctest: +SKIP
+    """
+    return run_scenario("continual", out=Path(out), size=size, seed=seed, runs=methods, resume=resume,
+                        progress=progress, requests=requests, forget_percent=forget_percent, reference=reference,
+                        embedding_model=embedding_model, nli_model=nli_model)
 
 
 def demo_real_world(out: str | Path = "runs/real-world", *, methods: Sequence[str] | None = None,
                     size: str = "small", seed: int = 0, resume: bool = True, progress: bool = True,
                     embedding_model: str | None = None, nli_model: str | None = None) -> dict:
     """Real-world knowledge unlearning on SmolLM2-135M (closer-look Sec. 5.3), offline."""
-    from .scenarios.real_world import run_real_world
-
-    return run_real_world(out=Path(out), methods=methods, size=size, seed=seed, resume=resume, progress=progress,
-                          embedding_model=embedding_model, nli_model=nli_model)
+    return run_scenario("real-world", out=Path(out), size=size, seed=seed, runs=methods, resume=resume,
+                        progress=progress, embedding_model=embedding_model, nli_model=nli_model)
 
 
 def _check_results(path: Path, results) -> None:
@@ -97,8 +106,7 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
     >>> lethe.report(["runs/demo", "runs/memorized"], out="runs/report")  # doctest: +SKIP
     """
     from .io import write_text
-    from .report import render_memorized_report, render_report
-    from .report_html import render_html
+    from .layouts import render
     from .rundir import check_output
 
     if not run_dirs:
@@ -116,9 +124,7 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
         _check_results(f, results)
         loaded.append((str(d), results))
     try:  # everything is rendered before anything is written
-        html = render_html(loaded)
-        md = "\n\n".join((render_memorized_report if res.get("scenario") == "memorized-sequences"
-                           else render_report)(res) for _, res in loaded)
+        md, html = render(loaded)
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
         raise LetheError(f"results.json in {', '.join(map(str, run_dirs))}: not a Lethe results file the report "
                          f"can read ({type(e).__name__}: {e})") from None

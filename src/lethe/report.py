@@ -26,7 +26,7 @@ def fmt_value(x) -> str:
     return str(x)
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt_value(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -90,9 +90,9 @@ def comparison_section(results: dict) -> list[str]:
             f"Each row: one method at one sweep point, mean ± standard deviation over {results.get('seeds', 1)} "
             f"unlearning seed(s) (the fine-tuned models are shared). ★ marks the method's Pareto front of {mu} "
             f"against FE (no other point of the same method is at least as good on both and better on one); ☆ the "
-            f"front of {mu} against FQ.", "", _table(*c["points"]),
+            f"front of {mu} against FQ.", "", md_table(*c["points"]),
             "", f"### Best {mu} at FE ≥ x (over the method's sweep points; – = never reached)", "",
-            _table(*c["best"])]
+            md_table(*c["best"])]
 
 
 def stopping_rows(results: dict, *, statistic: str = "min_k", threshold: float = 0.05, min_epochs: int = 1,
@@ -127,7 +127,7 @@ def stopping_section(results: dict) -> list[str]:
     out = []
     for test, how in STOPPING_TESTS:
         if rows := stopping_rows(results, test=test):
-            out += ["", f"Test: {how}.", "", _table(STOPPING_HEADER, rows)]
+            out += ["", f"Test: {how}.", "", md_table(STOPPING_HEADER, rows)]
     if not out:
         return []
     return ["", "## Stopping without a retain model", "",
@@ -178,7 +178,7 @@ def render_report(results: dict) -> str:
         rows.append([run["method"], run.get("params", "full"), run.get("status", "ok"),
                      run["epochs"][-1]["epoch"] if run["epochs"] else 0, *[m.get(k) for k in summary],
                      c.get("wall_time_s"), c.get("flops"), c.get("trainable_percent")])
-    out.append(_table(header, rows))
+    out.append(md_table(header, rows))
     for run in results.get("runs", []):
         if run.get("status") != "ok":
             out += ["", f"**{run['method']}**: {run.get('message')}"]
@@ -188,7 +188,7 @@ def render_report(results: dict) -> str:
     out += stopping_section(results)
     out += ["", "## Per-set metrics (final epoch)", ""]
     for set_name, metrics, rows in per_set_tables(results):
-        out += [f"### {set_name}", "", _table(["model", *metrics], rows), ""]
+        out += [f"### {set_name}", "", md_table(["model", *metrics], rows), ""]
     out += ["## Trajectories (per epoch)", ""]
     for run in results.get("runs", []):
         out += [f"### {run['method']} ({run.get('params', 'full')})", ""]
@@ -196,7 +196,7 @@ def render_report(results: dict) -> str:
                                   "neighbour/ROUGE"))
         rows = [[e["epoch"], e.get("losses", {}).get("forget"), e.get("losses", {}).get("regularizer"),
                  *[e.get("metrics", {}).get(k) for k in keys]] for e in run["epochs"]]
-        out += [_table(["epoch", "forget loss", "reg. loss", *keys], rows), ""]
+        out += [md_table(["epoch", "forget loss", "reg. loss", *keys], rows), ""]
     out += ["## Cost", "", "FLOPs ≈ N · (6 · (tokens trained + FILA Fisher tokens) + 2 · forward-only tokens), "
             "N = parameters on the path (with LoRA the backward skips frozen weights, so this overstates it). "
             "Peak memory: CUDA max allocated, or the process's peak RSS on CPU (cumulative over the process).", ""]
@@ -208,7 +208,7 @@ def render_report(results: dict) -> str:
                      c.get("epochs"), c.get("steps"), c.get("tokens_trained"), c.get("tokens_fisher"),
                      c.get("tokens_forward_only"), c.get("flops"), c.get("wall_time_s"),
                      (c.get("peak_memory_bytes") or 0) / 2**20, ev.get("evaluation_s"), ev.get("generation_tokens_per_s")])
-    out += [_table(["method", "params", "trainable", "trainable %", "epochs", "steps", "tokens trained",
+    out += [md_table(["method", "params", "trainable", "trainable %", "epochs", "steps", "tokens trained",
                     "Fisher tokens", "fwd-only tokens", "FLOPs", "time (s)", "peak mem (MiB)", "evaluation (s)",
                     "generated tok/s"], crow), ""]
     for set_name in ("forget", "retain", "neighbour"):
@@ -251,7 +251,7 @@ def render_memorized_report(results: dict) -> str:
                      epochs if epochs else f"✗ ({run['epochs'][-1]['epoch'] if run['epochs'] else 0})",
                      m.get("forget/EL10"), m.get("forget/MA"), m.get("heldout/PPL"), m.get("mia/min_k_AUC"),
                      c.get("flops"), c.get("wall_time_s")])
-    out += [_table(["method", "params", "trainable %", "epochs (✗ = unsuccessful)", "EL_10", "MA", "held-out PPL",
+    out += [md_table(["method", "params", "trainable %", "epochs (✗ = unsuccessful)", "EL_10", "MA", "held-out PPL",
                     "Min-K% AUC vs validation", "FLOPs", "time (s)"], rows), ""]
     out += ["## Per epoch", ""]
     for run in results["runs"]:
@@ -259,12 +259,12 @@ def render_memorized_report(results: dict) -> str:
         rows = [[e["epoch"], e.get("losses", {}).get("forget"), e.get("losses", {}).get("regularizer"),
                  e.get("metrics", {}).get("forget/EL10"), e.get("metrics", {}).get("forget/MA"),
                  e.get("metrics", {}).get("heldout/PPL")] for e in run["epochs"]]
-        out += [_table(["epoch", "forget loss", "reg. loss", "EL_10", "MA", "held-out PPL"], rows), ""]
+        out += [md_table(["epoch", "forget loss", "reg. loss", "EL_10", "MA", "held-out PPL"], rows), ""]
         if run.get("requests"):
             rows = [[r["request"], "yes" if r["success"] else "no", r.get("epochs_to_success"),
                      final_metrics(r).get("forget/EL10"), final_metrics(r).get("forget/MA"),
                      final_metrics(r).get("heldout/PPL")] for r in run["requests"]]
-            out += ["Continual requests:", "", _table(["request", "success", "epochs", "EL_10", "MA", "held-out PPL"],
+            out += ["Continual requests:", "", md_table(["request", "success", "epochs", "EL_10", "MA", "held-out PPL"],
                                                       rows), ""]
     out.append(f"Total wall time: {fmt_value(results.get('wall_time_s'))} s.")
     return "\n".join(out) + "\n"

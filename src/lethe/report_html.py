@@ -5,10 +5,8 @@ import base64
 import html
 import io
 import math
-from pathlib import Path
 from typing import Sequence
 
-from .io import write_text
 from .report import fmt_value, present_keys, final_metrics, per_set_tables
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d1d1f;padding:0 1rem}
@@ -33,7 +31,8 @@ def _label(run: dict) -> str:
 
     cell = run.get("cell") or {}
     extra = (f", {point_label(cell['sweep'])}" if cell.get("sweep") else "") + \
-        (f", seed {cell['seed']}" if cell.get("seed") else "")
+        (f", seed {cell['seed']}" if cell.get("seed") else "") + \
+        (", fixed reference" if run.get("reference") == "fixed" else "")
     return f"{run['method']} ({run.get('params', 'full')}{extra})"
 
 
@@ -76,7 +75,8 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
     return _png(fig)
 
 
-def _per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: dict | None = None):
+def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: dict | None = None,
+                    xlabel: str = "epoch"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,7 +92,7 @@ def _per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: 
         if thresholds and key in thresholds:
             ax.axhline(thresholds[key], color="red", ls="--", lw=1, label="validation threshold")
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     if axes[0][-1].get_legend_handles_labels()[0]:
         axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
@@ -100,7 +100,7 @@ def _per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: 
     return _png(fig)
 
 
-def _table(header, rows) -> str:
+def html_table(header, rows) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_value(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -146,12 +146,45 @@ def _comparison(results: dict) -> str:
     if any(r.get("FQ") for r in rows):
         figs.append(_front_plot(rows, "FQ", mu, c["fronts"]["FQ"], f"{mu} vs FQ", logx=True))
     return (f"<h3>Comparison over sweep points and seeds ({results.get('seeds', 1)} seed(s))</h3>"
-            "<div class='figs'>" + "".join(figs) + "</div>" + _table(*c["points"])
+            "<div class='figs'>" + "".join(figs) + "</div>" + html_table(*c["points"])
             + f"<p class='note'>Best {mu} at FE ≥ x over each method's sweep points (– = never reached); "
-              "★: on the method's front of MU against FE, ☆: against FQ.</p>" + _table(*c["best"]))
+              "★: on the method's front of MU against FE, ☆: against FQ.</p>" + html_table(*c["best"]))
 
 
-def _section(results: dict, source: str) -> str:
+def extraction_summary(results: dict) -> tuple[list[str], str]:
+    """Memorized sequences: EL_10/MA per epoch against the thresholds, and the IHL seed's Table 1 row per run."""
+    th = results.get("thresholds", {})
+    figs = [per_epoch_plot(results, ["forget/EL10", "forget/MA", "heldout/PPL"],
+                            "EL_10 and MA of the forget set vs the validation thresholds",
+                            {"forget/EL10": th.get("el"), "forget/MA": th.get("ma")})]
+    rows = [[r["method"], r["params"], r.get("cost", {}).get("trainable_percent"),
+             r.get("epochs_to_success") or "unsuccessful", final_metrics(r).get("forget/EL10"),
+             final_metrics(r).get("forget/MA"), final_metrics(r).get("heldout/PPL"),
+             final_metrics(r).get("mia/min_k_AUC"), r.get("cost", {}).get("flops"),
+             r.get("cost", {}).get("wall_time_s")] for r in results.get("runs", [])]
+    return figs, html_table(["method", "params", "trainable %", "epochs", "EL_10", "MA", "held-out PPL",
+                         "Min-K% AUC vs validation", "FLOPs", "time (s)"], rows)
+
+
+def qa_summary(results: dict) -> tuple[list[str], str]:
+    """QA unlearning: MU against FE (and FQ) trajectories, forget/retain metrics per epoch, the final row per run."""
+    fe_y = "MU18" if any("MU18" in final_metrics(r) for r in results.get("runs", [])) else "MU"
+    figs = [_trajectory_plot(results, "FE", fe_y, title=f"{fe_y} vs FE")]
+    if any("FQ" in final_metrics(r) for r in results.get("runs", [])):
+        figs.append(_trajectory_plot(results, "FQ", "MU", logx=True, title="MU vs FQ"))
+    keys = present_keys(results, ("forget/ROUGE", "forget/P", "retain/ROUGE", "neighbour/ROUGE", "forget/CS"))
+    if keys:  # no run (or none with these metrics): nothing to plot
+        figs.append(per_epoch_plot(results, keys, "Forget and retain metrics per epoch"))
+    summary = present_keys(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS",
+                                     "retain/ROUGE", "neighbour/ROUGE"))
+    rows = [[f"{n} model", "–", *[m.get(k) for k in summary]] for n, m in results.get("reference", {}).items()]
+    rows += [[r["method"], r.get("params", "full"), *[final_metrics(r).get(k) for k in summary]]
+             for r in results.get("runs", [])]
+    return figs, html_table(["method", "params", *summary], rows)
+
+
+def section(results: dict, source: str, summary) -> str:
+    """One results file's section: ``summary(results) -> (figures, final table)`` is its layout's own part."""
     scen = results.get("scenario", "?")
     parts = [f"<h2>{html.escape(scen)} <span class='note'>({html.escape(source)})</span></h2>"]
     model, data = results.get("model", {}), results.get("data", {})
@@ -160,33 +193,7 @@ def _section(results: dict, source: str) -> str:
                  f"seed {results.get('seed')}.</p>")
     for metric, why in results.get("metrics_unavailable", {}).items():
         parts.append(f"<p class='note bad'>{html.escape(metric)} unavailable: {html.escape(why)}</p>")
-    figs = []
-    if scen == "memorized-sequences":
-        th = results.get("thresholds", {})
-        figs.append(_per_epoch_plot(results, ["forget/EL10", "forget/MA", "heldout/PPL"],
-                                    "EL_10 and MA of the forget set vs the validation thresholds",
-                                    {"forget/EL10": th.get("el"), "forget/MA": th.get("ma")}))
-        rows = [[r["method"], r["params"], r.get("cost", {}).get("trainable_percent"),
-                 r.get("epochs_to_success") or "unsuccessful", final_metrics(r).get("forget/EL10"),
-                 final_metrics(r).get("forget/MA"), final_metrics(r).get("heldout/PPL"),
-                 final_metrics(r).get("mia/min_k_AUC"), r.get("cost", {}).get("flops"),
-                 r.get("cost", {}).get("wall_time_s")] for r in results.get("runs", [])]
-        table = _table(["method", "params", "trainable %", "epochs", "EL_10", "MA", "held-out PPL",
-                        "Min-K% AUC vs validation", "FLOPs", "time (s)"], rows)
-    else:
-        fe_y = "MU18" if any("MU18" in final_metrics(r) for r in results.get("runs", [])) else "MU"
-        figs.append(_trajectory_plot(results, "FE", fe_y, title=f"{fe_y} vs FE"))
-        if any("FQ" in final_metrics(r) for r in results.get("runs", [])):
-            figs.append(_trajectory_plot(results, "FQ", "MU", logx=True, title="MU vs FQ"))
-        keys = present_keys(results, ("forget/ROUGE", "forget/P", "retain/ROUGE", "neighbour/ROUGE", "forget/CS"))
-        if keys:  # no run (or none with these metrics): nothing to plot
-            figs.append(_per_epoch_plot(results, keys, "Forget and retain metrics per epoch"))
-        summary = present_keys(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS",
-                                     "retain/ROUGE", "neighbour/ROUGE"))
-        rows = [[f"{n} model", "–", *[m.get(k) for k in summary]] for n, m in results.get("reference", {}).items()]
-        rows += [[r["method"], r.get("params", "full"), *[final_metrics(r).get(k) for k in summary]]
-                 for r in results.get("runs", [])]
-        table = _table(["method", "params", *summary], rows)
+    figs, table = summary(results)
     parts.append("<div class='figs'>" + "".join(figs) + "</div>")
     parts.append(_comparison(results))
     parts.append("<h3>Final epoch</h3>" + table)
@@ -197,15 +204,15 @@ def _section(results: dict, source: str) -> str:
             parts.append(f"<h3>Stopping without a retain model ({html.escape(how.replace('`', ''))})</h3>"
                          "<p class='note'>The first epoch whose forget-vs-held-out Min-K% p ≥ 0.05 (--stop-when "
                          "indistinguishable) next to the epoch with the highest FQ (needs the retain model).</p>"
-                         + _table(STOPPING_HEADER, stop_rows))
+                         + html_table(STOPPING_HEADER, stop_rows))
     # per-metric tables per set, the starting model included (closer-look Tables 5-6, 8)
     for set_name, metrics, rows in per_set_tables(results):
-        parts.append(f"<h3>{html.escape(set_name)} set</h3>" + _table(["model", *metrics], rows))
+        parts.append(f"<h3>{html.escape(set_name)} set</h3>" + html_table(["model", *metrics], rows))
     crow = [[_label(r), r.get("cost", {}).get("trainable_percent"), r.get("cost", {}).get("epochs"),
              r.get("cost", {}).get("tokens_trained"), r.get("cost", {}).get("flops"), r.get("cost", {}).get("wall_time_s"),
              (r.get("cost", {}).get("peak_memory_bytes") or 0) / 2**20] for r in results.get("runs", [])]
     parts.append("<h3>Cost</h3><p class='note'>FLOPs ≈ N·(6·(trained + Fisher tokens) + 2·forward-only tokens).</p>"
-                 + _table(["method", "trainable %", "epochs", "tokens trained", "FLOPs", "time (s)", "peak mem (MiB)"],
+                 + html_table(["method", "trainable %", "epochs", "tokens trained", "FLOPs", "time (s)", "peak mem (MiB)"],
                           crow))
     for set_name in ("forget", "retain", "neighbour"):
         ref = results.get("reference_samples", {}).get("target", {}).get(set_name, [])
@@ -222,15 +229,11 @@ def _section(results: dict, source: str) -> str:
             parts.append("<div class='sample'>" + "<br>".join(lines) + "</div>")
     audit = results.get("audit")
     if audit:
-        parts.append("<h3>Audit</h3>" + _table(["field", "value"], [[k, str(v)] for k, v in audit.items()]))
+        parts.append("<h3>Audit</h3>" + html_table(["field", "value"], [[k, str(v)] for k, v in audit.items()]))
     return "\n".join(parts)
 
 
-def render_html(results_list: Sequence[tuple[str, dict]]) -> str:
-    body = "\n".join(_section(r, src) for src, r in results_list)
+def render_page(sections: Sequence[str]) -> str:
+    body = "\n".join(sections)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Lethe report</title><style>{CSS}</style>"
             f"</head><body><h1>Lethe report</h1>{body}</body></html>")
-
-
-def write_html(results_list: Sequence[tuple[str, dict]], path: str | Path) -> Path:
-    return write_text(path, render_html(results_list))

@@ -6,7 +6,7 @@ once before training and cached (engine/tasks.py).
 """
 from __future__ import annotations
 
-import copy
+import copy as _copy
 from contextlib import contextmanager
 
 import torch
@@ -16,11 +16,12 @@ class FrozenCopy:
     """Full fine-tuning: one frozen copy of the starting weights, in inference mode.
 
     It costs one model's memory (``nbytes``, reported in the run's cost) and is never saved
-    with the unlearned model.
+    with the unlearned model. ``copy=False`` uses a model the caller keeps (a fixed reference
+    across continual requests) without copying it again.
     """
 
-    def __init__(self, model):
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+    def __init__(self, model, copy: bool = True):
+        self.model = (_copy.deepcopy(model) if copy else model).eval().requires_grad_(False)
         self.nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         self._device = None
 

@@ -1,11 +1,100 @@
-"""Scenarios: data + protocol + metrics (SPEC §6). Each writes results.json, report.md and report.html."""
+"""Scenarios: data + protocol + metrics (SPEC §6), each a frozen :class:`Scenario` declaration.
+
+A declaration says how to build the data and models (``prepare``), which cells the grid has (``cells``),
+how one cell unlearns and what it records (``run_cell``), what the results file says beyond the runs
+(``summarize``) and which report layout shows it. The declarations are collected in
+:mod:`lethe.scenarios.catalog`; :func:`lethe.scenarios.runner.run_scenario` runs any of them (output
+directory checks, reuse of finished cells, progress, results.json, report.md and report.html).
+"""
 from __future__ import annotations
 
 import json
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+
+def parse_run_spec(spec: str) -> tuple[str, str, int | None]:
+    """``"IHL+GD@fila:r4"`` -> ("IHL+GD", "fila", 4); no suffix means full fine-tuning, default rank."""
+    method, _, params = spec.partition("@")
+    params, _, rank = params.partition(":r")
+    return method.strip(), (params.strip().lower() or "full"), (int(rank) if rank else None)
+
+
+@dataclass
+class Context:
+    """One scenario run: where it writes, its size and seed, and its options (defaults filled in, checked)."""
+
+    out: Path
+    size: str
+    seed: int
+    resume: bool
+    progress: bool
+    runs: Sequence[str]                  # run specs ("METHOD@params:rN"), the scenario's defaults when none given
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def console(self):
+        return console(self.progress)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of the grid: a run spec (with a sweep point, seed or reference choice) and its directory."""
+
+    spec: str
+    run_dir: Path
+    label: str                           # how progress lines name it
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A scenario as data: the runner calls these in order and owns everything around them.
+
+    ``prepare(ctx)`` builds (or reuses from ``ctx.out``) the data, models and reference scores and
+    returns whatever the other hooks need; ``cells(prepared, ctx)`` lists the grid; ``run_cell(prepared,
+    cell, ctx)`` unlearns one cell and returns its run record (written as ``run.json``, reused on resume);
+    ``summarize(prepared, runs, ctx)`` returns the results file's scenario-specific fields.
+    ``fingerprint`` names the options that decide data and models: a directory made with other values
+    is not reused. ``options`` are the scenario's own options with their defaults; ``check(options)``
+    validates them (and may load what they name) before any work, returning the options to use.
+    """
+
+    name: str                            # recorded as results.json's "scenario"
+    key: str                             # ``lethe demo --scenario KEY``
+    version: int
+    summary: str                         # one line for --help
+    sizes: tuple[str, ...]
+    default_runs: tuple[str, ...]
+    prepare: Callable[[Context], Any]
+    cells: Callable[[Any, Context], list[Cell]]
+    run_cell: Callable[[Any, Cell, Context], dict]
+    summarize: Callable[[Any, list, Context], dict]
+    report: str                          # the report layout (lethe.report.LAYOUTS)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    fingerprint: tuple[str, ...] = ()
+    check: Callable[[dict], dict] | None = None
+    parse_spec: Callable[[str], tuple] = parse_run_spec
+
+
+def apply_requests(model, requests: Sequence[Any], unlearn_one: Callable[[Any, int, Any], tuple[Any, dict]]):
+    """Continual unlearning: each request unlearns from the previous one's result.
+
+    ``unlearn_one(model, k, request) -> (model, run record)``; adapters (LoRA/FILA) are merged into the
+    weights after each request, so the next starts from a plain model. Returns (model, per-request records,
+    each with its 1-based ``request`` number).
+    """
+    from ..model.lora import merge_adapters
+
+    records = []
+    for k, request in enumerate(requests):
+        model, record = unlearn_one(model, k, request)
+        records.append({**record, "request": k + 1})
+        model = merge_adapters(model)
+    return model, records
 
 
 def run_dir_for(out: Path, method: str, kind: str, suffix: str = "") -> Path:

@@ -8,7 +8,6 @@ every epoch (ROUGE, P, TR per set; MU, FE, FQ against the retain model).
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +17,7 @@ from ..data.synthetic import AuthorsDataset, generate_authors
 from ..engine.loop import TrainConfig
 from ..evaluation.suite import EvalSet
 from ..comparison import point_label
-from . import check_methods, console as make_console, finished, run_dir_for, scenario_dir
+from . import Cell, Context, Scenario, console as make_console, parse_run_spec, run_dir_for
 
 NAME = "fictitious-authors"
 VERSION = 2  # 2: held-out authors, membership inference (AUC, PrivLeak, KS p) per epoch
@@ -85,13 +84,6 @@ def tokenizer_corpus(data: AuthorsDataset) -> list[str]:
 # 1.000 after 5 epochs); α = 10 lets the forget term act.
 DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "ME+GD", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
                 "IHL+GD", "FLAT-KL", "SimNPO+GD", "RMU(alpha=10)", "IHL+GD@lora", "IHL+GD@fila")
-
-
-def parse_run_spec(spec: str) -> tuple[str, str, int | None]:
-    """``"IHL+GD@fila:r4"`` -> ("IHL+GD", "fila", 4); no suffix means full fine-tuning, default rank."""
-    method, _, params = spec.partition("@")
-    params, _, rank = params.partition(":r")
-    return method.strip(), (params.strip().lower() or "full"), (int(rank) if rank else None)
 
 
 def grid(methods: Sequence[str], params: Sequence[str] = ("full",), ranks: Sequence[int] = ()) -> list[str]:
@@ -165,47 +157,47 @@ def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resu
     return data, tokenizer, models["target"], models["retain"]
 
 
-def run_demo(*, size: str, out: Path, methods: Sequence[str] | None, seed: int, forget_percent: int,
-             resume: bool, progress: bool, embedding_model: str | None = None, nli_model: str | None = None,
-             sweep: dict | None = None, seeds: int = 1) -> dict:
-    """``sweep`` ({"lr": [1e-4, 3e-4], "alpha": [...]}) and ``seeds`` (unlearning seeds seed, seed+1, ...)
-    multiply the grid: every method x parameterisation x sweep point x seed is a cell."""
+def _check(options: dict) -> dict:
+    """Sweep and seeds checked, and the named embedding/NLI models loaded (one that fails, fails now)."""
     from ..evaluation.suite import load_semantic
-
-    if size not in SETTINGS:
-        from ..errors import LetheError
-
-        raise LetheError(f"unknown size '{size}': expected one of {', '.join(SETTINGS)}")
-    check_methods(methods or DEMO_METHODS, parse_run_spec)  # a misspelt method fails before minutes of work
-    sweep = check_sweep(sweep or {}, SETTINGS[size].unlearn)
     from ..validation import check_positive
 
-    seeds = check_positive("--seeds", seeds)
-    fingerprint = {"scenario": NAME, "scenario_version": VERSION, "size": size, "seed": seed,
-                   "forget_percent": forget_percent}
-    semantic = load_semantic(embedding_model, nli_model)  # an unloadable model the user named fails now
-    with scenario_dir(out, fingerprint, resume=resume, command=f"demo {NAME}") as out:
-        return _run(size=size, out=out, methods=methods, seed=seed, forget_percent=forget_percent, resume=resume,
-                    progress=progress, semantic=semantic, sweep=sweep, seeds=seeds)
+    if options["forget_percent"] not in (1, 5, 10):
+        from ..errors import LetheError
+
+        raise LetheError(f"--forget-percent: expected 1, 5 or 10, got {options['forget_percent']!r}")
+    options["sweep"] = check_sweep(options["sweep"] or {}, SETTINGS["small"].unlearn)
+    options["seeds"] = check_positive("--seeds", options["seeds"])
+    options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"])
+    return options
 
 
-def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic, sweep, seeds) -> dict:
-    from ..core import EvalConfig, unlearn
-    from ..objectives.method import parse_method
+@dataclass
+class Prepared:
+    """What every cell shares: the data, the evaluation sets and the two models' scores."""
+
+    data: AuthorsDataset
+    tokenizer: object
+    sets: list
+    retain_tr: list
+    retain_auc: dict
+    target: object        # the target model's evaluation (initial metrics of every run)
+    retain: object        # the retain model's evaluation
+    n_params: int
+    eval_kwargs: dict
+
+
+def _prepare(ctx: Context) -> Prepared:
+    from ..core import EvalConfig
     from ..evaluation.evidence import membership_aucs, membership_metrics
     from ..evaluation.suite import aggregate, evaluate_sets
-    from ..io import write_json
-    from ..model.load import load_model
-    from ..report import write_report
 
-    t0 = time.perf_counter()
-    settings = SETTINGS[size]
-    console = make_console(progress)
-    data, tokenizer, target, retain_model = prepare_models(out, size, seed, forget_percent, resume=resume,
-                                                           progress=progress)
-    sets = eval_sets(data, forget_percent, settings.retain_eval, seed)
-    eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": semantic}
-    console.print("evaluating the target and retain models")
+    settings, fp = SETTINGS[ctx.size], ctx.options["forget_percent"]
+    data, tokenizer, target, retain_model = prepare_models(ctx.out, ctx.size, ctx.seed, fp, resume=ctx.resume,
+                                                           progress=ctx.progress)
+    sets = eval_sets(data, fp, settings.retain_eval, ctx.seed)
+    eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": ctx.options["semantic"]}
+    ctx.console.print("evaluating the target and retain models")
     ret = evaluate_sets(retain_model, tokenizer, sets, **eval_kwargs)
     retain_tr = ret.per_item["forget/TR_values"]
     aggregate(ret, retain_model_tr=retain_tr)
@@ -217,79 +209,85 @@ def _run(*, size, out, methods, seed, forget_percent, resume, progress, semantic
     aggregate(tgt, retain_model_tr=retain_tr)
     tgt.metrics.update(membership_metrics(target, tokenizer, EvalConfig(sets=sets, holdout=data.holdout,
                                                                         retain_model_auc=retain_auc)))
-    del target
+    return Prepared(data, tokenizer, sets, retain_tr, retain_auc, tgt, ret,
+                    sum(p.numel() for p in retain_model.parameters()), eval_kwargs)
 
-    runs = []
-    from ..core import MethodConfig
-    from ..model.lora import ParamsConfig
 
-    grid_cells = list(cells(methods or DEMO_METHODS, sweep, seeds))
-    grid_start = time.perf_counter()
-    for i, (spec, point, s) in enumerate(grid_cells):
+def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
+    """Every method x parameterisation x sweep point x seed."""
+    settings, seeds = SETTINGS[ctx.size], ctx.options["seeds"]
+    out = []
+    for spec, point, s in cells(ctx.runs, ctx.options["sweep"], seeds):
         method, kind, rank = parse_run_spec(spec)
         rank = rank or settings.lora_rank
         suffix = f"-r{rank}" if kind != "full" and rank != settings.lora_rank else ""
         suffix += "".join(f"-{k}{v:g}" for k, v in sorted(point.items())) + (f"-s{s}" if seeds > 1 else "")
-        run_dir = run_dir_for(out, method, kind, suffix)
-        cell = {"spec": spec, "sweep": point, "seed": s}
-        if (previous := finished(run_dir, resume)) is not None:
-            runs.append(previous)
-            console.print(f"[dim]{spec} {point_label(point)} seed {s}: already done, reusing {run_dir / 'run.json'}[/dim]")
-            continue
-        from ..progress import eta
+        label = (f"unlearning with {method} ({kind})" + (f", {point_label(point)}" if point else "")
+                 + (f", seed {s}" if seeds > 1 else ""))
+        out.append(Cell(spec, run_dir_for(ctx.out, method, kind, suffix), label,
+                        {"spec": spec, "sweep": point, "seed": s}))
+    return out
 
-        console.print(f"[{i + 1}/{len(grid_cells)}] unlearning with {method} ({kind})"
-                      + (f", {point_label(point)}" if point else "") + (f", seed {s}" if seeds > 1 else "")
-                      + (f"; elapsed {time.perf_counter() - grid_start:.0f} s, ETA "
-                         f"{eta(time.perf_counter() - grid_start, i, len(grid_cells))}" if i else ""))
-        model = load_model(out / "models" / "target")
-        train_cfg = replace(settings.unlearn, seed=seed + s)  # seeds vary the unlearning (order, pairing), not the models
-        if kind != "full":
-            train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.lora_lr_scale)
-        if parse_method(method).forget.name == "rmu":
-            train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.rmu_lr_scale)
-        train_cfg = replace(train_cfg, **{k: v for k, v in point.items() if k in TRAIN_SWEEP})  # a swept lr is absolute
-        params = ParamsConfig(kind=kind, rank=rank)
-        evaluation = EvalConfig(sets=sets, retain_model_tr=retain_tr, initial_metrics=tgt.metrics,
-                                holdout=data.holdout, retain_model_auc=retain_auc, **eval_kwargs)
-        _, run = unlearn(model, data.forget(forget_percent), data.retain(forget_percent),
-                         method=MethodConfig(method, **{k: v for k, v in point.items() if k in METHOD_SWEEP}),
-                         tokenizer=tokenizer, train=train_cfg, params=params, evaluation=evaluation, out_dir=run_dir,
-                         save=False, resume=resume, overwrite=True, progress=progress)
-        record = run.to_dict()
-        if "(" in method:  # the report names the run as it was asked for, options included
-            record["method"] = method
-        record["cell"] = cell
-        write_json(run_dir / "run.json", record)  # reused cells carry their sweep point and seed
-        runs.append(record)
-    n_params = sum(p.numel() for p in retain_model.parameters())
-    results = {
-        "scenario": NAME,
-        "scenario_version": VERSION,
-        "size": size,
-        "seed": seed,
-        "forget_percent": forget_percent,
-        "model": {"kind": "llama (built here)", "preset": settings.model_preset, "parameters": n_params,
-                  "vocab_size": len(tokenizer), "path": str(out / "models" / "target")},
-        "data": {"forget": len(data.forget(forget_percent)), "retain": len(data.retain(forget_percent)),
+
+def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
+    from ..core import EvalConfig, MethodConfig, unlearn
+    from ..model.load import load_model
+    from ..model.lora import ParamsConfig
+    from ..objectives.method import parse_method
+
+    settings = SETTINGS[ctx.size]
+    fp, point, s = ctx.options["forget_percent"], cell.info["sweep"], cell.info["seed"]
+    method, kind, rank = parse_run_spec(cell.spec)
+    rank = rank or settings.lora_rank
+    model = load_model(ctx.out / "models" / "target")
+    train_cfg = replace(settings.unlearn, seed=ctx.seed + s)  # seeds vary the unlearning (order, pairing), not the models
+    if kind != "full":
+        train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.lora_lr_scale)
+    if parse_method(method).forget.name == "rmu":
+        train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.rmu_lr_scale)
+    train_cfg = replace(train_cfg, **{k: v for k, v in point.items() if k in TRAIN_SWEEP})  # a swept lr is absolute
+    evaluation = EvalConfig(sets=prep.sets, retain_model_tr=prep.retain_tr, initial_metrics=prep.target.metrics,
+                            holdout=prep.data.holdout, retain_model_auc=prep.retain_auc, **prep.eval_kwargs)
+    _, run = unlearn(model, prep.data.forget(fp), prep.data.retain(fp),
+                     method=MethodConfig(method, **{k: v for k, v in point.items() if k in METHOD_SWEEP}),
+                     tokenizer=prep.tokenizer, train=train_cfg, params=ParamsConfig(kind=kind, rank=rank),
+                     evaluation=evaluation, out_dir=cell.run_dir, save=False, resume=ctx.resume, overwrite=True,
+                     progress=ctx.progress)
+    record = run.to_dict()
+    if "(" in method:  # the report names the run as it was asked for, options included
+        record["method"] = method
+    record["cell"] = dict(cell.info)  # reused cells carry their sweep point and seed
+    return record
+
+
+def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
+    settings, fp, semantic = SETTINGS[ctx.size], ctx.options["forget_percent"], ctx.options["semantic"]
+    data, tokenizer = prep.data, prep.tokenizer
+    return {
+        "forget_percent": fp,
+        "model": {"kind": "llama (built here)", "preset": settings.model_preset, "parameters": prep.n_params,
+                  "vocab_size": len(tokenizer), "path": str(ctx.out / "models" / "target")},
+        "data": {"forget": len(data.forget(fp)), "retain": len(data.retain(fp)),
                  "authors": len(data.authors), "holdout": len(data.holdout), "real_authors": len(data.real_authors),
-                 "world_facts": len(data.world_facts), "path": str(out / "data")},
+                 "world_facts": len(data.world_facts), "path": str(ctx.out / "data")},
         "settings": {"finetune": asdict(settings.finetune), "unlearn": asdict(settings.unlearn),
                      "max_new_tokens": settings.max_new_tokens, "retain_eval": settings.retain_eval,
                      "lora_lr_scale": settings.lora_lr_scale, "rmu_lr_scale": settings.rmu_lr_scale},
-        "sweep": sweep, "seeds": seeds,
-        "runs": runs,
-        "reference": {"target": tgt.metrics, "retain": ret.metrics},
-        "aggregates_over": tgt.aggregates_over,
+        "sweep": ctx.options["sweep"], "seeds": ctx.options["seeds"],
+        "reference": {"target": prep.target.metrics, "retain": prep.retain.metrics},
+        "aggregates_over": prep.target.aggregates_over,
         "metrics_unavailable": semantic.unavailable,
         "embedding_model": semantic.embed_name,
         "nli_model": getattr(semantic.judge, "name", None),
-        "reference_samples": {"target": tgt.samples, "retain": ret.samples},
-        "wall_time_s": time.perf_counter() - t0,
+        "reference_samples": {"target": prep.target.samples, "retain": prep.retain.samples},
     }
-    write_json(out / "results.json", results)
-    write_report(results, out / "report.md")
-    from ..report_html import write_html
 
-    write_html([(str(out), results)], out / "report.html")
-    return results
+
+FICTITIOUS = Scenario(
+    name=NAME, key="fictitious", version=VERSION,
+    summary="TOFU-style fictitious authors: MU, FE, FQ, membership inference per epoch (default)",
+    sizes=tuple(SETTINGS), default_runs=DEMO_METHODS,
+    prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="qa",
+    options={"forget_percent": 10, "embedding_model": None, "nli_model": None, "sweep": None, "seeds": 1},
+    fingerprint=("forget_percent",), check=_check,
+)

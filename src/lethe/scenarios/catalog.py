@@ -1,0 +1,24 @@
+"""Every scenario declaration, by ``--scenario`` key; results files name theirs by ``Scenario.name``."""
+from __future__ import annotations
+
+from ..registry import Registry
+from . import Scenario
+from .continual import CONTINUAL
+from .fictitious import FICTITIOUS
+from .memorized import MEMORIZED
+from .real_world import REAL_WORLD
+
+
+class ScenarioRegistry(Registry[Scenario]):
+    """Looked up by key (``fictitious``) or by the name a results file records (``fictitious-authors``)."""
+
+    def get(self, name: str) -> Scenario:
+        for key in self:
+            if self._items[key].name == name:
+                return self._items[key]
+        return super().get(name)
+
+
+SCENARIOS = ScenarioRegistry("scenario")
+for _sc in (FICTITIOUS, MEMORIZED, CONTINUAL, REAL_WORLD):
+    SCENARIOS.add(_sc.key, _sc)

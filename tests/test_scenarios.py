@@ -1,0 +1,166 @@
+"""Scenarios as declarations on one runner, and the continual scenario at the smoke size."""
+import json
+
+import pytest
+
+from lethe.errors import LetheError
+
+
+def test_every_scenario_is_registered_once_and_found_by_key_or_recorded_name():
+    from lethe.scenarios import Scenario
+    from lethe.scenarios.catalog import SCENARIOS
+
+    assert SCENARIOS.names() == ["continual", "fictitious", "memorized", "real-world"]
+    names = set()
+    for key in SCENARIOS.names():
+        sc = SCENARIOS.get(key)
+        assert isinstance(sc, Scenario) and sc.key == key and sc.sizes and sc.default_runs
+        assert SCENARIOS.get(sc.name) is sc  # what results.json records finds the same declaration
+        names.add(sc.name)
+    assert len(names) == 4
+    with pytest.raises(LetheError, match="unknown scenario 'fictitous'.*Did you mean 'fictitious'"):
+        SCENARIOS.get("fictitous")
+
+
+def test_cli_scenario_choices_and_help_come_from_the_registry():
+    from lethe.cli import build_parser
+
+    demo = build_parser().get_default("_commands")["demo"]
+    action = next(a for a in demo._actions if a.dest == "scenario")
+    assert sorted(action.choices) == ["continual", "fictitious", "memorized", "real-world"]
+    assert "closer-look Sec. 5.2" in action.help
+
+
+def test_every_layout_a_scenario_names_exists():
+    from lethe.layouts import LAYOUTS
+    from lethe.scenarios.catalog import SCENARIOS
+
+    assert {SCENARIOS.get(k).report for k in SCENARIOS.names()} <= set(LAYOUTS.names())
+
+
+def test_runner_refuses_unknown_options_sizes_and_methods_before_any_work(tmp_path):
+    from lethe.scenarios.runner import run_scenario
+
+    out = tmp_path / "out"
+    with pytest.raises(LetheError, match=r"fictitious scenario has no option requests \(--requests\)"):
+        run_scenario("fictitious", out=out, size="smoke", requests=3)
+    with pytest.raises(LetheError, match="unknown size 'full' for the memorized scenario"):
+        run_scenario("memorized", out=out, size="full")
+    with pytest.raises(LetheError, match="unknown forget loss|unknown method"):
+        run_scenario("continual", out=out, size="smoke", runs=["NOPE+GD"])
+    with pytest.raises(LetheError, match="forgets 100 %"):
+        run_scenario("continual", out=out, size="smoke", requests=10)
+    with pytest.raises(LetheError, match="--reference: expected one of moving, fixed, both"):
+        run_scenario("continual", out=out, size="smoke", reference="sometimes")
+    assert not out.exists()  # nothing written for bad input
+
+
+def test_request_authors_are_sequential_disjoint_groups_from_the_end():
+    from lethe.data.synthetic import generate_authors
+    from lethe.scenarios.continual import request_authors
+
+    data = generate_authors("small", 0)
+    groups = request_authors(data, 5, 10)
+    assert [len(g) for g in groups] == [4] * 5
+    assert groups[0] == data.authors[-4:] and groups[1] == data.authors[-8:-4]
+    assert {r.subject for r in data.forget(10)} == set(groups[0])  # request 1 is the forget10 split
+    assert len({a for g in groups for a in g}) == 20
+
+
+def test_a_given_reference_equal_to_the_start_changes_nothing_and_another_one_does(tiny_model, tokenizer, smoke_data):
+    """unlearn(reference_model=...): NPO and KL compare against it instead of the starting weights."""
+    import copy
+
+    import torch
+
+    from lethe.core import unlearn
+    from lethe.engine.loop import TrainConfig
+
+    forget, retain = smoke_data.forget(10), smoke_data.retain(10)[:8]
+    train = TrainConfig(epochs=1, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False, warmup_epochs=0)
+
+    def losses(reference):
+        _, run = unlearn(copy.deepcopy(tiny_model), forget, retain, method="NPO+KL", tokenizer=tokenizer,
+                         train=train, save=False, progress=False, reference_model=reference)
+        return run.epochs[-1]["losses"]
+
+    default = losses(None)
+    assert losses(copy.deepcopy(tiny_model)) == pytest.approx(default, rel=1e-6)
+    other = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    moved = losses(other)
+    assert moved["forget"] != pytest.approx(default["forget"], rel=1e-3)
+    assert moved["regularizer"] != pytest.approx(default["regularizer"], rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def continual_run(tmp_path_factory):
+    from lethe.scenarios.runner import run_scenario
+
+    out = tmp_path_factory.mktemp("continual")
+    res = run_scenario("continual", out=out, size="smoke", runs=("ME+GD", "NPO+GD"), requests=3,
+                       reference="both", progress=False)
+    return out, res
+
+
+def test_continual_smoke_run_records_every_request(continual_run):
+    out, res = continual_run
+    assert res["scenario"] == "continual-authors" and res["requests"] == 3
+    assert [(r["method"], r["reference"]) for r in res["runs"]] == [("ME+GD", "moving"), ("NPO+GD", "moving"),
+                                                                   ("NPO+GD", "fixed")]
+    assert len(res["reference_requests"]) == 3  # one retain model per request
+    for run in res["runs"]:
+        assert run["status"] == "ok" and [e["epoch"] for e in run["epochs"]] == [0, 1, 2, 3]
+        reqs = run["requests"]
+        assert [r["request"] for r in reqs] == [1, 2, 3]
+        retained = [r["config"]["data"]["retain_records"] for r in reqs]
+        assert retained[0] > retained[1] > retained[2]  # the retain set shrinks as requests are forgotten
+        assert len({r["config"]["data"]["forget_sha256"] for r in reqs}) == 3  # disjoint requests
+        for k, epoch in enumerate(run["epochs"][1:], 1):
+            for key in ("MU", "FE", "FQ", "forget/ROUGE", "retain/ROUGE"):
+                assert isinstance(epoch["metrics"][key], float), (run["method"], k, key)
+    assert res["data"]["forgotten_at_end"] == 3 * res["data"]["per_request"]  # the scored forget set accumulates
+    assert (out / "report.md").exists() and (out / "report.html").exists()
+    for k in (1, 2, 3):
+        assert (out / "models" / f"retain{k}" / "lethe_finetune.json").exists()
+
+
+def test_fixed_and_moving_references_agree_on_the_first_request_only(continual_run):
+    _, res = continual_run
+    moving, fixed = res["runs"][1], res["runs"][2]
+    assert moving["requests"][0]["epochs"][-1]["losses"] == fixed["requests"][0]["epochs"][-1]["losses"]
+    assert moving["requests"][1]["epochs"][-1]["losses"] != fixed["requests"][1]["epochs"][-1]["losses"]
+    assert fixed["requests"][0]["config"]["reference"] == "fixed"
+
+
+def test_continual_report_has_per_request_tables_and_reuses_finished_cells(continual_run, capsys):
+    from lethe.cli import main
+
+    out, res = continual_run
+    md = (out / "report.md").read_text()
+    assert "## MU after each request" in md and "## FQ after each request" in md
+    assert "| NPO+GD (full, fixed reference) |" in md and "| *retain models* | – |" in md
+    html_text = (out / "report.html").read_text()
+    assert "after each request" in html_text and "data:image/png;base64" in html_text
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--scenario", "continual", "--size", "smoke", "--out", str(out), "--requests", "3",
+              "--reference", "both", "--methods", "ME+GD,NPO+GD"])
+    assert e.value.code == 0
+    err = capsys.readouterr().err
+    assert err.count("already done") == 3
+    again = json.loads((out / "results.json").read_text())
+    assert [r["epochs"] for r in again["runs"]] == [r["epochs"] for r in res["runs"]]
+    with pytest.raises(SystemExit) as e:  # another number of requests makes other data: refused, not mixed
+        main(["--quiet", "demo", "--scenario", "continual", "--size", "smoke", "--out", str(out), "--requests", "2"])
+    assert e.value.code != 0
+    assert "requests 3" in capsys.readouterr().err
+
+
+def test_report_command_reads_a_continual_results_file(continual_run, tmp_path):
+    from lethe.api import report
+
+    out, _ = continual_run
+    md_path = [p for p in report([out], out=tmp_path) if p.name == "report.md"][0]
+    assert "FE after each request" in md_path.read_text()
