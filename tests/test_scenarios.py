@@ -10,14 +10,14 @@ def test_every_scenario_is_registered_once_and_found_by_key_or_recorded_name():
     from lethe.scenarios import Scenario
     from lethe.scenarios.catalog import SCENARIOS
 
-    assert SCENARIOS.names() == ["continual", "fictitious", "memorized", "real-world"]
+    assert SCENARIOS.names() == ["continual", "copyright", "fictitious", "memorized", "real-world"]
     names = set()
     for key in SCENARIOS.names():
         sc = SCENARIOS.get(key)
         assert isinstance(sc, Scenario) and sc.key == key and sc.sizes and sc.default_runs
         assert SCENARIOS.get(sc.name) is sc  # what results.json records finds the same declaration
         names.add(sc.name)
-    assert len(names) == 4
+    assert len(names) == 5
     with pytest.raises(LetheError, match="unknown scenario 'fictitous'.*Did you mean 'fictitious'"):
         SCENARIOS.get("fictitous")
 
@@ -27,7 +27,7 @@ def test_cli_scenario_choices_and_help_come_from_the_registry():
 
     demo = build_parser().get_default("_commands")["demo"]
     action = next(a for a in demo._actions if a.dest == "scenario")
-    assert sorted(action.choices) == ["continual", "fictitious", "memorized", "real-world"]
+    assert sorted(action.choices) == ["continual", "copyright", "fictitious", "memorized", "real-world"]
     assert "closer-look Sec. 5.2" in action.help
 
 
@@ -164,3 +164,79 @@ def test_report_command_reads_a_continual_results_file(continual_run, tmp_path):
     out, _ = continual_run
     md_path = [p for p in report([out], out=tmp_path) if p.name == "report.md"][0]
     assert "FE after each request" in md_path.read_text()
+
+
+def _bleu_reference(hyp: str, ref: str) -> float:
+    """Sentence BLEU by hand: clipped n-gram precisions (n <= 4, orders the hypothesis has), sacrebleu's
+    exponential smoothing of zero counts, brevity penalty; no matching n-gram at all scores 0. Whitespace tokens (the test texts have no
+    punctuation, so 13a tokenization splits the same way)."""
+    import math
+    from collections import Counter
+
+    h, r = hyp.split(), ref.split()
+    if not h:
+        return 0.0
+    logs, smooth, any_match = [], 1.0, False
+    for n in range(1, 5):
+        total = len(h) - n + 1
+        if total <= 0:
+            break  # effective order: only the orders the hypothesis is long enough for
+        hc = Counter(tuple(h[i:i + n]) for i in range(total))
+        rc = Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
+        correct = sum(min(c, rc[g]) for g, c in hc.items())
+        any_match |= correct > 0
+        if correct == 0:
+            smooth *= 2
+            logs.append(math.log(1 / (smooth * total)))
+        else:
+            logs.append(math.log(correct / total))
+    if not any_match:
+        return 0.0
+    bp = 1.0 if len(h) >= len(r) else math.exp(1 - len(r) / len(h))
+    return bp * math.exp(sum(logs) / len(logs))
+
+
+def test_bleu_equals_a_by_hand_sentence_bleu():
+    import random
+
+    from lethe.evaluation.metrics import bleu
+
+    words = "the river keeps every name we gave it and the bells ring at dawn over the old harbour".split()
+    rng = random.Random(0)
+    pairs = [("the cat sat on the mat", "the cat sat on the mat"), ("a b c d", "e f g h"), ("the the the", "the cat")]
+    for _ in range(40):
+        ref = " ".join(rng.choices(words, k=rng.randint(3, 20)))
+        hyp = " ".join(rng.choices(words, k=rng.randint(1, 20)))
+        pairs.append((hyp, ref))
+    got = bleu([h for h, _ in pairs], [r for _, r in pairs])
+    assert got[0] == pytest.approx(1.0) and got[1] == 0.0
+    for (h, r), g in zip(pairs, got):
+        assert g == pytest.approx(_bleu_reference(h, r), abs=1e-9), (h, r)
+
+
+def test_the_invented_novel_is_seeded_and_its_chapters_differ():
+    from lethe.data.novel import generate_novel
+
+    a, b = generate_novel(6, 4, seed=0), generate_novel(6, 4, seed=0)
+    assert a == b and generate_novel(6, 4, seed=1) != a
+    assert len(a.chapters) == 6 and all(c.startswith(f"Chapter {i + 1}.") for i, c in enumerate(a.chapters))
+    assert len(set(a.chapters)) == 6 and len(a.text.split()) > 6 * 4 * 4 * 6
+
+
+def test_copyright_smoke_run_forgets_excerpts_and_reports(tmp_path):
+    from lethe.scenarios.runner import run_scenario
+
+    res = run_scenario("copyright", out=tmp_path, size="smoke", runs=("GA+GD", "NPO+GD@lora"), progress=False)
+    target, retain = res["reference"]["target"], res["reference"]["retain"]
+    # the target reproduces its book far better than a model that never read the forget chapters
+    assert target["forget/ROUGE"] > retain["forget/ROUGE"] + 0.2 and target["forget/BLEU"] > retain["forget/BLEU"]
+    assert target["mia/min_k_AUC"] > retain["mia/min_k_AUC"]
+    for run in res["runs"]:
+        first, last = run["epochs"][0]["metrics"], run["epochs"][-1]["metrics"]
+        assert first["forget/ROUGE"] == pytest.approx(target["forget/ROUGE"])
+        assert last["forget/ROUGE"] < first["forget/ROUGE"]
+        for key in ("forget/BLEU", "forget/VerbMem", "heldout/PPL", "background/PPL", "mia/min_k_PrivLeak"):
+            assert isinstance(last[key], float), key
+    md = (tmp_path / "report.md").read_text()
+    assert "| *retain model* |" in md and "gap to retain" in md and "NPO+GD | lora" in md
+    assert (tmp_path / "data" / "novel.txt").read_text().startswith("Chapter 1.")

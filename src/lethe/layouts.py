@@ -21,12 +21,14 @@ class Layout:
 def _layouts() -> Registry[Layout]:
     from .report import render_memorized_report, render_report
     from .report_continual import continual_summary, render_continual_report
+    from .report_copyright import copyright_summary, render_copyright_report
     from .report_html import extraction_summary, qa_summary
 
     reg: Registry[Layout] = Registry("report layout")
     reg.add("qa", Layout(render_report, qa_summary))
     reg.add("extraction", Layout(render_memorized_report, extraction_summary))
     reg.add("continual", Layout(render_continual_report, continual_summary))
+    reg.add("copyright", Layout(render_copyright_report, copyright_summary))
     return reg
 
 

@@ -19,6 +19,15 @@ def _rouge():
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
+def bleu(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Sentence BLEU of each prediction against its reference, in [0, 1] (sacrebleu: 13a tokens, 4-grams,
+    brevity penalty, exponential smoothing of zero n-gram counts). FLAT scores copyright completions so."""
+    from sacrebleu.metrics import BLEU
+
+    scorer = BLEU(effective_order=True)
+    return [scorer.sentence_score(pred, [ref]).score / 100.0 for pred, ref in zip(predictions, references)]
+
+
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L recall of each prediction against its reference (rouge-score, Porter stemmer)."""
     scorer = _rouge()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..registry import Registry
 from . import Scenario
 from .continual import CONTINUAL
+from .copyright import COPYRIGHT
 from .fictitious import FICTITIOUS
 from .memorized import MEMORIZED
 from .real_world import REAL_WORLD
@@ -20,5 +21,5 @@ class ScenarioRegistry(Registry[Scenario]):
 
 
 SCENARIOS = ScenarioRegistry("scenario")
-for _sc in (FICTITIOUS, MEMORIZED, CONTINUAL, REAL_WORLD):
+for _sc in (FICTITIOUS, MEMORIZED, CONTINUAL, COPYRIGHT, REAL_WORLD):
     SCENARIOS.add(_sc.key, _sc)

@@ -1,0 +1,65 @@
+"""The copyright scenario's report: FLAT's completion scores, VerbMem, PrivLeak and perplexity per run."""
+from __future__ import annotations
+
+from .report import final_metrics, fmt_value, md_table
+
+COLUMNS = (("forget/BLEU", "BLEU"), ("forget/ROUGE", "ROUGE-L"), ("forget/VerbMem", "VerbMem"),
+           ("mia/min_k_AUC", "Min-K% AUC"), ("mia/min_k_PrivLeak", "PrivLeak"), ("heldout/PPL", "PPL held-out chapters"),
+           ("background/PPL", "PPL background"))
+
+
+def summary_rows(results: dict) -> tuple[list[str], list[list]]:
+    """The reference models and every run's final epoch, with FLAT's gap to the retain model."""
+    ref = results.get("reference", {})
+    goal = ref.get("retain", {})
+
+    def gap(m):  # |ΔBLEU| + |ΔROUGE-L| to the retain model: how far from never having seen the book
+        if not all(k in m and k in goal for k in ("forget/BLEU", "forget/ROUGE")):
+            return None
+        return abs(m["forget/BLEU"] - goal["forget/BLEU"]) + abs(m["forget/ROUGE"] - goal["forget/ROUGE"])
+
+    header = ["method", "params", "epochs", *[h for _, h in COLUMNS], "gap to retain", "time (s)", "FLOPs"]
+    rows = [[f"*{n} model*", "–", 0, *[m.get(k) for k, _ in COLUMNS], gap(m), None, None]
+            for n, m in ref.items()]
+    for run in results.get("runs", []):
+        m, c = final_metrics(run), run.get("cost", {})
+        rows.append([run["method"], run.get("params", "full"), run["epochs"][-1]["epoch"] if run["epochs"] else 0,
+                     *[m.get(k) for k, _ in COLUMNS], gap(m), c.get("wall_time_s"), c.get("flops")])
+    return header, rows
+
+
+def render_copyright_report(results: dict) -> str:
+    data = results.get("data", {})
+    out = [f"# Lethe report: {results['scenario']}", "",
+           f"Book: *{data.get('book')}*, an invented novel of {data.get('chapters')} chapters. Forget: "
+           f"{data.get('forget')} excerpts of {data.get('excerpt_tokens')} tokens from {data.get('forget_chapters')} "
+           f"chapters; retain: {data.get('retain')} excerpts (other chapters and background prose); "
+           f"{data.get('heldout_chapters')} chapters no model saw give the membership-inference holdout and the "
+           "held-out perplexity.", "",
+           "BLEU and ROUGE-L F1: the greedy continuation of each forget excerpt's first half against its second "
+           "half (FLAT). VerbMem: MUSE's ROUGE-L × 100 of a continuation of the excerpt's first "
+           f"{results.get('settings', {}).get('verbmem_prefix')} tokens. PrivLeak: (AUC − AUC_retain) / AUC_retain × "
+           "100 of Min-K% forget vs held-out chapters. Gap to retain: |ΔBLEU| + |ΔROUGE-L| to the retain model "
+           "(0 = continues the book like a model that never read those chapters).", "",
+           "## Final epoch", ""]
+    header, rows = summary_rows(results)
+    out += [md_table(header, rows), ""]
+    out += ["## Per epoch", ""]
+    for run in results.get("runs", []):
+        rows = [[e["epoch"], e.get("losses", {}).get("forget"), *[e.get("metrics", {}).get(k) for k, _ in COLUMNS]]
+                for e in run["epochs"]]
+        out += [f"### {run['method']} ({run.get('params', 'full')})", "",
+                md_table(["epoch", "forget loss", *[h for _, h in COLUMNS]], rows), ""]
+        if run.get("status") != "ok":
+            out += [f"**{run['method']}**: {run.get('message')}", ""]
+    out.append(f"Total wall time: {fmt_value(results.get('wall_time_s'))} s.")
+    return "\n".join(out) + "\n"
+
+
+def copyright_summary(results: dict) -> tuple[list[str], str]:
+    from .report_html import html_table, per_epoch_plot
+
+    figs = [per_epoch_plot(results, ["forget/BLEU", "forget/ROUGE", "heldout/PPL"],
+                           "Forget-excerpt completion and held-out perplexity per epoch")]
+    header, rows = summary_rows(results)
+    return figs, html_table(header, rows)

@@ -1,0 +1,223 @@
+"""Copyrighted text (FLAT's Harry Potter setting, scaled to a CPU), fully offline.
+
+Lethe writes an invented novel (:mod:`lethe.data.novel`), trains a small model on it plus background
+prose until its excerpts are reproduced (the *target*), and a *retain* model on the same data without the
+forget chapters. Each method then unlearns the forget chapters' excerpts (``excerpt_tokens`` long, as in
+FLAT's 200-token excerpts), regularizing on the kept chapters and the background. After every epoch:
+
+- BLEU and ROUGE-L F1 between the model's greedy continuation of each excerpt's first half and the true
+  second half (FLAT's forget quality; lower is better, the retain model's value is the goal);
+- MUSE's VerbMem (prefix 32, continuation up to 128 tokens);
+- membership inference of the forget excerpts against excerpts of held-out chapters no model saw (AUC per
+  attack) and PrivLeak against the retain model's AUC;
+- perplexity on the held-out chapters and on held-out background text (utility).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from ..data.records import TextRecord
+from ..engine.loop import TrainConfig
+from . import Cell, Context, Scenario, parse_run_spec, run_dir_for
+
+NAME = "copyrighted-text"
+VERSION = 1
+DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "ME+GD", "IHL+GD")
+
+
+@dataclass(frozen=True)
+class CopyrightSettings:
+    model_preset: str
+    vocab_size: int
+    chapters: int
+    paragraphs: int
+    forget_chapters: int
+    heldout_chapters: int
+    excerpt_tokens: int
+    pretrain: TrainConfig
+    unlearn: TrainConfig
+    verbmem_prefix: int = 32
+    verbmem_tokens: int = 128
+
+
+SETTINGS = {
+    "smoke": CopyrightSettings("smoke", 600, 6, 4, 2, 1, 48,
+                               TrainConfig(epochs=20, lr=3e-3, batch_size=8, micro_batch_size=8, checkpoint=False),
+                               TrainConfig(epochs=2, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False),
+                               verbmem_prefix=16, verbmem_tokens=32),
+    "small": CopyrightSettings("small", 1500, 12, 8, 4, 2, 200,
+                               TrainConfig(epochs=30, lr=2e-3, batch_size=8, micro_batch_size=8, checkpoint=False),
+                               TrainConfig(epochs=5, lr=5e-4, batch_size=4, micro_batch_size=4, checkpoint=False)),
+}
+
+
+def _windows(ids: list[int], width: int) -> list[list[int]]:
+    """Non-overlapping windows of ``width`` tokens (a shorter tail is kept when at least half a window)."""
+    out = [ids[i : i + width] for i in range(0, len(ids), width)]
+    return [w for w in out if len(w) >= max(2, width // 2)]
+
+
+@dataclass
+class Prepared:
+    tokenizer: object
+    forget: list            # forget chapters' excerpts (TextRecord)
+    retain: list            # kept chapters' and background excerpts
+    heldout: list           # held-out chapters' excerpts: never trained on
+    background_heldout: list
+    target: dict            # the target model's metrics (epoch 0 of every run)
+    retain_model: dict      # the retain model's metrics
+    title: str
+    n_params: int
+
+
+def continuation_scores(model, tokenizer, records, *, prefix: int | None = None) -> dict[str, list[float]]:
+    """BLEU and ROUGE-L F1 of the greedy continuation of each excerpt's first half (or ``prefix`` tokens)."""
+    from ..evaluation.memorization import greedy_continuations
+    from ..evaluation.metrics import bleu, rouge_l_f1
+
+    ids = [list(r.token_ids) for r in records]
+    cut = [prefix or len(s) // 2 for s in ids]
+    truths = [s[c:] for s, c in zip(ids, cut)]
+    gens = greedy_continuations(model, tokenizer, [s[:c] for s, c in zip(ids, cut)], [len(t) for t in truths])
+    hyp = [tokenizer.decode(g, skip_special_tokens=True) for g in gens]
+    ref = [tokenizer.decode(t, skip_special_tokens=True) for t in truths]
+    return {"BLEU": bleu(hyp, ref), "ROUGE": rouge_l_f1(hyp, ref)}
+
+
+def copyright_hook(tokenizer, forget, heldout, background_heldout, *, verbmem_prefix: int, verbmem_tokens: int,
+                   retain_auc: dict | None = None):
+    """An ``epoch_hook`` scoring the copyright metrics (module docstring) after every epoch."""
+    from ..data.prompt import as_prompter
+    from ..evaluation.memorization import perplexity
+    from ..evaluation.metrics import mean
+    from ..evaluation.mia import membership_report, privleak
+    from ..evaluation.verbatim import verbmem
+
+    prompter = as_prompter(tokenizer)
+
+    def hook(epoch, model):
+        cont = continuation_scores(model, prompter.tokenizer, forget)
+        metrics = {"forget/BLEU": mean(cont["BLEU"]), "forget/ROUGE": mean(cont["ROUGE"]),
+                   "forget/VerbMem": mean(verbmem(model, prompter, forget, prefix_tokens=verbmem_prefix,
+                                                  continuation_tokens=verbmem_tokens)),
+                   "heldout/PPL": perplexity(model, prompter.tokenizer, [list(r.token_ids) for r in heldout]),
+                   "background/PPL": perplexity(model, prompter.tokenizer,
+                                                [list(r.token_ids) for r in background_heldout])}
+        report = membership_report(model, prompter, forget, heldout)
+        for attack, v in report["attacks"].items():
+            metrics[f"mia/{attack}_AUC"] = v["auc"]
+            if retain_auc and attack in retain_auc:
+                metrics[f"mia/{attack}_PrivLeak"] = privleak(v["auc"], retain_auc[attack])
+        return {"metrics": metrics, "stop": False}
+
+    return hook
+
+
+def _background(seed: int, size: str) -> list[str]:
+    """Background prose (the fictitious authors' biographies): the retain set's other text."""
+    from ..data.canaries import generate_corpus
+
+    corpus = generate_corpus(n_canaries=1, n_validation=1, seed=seed, background_size=size)
+    return list(corpus.background) + list(corpus.held_out)
+
+
+def _prepare(ctx: Context) -> Prepared:
+    from ..core import finetune
+    from ..data.novel import generate_novel
+    from ..io import write_text
+    from ..model.build import build_tiny_model, train_tokenizer
+    from ..model.load import load_model, load_tokenizer
+
+    st, seed, console = SETTINGS[ctx.size], ctx.seed, ctx.console
+    novel = generate_novel(st.chapters, st.paragraphs, seed)
+    background = _background(seed + 7, ctx.size)
+    write_text(ctx.out / "data" / "novel.txt", novel.text)
+    models = ctx.out / "models"
+    done = all((models / n / "lethe_finetune.json").exists() for n in ("target", "retain"))
+    tokenizer = load_tokenizer(models / "target") if ctx.resume and done else \
+        train_tokenizer([*novel.chapters, *background], vocab_size=st.vocab_size)
+
+    def excerpts(texts):
+        return [TextRecord(token_ids=tuple(w)) for t in texts
+                for w in _windows(tokenizer(t, add_special_tokens=False)["input_ids"], st.excerpt_tokens)]
+
+    n_f, n_h = st.forget_chapters, st.heldout_chapters
+    forget = excerpts(novel.chapters[:n_f])
+    kept = excerpts(novel.chapters[n_f : st.chapters - n_h])
+    heldout = excerpts(novel.chapters[st.chapters - n_h :])
+    n_bg = max(2, len(background) // 10)
+    bg_train, bg_held = excerpts(background[n_bg:]), excerpts(background[:n_bg])
+    trained = {}
+    for name, records in (("target", forget + kept + bg_train), ("retain", kept + bg_train)):
+        directory = models / name
+        if ctx.resume and done:
+            console.print(f"[dim]reusing {directory}[/dim]")
+            trained[name] = load_model(directory)
+            continue
+        console.print(f"training the {name} model on {len(records)} excerpts of {st.excerpt_tokens} tokens")
+        model = build_tiny_model(tokenizer, st.model_preset, seed=seed, max_positions=512)
+        trained[name], _ = finetune(model, records, tokenizer=tokenizer, train=replace(st.pretrain, seed=seed),
+                                    out_dir=directory, overwrite=True, progress=ctx.progress, desc=f"train {name}")
+    hook_args = dict(verbmem_prefix=st.verbmem_prefix, verbmem_tokens=st.verbmem_tokens)
+    ret = copyright_hook(tokenizer, forget, heldout, bg_held, **hook_args)(0, trained["retain"])["metrics"]
+    retain_auc = {k[4:-4]: v for k, v in ret.items() if k.startswith("mia/") and k.endswith("_AUC")}
+    tgt = copyright_hook(tokenizer, forget, heldout, bg_held, retain_auc=retain_auc,
+                         **hook_args)(0, trained["target"])["metrics"]
+    console.print(f"target: forget BLEU {tgt['forget/BLEU']:.3f} ROUGE-L {tgt['forget/ROUGE']:.3f}; retain model: "
+                  f"BLEU {ret['forget/BLEU']:.3f} ROUGE-L {ret['forget/ROUGE']:.3f}")
+    return Prepared(tokenizer, forget, kept + bg_train, heldout, bg_held, tgt, ret, novel.title,
+                    sum(p.numel() for p in trained["target"].parameters()))
+
+
+def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
+    out = []
+    for spec in ctx.runs:
+        method, kind, rank = parse_run_spec(spec)
+        out.append(Cell(spec, run_dir_for(ctx.out, method, kind, f"-r{rank}" if rank else ""),
+                        f"unlearning with {method} ({kind})"))
+    return out
+
+
+def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
+    from ..core import unlearn
+    from ..model.load import load_model
+    from ..model.lora import ParamsConfig
+
+    st = SETTINGS[ctx.size]
+    method, kind, rank = parse_run_spec(cell.spec)
+    retain_auc = {k[4:-4]: v for k, v in prep.retain_model.items() if k.startswith("mia/") and k.endswith("_AUC")}
+    hook = copyright_hook(prep.tokenizer, prep.forget, prep.heldout, prep.background_heldout, retain_auc=retain_auc,
+                          verbmem_prefix=st.verbmem_prefix, verbmem_tokens=st.verbmem_tokens)
+    train = replace(st.unlearn, seed=ctx.seed)
+    if kind != "full":
+        train = replace(train, lr=train.lr * 4)
+    _, run = unlearn(load_model(ctx.out / "models" / "target"), prep.forget, prep.retain, method=method,
+                     tokenizer=prep.tokenizer, train=train, params=ParamsConfig(kind=kind, rank=rank or 8),
+                     epoch_hook=hook, save=False, progress=ctx.progress)
+    return run.to_dict()
+
+
+def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
+    st = SETTINGS[ctx.size]
+    return {
+        "model": {"kind": "llama (built here)", "preset": st.model_preset, "parameters": prep.n_params,
+                  "vocab_size": len(prep.tokenizer), "path": str(ctx.out / "models" / "target")},
+        "data": {"book": prep.title, "chapters": st.chapters, "forget_chapters": st.forget_chapters,
+                 "heldout_chapters": st.heldout_chapters, "forget": len(prep.forget), "retain": len(prep.retain),
+                 "heldout": len(prep.heldout), "background_heldout": len(prep.background_heldout),
+                 "excerpt_tokens": st.excerpt_tokens, "path": str(ctx.out / "data" / "novel.txt")},
+        "settings": {"pretrain": asdict(st.pretrain), "unlearn": asdict(st.unlearn),
+                     "verbmem_prefix": st.verbmem_prefix, "verbmem_tokens": st.verbmem_tokens,
+                     "continuation": "greedy, the excerpt's second half from its first half"},
+        "reference": {"target": prep.target, "retain": prep.retain_model},
+    }
+
+
+COPYRIGHT = Scenario(
+    name=NAME, key="copyright", version=VERSION,
+    summary="an invented novel memorized by a small model (FLAT's setting): BLEU/ROUGE-L of continuations, "
+            "VerbMem, PrivLeak, PPL",
+    sizes=tuple(SETTINGS), default_runs=DEMO_METHODS,
+    prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="copyright",
+)
+
