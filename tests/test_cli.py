@@ -121,6 +121,15 @@ def test_memorized_demo_smoke(tmp_path, capsys):
         assert isinstance(run["success"], bool)
     assert res["runs"][1]["params"] == "fila" and res["runs"][1]["cost"]["tokens_fisher"] > 0
     assert "epochs (✗ = unsuccessful)" in (tmp_path / "report.md").read_text()
+    # PrivLeak against a model trained without any requested canary: near 0 AUC gap means forgotten
+    retain_auc = res["reference"]["retain"]["mia/min_k_AUC"]
+    assert retain_auc < res["reference"]["target"]["mia/min_k_AUC"]
+    for run in res["runs"]:
+        for r in run["requests"]:
+            m = r["epochs"][-1]["metrics"]
+            assert isinstance(m["mia/min_k_PrivLeak"], float)
+        m = run["requests"][0]["epochs"][-1]["metrics"]
+        assert m["mia/min_k_PrivLeak"] == pytest.approx((m["mia/min_k_AUC"] - retain_auc) / retain_auc * 100)
 
 
 def test_unlearn_text_sequences_with_the_stopping_rule(smoke_run, tmp_path, capsys):

@@ -240,3 +240,31 @@ def test_copyright_smoke_run_forgets_excerpts_and_reports(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| *retain model* |" in md and "gap to retain" in md and "NPO+GD | lora" in md
     assert (tmp_path / "data" / "novel.txt").read_text().startswith("Chapter 1.")
+
+
+def test_split_parts_cuts_at_blank_lines_into_about_equal_parts():
+    from lethe.scenarios.copyright import split_parts
+
+    text = "\n\n".join(f"paragraph {i}" + " word" * (5 + i % 3) for i in range(30))
+    parts = split_parts(text, 6)
+    assert len(parts) == 6 and "\n\n".join(parts) == text
+    sizes = [len(p) for p in parts]
+    assert max(sizes) < 2 * min(sizes)
+
+
+def test_copyright_user_text_is_checked_before_any_work(tmp_path):
+    from lethe.scenarios.runner import run_scenario
+
+    out = tmp_path / "out"
+    with pytest.raises(LetheError, match="--forget .*book.txt: file not found"):
+        run_scenario("copyright", out=out, size="smoke", forget=str(tmp_path / "book.txt"))
+    (tmp_path / "short.txt").write_text("One paragraph.\n\nAnother.")
+    with pytest.raises(LetheError, match="2 paragraph\\(s\\); .* needs at least"):
+        run_scenario("copyright", out=out, size="smoke", forget=str(tmp_path / "short.txt"))
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(LetheError, match="--retain .*empty.txt: the file is empty"):
+        run_scenario("copyright", out=out, size="smoke", retain=str(tmp_path / "empty.txt"))
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00abc")
+    with pytest.raises(LetheError, match="not UTF-8"):
+        run_scenario("copyright", out=out, size="smoke", forget=str(tmp_path / "bin.txt"))
+    assert not out.exists()

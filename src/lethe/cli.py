@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", choices=("moving", "fixed", "both"), default=None,
                    help="continual scenario: NPO/DPO/KL compare against the model before each request (moving, "
                         "default), the starting model (fixed; closer-look Fig. 7c), or run both")
+    p.add_argument("--forget", default=None,
+                   help="copyright scenario: your own book (UTF-8 plain text, cut at blank lines into chapters) "
+                        "instead of the invented novel")
+    p.add_argument("--retain", default=None,
+                   help="copyright scenario: other text (UTF-8) for regularization and background perplexity "
+                        "instead of the generated biographies")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--methods", default=None, help="comma-separated methods, e.g. GA+GD,NPO+KL (default: all demo methods)")
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=None,
@@ -222,7 +228,8 @@ def _dispatch(args) -> int:
     if args.command == "demo":
         methods = split_outside_parens(args.methods, ",") if args.methods else None
         given = {"requests": args.requests, "reference": args.reference, "forget_percent": args.forget_percent,
-                 "embedding_model": args.embedding_model, "nli_model": args.nli_model}
+                 "embedding_model": args.embedding_model, "nli_model": args.nli_model, "forget": args.forget,
+                 "retain": args.retain}
         api.run_scenario(args.scenario, out=args.out, size=args.size, seed=args.seed, runs=methods,
                          resume=not args.fresh, progress=progress, **{k: v for k, v in given.items() if v is not None})
         if not args.quiet:

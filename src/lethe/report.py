@@ -234,6 +234,7 @@ def write_memorized_report(results: dict, path: str | Path) -> Path:
 def render_memorized_report(results: dict) -> str:
     """Report for memorized-sequence unlearning, laid out like the IHL seed's Table 1."""
     th, ref = results["thresholds"], results["reference"]["target"]
+    retain = results["reference"].get("retain", {})
     data = results.get("data", {})
     out = [f"# Lethe report: {results['scenario']}", "",
            f"Forget {data.get('forget')} canaries per request ({data.get('requests')} request(s)), "
@@ -241,7 +242,12 @@ def render_memorized_report(results: dict) -> str:
            f"Stopping rule: forget-set mean EL_10 ≤ {th['el']:.3f} and MA ≤ {th['ma']:.3f} "
            f"(the values on {data.get('validation')} canaries never trained on).", "",
            f"Before unlearning: forget EL_10 {ref['forget/EL10']:.3f}, MA {ref['forget/MA']:.3f}, "
-           f"held-out PPL {ref['heldout/PPL']:.2f}.", "",
+           f"held-out PPL {ref['heldout/PPL']:.2f}."
+           + (f" Min-K% AUC of the forget canaries vs the validation canaries: {ref['mia/min_k_AUC']:.3f} before "
+              f"unlearning, {retain['mia/min_k_AUC']:.3f} for a model trained without them (PrivLeak's reference: "
+              "PrivLeak = (AUC − AUC_retain) / AUC_retain × 100)."
+              if "mia/min_k_AUC" in ref and "mia/min_k_AUC" in retain else ""),
+           "",
            "## Runs (first request)", ""]
     rows = []
     for run in results["runs"]:
@@ -250,9 +256,9 @@ def render_memorized_report(results: dict) -> str:
         rows.append([run["method"], run["params"], c.get("trainable_percent"),
                      epochs if epochs else f"✗ ({run['epochs'][-1]['epoch'] if run['epochs'] else 0})",
                      m.get("forget/EL10"), m.get("forget/MA"), m.get("heldout/PPL"), m.get("mia/min_k_AUC"),
-                     c.get("flops"), c.get("wall_time_s")])
+                     m.get("mia/min_k_PrivLeak"), c.get("flops"), c.get("wall_time_s")])
     out += [md_table(["method", "params", "trainable %", "epochs (✗ = unsuccessful)", "EL_10", "MA", "held-out PPL",
-                    "Min-K% AUC vs validation", "FLOPs", "time (s)"], rows), ""]
+                      "Min-K% AUC vs validation", "PrivLeak", "FLOPs", "time (s)"], rows), ""]
     out += ["## Per epoch", ""]
     for run in results["runs"]:
         out += [f"### {run['method']} ({run['params']})", ""]

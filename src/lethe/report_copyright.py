@@ -31,7 +31,10 @@ def summary_rows(results: dict) -> tuple[list[str], list[list]]:
 def render_copyright_report(results: dict) -> str:
     data = results.get("data", {})
     out = [f"# Lethe report: {results['scenario']}", "",
-           f"Book: *{data.get('book')}*, an invented novel of {data.get('chapters')} chapters. Forget: "
+           f"Book: *{data.get('book')}*, "
+           + (f"an invented novel of {data.get('chapters')} chapters" if data.get("invented", True) else
+              f"your text cut at blank lines into {data.get('chapters')} parts")
+           + ". Forget: "
            f"{data.get('forget')} excerpts of {data.get('excerpt_tokens')} tokens from {data.get('forget_chapters')} "
            f"chapters; retain: {data.get('retain')} excerpts (other chapters and background prose); "
            f"{data.get('heldout_chapters')} chapters no model saw give the membership-inference holdout and the "

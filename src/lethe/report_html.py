@@ -160,10 +160,10 @@ def extraction_summary(results: dict) -> tuple[list[str], str]:
     rows = [[r["method"], r["params"], r.get("cost", {}).get("trainable_percent"),
              r.get("epochs_to_success") or "unsuccessful", final_metrics(r).get("forget/EL10"),
              final_metrics(r).get("forget/MA"), final_metrics(r).get("heldout/PPL"),
-             final_metrics(r).get("mia/min_k_AUC"), r.get("cost", {}).get("flops"),
-             r.get("cost", {}).get("wall_time_s")] for r in results.get("runs", [])]
+             final_metrics(r).get("mia/min_k_AUC"), final_metrics(r).get("mia/min_k_PrivLeak"),
+             r.get("cost", {}).get("flops"), r.get("cost", {}).get("wall_time_s")] for r in results.get("runs", [])]
     return figs, html_table(["method", "params", "trainable %", "epochs", "EL_10", "MA", "held-out PPL",
-                         "Min-K% AUC vs validation", "FLOPs", "time (s)"], rows)
+                             "Min-K% AUC vs validation", "PrivLeak", "FLOPs", "time (s)"], rows)
 
 
 def qa_summary(results: dict) -> tuple[list[str], str]:

@@ -13,14 +13,16 @@ from .runtime import RuntimeConfig
 
 
 def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,
-                         min_epochs: int = 1, thresholds=None, el=None, membership=None):
+                         min_epochs: int = 1, thresholds=None, el=None, membership=None, retain_auc=None):
     """An ``epoch_hook`` for :func:`unlearn` applying the EL/MA stopping rule to text sequences.
 
     Thresholds are the mean EL_n and MA of ``model`` on ``validation`` (sequences it never trained
     on), measured now unless given. Without ``validation`` the hook only measures and never stops.
     ``el`` (:class:`lethe.evaluation.memorization.ELConfig`) says how EL_n counts; default: the paper's
     Eq. 3-4 with ``n``. ``membership`` (sequences never trained on) adds the membership-inference AUCs
-    of the forget sequences against them (``mia/ATTACK_AUC``). Returns (hook, thresholds or None).
+    of the forget sequences against them (``mia/ATTACK_AUC``), and with ``retain_auc`` ({attack: AUC of a
+    model never trained on the forget sequences}) MUSE's PrivLeak (``mia/ATTACK_PrivLeak``). Returns (hook,
+    thresholds or None).
     """
     from .data.prompt import as_prompter
     from .engine.stopping import ExtractionThresholds, should_stop
@@ -54,8 +56,12 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
         if membership:
             from .evaluation.mia import membership_report
 
+            from .evaluation.mia import privleak
+
             report = membership_report(mdl, prompter, forget, membership)
             metrics.update({f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()})
+            metrics.update({f"mia/{a}_PrivLeak": privleak(v["auc"], retain_auc[a])
+                            for a, v in report["attacks"].items() if retain_auc and a in retain_auc})
         stop = thresholds is not None and should_stop(epoch, el, ma, thresholds, min_epochs)
         return {"metrics": metrics, "stop": stop}
 

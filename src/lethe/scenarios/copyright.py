@@ -14,6 +14,7 @@ FLAT's 200-token excerpts), regularizing on the kept chapters and the background
 """
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, replace
 
 from ..data.records import TextRecord
@@ -49,6 +50,10 @@ SETTINGS = {
                                TrainConfig(epochs=30, lr=2e-3, batch_size=8, micro_batch_size=8, checkpoint=False),
                                TrainConfig(epochs=5, lr=5e-4, batch_size=4, micro_batch_size=4, checkpoint=False)),
 }
+
+
+# a user's book is cut at blank lines into as many parts as the largest size has chapters
+MIN_PARAGRAPHS = max(s.chapters for s in SETTINGS.values())
 
 
 def _windows(ids: list[int], width: int) -> list[list[int]]:
@@ -121,17 +126,68 @@ def _background(seed: int, size: str) -> list[str]:
     return list(corpus.background) + list(corpus.held_out)
 
 
+def _paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def split_parts(text: str, parts: int) -> tuple[str, ...]:
+    """A text cut at paragraph boundaries into ``parts`` pieces of about equal length (the "chapters")."""
+    paras = _paragraphs(text)
+    total, out, current, size = sum(len(p) for p in paras), [], [], 0
+    for p in paras:
+        current.append(p)
+        size += len(p)
+        if size >= total * (len(out) + 1) / parts and len(out) < parts - 1:
+            out.append("\n\n".join(current))
+            current = []
+    out.append("\n\n".join(current))
+    return tuple(out)
+
+
+def _check(options: dict) -> dict:
+    """Your own text: read now (a missing or too short file fails before any work); its sha256 joins the
+    fingerprint, so a directory made from another book is not reused."""
+    import hashlib
+    from pathlib import Path
+
+    from ..errors import LetheError
+
+    for key, text_key in (("forget", "book"), ("retain", "other")):
+        options[text_key] = options[f"{key}_sha256"] = None
+        if options[key] is None:
+            continue
+        path = Path(options[key])
+        if not path.is_file():
+            raise LetheError(f"--{key} {path}: file not found (a plain-text file)")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise LetheError(f"--{key} {path}: not UTF-8 text (byte {e.start})") from None
+        if not text.strip():
+            raise LetheError(f"--{key} {path}: the file is empty")
+        if len(_paragraphs(text)) < MIN_PARAGRAPHS and key == "forget":
+            raise LetheError(f"--forget {path}: {len(_paragraphs(text))} paragraph(s); the scenario cuts the book "
+                             f"at blank lines into {MIN_PARAGRAPHS} parts, so it needs "
+                             "at least that many paragraphs")
+        options[text_key], options[f"{key}_sha256"] = text, hashlib.sha256(text.encode()).hexdigest()
+    return options
+
+
 def _prepare(ctx: Context) -> Prepared:
     from ..core import finetune
-    from ..data.novel import generate_novel
+    from ..data.novel import Novel, generate_novel
     from ..io import write_text
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
 
     st, seed, console = SETTINGS[ctx.size], ctx.seed, ctx.console
-    novel = generate_novel(st.chapters, st.paragraphs, seed)
-    background = _background(seed + 7, ctx.size)
-    write_text(ctx.out / "data" / "novel.txt", novel.text)
+    if ctx.options["book"] is not None:  # the user's own book, cut into as many parts as the novel has chapters
+        novel = Novel(title=ctx.options["forget"], chapters=split_parts(ctx.options["book"], st.chapters))
+    else:
+        novel = generate_novel(st.chapters, st.paragraphs, seed)
+        write_text(ctx.out / "data" / "novel.txt", novel.text)
+    background = _paragraphs(ctx.options["other"]) if ctx.options["other"] is not None else \
+        _background(seed + 7, ctx.size)
     models = ctx.out / "models"
     done = all((models / n / "lethe_finetune.json").exists() for n in ("target", "retain"))
     tokenizer = load_tokenizer(models / "target") if ctx.resume and done else \
@@ -202,10 +258,12 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
     return {
         "model": {"kind": "llama (built here)", "preset": st.model_preset, "parameters": prep.n_params,
                   "vocab_size": len(prep.tokenizer), "path": str(ctx.out / "models" / "target")},
-        "data": {"book": prep.title, "chapters": st.chapters, "forget_chapters": st.forget_chapters,
+        "data": {"book": prep.title, "invented": ctx.options["forget"] is None, "chapters": st.chapters, "forget_chapters": st.forget_chapters,
                  "heldout_chapters": st.heldout_chapters, "forget": len(prep.forget), "retain": len(prep.retain),
                  "heldout": len(prep.heldout), "background_heldout": len(prep.background_heldout),
-                 "excerpt_tokens": st.excerpt_tokens, "path": str(ctx.out / "data" / "novel.txt")},
+                 "excerpt_tokens": st.excerpt_tokens,
+                 "path": ctx.options["forget"] or str(ctx.out / "data" / "novel.txt"),
+                 "other_text": ctx.options["retain"] or "the fictitious authors' biographies (generated)"},
         "settings": {"pretrain": asdict(st.pretrain), "unlearn": asdict(st.unlearn),
                      "verbmem_prefix": st.verbmem_prefix, "verbmem_tokens": st.verbmem_tokens,
                      "continuation": "greedy, the excerpt's second half from its first half"},
@@ -219,5 +277,6 @@ COPYRIGHT = Scenario(
             "VerbMem, PrivLeak, PPL",
     sizes=tuple(SETTINGS), default_runs=DEMO_METHODS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="copyright",
+    options={"forget": None, "retain": None}, fingerprint=("forget_sha256", "retain_sha256"), check=_check,
 )
 

@@ -20,7 +20,7 @@ from ..engine.stopping import meets_threshold
 from . import Cell, Context, Scenario, apply_requests, run_dir_for
 
 NAME = "memorized-sequences"
-VERSION = 2  # 2: EL_n counts as the paper does (generated n-grams found in the truth)
+VERSION = 3  # 2: EL_n counts as the paper does (generated n-grams found in the truth); 3: PrivLeak
 # The rows of the IHL seed's Table 1 (its "GD" is gradient difference: GA on forget + GD on retain).
 DEMO_RUNS = ("GA@full", "GA+GD@full", "GA+GD@lora", "IHL+GD@lora", "IHL+GD@fila")
 
@@ -87,10 +87,37 @@ class Prepared:
     before: list                 # each request's metrics on the base model
     n_validation: int
     n_heldout: int
+    retain_auc: list             # the retain model's membership AUCs per request (PrivLeak's reference)
 
 
 def _records(id_lists):
     return [TextRecord(token_ids=tuple(ids)) for ids in id_lists]
+
+
+def _retain_model_aucs(ctx: Context, st, tokenizer, corpus, canary_ids, order, request_sets, val_ids) -> list[dict]:
+    """PrivLeak's reference: a model trained like the base but without any requested canary, and its
+    membership AUCs (each request's canaries vs the validation canaries). Reused from ``models/retain``."""
+    from ..core import finetune
+    from ..data.prompt import as_prompter
+    from ..evaluation.mia import membership_report
+    from ..model.build import build_tiny_model
+    from ..model.load import load_model
+
+    retain_dir = ctx.out / "models" / "retain"
+    if ctx.resume and (retain_dir / "lethe_finetune.json").exists():
+        model = load_model(retain_dir)
+    else:
+        requested = set(order[: len(request_sets) * st.forget_size])
+        records = (_records(_ids(tokenizer, corpus.background))
+                   + [TextRecord(token_ids=tuple(ids)) for i, ids in enumerate(canary_ids) if i not in requested
+                      for _ in range(corpus.repeats)])
+        ctx.console.print(f"training the retain model (no requested canary) on {len(records)} sequences")
+        model = build_tiny_model(tokenizer, st.model_preset, seed=ctx.seed, max_positions=512)
+        model, _ = finetune(model, records, tokenizer=tokenizer, train=replace(st.pretrain, seed=ctx.seed),
+                            out_dir=retain_dir, overwrite=True, progress=ctx.progress, desc="pretrain retain")
+    prompter = as_prompter(tokenizer)
+    return [{a: v["auc"] for a, v in membership_report(model, prompter, _records(ids), _records(val_ids))["attacks"].items()}
+            for ids in request_sets]
 
 
 def _prepare(ctx: Context) -> Prepared:
@@ -123,21 +150,22 @@ def _prepare(ctx: Context) -> Prepared:
     order = list(range(len(canary_ids)))
     random.Random(seed).shuffle(order)
     request_sets = [[canary_ids[i] for i in order[k * st.forget_size : (k + 1) * st.forget_size]] for k in range(requests)]
+    retain_auc = _retain_model_aucs(ctx, st, tokenizer, corpus, canary_ids, order, request_sets, val_ids)
     base = load_model(base_dir)
     # One hook per request: EL_10, MA and held-out PPL after every epoch, and the stopping rule.
     # The validation canaries (never trained on) are also the membership-inference negatives.
     hook, thresholds = extraction_stop_hook(tokenizer, _records(request_sets[0]), _records(val_ids),
                                             heldout=_records(heldout_ids), model=base, min_epochs=st.min_epochs,
-                                            membership=_records(val_ids))
+                                            membership=_records(val_ids), retain_auc=retain_auc[0])
     hooks = [hook] + [extraction_stop_hook(tokenizer, _records(ids), None, heldout=_records(heldout_ids),
                                            thresholds=thresholds, min_epochs=st.min_epochs,
-                                           membership=_records(val_ids))[0]
-                      for ids in request_sets[1:]]
+                                           membership=_records(val_ids), retain_auc=auc)[0]
+                      for ids, auc in zip(request_sets[1:], retain_auc[1:])]
     before = [h(0, base)["metrics"] for h in hooks]
     console.print(f"validation EL10 {thresholds.el:.3f} MA {thresholds.ma:.3f}; forget EL10 "
                   f"{before[0]['forget/EL10']:.3f} MA {before[0]['forget/MA']:.3f}")
     return Prepared(tokenizer, corpus, base_dir, request_sets, retain, hooks, thresholds, before, len(val_ids),
-                    len(heldout_ids))
+                    len(heldout_ids), retain_auc)
 
 
 def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
@@ -191,7 +219,8 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
         "settings": {"pretrain": asdict(st.pretrain), "unlearn": asdict(st.unlearn), "lora_rank": st.lora_rank,
                      "lora_lr_scale": st.lora_lr_scale, "min_epochs": st.min_epochs,
                      "el": asdict(ELConfig())},
-        "reference": {"target": {**prep.before[0], "validation/EL10": th.el, "validation/MA": th.ma}},
+        "reference": {"target": {**prep.before[0], "validation/EL10": th.el, "validation/MA": th.ma},
+                      "retain": {f"mia/{a}_AUC": v for a, v in prep.retain_auc[0].items()}},
         "reference_requests": prep.before,
     }
 
