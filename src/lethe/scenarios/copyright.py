@@ -43,11 +43,11 @@ class CopyrightSettings:
 
 SETTINGS = {
     "smoke": CopyrightSettings("smoke", 600, 6, 4, 2, 1, 48,
-                               TrainConfig(epochs=20, lr=3e-3, batch_size=8, micro_batch_size=8, checkpoint=False),
+                               TrainConfig(epochs=50, lr=3e-3, batch_size=8, micro_batch_size=8, checkpoint=False),
                                TrainConfig(epochs=2, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False),
                                verbmem_prefix=16, verbmem_tokens=32),
-    "small": CopyrightSettings("small", 1500, 12, 8, 4, 2, 200,
-                               TrainConfig(epochs=30, lr=2e-3, batch_size=8, micro_batch_size=8, checkpoint=False),
+    "small": CopyrightSettings("small", 1500, 12, 16, 4, 2, 200,
+                               TrainConfig(epochs=60, lr=2e-3, batch_size=8, micro_batch_size=8, checkpoint=False),
                                TrainConfig(epochs=5, lr=5e-4, batch_size=4, micro_batch_size=4, checkpoint=False)),
 }
 
@@ -201,8 +201,9 @@ def _prepare(ctx: Context) -> Prepared:
     forget = excerpts(novel.chapters[:n_f])
     kept = excerpts(novel.chapters[n_f : st.chapters - n_h])
     heldout = excerpts(novel.chapters[st.chapters - n_h :])
+    # background texts are short (a biography is ~90 tokens): joined, then cut into excerpts like the book
     n_bg = max(2, len(background) // 10)
-    bg_train, bg_held = excerpts(background[n_bg:]), excerpts(background[:n_bg])
+    bg_train, bg_held = excerpts(["\n\n".join(background[n_bg:])]), excerpts(["\n\n".join(background[:n_bg])])
     trained = {}
     for name, records in (("target", forget + kept + bg_train), ("retain", kept + bg_train)):
         directory = models / name
