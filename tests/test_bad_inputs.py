@@ -94,6 +94,7 @@ def world(tmp_path_factory, smoke_data, tokenizer):
              "results_runs/results.json": '{"runs": [1]}',
              "results_epochs/results.json": '{"scenario": "x", "runs": [{"method": "GA", "params": "full", '
                                             '"epochs": [{"metrics": {}}]}]}',
+             "results_scenario/results.json": '{"scenario": "x", "runs": []}',
              "results_json/results.json": "{", "finished/run.json": "{}", "nli_bin/config.json": "{}",
              "nli_bin/pytorch_model.bin": "pickle"}
     for name, text in files.items():
@@ -160,6 +161,7 @@ CASES = [(_unlearn(*extra), expect) for extra, expect in OPTION_CASES] + [
     (["report", "{root}/results_runs", "--out", "{out}"], "runs[0]"),
     (["report", "{root}/results_epochs", "--out", "{out}"], "epochs[0]"),
     (["report", "{root}/results_json", "--out", "{out}"], "not valid JSON"),
+    (["report", "{root}/results_scenario", "--out", "{out}"], "field 'scenario': 'x' is not a scenario"),
     (["report", "{root}/nowhere", "--out", "{out}"], "file not found"),
     (["bench", "--size", "smoke", "--methods", "GA", "--rank", "-1", "--out", "{out}"], "--rank"),
     (["bench", "--size", "smoke", "--methods", "GA", "--rank", "x", "--out", "{out}"], "--rank"),
@@ -225,7 +227,7 @@ def test_a_failed_write_is_one_line_naming_the_file(world, tmp_path, capsys, mon
     monkeypatch.setattr(lethe.io, "write_text", full_disk)
     results = tmp_path / "r"
     results.mkdir()
-    (results / "results.json").write_text(json.dumps({"scenario": "x", "runs": []}))
+    (results / "results.json").write_text(json.dumps({"scenario": "fictitious-authors", "runs": []}))
     with pytest.raises(SystemExit) as e:
         main(["report", str(results)])
     err = capsys.readouterr().err

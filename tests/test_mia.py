@@ -171,3 +171,41 @@ def test_group_stop_rule_on_authors(tokenizer, smoke_data, tiny_model):
     assert report["attacks"]["min_k"]["group_p"] == pytest.approx(rule.p_value(tiny_model))
     assert rule.record()["test"] == "group"
     assert group_permutation_p([1.0], [0.0], ["a"], ["b"]) == pytest.approx(1.0)  # one group a side: undecidable
+
+
+def test_stop_rule_reads_the_evaluations_membership_report_instead_of_scoring_again(tokenizer, smoke_data, tiny_model):
+    """With --holdout, every evaluated epoch's report already holds the rule's p-value: the rule must use it
+    (same value as scoring itself) and score on its own only where the evaluation did not, or differs."""
+    from lethe.core import EvalConfig, unlearn
+    from lethe.engine.loop import TrainConfig
+    from lethe.evaluation.suite import EvalSet
+    from lethe.workflows import IndistinguishableStop
+
+    forget, holdout = smoke_data.forget(10), smoke_data.holdout
+    calls = []
+
+    class Counting(IndistinguishableStop):
+        def p_value(self, model):
+            calls.append(1)
+            return super().p_value(model)
+
+    def run(evaluation, rule):
+        _, r = unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
+                       train=TrainConfig(epochs=2, lr=1e-4, batch_size=4, micro_batch_size=4, checkpoint=False),
+                       evaluation=evaluation, epoch_hook=rule, save=False, progress=False)
+        return r
+
+    sets = [EvalSet("forget", forget, "qa", forget=True)]
+    for test in ("ks", "group"):
+        calls.clear()
+        rule = Counting(forget, holdout, test=test, min_epochs=5)
+        r = run(EvalConfig(sets=sets, holdout=holdout, max_new_tokens=4), rule)
+        assert calls == []  # every epoch came from the evaluation's report
+        key = "mia/min_k_KS_p" if test == "ks" else "mia/min_k_group_p"
+        for e in r.epochs:
+            assert e["metrics"]["stop/p_value"] == e["metrics"][key]
+        # the value equals what the rule computes itself on the final weights
+        assert rule.p_value(tiny_model) == pytest.approx(r.epochs[-1]["metrics"]["stop/p_value"], rel=1e-6)
+    calls.clear()
+    run(EvalConfig(sets=sets, holdout=holdout, max_new_tokens=4, mia_k=0.2), Counting(forget, holdout, min_epochs=5))
+    assert len(calls) == 3  # another k: the report is not the rule's, so it scores epochs 0, 1, 2 itself

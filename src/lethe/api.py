@@ -22,6 +22,7 @@ from .evaluation.suite import EvalSet
 from .model.lora import ParamsConfig
 from .objectives import Loss, Method, Need, parse_method
 from .runtime import RuntimeConfig
+from .scenarios.catalog import SCENARIOS
 from .scenarios.runner import run_scenario
 from .workflows import IndistinguishableStop, extraction_stop_hook, finetune_tiny, unlearn_sequences
 
@@ -98,6 +99,11 @@ def _check_results(path: Path, results) -> None:
                     or not isinstance(epoch.get("metrics", {}), dict):
                 raise LetheError(f"{path}, runs[{i}].epochs[{j}]: expected an object with an integer 'epoch' and "
                                  "a 'metrics' object")
+    scenario = results.get("scenario")
+    if not isinstance(scenario, str) or not any(SCENARIOS.get(k).name == scenario for k in SCENARIOS.names()):
+        known = ", ".join(SCENARIOS.get(k).name for k in SCENARIOS.names())
+        raise LetheError(f"{path}, field 'scenario': {scenario!r} is not a scenario Lethe writes reports for; "
+                         f"expected one of {known}")
 
 
 def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> list[Path]:

@@ -469,7 +469,12 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
                 out["metrics"].update(downstream_metrics(mdl, prompter, ev))
             scored["eval"] = epoch if full else scored["eval"]
         if epoch_hook is not None:
-            extra = epoch_hook(epoch, mdl) or {}
+            hook_kwargs = {}
+            if getattr(epoch_hook, "reads_membership", False) and epoch in reports:
+                # the evaluation just scored forget vs holdout: a stopping rule on the same records reads it
+                hook_kwargs["membership"] = {"report": reports[epoch], "forget": scored_forget_records(ev),
+                                             "holdout": list(ev.holdout), "k": ev.mia_k}
+            extra = epoch_hook(epoch, mdl, **hook_kwargs) or {}
             out["metrics"].update(extra.get("metrics", {}))
             out["stop"] = bool(extra.get("stop", False))
             scored["hook"] = epoch

@@ -225,8 +225,23 @@ class IndistinguishableStop:
                           [scored_text(r, tok) for r in self.holdout], k=self.k)[self.statistic]
         return group_permutation_p(f, h, *self.groups) if self.test == "group" else ks_p_value(f, h)
 
-    def __call__(self, epoch, model) -> dict:
+    # unlearn passes the evaluation's membership report of the epoch (when it made one) as ``membership``
+    reads_membership = True
+
+    def reported_p(self, membership: dict | None) -> float | None:
+        """The p-value from an evaluation's membership report when it scored exactly these records with the
+        same k (the usual ``--holdout`` run): the forget and holdout sets are then not scored a second time."""
+        if not membership or membership.get("k") != self.k:
+            return None
+        if membership.get("forget") != self.forget or membership.get("holdout") != self.holdout:
+            return None
+        attack = membership["report"].get("attacks", {}).get(self.statistic, {})
+        return attack.get("group_p" if self.test == "group" else "ks_p")
+
+    def __call__(self, epoch, model, membership: dict | None = None) -> dict:
         if self.prompter is None:
             raise LetheError("IndistinguishableStop: bind(prompter) first (unlearn does this)")
-        p = self.p_value(model)
+        p = self.reported_p(membership)
+        if p is None:
+            p = self.p_value(model)
         return {"metrics": {"stop/p_value": p}, "stop": epoch >= self.min_epochs and p >= self.threshold}
