@@ -65,8 +65,11 @@ def continual_summary(results: dict) -> tuple[list[str], str]:
     """HTML: MU, FE and FQ against the request number, and the wide MU table."""
     from .report_html import html_table, per_epoch_plot
 
+    # the retain models (never trained on the authors forgotten so far) are what each request should reach
+    goal = {key: [(k + 1, m[key]) for k, m in enumerate(results.get("reference_requests", [])) if key in m]
+            for key in ("MU", "FE")}
     figs = [per_epoch_plot(results, ["MU", "FE", "FQ"], "Model utility, forget efficacy and forget quality after "
-                           "each request", xlabel="requests applied")]
+                           "each request", xlabel="requests applied", goal=goal, goal_label="retain models")]
     tables = []
     for key in ("MU", "FE", "FQ"):
         header, rows = wide_rows(results, key)

@@ -76,7 +76,9 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
 
 
 def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: dict | None = None,
-                    xlabel: str = "epoch"):
+                    xlabel: str = "epoch", goal: dict | None = None, goal_label: str = "goal"):
+    """One panel per metric, a line per run. ``thresholds``: {key: value} drawn flat; ``goal``: {key:
+    [(x, y), ...]} drawn dashed (the retain models' values request by request, for example)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,11 +93,18 @@ def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: d
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=cmap(i % 20), label=_label(run))
         if thresholds and key in thresholds:
             ax.axhline(thresholds[key], color="red", ls="--", lw=1, label="validation threshold")
+        if goal and goal.get(key):
+            ax.plot([p[0] for p in goal[key]], [p[1] for p in goal[key]], "k--", lw=1.2, label=goal_label)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    if axes[0][-1].get_legend_handles_labels()[0]:
-        axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    named: dict = {}  # one legend for all panels: a line drawn in some panels only is still named
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            named.setdefault(label, handle)
+    if named:
+        axes[0][-1].legend(list(named.values()), list(named), fontsize=6, loc="center left",
+                           bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.suptitle(title, fontsize=10)
     return _png(fig)
 
