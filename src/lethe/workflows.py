@@ -54,14 +54,9 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
         if held_ids:
             metrics["heldout/PPL"] = perplexity(mdl, tokenizer, held_ids)
         if membership:
-            from .evaluation.mia import membership_report
+            from .evaluation.mia import membership_report, report_metrics
 
-            from .evaluation.mia import privleak
-
-            report = membership_report(mdl, prompter, forget, membership)
-            metrics.update({f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()})
-            metrics.update({f"mia/{a}_PrivLeak": privleak(v["auc"], retain_auc[a])
-                            for a, v in report["attacks"].items() if retain_auc and a in retain_auc})
+            metrics.update(report_metrics(membership_report(mdl, prompter, forget, membership), retain_auc))
         stop = thresholds is not None and should_stop(epoch, el, ma, thresholds, min_epochs)
         return {"metrics": metrics, "stop": stop}
 

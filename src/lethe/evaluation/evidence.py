@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from . import metrics as M
 from .downstream import run_lm_eval
-from .mia import membership_report, privleak
+from .mia import membership_report, report_metrics
 from .verbatim import exact_memorization, extraction_strength, knowmem, verbmem
 
 
@@ -57,12 +57,9 @@ def membership_metrics(model, prompter, cfg, keep: dict | None = None) -> dict[s
     report = membership_report(model, prompter, records, cfg.holdout, k=cfg.mia_k)
     if keep is not None:
         keep["report"] = report
-    out = {f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()}
+    out = report_metrics(report, cfg.retain_model_auc)
     out.update({f"mia/{a}_KS_p": v["ks_p"] for a, v in report["attacks"].items()})
     out.update({f"mia/{a}_group_p": v["group_p"] for a, v in report["attacks"].items() if "group_p" in v})
-    for a, ref in (cfg.retain_model_auc or {}).items():
-        if f"mia/{a}_AUC" in out:
-            out[f"mia/{a}_PrivLeak"] = privleak(out[f"mia/{a}_AUC"], ref)
     return out
 
 

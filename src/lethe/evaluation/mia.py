@@ -116,6 +116,15 @@ def privleak(auc_unlearned: float, auc_retrain: float) -> float:
     return (auc_unlearned - auc_retrain) / auc_retrain * 100.0
 
 
+def report_metrics(report: dict, retain_auc: dict | None = None) -> dict[str, float]:
+    """``mia/ATTACK_AUC`` per attack of a :func:`membership_report`, and ``mia/ATTACK_PrivLeak`` for the attacks
+    ``retain_auc`` ({attack: AUC of a model never trained on the forget records}) has."""
+    out = {f"mia/{a}_AUC": v["auc"] for a, v in report["attacks"].items()}
+    out.update({f"mia/{a}_PrivLeak": privleak(v["auc"], retain_auc[a])
+                for a, v in report["attacks"].items() if retain_auc and a in retain_auc})
+    return out
+
+
 def ks_p_value(forget_scores, holdout_scores) -> float:
     """Two-sample KS p-value of two score lists (what ``--stop-when indistinguishable`` tests): high means
     the forget set's scores cannot be told from the held-out set's."""

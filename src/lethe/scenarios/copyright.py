@@ -39,6 +39,8 @@ class CopyrightSettings:
     unlearn: TrainConfig
     verbmem_prefix: int = 32
     verbmem_tokens: int = 128
+    lora_rank: int = 8
+    lora_lr_scale: float = 4.0  # LoRA needs a larger rate than full fine-tuning (as in the other scenarios)
 
 
 SETTINGS = {
@@ -71,6 +73,7 @@ class Prepared:
     background_heldout: list
     target: dict            # the target model's metrics (epoch 0 of every run)
     retain_model: dict      # the retain model's metrics
+    retain_auc: dict        # its membership AUC per attack: PrivLeak's reference
     title: str
     n_params: int
 
@@ -95,7 +98,7 @@ def copyright_hook(tokenizer, forget, heldout, background_heldout, *, verbmem_pr
     from ..data.prompt import as_prompter
     from ..evaluation.memorization import perplexity
     from ..evaluation.metrics import mean
-    from ..evaluation.mia import membership_report, privleak
+    from ..evaluation.mia import membership_report, report_metrics
     from ..evaluation.verbatim import verbmem
 
     prompter = as_prompter(tokenizer)
@@ -108,11 +111,7 @@ def copyright_hook(tokenizer, forget, heldout, background_heldout, *, verbmem_pr
                    "heldout/PPL": perplexity(model, prompter.tokenizer, [list(r.token_ids) for r in heldout]),
                    "background/PPL": perplexity(model, prompter.tokenizer,
                                                 [list(r.token_ids) for r in background_heldout])}
-        report = membership_report(model, prompter, forget, heldout)
-        for attack, v in report["attacks"].items():
-            metrics[f"mia/{attack}_AUC"] = v["auc"]
-            if retain_auc and attack in retain_auc:
-                metrics[f"mia/{attack}_PrivLeak"] = privleak(v["auc"], retain_auc[attack])
+        metrics.update(report_metrics(membership_report(model, prompter, forget, heldout), retain_auc))
         return {"metrics": metrics, "stop": False}
 
     return hook
@@ -176,6 +175,7 @@ def _check(options: dict) -> dict:
 def _prepare(ctx: Context) -> Prepared:
     from ..core import finetune
     from ..data.novel import Novel, generate_novel
+    from ..evaluation.evidence import membership_aucs
     from ..io import write_text
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
@@ -217,12 +217,12 @@ def _prepare(ctx: Context) -> Prepared:
                                     out_dir=directory, overwrite=True, progress=ctx.progress, desc=f"train {name}")
     hook_args = dict(verbmem_prefix=st.verbmem_prefix, verbmem_tokens=st.verbmem_tokens)
     ret = copyright_hook(tokenizer, forget, heldout, bg_held, **hook_args)(0, trained["retain"])["metrics"]
-    retain_auc = {k[4:-4]: v for k, v in ret.items() if k.startswith("mia/") and k.endswith("_AUC")}
+    retain_auc = membership_aucs(ret)
     tgt = copyright_hook(tokenizer, forget, heldout, bg_held, retain_auc=retain_auc,
                          **hook_args)(0, trained["target"])["metrics"]
     console.print(f"target: forget BLEU {tgt['forget/BLEU']:.3f} ROUGE-L {tgt['forget/ROUGE']:.3f}; retain model: "
                   f"BLEU {ret['forget/BLEU']:.3f} ROUGE-L {ret['forget/ROUGE']:.3f}")
-    return Prepared(tokenizer, forget, kept + bg_train, heldout, bg_held, tgt, ret, novel.title,
+    return Prepared(tokenizer, forget, kept + bg_train, heldout, bg_held, tgt, ret, retain_auc, novel.title,
                     sum(p.numel() for p in trained["target"].parameters()))
 
 
@@ -242,14 +242,14 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
 
     st = SETTINGS[ctx.size]
     method, kind, rank = parse_run_spec(cell.spec)
-    retain_auc = {k[4:-4]: v for k, v in prep.retain_model.items() if k.startswith("mia/") and k.endswith("_AUC")}
-    hook = copyright_hook(prep.tokenizer, prep.forget, prep.heldout, prep.background_heldout, retain_auc=retain_auc,
-                          verbmem_prefix=st.verbmem_prefix, verbmem_tokens=st.verbmem_tokens)
+    hook = copyright_hook(prep.tokenizer, prep.forget, prep.heldout, prep.background_heldout,
+                          retain_auc=prep.retain_auc, verbmem_prefix=st.verbmem_prefix,
+                          verbmem_tokens=st.verbmem_tokens)
     train = replace(st.unlearn, seed=ctx.seed)
     if kind != "full":
-        train = replace(train, lr=train.lr * 4)
+        train = replace(train, lr=train.lr * st.lora_lr_scale)
     _, run = unlearn(load_model(ctx.out / "models" / "target"), prep.forget, prep.retain, method=method,
-                     tokenizer=prep.tokenizer, train=train, params=ParamsConfig(kind=kind, rank=rank or 8),
+                     tokenizer=prep.tokenizer, train=train, params=ParamsConfig(kind=kind, rank=rank or st.lora_rank),
                      epoch_hook=hook, save=False, progress=ctx.progress)
     return run.to_dict()
 
