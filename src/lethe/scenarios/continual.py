@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from ..data.synthetic import AuthorsDataset, generate_authors
 from ..evaluation.suite import EvalSet
 from . import Cell, Context, Scenario, apply_requests, parse_run_spec, run_dir_for
-from .fictitious import SETTINGS, tokenizer_corpus
+from .fictitious import SETTINGS, check_forget_percent, tokenizer_corpus
 
 NAME = "continual-authors"
 VERSION = 1
@@ -52,8 +52,7 @@ def _check(options: dict) -> dict:
     requests, percent = options["requests"], options["forget_percent"]
     if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
         raise LetheError(f"--requests: expected an integer >= 1, got {requests!r}")
-    if percent not in (1, 5, 10):
-        raise LetheError(f"--forget-percent: expected 1, 5 or 10, got {percent!r}")
+    check_forget_percent(percent)
     if requests * percent > 100 - MIN_RETAIN_PERCENT:
         raise LetheError(f"--requests {requests} x --forget-percent {percent} forgets {requests * percent} % of the "
                          f"authors; at most {100 - MIN_RETAIN_PERCENT} % can be, so that a retain set is left")
@@ -78,14 +77,14 @@ def _general(data: AuthorsDataset) -> list:
     return list(data.real_authors) + list(data.world_facts)
 
 
-def _finetuned(ctx: Context, tokenizer, name: str, records: list):
-    """A model fine-tuned on ``records`` (reused from ``out/models/NAME`` when resuming)."""
+def _finetuned(ctx: Context, tokenizer, name: str, records: list, reuse: bool):
+    """A model fine-tuned on ``records`` (with ``reuse``: the one in ``out/models/NAME`` when finished there)."""
     from ..core import finetune
     from ..model.build import build_tiny_model
     from ..model.load import load_model
 
     settings, directory = SETTINGS[ctx.size], ctx.out / "models" / name
-    if ctx.resume and (directory / "lethe_finetune.json").exists():
+    if reuse and (directory / "lethe_finetune.json").exists():
         ctx.console.print(f"[dim]reusing {directory}[/dim]")
         return load_model(directory)
     ctx.console.print(f"fine-tuning the {name} model on {len(records)} QA pairs")
@@ -104,11 +103,13 @@ def _prepare(ctx: Context) -> Prepared:
     data = generate_authors(ctx.size, seed)
     data.save(ctx.out / "data")
     target_dir = ctx.out / "models" / "target"
-    if ctx.resume and (target_dir / "lethe_finetune.json").exists():
+    # every model shares the target's tokenizer: models are reused only with the tokenizer they were trained with
+    reuse = ctx.resume and (target_dir / "lethe_finetune.json").exists()
+    if reuse:
         tokenizer = load_tokenizer(target_dir)
     else:
         tokenizer = train_tokenizer(tokenizer_corpus(data), vocab_size=settings.vocab_size)
-    target = _finetuned(ctx, tokenizer, "target", list(data.full) + _general(data))
+    target = _finetuned(ctx, tokenizer, "target", list(data.full) + _general(data), reuse)
     eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": ctx.options["semantic"]}
     groups = request_authors(data, ctx.options["requests"], ctx.options["forget_percent"])
     requests, retain_evals, gone = [], [], set()
@@ -119,7 +120,7 @@ def _prepare(ctx: Context) -> Prepared:
         sets = [EvalSet("forget", [r for r in data.full if r.subject in gone], "qa", forget=True),
                 EvalSet("retain", sample, "qa"), EvalSet("real_authors", data.real_authors, "mc"),
                 EvalSet("world_facts", data.world_facts, "mc")]
-        retain_model = _finetuned(ctx, tokenizer, f"retain{k + 1}", retain + _general(data))
+        retain_model = _finetuned(ctx, tokenizer, f"retain{k + 1}", retain + _general(data), reuse)
         ctx.console.print(f"evaluating the retain model of request {k + 1}")
         ev = evaluate_sets(retain_model, tokenizer, sets, **eval_kwargs)
         aggregate(ev, retain_model_tr=ev.per_item["forget/TR_values"])

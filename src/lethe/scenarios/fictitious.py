@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data.records import QARecord
-from ..data.synthetic import AuthorsDataset, generate_authors
+from ..data.synthetic import FORGET_PERCENTS, AuthorsDataset, generate_authors
 from ..engine.loop import TrainConfig
 from ..evaluation.suite import EvalSet
 from ..comparison import point_label
@@ -157,15 +157,21 @@ def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resu
     return data, tokenizer, models["target"], models["retain"]
 
 
+def check_forget_percent(percent) -> int:
+    """A forget split the generated set has (1, 5 or 10 % of the authors)."""
+    if percent not in FORGET_PERCENTS:
+        from ..errors import LetheError
+
+        raise LetheError(f"--forget-percent: expected 1, 5 or 10, got {percent!r}")
+    return percent
+
+
 def _check(options: dict) -> dict:
     """Sweep and seeds checked, and the named embedding/NLI models loaded (one that fails, fails now)."""
     from ..evaluation.suite import load_semantic
     from ..validation import check_positive
 
-    if options["forget_percent"] not in (1, 5, 10):
-        from ..errors import LetheError
-
-        raise LetheError(f"--forget-percent: expected 1, 5 or 10, got {options['forget_percent']!r}")
+    check_forget_percent(options["forget_percent"])
     options["sweep"] = check_sweep(options["sweep"] or {}, SETTINGS["small"].unlearn)
     options["seeds"] = check_positive("--seeds", options["seeds"])
     options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"])

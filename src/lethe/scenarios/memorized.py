@@ -94,36 +94,27 @@ def _records(id_lists):
     return [TextRecord(token_ids=tuple(ids)) for ids in id_lists]
 
 
-def _retain_model_aucs(ctx: Context, st, tokenizer, corpus, canary_ids, order, request_sets, val_ids) -> list[dict]:
-    """PrivLeak's reference: a model trained like the base but without any requested canary, and its
-    membership AUCs (each request's canaries vs the validation canaries). Reused from ``models/retain``."""
+def _pretrained(ctx: Context, st, tokenizer, records: list, directory: Path, desc: str, reuse: bool):
+    """A small model trained on ``records`` (with ``reuse``: the one finished in ``directory``)."""
     from ..core import finetune
-    from ..data.prompt import as_prompter
-    from ..evaluation.mia import membership_report
     from ..model.build import build_tiny_model
     from ..model.load import load_model
 
-    retain_dir = ctx.out / "models" / "retain"
-    if ctx.resume and (retain_dir / "lethe_finetune.json").exists():
-        model = load_model(retain_dir)
-    else:
-        requested = set(order[: len(request_sets) * st.forget_size])
-        records = (_records(_ids(tokenizer, corpus.background))
-                   + [TextRecord(token_ids=tuple(ids)) for i, ids in enumerate(canary_ids) if i not in requested
-                      for _ in range(corpus.repeats)])
-        ctx.console.print(f"training the retain model (no requested canary) on {len(records)} sequences")
-        model = build_tiny_model(tokenizer, st.model_preset, seed=ctx.seed, max_positions=512)
-        model, _ = finetune(model, records, tokenizer=tokenizer, train=replace(st.pretrain, seed=ctx.seed),
-                            out_dir=retain_dir, overwrite=True, progress=ctx.progress, desc="pretrain retain")
-    prompter = as_prompter(tokenizer)
-    return [{a: v["auc"] for a, v in membership_report(model, prompter, _records(ids), _records(val_ids))["attacks"].items()}
-            for ids in request_sets]
+    if reuse and (directory / "lethe_finetune.json").exists():
+        ctx.console.print(f"[dim]reusing {directory}[/dim]")
+        return load_model(directory)
+    ctx.console.print(f"{desc}: training on {len(records)} sequences")
+    model = build_tiny_model(tokenizer, st.model_preset, seed=ctx.seed, max_positions=512)
+    model, _ = finetune(model, records, tokenizer=tokenizer, train=replace(st.pretrain, seed=ctx.seed),
+                        out_dir=directory, overwrite=True, progress=ctx.progress, desc=desc)
+    return model
 
 
 def _prepare(ctx: Context) -> Prepared:
-    from ..core import finetune
     from ..data.canaries import generate_corpus
-    from ..model.build import build_tiny_model, train_tokenizer
+    from ..data.prompt import as_prompter
+    from ..evaluation.mia import membership_report
+    from ..model.build import train_tokenizer
     from ..model.load import load_model, load_tokenizer
     from ..workflows import extraction_stop_hook
 
@@ -131,26 +122,32 @@ def _prepare(ctx: Context) -> Prepared:
     corpus = generate_corpus(n_canaries=st.forget_size * max(requests, 4), n_validation=st.validation_size,
                              repeats=st.repeats, seed=seed, background_size="smoke" if ctx.size == "smoke" else "small")
     base_dir = ctx.out / "models" / "base"
-    if ctx.resume and (base_dir / "lethe_finetune.json").exists():
-        tokenizer = load_tokenizer(base_dir)
-        console.print(f"[dim]reusing {base_dir}[/dim]")
-    else:
-        tokenizer = train_tokenizer(corpus.training_texts(), vocab_size=st.vocab_size)
-        canary_ids = _ids(tokenizer, corpus.canaries, st.max_tokens)
-        train_records = (_records(_ids(tokenizer, corpus.background))
-                         + [TextRecord(token_ids=tuple(ids)) for ids in canary_ids for _ in range(corpus.repeats)])
-        console.print(f"training the base model on {len(train_records)} sequences (canaries x{corpus.repeats})")
-        model = build_tiny_model(tokenizer, st.model_preset, seed=seed, max_positions=512)
-        finetune(model, train_records, tokenizer=tokenizer, train=replace(st.pretrain, seed=seed),
-                 out_dir=base_dir, overwrite=True, progress=ctx.progress, desc="pretrain")
+    # the retain model shares the base model's tokenizer: models are reused only with the tokenizer they were
+    # trained with
+    reuse = ctx.resume and (base_dir / "lethe_finetune.json").exists()
+    tokenizer = load_tokenizer(base_dir) if reuse else train_tokenizer(corpus.training_texts(), vocab_size=st.vocab_size)
     canary_ids = _ids(tokenizer, corpus.canaries, st.max_tokens)
+    retain = _records(_ids(tokenizer, corpus.background))
+
+    def with_canaries(keep):  # the background plus every kept canary, each repeated (so it is memorized)
+        return retain + [TextRecord(token_ids=tuple(ids)) for i, ids in enumerate(canary_ids) if keep(i)
+                         for _ in range(corpus.repeats)]
+
+    _pretrained(ctx, st, tokenizer, with_canaries(lambda i: True), base_dir, "pretrain", reuse)
     val_ids = _ids(tokenizer, corpus.validation, st.max_tokens)
     heldout_ids = _ids(tokenizer, corpus.held_out)
-    retain = _records(_ids(tokenizer, corpus.background))
     order = list(range(len(canary_ids)))
     random.Random(seed).shuffle(order)
     request_sets = [[canary_ids[i] for i in order[k * st.forget_size : (k + 1) * st.forget_size]] for k in range(requests)]
-    retain_auc = _retain_model_aucs(ctx, st, tokenizer, corpus, canary_ids, order, request_sets, val_ids)
+    # PrivLeak's reference: a model trained like the base but without any requested canary, and its membership
+    # AUCs (each request's canaries vs the validation canaries)
+    requested = set(order[: requests * st.forget_size])
+    retain_model = _pretrained(ctx, st, tokenizer, with_canaries(lambda i: i not in requested),
+                               ctx.out / "models" / "retain", "pretrain retain", reuse)
+    retain_auc = [{a: v["auc"] for a, v in membership_report(retain_model, as_prompter(tokenizer), _records(ids),
+                                                            _records(val_ids))["attacks"].items()}
+                  for ids in request_sets]
+    del retain_model
     base = load_model(base_dir)
     # One hook per request: EL_10, MA and held-out PPL after every epoch, and the stopping rule.
     # The validation canaries (never trained on) are also the membership-inference negatives.
