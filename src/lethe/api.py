@@ -100,8 +100,8 @@ def _check_results(path: Path, results) -> None:
                 raise LetheError(f"{path}, runs[{i}].epochs[{j}]: expected an object with an integer 'epoch' and "
                                  "a 'metrics' object")
     scenario = results.get("scenario")
-    if not isinstance(scenario, str) or not any(SCENARIOS.get(k).name == scenario for k in SCENARIOS.names()):
-        known = ", ".join(SCENARIOS.get(k).name for k in SCENARIOS.names())
+    if not isinstance(scenario, str) or SCENARIOS.recorded(scenario) is None:
+        known = ", ".join(SCENARIOS.recorded_names())
         raise LetheError(f"{path}, field 'scenario': {scenario!r} is not a scenario Lethe writes reports for; "
                          f"expected one of {known}")
 

@@ -32,6 +32,17 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def run_label(run: dict) -> str:
+    """How reports name a run: method, parameterisation, sweep point, seed, a fixed reference."""
+    from .comparison import point_label
+
+    cell = run.get("cell") or {}
+    extra = (f", {point_label(cell['sweep'])}" if cell.get("sweep") else "") + \
+        (f", seed {cell['seed']}" if cell.get("seed") else "") + \
+        (", fixed reference" if run.get("reference") == "fixed" else "")
+    return f"{run['method']} ({run.get('params', 'full')}{extra})"
+
+
 def final_metrics(run: dict) -> dict:
     return run["epochs"][-1].get("metrics", {}) if run["epochs"] else {}
 

@@ -1,14 +1,9 @@
 """The continual scenario's report: MU, FE and FQ after each request, per method and reference choice."""
 from __future__ import annotations
 
-from .report import final_metrics, fmt_value, md_table
+from .report import final_metrics, fmt_value, md_table, run_label
 
 PER_REQUEST = ("MU", "FE", "FQ", "forget/ROUGE", "retain/ROUGE")
-
-
-def run_label(run: dict) -> str:
-    ref = ", fixed reference" if run.get("reference") == "fixed" else ""
-    return f"{run['method']} ({run.get('params', 'full')}{ref})"
 
 
 def request_points(run: dict) -> list[tuple[int, dict]]:

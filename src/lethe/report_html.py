@@ -7,7 +7,7 @@ import io
 import math
 from typing import Sequence
 
-from .report import fmt_value, present_keys, final_metrics, per_set_tables
+from .report import fmt_value, present_keys, final_metrics, per_set_tables, run_label
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d1d1f;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}h3{font-size:1.05rem}
@@ -24,16 +24,6 @@ def _png(fig) -> str:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return f'<img alt="{html.escape(fig.get_label() or "plot")}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def _label(run: dict) -> str:
-    from .comparison import point_label
-
-    cell = run.get("cell") or {}
-    extra = (f", {point_label(cell['sweep'])}" if cell.get("sweep") else "") + \
-        (f", seed {cell['seed']}" if cell.get("seed") else "") + \
-        (", fixed reference" if run.get("reference") == "fixed" else "")
-    return f"{run['method']} ({run.get('params', 'full')}{extra})"
 
 
 def _series(run: dict, key: str):
@@ -57,7 +47,7 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
             continue
         px, py = [xs[e] for e in epochs], [ys[e] for e in epochs]
         ax.plot(px, py, "-", color=cmap(i % 20), alpha=0.6, lw=1)
-        ax.scatter(px, py, s=[18 + 22 * e for e in epochs], color=cmap(i % 20), alpha=0.85, label=_label(run),
+        ax.scatter(px, py, s=[18 + 22 * e for e in epochs], color=cmap(i % 20), alpha=0.85, label=run_label(run),
                    edgecolors="white", linewidths=0.5)
     for name, marker, color in (("target", "s", "black"), ("retain", "*", "gold")):
         m = results.get("reference", {}).get(name, {})
@@ -90,7 +80,7 @@ def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: d
         for i, run in enumerate(results.get("runs", [])):
             pts = _series(run, key)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=cmap(i % 20), label=_label(run))
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=cmap(i % 20), label=run_label(run))
         if thresholds and key in thresholds:
             ax.axhline(thresholds[key], color="red", ls="--", lw=1, label="validation threshold")
         if goal and goal.get(key):
@@ -217,7 +207,7 @@ def section(results: dict, source: str, summary) -> str:
     # per-metric tables per set, the starting model included (closer-look Tables 5-6, 8)
     for set_name, metrics, rows in per_set_tables(results):
         parts.append(f"<h3>{html.escape(set_name)} set</h3>" + html_table(["model", *metrics], rows))
-    crow = [[_label(r), r.get("cost", {}).get("trainable_percent"), r.get("cost", {}).get("epochs"),
+    crow = [[run_label(r), r.get("cost", {}).get("trainable_percent"), r.get("cost", {}).get("epochs"),
              r.get("cost", {}).get("tokens_trained"), r.get("cost", {}).get("flops"), r.get("cost", {}).get("wall_time_s"),
              (r.get("cost", {}).get("peak_memory_bytes") or 0) / 2**20] for r in results.get("runs", [])]
     parts.append("<h3>Cost</h3><p class='note'>FLOPs ≈ N·(6·(trained + Fisher tokens) + 2·forward-only tokens).</p>"
@@ -234,7 +224,7 @@ def section(results: dict, source: str, summary) -> str:
             for r in results.get("runs", []):
                 gen = r.get("samples", {}).get(set_name, [])
                 if i < len(gen):
-                    lines.append(f"<b>{html.escape(_label(r))}:</b> {html.escape(gen[i]['generated'])}")
+                    lines.append(f"<b>{html.escape(run_label(r))}:</b> {html.escape(gen[i]['generated'])}")
             parts.append("<div class='sample'>" + "<br>".join(lines) + "</div>")
     audit = results.get("audit")
     if audit:

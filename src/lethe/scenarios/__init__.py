@@ -12,6 +12,7 @@ import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -35,8 +36,9 @@ class Context:
     runs: Sequence[str]                  # run specs ("METHOD@params:rN"), the scenario's defaults when none given
     options: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def console(self):
+        """One status console for the whole run."""
         return console(self.progress)
 
 

@@ -13,11 +13,15 @@ from .real_world import REAL_WORLD
 class ScenarioRegistry(Registry[Scenario]):
     """Looked up by key (``fictitious``) or by the name a results file records (``fictitious-authors``)."""
 
+    def recorded(self, name: str) -> Scenario | None:
+        """The declaration whose results files record ``name`` as their scenario, or None."""
+        return next((sc for sc in self._items.values() if sc.name == name), None)
+
+    def recorded_names(self) -> list[str]:
+        return [self._items[key].name for key in self]
+
     def get(self, name: str) -> Scenario:
-        for key in self:
-            if self._items[key].name == name:
-                return self._items[key]
-        return super().get(name)
+        return self.recorded(name) or super().get(name)
 
 
 SCENARIOS = ScenarioRegistry("scenario")
