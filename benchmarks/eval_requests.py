@@ -1,9 +1,12 @@
-"""Evaluation's two model requests, Lethe's way against the plain way, on a trained model, in one run.
+"""Evaluation's model requests, Lethe's way against the plain way, on a trained model, in one run.
 
 - Scoring: every (question, answer) pair of the TOFU-shaped sets (answer, paraphrase, perturbed answers),
   with the answers to one question sharing one forward of its prompt, against each pair scored alone.
 - Generation: greedy answers with finished rows leaving the batch and the batch sized from free memory,
   against ``model.generate`` in length-sorted batches of 32 (finished rows ride along to the batch's end).
+- One request layer: P, TR, the five attacks and exact memorization in one suite (the forget answers'
+  forward serves P, the attacks and EM), against the suite without them plus the membership report and
+  exact memorization each run on their own (three forwards of every forget answer), teacher-forced only.
 
 A trained model matters: its answers end at different lengths, which is what dropping rows exploits
 (untrained weights run every row to the token limit). Without ``--model`` the script fine-tunes the
@@ -106,6 +109,35 @@ def main() -> None:
           f"{t_plain:.2f} s, rows leaving the batch (batch {stats.get('generation_batch')}) {t_lethe:.2f} s "
           f"({t_plain / t_lethe:.2f}x; at batch 32 {t_32:.2f} s, {t_plain / t_32:.2f}x); identical answers "
           f"{same}/{len(questions)}")
+    shared_requests(model, prompter, data, args.repeats)
+
+
+def shared_requests(model, prompter, data, repeats: int) -> None:
+    from lethe.evaluation.metric_registry import select_metrics
+    from lethe.evaluation.mia import membership_report
+    from lethe.evaluation.suite import EvalSet, evaluate_sets
+    from lethe.evaluation.verbatim import exact_memorization
+
+    forget = list(data.forget(10))
+    sets = [EvalSet("forget", forget, "qa", role="forget"), EvalSet("retain", list(data.retain(10))[:360], "qa",
+                                                                     role="retain"),
+            EvalSet("real_authors", data.real_authors, "mc"), EvalSet("world_facts", data.world_facts, "mc")]
+    holdout = list(data.holdout)
+    chosen = select_metrics(["P", "TR", "loss", "zlib", "min_k", "min_k_pp", "EM"])
+
+    def separately():
+        res = evaluate_sets(model, prompter, sets, generate=False, metrics=select_metrics(["P", "TR"]))
+        return res, membership_report(model, prompter, forget, holdout), exact_memorization(model, prompter, forget)
+
+    t_apart, (res_apart, report, em) = best_of(separately, repeats)
+    t_one, res = best_of(lambda: evaluate_sets(model, prompter, sets, generate=False, metrics=chosen,
+                                               holdout=holdout), repeats)
+    worst = max(abs(res.metrics[k] - v) / max(1e-12, abs(v)) for k, v in res_apart.metrics.items())
+    same_auc = all(res.metrics[f"mia/{a}_AUC"] == v["auc"] for a, v in report["attacks"].items())
+    print(f"P, TR, 4 attacks and EM on {len(forget)} forget + {sum(len(s.records) for s in sets[1:])} other items "
+          f"and {len(holdout)} holdout items (teacher-forced): separately {t_apart:.2f} s, one request layer "
+          f"{t_one:.2f} s ({t_apart / t_one:.2f}x); rows: {res.requests}; largest relative P/TR difference "
+          f"{worst:.1e}; AUCs equal: {same_auc}; EM equal: {abs(res.metrics['forget/EM'] - sum(em) / len(em)) < 1e-12}")
 
 
 if __name__ == "__main__":

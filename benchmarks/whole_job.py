@@ -57,7 +57,7 @@ def build(size: str, seed: int):
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tok.chat_template = CHATML
     model = build_tiny_model(tok, "full" if size == "full" else "small", seed=seed, max_positions=PAD_TO)
-    sets = [EvalSet("forget", data.forget(10), "qa", forget=True), EvalSet("retain", data.retain(10)[:400], "qa"),
+    sets = [EvalSet("forget", data.forget(10), "qa", role="forget"), EvalSet("retain", data.retain(10)[:400], "qa"),
             EvalSet("real_authors", data.real_authors, "mc"), EvalSet("world_facts", data.world_facts, "mc")]
     return data, tok, model, sets
 

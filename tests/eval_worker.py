@@ -19,23 +19,25 @@ def main(out: str) -> None:
     data = generate_authors("smoke", seed=0)
     tokenizer = train_tokenizer(tokenizer_corpus(data), vocab_size=400)
     model = build_tiny_model(tokenizer, "test", seed=0).eval()
-    sets = [EvalSet("forget", data.forget(10) + data.full[:3], "qa", forget=True),
-            EvalSet("retain", data.retain(10)[:7], "qa"), EvalSet("world_facts", data.world_facts[:5], "mc")]
-    from lethe.evaluation import suite
+    sets = [EvalSet("forget", data.forget(10) + data.full[:3], "qa", role="forget"),
+            EvalSet("retain", data.retain(10)[:7], "qa", role="retain"), EvalSet("world_facts", data.world_facts[:5], "mc")]
+    from lethe.evaluation import requests
 
     generated = []
-    original = suite.generate_answers
+    original = requests.generate_answers
 
     def counting(model, prompter, questions, **kw):
         generated.extend(questions)
         return original(model, prompter, questions, **kw)
 
-    suite.generate_answers = counting  # how many questions this rank generated for
+    requests.generate_answers = counting  # how many questions this rank generated for
     res = evaluate_sets(model, tokenizer, sets, max_new_tokens=6, batch_size=3)
-    aggregate(res, utility_sets=("retain", "world_facts"))
+    aggregate(res)
     with open(f"{out}/rank{state.process_index}.json", "w") as f:
         json.dump({"world": state.num_processes, "metrics": res.metrics, "per_item": res.per_item,
-                   "generations": res.generations, "generated_here": len(generated)}, f)
+                   "generations": res.generations, "generated_here": len(generated),
+                   "questions": sum(len(s.records) for s in sets),
+                   "unique_questions": len({r.question for s in sets for r in s.records})}, f)
     state.wait_for_everyone()
     state.destroy_process_group()  # a gloo group left alive at exit can abort the process
 

@@ -242,11 +242,12 @@ def test_evaluation_sets_sharing_forget_records_are_a_warning(world, smoke_data,
     from lethe.model.build import build_tiny_model
 
     forget = smoke_data.forget(10)
-    sets = [EvalSet("forget", forget, "qa", forget=True), EvalSet("retain", forget[:2] + smoke_data.retain(10)[:2], "qa")]
+    sets = [EvalSet("forget", forget, "qa", role="forget"),
+            EvalSet("retain", forget[:2] + smoke_data.retain(10)[:2], "qa", role="retain")]
     _, run = api.unlearn(build_tiny_model(tokenizer, "test", seed=0), forget, smoke_data.retain(10)[:4], method="GA+GD",
                          tokenizer=tokenizer, train=TrainConfig(epochs=1, lr=1e-3, batch_size=4, micro_batch_size=4,
                                                                 checkpoint=False),
-                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, utility_sets=("retain",)),
+                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=2),
                          save=False, progress=False)
     assert run.warnings == ["evaluation set 'retain' shares 2 record(s) with the forget set: its scores measure "
                             "forgetting as well as utility"]

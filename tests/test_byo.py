@@ -105,7 +105,7 @@ def test_api_rmu_on_an_instruct_model_with_hf_datasets(user_world, tmp_path):
     assert fmt["system_prompt"] == "Answer briefly."
     # the saved format is what `auto` reads back: evaluation prompts with the system message
     res = lethe.evaluate(str(tmp_path / "rmu" / "model"),
-                         [lethe.EvalSet("forget", lethe.load_records(forget, fields=fields)[:2], "qa", forget=True)],
+                         [lethe.EvalSet("forget", lethe.load_records(forget, fields=fields)[:2], "qa", role="forget")],
                          config=lethe.EvalConfig(max_new_tokens=4))
     assert "forget/ROUGE" in res.metrics
 

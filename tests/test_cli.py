@@ -254,7 +254,7 @@ def test_config_file_and_api_give_identical_results(smoke_run, tmp_path, capsys)
     from lethe.data.readers import read_qa
     from lethe.evaluation.suite import EvalSet, load_semantic
 
-    sets = [EvalSet("forget", read_qa(data / "forget10.jsonl"), "qa", forget=True),
+    sets = [EvalSet("forget", read_qa(data / "forget10.jsonl"), "qa", role="forget"),
             EvalSet("retain", read_qa(data / "retain90.jsonl"), "qa")]
     _, run = api.unlearn(str(target), data / "forget10.jsonl", data / "retain90.jsonl", method="IHL+GD",
                          train=TrainConfig(epochs=1, lr=0.002, batch_size=4, micro_batch_size=4, seed=3),

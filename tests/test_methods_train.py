@@ -150,11 +150,11 @@ def test_eval_every_scores_every_kth_epoch_and_the_last(tokenizer, smoke_data, t
     from lethe.evaluation.suite import EvalSet
 
     forget = smoke_data.forget(10)
-    sets = [EvalSet("forget", forget, "qa", forget=True), EvalSet("retain", smoke_data.retain(10)[:4], "qa")]
+    sets = [EvalSet("forget", forget, "qa", role="forget"), EvalSet("retain", smoke_data.retain(10)[:4], "qa")]
     _, run = api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
                          train=TrainConfig(epochs=3, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False,
                                            retain_per_forget=2),
-                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=4, utility_sets=("retain",), every=2),
+                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=4, every=2),
                          save=False, progress=False)
     scored = [e["epoch"] for e in run.epochs if "forget/ROUGE" in e.get("metrics", {})]
     assert scored == [0, 2, 3]
@@ -172,13 +172,13 @@ def test_evaluation_schedule_start_end_and_none_between(tokenizer, smoke_data, t
     from lethe.evaluation.suite import EvalSet
 
     forget = smoke_data.forget(10)
-    sets = [EvalSet("forget", forget, "qa", forget=True)]
+    sets = [EvalSet("forget", forget, "qa", role="forget")]
     cfg = TrainConfig(epochs=3, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False)
 
     def scored(every, at):
         _, run = api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
-                             train=cfg, evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, every=every, at=at,
-                                                                  utility_sets=()), save=False, progress=False)
+                             train=cfg, evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, every=every, at=at),
+                             save=False, progress=False)
         return [e["epoch"] for e in run.epochs if "forget/ROUGE" in e.get("metrics", {})], run
 
     assert scored(0, ("start", "end"))[0] == [0, 3]
@@ -196,7 +196,7 @@ def test_fast_suite_scores_without_generation_and_agrees_with_the_full_one(token
     from lethe.evaluation.suite import EvalSet, evaluate_sets
 
     forget = smoke_data.forget(10)
-    sets = [EvalSet("forget", forget, "qa", forget=True), EvalSet("retain", smoke_data.retain(10)[:4], "qa")]
+    sets = [EvalSet("forget", forget, "qa", role="forget"), EvalSet("retain", smoke_data.retain(10)[:4], "qa")]
     full = evaluate_sets(tiny_model, tokenizer, sets, max_new_tokens=3)
     fast = evaluate_sets(tiny_model, tokenizer, sets, max_new_tokens=3, generate=False)
     assert not fast.generations and "forget/ROUGE" not in fast.metrics and "forget/TE" not in fast.metrics
@@ -204,8 +204,7 @@ def test_fast_suite_scores_without_generation_and_agrees_with_the_full_one(token
     assert fast.per_item["forget/TR_values"] == full.per_item["forget/TR_values"]
     _, run = api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
                          train=TrainConfig(epochs=3, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False),
-                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, per_epoch="fast",
-                                                   utility_sets=("retain",)), save=False, progress=False)
+                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, per_epoch="fast"), save=False, progress=False)
     kinds = [("forget/ROUGE" in e["metrics"], "forget/P" in e["metrics"]) for e in run.epochs]
     assert kinds == [(True, True), (False, True), (False, True), (True, True)]  # full at start and end
     # evaluation cost is recorded: two full evaluations of 2 generated tokens at most per question

@@ -48,7 +48,8 @@ def test_forget_quality_is_ks_pvalue():
 def test_harmonic_mean_and_mu9():
     assert M.harmonic_mean([1, 0.5]) == pytest.approx(2 / 3)
     assert M.harmonic_mean([0.3, 0.0]) == 0.0
-    res = EvalResult(metrics={})
+    res = EvalResult(metrics={}, roles={"forget": "forget", "retain": "retain", "real_authors": "utility",
+                                        "world_facts": "utility"})
     values = {}
     for i, s in enumerate(("retain", "real_authors", "world_facts")):
         for j, k in enumerate(("ROUGE", "P", "TR")):

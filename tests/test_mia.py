@@ -195,7 +195,7 @@ def test_stop_rule_reads_the_evaluations_membership_report_instead_of_scoring_ag
                        evaluation=evaluation, epoch_hook=rule, save=False, progress=False)
         return r
 
-    sets = [EvalSet("forget", forget, "qa", forget=True)]
+    sets = [EvalSet("forget", forget, "qa", role="forget")]
     for test in ("ks", "group"):
         calls.clear()
         rule = Counting(forget, holdout, test=test, min_epochs=5)

@@ -33,7 +33,7 @@ def test_every_model_call_runs_on_the_policys_device_and_precision(tiny_model, t
     """Fisher passes (FILA), the reference cache (NPO), reference forwards (KL), training, generation and
     scoring (evaluation), and the audit's membership signal: all under bf16 autocast on the CPU."""
     spy = Spy(tiny_model)
-    sets = [lethe.EvalSet("forget", smoke_data.forget(10), "qa", forget=True)]
+    sets = [lethe.EvalSet("forget", smoke_data.forget(10), "qa", role="forget")]
     _, run = lethe.unlearn(tiny_model, smoke_data.forget(10), smoke_data.retain(10), method="NPO+KL",
                            tokenizer=tokenizer, params=lethe.ParamsConfig(kind="fila", rank=2),
                            train=TrainConfig(epochs=1, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False),
@@ -163,7 +163,7 @@ def test_gpu_bf16_mixed_training_step_keeps_fp32_masters(tiny_model, tokenizer, 
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_fila_and_batched_generation(tiny_model, tokenizer, smoke_data):
-    sets = [lethe.EvalSet("forget", smoke_data.forget(10), "qa", forget=True)]
+    sets = [lethe.EvalSet("forget", smoke_data.forget(10), "qa", role="forget")]
     cpu = lethe.evaluate(copy.deepcopy(tiny_model), sets, tokenizer=tokenizer,
                          config=lethe.EvalConfig(max_new_tokens=8), runtime=RuntimeConfig(device="cpu"))
     gpu = lethe.evaluate(copy.deepcopy(tiny_model), sets, tokenizer=tokenizer,

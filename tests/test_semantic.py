@@ -81,7 +81,8 @@ def test_nli_plumbing_with_a_tiny_random_classifier(tmp_path, tokenizer):
 
 
 def _result(with_es: bool):
-    res = EvalResult(metrics={})
+    res = EvalResult(metrics={}, roles={"forget": "forget", "retain": "retain", "real_authors": "utility",
+                                        "world_facts": "utility"})
     for s in ("retain", "real_authors", "world_facts"):
         for k, v in (("ROUGE", 0.8), ("P", 0.5), ("TR", 0.4), ("TE", 0.9), ("CS", 0.7)) + ((("ES", 0.6),) if with_es else ()):
             res.metrics[f"{s}/{k}"] = v

@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("losses", help="list the forget losses and regularizers, their options with defaults, and "
                                   "what each averages over")
 
+    sub.add_parser("metrics", help="list the evaluation metrics: what each needs, which sets it scores, its goal "
+                                   "and how it aggregates (names for --metrics)")
+
     p = sub.add_parser("report", help="write report.html (plots embedded) and report.md from run directories")
     p.add_argument("runs", nargs="+", help="directories holding a results.json (e.g. the --out of lethe demo)")
     p.add_argument("--out", default=None, help="where to write report.html/report.md (default: the first run dir)")
@@ -255,6 +258,8 @@ def _dispatch(args) -> int:
                   f"report:  {(Path(args.out) / 'report.html').resolve()}")
     elif args.command == "losses":
         print(describe_losses())
+    elif args.command == "metrics":
+        print(describe_metrics())
     elif args.command == "report":
         written = api.report(args.runs, out=args.out)
         if not args.quiet:
@@ -309,6 +314,27 @@ def describe_losses() -> str:
             lines.append(f"  {'':<13} options: {opts}; averages over: {unit}")
         lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def describe_metrics() -> str:
+    """Every registered metric: name, scope, the sets it scores, its goal, needs, aggregation, description."""
+    from .evaluation.metric_registry import METRICS, NEEDS, metric_names
+
+    lines = ["Metrics for --metrics NAME[,NAME...] (default: every metric marked *, as the inputs allow):", ""]
+    for name in metric_names():
+        m = METRICS.get(name)
+        roles = ", ".join(m.roles)
+        by_goal: dict[str, list[str]] = {}
+        for role in m.roles:
+            by_goal.setdefault(m.goal(role), []).append(role)
+        goals = (next(iter(by_goal)) if len(by_goal) == 1 or m.scope != "set" else
+                 "; ".join(f"{', '.join(rs)} {g}" for g, rs in by_goal.items()))
+        lines.append(f"  {m.name:<19}{'*' if m.default else ' '} {m.summary}")
+        lines.append(f"  {'':<20} {m.scope} on {roles}; goal: {goals}; aggregates: {m.aggregation}")
+        if m.needs or m.requires:
+            lines.append(f"  {'':<20} needs: " + "; ".join([NEEDS[n] for n in m.needs] +
+                                                          [f"metric {r}" for r in m.requires]))
+    return "\n".join(lines)
 
 
 def _unlearn(args, progress: bool) -> int:

@@ -202,6 +202,10 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lm-eval-tasks-dir", default=None, help="a directory of your own lm-eval task YAMLs")
     g.add_argument("--lm-eval-limit", type=range_of(EvalConfig, "lm_eval_limit"), default=None,
                    help="score only the first N documents of each lm-eval task")
+    g.add_argument("--metrics", default=None, metavar="NAMES",
+                   help="comma-separated metrics to compute, plus what they are built from (default: every default "
+                        "metric the sets and models allow); `lethe metrics` lists them. An unknown name, or a metric "
+                        "whose set or model is missing, is an error")
     g.add_argument("--mia-k", type=range_of(EvalConfig, "mia_k"), default=0.4,
                    help="share of lowest-probability tokens Min-K%% and Min-K%%++ average (default 0.4, as MUSE)")
     g.add_argument("--truth-ratio", choices=("tofu", "tofu-utils"), default="tofu",
@@ -232,19 +236,23 @@ def eval_config(a, forget_default=None, every: int = 1):
     from .data.sources import load_qa, load_records
     from .evaluation.suite import EvalSet, load_semantic
 
+    from .evaluation.metric_registry import parse_metric_list
+
+    metrics = parse_metric_list(getattr(a, "metrics", None))  # unknown names fail before any file is read
     dc = data_config(a)
     sets = []
     forget = a.eval_forget or forget_default
-    for name, path, kind, is_forget in (("forget", forget, "qa", True), ("retain", a.eval_retain, "qa", False),
-                                        ("real_authors", a.real_authors, "mc", False),
-                                        ("world_facts", a.world_facts, "mc", False)):
+    for name, path, kind, role in (("forget", forget, "qa", "forget"), ("retain", a.eval_retain, "qa", "retain"),
+                                   ("real_authors", a.real_authors, "mc", "utility"),
+                                   ("world_facts", a.world_facts, "mc", "utility")):
         if path:
-            sets.append(EvalSet(name, load_qa(path, fields=dc.fields, split=dc.split), kind, forget=is_forget))
+            sets.append(EvalSet(name, load_qa(path, fields=dc.fields, split=dc.split), kind, role=role))
     from .conventions import get_convention
 
     limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit
     holdout = load_records(a.holdout, fields=dc.fields, split=dc.split) if getattr(a, "holdout", None) else None
     cfg = EvalConfig(sets=sets, every=every, max_new_tokens=a.max_new_tokens, limit=limit, holdout=holdout,
+                     metrics=metrics,
                      generation_batch_size=a.generation_batch_size,
                      mia_k=a.mia_k,
                      truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")),
@@ -255,11 +263,12 @@ def eval_config(a, forget_default=None, every: int = 1):
                      knowmem={k: load_qa(v, fields=dc.fields, split=dc.split)
                               for k, v in (("forget", a.knowmem), ("retain", a.knowmem_retain)) if v} or None,
                      knowmem_shots=a.knowmem_shots)
+    cfg.semantic = load_semantic(a.embedding_model, a.nli_model)
+    cfg.check_metrics(retain_model=bool(a.retain_model))  # before the retain model is scored
     if a.retain_model:
         tr, aucs = retain_model_references(a.retain_model, sets, config=cfg, model_config=model_config(a),
                                            runtime=runtime_config(a))
         cfg.retain_model_tr, cfg.retain_model_auc = tr, (aucs if holdout is not None else None)
-    cfg.semantic = load_semantic(a.embedding_model, a.nli_model)
     return cfg
 
 

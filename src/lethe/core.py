@@ -22,9 +22,10 @@ from .data.sources import is_text_source, load_records
 from .engine.loop import TrainConfig, TrainResult, train as train_loop
 from .engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
 from .errors import DivergenceError, LetheError
-from .evaluation.evidence import (downstream_metrics, membership_aucs, membership_metrics, scored_forget_records,
-                                  verbatim_metrics)
-from .evaluation.suite import MU9_SETS, EvalResult, EvalSet, Semantic, aggregate, evaluate_sets
+from .evaluation.evidence import downstream_metrics, membership_aucs, scored_forget_records
+from .evaluation.metric_registry import METRICS, select_metrics
+from .evaluation.suite import (EvalResult, EvalSet, Semantic, aggregate, available_needs, check_selection,
+                               evaluate_sets)
 from .audit import records_sha256
 from .conventions import Convention, get_convention
 from .io import crash_point, write_json
@@ -104,7 +105,7 @@ class EvalConfig:
     generation_batch_size: int | None = bounded(None, int, 1, optional=True, option="--generation-batch-size")
     n_samples: int = bounded(3, int, 0, option="eval n_samples")  # generations kept per set for the report
     semantic: Semantic | None = None
-    utility_sets: Sequence[str] = MU9_SETS
+    metrics: Sequence[str] | None = None             # metric names (lethe.evaluation.metric_registry); None: defaults
     retain_model_tr: Sequence[float] | None = None   # the retain model's forget truth ratios, for FQ
     initial_metrics: dict | None = None              # the caller already scored the starting model
     holdout: Sequence | None = None                  # records never trained on: membership-inference AUCs
@@ -129,11 +130,29 @@ class EvalConfig:
             raise LetheError(f"--eval-per-epoch: expected full or fast, got {self.per_epoch!r}")
         if self.truth_ratio not in ("tofu", "tofu-utils"):
             raise LetheError(f"--truth-ratio: expected tofu or tofu-utils, got {self.truth_ratio!r}")
+        if self.metrics is not None:
+            self.metrics = tuple(self.metrics)
+            select_metrics(self.metrics)  # an unknown name fails here, before any model work
+
+    def selection(self):
+        return select_metrics(self.metrics, memorization=self.memorization)
+
+    def check_metrics(self, *, retain_model: bool | None = None) -> None:
+        """Explicitly named metrics whose inputs or models are missing fail before any model work.
+        ``retain_model``: whether FQ's retain model will be there (default: whether its values are)."""
+        has_retain = self.retain_model_tr is not None if retain_model is None else retain_model
+        check_selection(self.selection(), available_needs(
+            semantic=self.semantic, holdout=self.holdout, verbmem_texts=self.verbmem_texts, knowmem=self.knowmem,
+            retain_model_tr=() if has_retain else None, has_forget=any(s_.forget for s_ in self.sets)))
 
     def suite_kwargs(self) -> dict:
         return {"batch_size": self.batch_size, "generation_batch_size": self.generation_batch_size,
                 "max_new_tokens": self.max_new_tokens, "eval_limit": self.limit,
-                "truth_ratio": self.truth_ratio, "semantic": self.semantic, "n_samples": self.n_samples}
+                "truth_ratio": self.truth_ratio, "semantic": self.semantic, "n_samples": self.n_samples,
+                "metrics": self.selection(), "holdout": self.holdout, "mia_k": self.mia_k,
+                "retain_model_auc": self.retain_model_auc, "verbmem_texts": self.verbmem_texts,
+                "verbmem_prefix": self.verbmem_prefix, "verbmem_tokens": self.verbmem_tokens,
+                "knowmem": self.knowmem, "knowmem_shots": self.knowmem_shots}
 
 
 @dataclass
@@ -251,13 +270,13 @@ def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConf
              model_config: ModelConfig | None = None, runtime: RuntimeConfig | None = None) -> EvalResult:
     """Score ``model`` on evaluation sets; adds MU, FE and (given the retain model's values) FQ."""
     cfg, rt = config or EvalConfig(), runtime or RuntimeConfig()
+    cfg = replace(cfg, sets=sets)
+    cfg.check_metrics()
     model, prompter, _ = prepare(model, tokenizer, model_config, rt)
     with rt.autocast():
         result = evaluate_sets(model, prompter, sets, **cfg.suite_kwargs())
-    aggregate(result, retain_model_tr=cfg.retain_model_tr, utility_sets=cfg.utility_sets)
+    aggregate(result, retain_model_tr=cfg.retain_model_tr)
     with rt.autocast():
-        result.metrics.update(membership_metrics(model, prompter, cfg))
-        result.metrics.update(verbatim_metrics(model, prompter, cfg))
         result.metrics.update(downstream_metrics(model, prompter, cfg))
     return result
 
@@ -316,6 +335,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     ev, au, mc, dc = evaluation or EvalConfig(), audit or AuditConfig(), model_config or ModelConfig(), data or DataConfig()
     if ev.limit is None and conv.eval_limit is not None:
         ev = replace(ev, limit=conv.eval_limit)
+    ev.check_metrics()
     if conv.pad_to is not None and conv.pad_to > mc.max_length:
         mc = replace(mc, max_length=conv.pad_to)  # the released code's max length
     run_dir = check_output(out_dir) if out_dir else None
@@ -455,16 +475,12 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
                 eval_cost[k] += res.timing.get(k, 0)
             if res.timing.get("generation_batch"):
                 eval_cost["generation_batch"] = max(eval_cost.get("generation_batch", 0), res.timing["generation_batch"])
-            aggregate(res, retain_model_tr=ev.retain_model_tr, utility_sets=ev.utility_sets)
+            aggregate(res, retain_model_tr=ev.retain_model_tr)
             if full:
                 run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable
             out["metrics"].update(res.metrics)
-            keep: dict = {}
-            out["metrics"].update(membership_metrics(mdl, prompter, ev, keep))
-            if "report" in keep:
-                reports[epoch] = keep["report"]
-            if full:
-                out["metrics"].update(verbatim_metrics(mdl, prompter, ev))
+            if res.membership is not None:
+                reports[epoch] = res.membership
             if full and ev.lm_eval_tasks:
                 out["metrics"].update(downstream_metrics(mdl, prompter, ev))
             scored["eval"] = epoch if full else scored["eval"]
@@ -566,10 +582,14 @@ def retain_model_references(retain_model, sets: Sequence[EvalSet], *, tokenizer=
     forget = [s_ for s_ in sets if s_.forget]
     if not forget:
         raise LetheError("a retain model is used for FQ, which needs a forget set to score")
-    cfg = replace(config or EvalConfig(), sets=forget, retain_model_tr=None, retain_model_auc=None, memorization=False,
-                  verbmem_texts=None, knowmem=None, lm_eval_tasks=())
+    cfg = config or EvalConfig()
+    # what the comparison reads: the forget truth ratios and, with a holdout, the attacks the user chose
+    attacks = tuple(n for n in cfg.selection().names if METRICS.get(n).scope == "membership")
+    cfg = replace(cfg, sets=forget, retain_model_tr=None, retain_model_auc=None, memorization=False,
+                  verbmem_texts=None, knowmem=None, lm_eval_tasks=(),
+                  metrics=None if cfg.metrics is None else ("TR",) + attacks)
     res = evaluate(retain_model, forget, tokenizer=tokenizer, config=cfg, model_config=model_config, runtime=runtime)
-    return res.per_item.get("forget/TR_values"), membership_aucs(res.metrics)
+    return res.per_item.get(f"{forget[0].name}/TR_values"), membership_aucs(res.metrics)
 
 
 def retain_model_truth_ratios(retain_model, sets: Sequence[EvalSet], *, tokenizer=None,

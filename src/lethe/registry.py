@@ -59,3 +59,7 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def in_order(self) -> list[str]:
+        """Names in the order they were registered (a declaration order that carries meaning)."""
+        return list(self._items)

@@ -22,12 +22,10 @@ import zlib
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from ..data.batching import pad_batch
 from ..data.prompt import as_prompter
 from ..data.records import QARecord
-from ..objectives.tokens import align_targets, chunk_rows, upcast
+from .requests import token_statistics
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "reference")
 
@@ -39,41 +37,6 @@ def scored_text(record, tokenizer) -> str:
     if getattr(record, "text", None) is not None:
         return record.text
     return tokenizer.decode(list(record.token_ids))
-
-
-@torch.no_grad()
-def token_statistics(model, prompter, records: Sequence, *, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
-    """Per record, over its scored tokens: ``logp`` (log p of the true token), ``mu`` and ``sigma`` (mean and
-    standard deviation of log p(z) for z drawn from the model's distribution at that position)."""
-    prompter = as_prompter(prompter)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    encoded = [prompter.encode(r) for r in records]
-    out: list[dict[str, np.ndarray]] = []
-    for start in range(0, len(encoded), batch_size):
-        batch = pad_batch(encoded[start : start + batch_size], prompter.pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        targets, mask = align_targets(batch["labels"].to(device))
-        B, T, V = logits.shape
-        flat, tflat = logits.reshape(B * T, V), targets.reshape(-1)
-        stats = torch.empty(B * T, 3, dtype=torch.float64, device=device)
-        step = chunk_rows(V)
-        for s in range(0, B * T, step):  # vocabulary work chunk by chunk: no second [B,T,V] tensor
-            logp = torch.log_softmax(upcast(flat[s : s + step]).double(), dim=-1)
-            p = logp.exp()
-            mu = (p * logp).sum(-1)
-            var = (p * logp * logp).sum(-1) - mu * mu
-            stats[s : s + step, 0] = logp.gather(-1, tflat[s : s + step].unsqueeze(-1)).squeeze(-1)
-            stats[s : s + step, 1] = mu
-            stats[s : s + step, 2] = var.clamp(min=0).sqrt()
-        stats = stats.reshape(B, T, 3).cpu().numpy()
-        keep = mask.bool().cpu().numpy()
-        for row in range(B):
-            sel = stats[row][keep[row]]
-            out.append({"logp": sel[:, 0], "mu": sel[:, 1], "sigma": sel[:, 2]})
-    model.train(was_training)
-    return out
 
 
 def _lowest_mean(values: np.ndarray, k: float) -> float:
@@ -185,6 +148,23 @@ def group_permutation_p(member: Sequence[float], nonmember: Sequence[float], mem
     return float((1 + hits) / (1 + n_perm))
 
 
+def attack_report(forget_scores: dict[str, list[float]], holdout_scores: dict[str, list[float]], forget: Sequence,
+                  holdout: Sequence, *, k: float) -> dict:
+    """The report of per-item attack scores: each attack's AUC (forget vs holdout), mean scores, KS p-value and,
+    when the records come in groups, the group-permutation p-value."""
+    f, h = forget_scores, holdout_scores
+    report = {"k_percent": 100 * k, "forget_items": len(forget), "holdout_items": len(holdout), "attacks": {
+        a: {"auc": auc(f[a], h[a]), "forget_mean": float(np.nanmean(f[a])), "holdout_mean": float(np.nanmean(h[a])),
+            "ks_p": ks_p_value(f[a], h[a])}
+        for a in f}}
+    groups_f, groups_h = record_groups(forget), record_groups(holdout)
+    if groups_f and groups_h:  # records in groups (several QA per author): the test that respects them
+        report["groups"] = {"forget": len(set(groups_f)), "holdout": len(set(groups_h))}
+        for a in f:
+            report["attacks"][a]["group_p"] = group_permutation_p(f[a], h[a], groups_f, groups_h)
+    return report
+
+
 def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k: float = 0.4,
                       reference=None, retain_model=None, batch_size: int = 16) -> dict:
     """Every attack's AUC (forget vs holdout) and mean scores; PrivLeak per attack with ``retain_model``.
@@ -207,15 +187,7 @@ def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k
                 attack_scores(sh, texts_h, k=k, reference_stats=rh))
 
     f, h = scores(model)
-    report = {"k_percent": 100 * k, "forget_items": len(forget), "holdout_items": len(holdout), "attacks": {
-        a: {"auc": auc(f[a], h[a]), "forget_mean": float(np.nanmean(f[a])), "holdout_mean": float(np.nanmean(h[a])),
-            "ks_p": ks_p_value(f[a], h[a])}
-        for a in f}}
-    groups_f, groups_h = record_groups(forget), record_groups(holdout)
-    if groups_f and groups_h:  # records in groups (several QA per author): the test that respects them
-        report["groups"] = {"forget": len(set(groups_f)), "holdout": len(set(groups_h))}
-        for a in f:
-            report["attacks"][a]["group_p"] = group_permutation_p(f[a], h[a], groups_f, groups_h)
+    report = attack_report(f, h, forget, holdout, k=k)
     if retain_model is not None:
         rf, rh = scores(retain_model)
         report["privleak"] = {a: privleak(report["attacks"][a]["auc"], auc(rf[a], rh[a])) for a in f if a in rf}

@@ -1,4 +1,5 @@
-"""The two model requests evaluation needs, batched: answer log-likelihoods and greedy generation.
+"""The model requests evaluation makes, batched: answer log-likelihoods, per-token statistics and greedy
+generation, and :class:`ModelRequests`, which serves one evaluation's requests with each model call made once.
 
 Metrics never call the model; they take what these return.
 """
@@ -6,11 +7,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..data.prompt import IGNORE, as_prompter
-from ..objectives.tokens import sequence_logprob
+from ..objectives.tokens import align_targets, chunk_rows, sequence_logprob, upcast
+from .sharding import shard_map
 
 
 def _device(model) -> torch.device:
@@ -180,3 +183,101 @@ def generate_answers(model, prompter, questions: Sequence[str], *, max_new_token
         stats["generation_batch"] = max(stats.get("generation_batch", 0), rows)
     model.train(was_training)
     return outputs
+
+
+@torch.no_grad()
+def token_statistics(model, prompter, records: Sequence, *, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+    """Per record, over its scored tokens: ``logp`` (log p of the true token), ``mu`` and ``sigma`` (mean and
+    standard deviation of log p(z) for z drawn from the model's distribution at that position) and ``hit``
+    (whether the argmax is the true token). One forward per record, in batches as given."""
+    prompter = as_prompter(prompter)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    encoded = [prompter.encode(r) for r in records]
+    out: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(encoded), batch_size):
+        batch = pad_batch(encoded[start : start + batch_size], prompter.pad_id)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        targets, mask = align_targets(batch["labels"].to(device))
+        B, T, V = logits.shape
+        flat, tflat = logits.reshape(B * T, V), targets.reshape(-1)
+        stats = torch.empty(B * T, 4, dtype=torch.float64, device=device)
+        step = chunk_rows(V)
+        for s in range(0, B * T, step):  # vocabulary work chunk by chunk: no second [B,T,V] tensor
+            logp = torch.log_softmax(upcast(flat[s : s + step]).double(), dim=-1)
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            var = (p * logp * logp).sum(-1) - mu * mu
+            stats[s : s + step, 0] = logp.gather(-1, tflat[s : s + step].unsqueeze(-1)).squeeze(-1)
+            stats[s : s + step, 1] = mu
+            stats[s : s + step, 2] = var.clamp(min=0).sqrt()
+            stats[s : s + step, 3] = (logp.argmax(-1) == tflat[s : s + step]).double()
+        stats = stats.reshape(B, T, 4).cpu().numpy()
+        keep = mask.bool().cpu().numpy()
+        for row in range(B):
+            sel = stats[row][keep[row]]
+            out.append({"logp": sel[:, 0], "mu": sel[:, 1], "sigma": sel[:, 2], "hit": sel[:, 3] > 0.5})
+    model.train(was_training)
+    return out
+
+
+class ModelRequests:
+    """One evaluation's model calls, each made once and kept for every metric that reads it.
+
+    - :meth:`token_stats`: per-token statistics of records (the membership attacks, exact memorization). A QA
+      record's answer log-likelihood is their sum, so the answer is not scored again by :meth:`likelihoods`.
+    - :meth:`likelihoods`: summed answer NLL and token count of (question, answer) pairs, only those not
+      known yet, batched with shared prompts (:func:`answer_nll`), shared across processes.
+    - :meth:`generations`: greedy answers (:func:`generate_answers`), shared across processes.
+
+    The suite asks for token statistics first, so what they cover never runs twice.
+    """
+
+    def __init__(self, model, prompter, *, batch_size: int = 32, stats_batch_size: int = 16,
+                 generation_batch_size: int | None = None, max_new_tokens: int = 48):
+        self.model, self.prompter = model, as_prompter(prompter)
+        self.batch_size, self.stats_batch_size = batch_size, stats_batch_size
+        self.generation_batch_size, self.max_new_tokens = generation_batch_size, max_new_tokens
+        self.timing: dict = {}
+        self.calls = {"token_stats": 0, "likelihoods": 0, "generations": 0}  # rows sent to the model, per request
+        self._stats: dict[tuple, dict] = {}
+        self._nll: dict[tuple[str, str], tuple[float, int]] = {}
+        self._answers: dict[str, str] = {}
+
+    def token_stats(self, records: Sequence) -> list[dict[str, np.ndarray]]:
+        keys = [tuple(self.prompter.encode(r)["input_ids"]) for r in records]
+        todo: dict[tuple, int] = {}  # first record of each encoding not scored yet
+        for i, k in enumerate(keys):
+            if k not in self._stats:
+                todo.setdefault(k, i)
+        if todo:
+            stats = token_statistics(self.model, self.prompter, [records[i] for i in todo.values()],
+                                     batch_size=self.stats_batch_size)
+            self.calls["token_stats"] += len(todo)
+            for i, st in zip(todo.values(), stats):
+                self._stats[keys[i]] = st
+                r = records[i]
+                if hasattr(r, "question") and hasattr(r, "answer"):
+                    self._nll.setdefault((r.question, r.answer), (-float(st["logp"].sum()), len(st["logp"])))
+        return [self._stats[k] for k in keys]
+
+    def likelihoods(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], list[int]]:
+        todo = [p for p in dict.fromkeys(pairs) if p not in self._nll]
+        if todo:
+            scored = shard_map(lambda ps: list(zip(*answer_nll(self.model, self.prompter, ps,
+                                                                 batch_size=self.batch_size))), todo)
+            self.calls["likelihoods"] += len(todo)
+            self._nll.update({p: (float(s[0]), int(s[1])) for p, s in zip(todo, scored)})
+        return [self._nll[p][0] for p in pairs], [self._nll[p][1] for p in pairs]
+
+    def generations(self, questions: Sequence[str]) -> list[str]:
+        todo = [q for q in dict.fromkeys(questions) if q not in self._answers]
+        if todo:
+            answers = shard_map(lambda qs: generate_answers(self.model, self.prompter, qs,
+                                                            max_new_tokens=self.max_new_tokens,
+                                                            batch_size=self.generation_batch_size,
+                                                            stats=self.timing), todo)
+            self.calls["generations"] += len(todo)
+            self._answers.update(zip(todo, answers))
+        return [self._answers[q] for q in questions]

@@ -1,20 +1,23 @@
-"""Evaluate a model on QA sets: generation + log-likelihood requests, then SPEC §4 metrics.
+"""Evaluate a model on sets with roles: plan the chosen metrics (:mod:`~lethe.evaluation.metric_registry`), make
+the model requests they need once (:class:`~lethe.evaluation.requests.ModelRequests`), then compute them.
 
-Set kinds: ``qa`` (forget / retain: P = exp(-NLL_tok), truth ratio against the paraphrased
-answer) and ``mc`` (real authors / world facts: P normalised over the options, truth ratio
-against the answer itself).
+Set roles: ``forget`` (what should be gone), ``retain`` (trained on, must stay), ``utility`` (general
+knowledge), ``holdout`` (never seen: the membership attacks' negatives). Set kinds: ``qa`` (P = exp(-NLL_tok),
+truth ratio against the paraphrased answer) and ``mc`` (P normalised over the options, truth ratio against
+the answer itself).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..data.records import QARecord
-from . import metrics as M
-from .requests import answer_nll, generate_answers
-from .sharding import shard_map
+import numpy as np
 
-MU9_SETS = ("retain", "real_authors", "world_facts")
+from ..errors import LetheError
+from . import metrics as M
+from .metric_registry import GENERATING, METRICS, ROLES, SCORED_ROLES, Metric, Selection, select_metrics, unmet
+from .requests import ModelRequests
+
 MU9_METRICS = ("ROUGE", "P", "TR")
 MU18_METRICS = ("ROUGE", "P", "TR", "TE", "CS", "ES")
 FE_METRICS = ("ROUGE", "P", "TR_closer", "CS", "ES")  # TE is excluded (closer-look)
@@ -51,10 +54,22 @@ def load_semantic(embedding_model: str | None = None, nli_model: str | None = No
 
 @dataclass
 class EvalSet:
+    """Records scored together, with the ``role`` that says what the metrics make of them (never the name)."""
+
     name: str
-    records: Sequence[QARecord]
-    kind: str  # "qa" | "mc"
-    forget: bool = False
+    records: Sequence
+    kind: str = "qa"  # "qa" | "mc"
+    role: str = "utility"
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise LetheError(f"evaluation set '{self.name}': role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.kind not in ("qa", "mc"):
+            raise LetheError(f"evaluation set '{self.name}': kind must be qa or mc, got {self.kind!r}")
+
+    @property
+    def forget(self) -> bool:
+        return self.role == "forget"
 
 
 @dataclass
@@ -66,108 +81,245 @@ class EvalResult:
     unavailable: dict[str, str] = field(default_factory=dict)
     generations: dict[str, list[str]] = field(default_factory=dict)  # every greedy answer, per set
     timing: dict[str, float] = field(default_factory=dict)  # generated tokens, generation and total seconds
+    roles: dict[str, str] = field(default_factory=dict)  # set name -> role
+    selection: Selection | None = None
+    membership: dict | None = None  # the attacks' full report (forget vs holdout), when they ran
+    requests: dict[str, int] = field(default_factory=dict)  # rows sent to the model per request kind
+
+
+@dataclass
+class SetInputs:
+    """What the requests returned for one set, read by the metrics' ``compute`` (metric_registry)."""
+
+    eval_set: EvalSet
+    records: list
+    model: object
+    prompter: object
+    truth_ratio: str
+    semantic: Semantic | None
+    token_stats: list | None = None
+    nll_answer: np.ndarray | None = None
+    nll_base: np.ndarray | None = None
+    nll_perturbed: list | None = None
+    generations: list[str] | None = None
+    per_item: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def truths(self) -> list[str]:
+        return [r.answer for r in self.records]
+
+    @property
+    def tokenizer(self):
+        return self.prompter.tokenizer
+
+    @property
+    def with_perturbed(self) -> list[int]:
+        return [i for i, r in enumerate(self.records) if r.perturbed_answers]
+
+
+def available_needs(*, generate: bool = True, semantic: Semantic | None = None, holdout=None, reference=None,
+                    verbmem_texts=None, knowmem=None, retain_model_tr=None, has_forget: bool = True) -> set[str]:
+    """The needs an evaluation with these inputs can serve."""
+    out = {"likelihoods", "token_stats"}
+    if generate:
+        out |= {"generations", "prefix_generations"}
+    if semantic is not None and semantic.embed is not None:
+        out.add("embedding_model")
+    if semantic is not None and semantic.judge is not None:
+        out.add("nli_model")
+    if holdout and has_forget:
+        out.add("holdout")
+    if reference is not None:
+        out.add("reference_model")
+    if verbmem_texts and generate:
+        out.add("verbmem_texts")
+    if knowmem and generate:
+        out.add("knowmem_questions")
+    if retain_model_tr is not None:
+        out.add("retain_model")
+    return out
+
+
+def check_selection(selection: Selection, available: set[str], *, summaries: bool = True) -> None:
+    """An explicit ``--metrics`` whose needs this evaluation cannot serve is an error naming what to provide."""
+    if not selection.explicit:
+        return
+    problems = [f"{m.name} needs {' and '.join(unmet(m, available))}" for m in map(METRICS.get, selection.names)
+                if (summaries or m.scope != "summary") and unmet(m, available)]
+    if problems:
+        raise LetheError("--metrics: " + "; ".join(problems))
+
+
+def _active(metric: Metric, available: set[str], generate: bool) -> bool:
+    return not unmet(metric, available) and (generate or not GENERATING & set(metric.needs))
 
 
 def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int = 32,
                   generation_batch_size: int | None = None, max_new_tokens: int = 48,
                   eval_limit: int | None = None, n_samples: int = 3, truth_ratio: str = "tofu",
-                  semantic: Semantic | None = None, generate: bool = True) -> EvalResult:
-    """Score every set; ``eval_limit`` keeps the first N items of each (the peers use 300).
+                  semantic: Semantic | None = None, generate: bool = True,
+                  metrics: Sequence[str] | Selection | None = None, memorization: bool = False,
+                  holdout: Sequence | None = None, mia_k: float = 0.4, retain_model_auc: dict | None = None,
+                  reference=None, verbmem_texts: Sequence | None = None, verbmem_prefix: int = 32,
+                  verbmem_tokens: int = 128, knowmem: dict | None = None, knowmem_shots: int = 3) -> EvalResult:
+    """Score every set with the selected metrics (default: every default metric the inputs allow).
 
-    TE is always computed; CS and ES when ``semantic`` carries their models. ``generate=False`` is the
-    fast suite: teacher-forced metrics only (P, TR and the per-item truth ratios FQ needs), no generation.
+    ``eval_limit`` keeps the first N items of each scored set (the peers use 300). ``holdout`` (records, or a
+    set with role ``holdout``) enables the membership attacks; ``retain_model_auc`` their PrivLeak;
+    ``reference`` (a model) the reference attack. ``generate=False`` is the fast pass: no metric that
+    generates. TE is always computed with generations; CS and ES when ``semantic`` carries their models.
     """
-    from ..data.prompt import as_prompter
-    from .semantic import cosine_scores, entailment_scores, token_entropies
-
     import time
+
+    from ..data.prompt import as_prompter
 
     started = time.perf_counter()
     prompter = as_prompter(prompter)
+    selection = metrics if isinstance(metrics, Selection) else select_metrics(metrics, memorization=memorization)
+    holdout = list(holdout or []) + [r for s in sets if s.role == "holdout" for r in s.records]
+    scored = [s for s in sets if s.role in SCORED_ROLES]
+    forget_sets = [s for s in scored if s.role == "forget"]
+    available = available_needs(generate=True, semantic=semantic, holdout=holdout, reference=reference,
+                                verbmem_texts=verbmem_texts, knowmem=knowmem, has_forget=bool(forget_sets))
+    check_selection(selection, available, summaries=False)
+    requests = ModelRequests(model, prompter, batch_size=batch_size, generation_batch_size=generation_batch_size,
+                             max_new_tokens=max_new_tokens)
     result = EvalResult(metrics={}, unavailable=dict(semantic.unavailable) if semantic else
-                        {"CS": "not requested", "ES": "not requested"})
-    timing: dict = {}
-    for s in sets:
-        recs = list(s.records)[:eval_limit] if eval_limit else list(s.records)
-        if not recs:
-            continue
-        # Each process generates and scores its share of the items (all of them when there is one).
-        gens = shard_map(lambda qs: generate_answers(model, prompter, qs, max_new_tokens=max_new_tokens,
-                                                     batch_size=generation_batch_size, stats=timing),
-                         [r.question for r in recs]) if generate else None
-        # One batched likelihood pass over answers, bases and perturbed answers.
+                        {"CS": "not requested", "ES": "not requested"},
+                        roles={s.name: s.role for s in sets}, selection=selection)
+    attacks = [m for m in selection.of_scope("membership") if _active(m, available, generate)]
+    limited = {s.name: list(s.records)[:eval_limit] if eval_limit else list(s.records) for s in scored}
+    if attacks:  # first, so the forget answers' likelihoods come from these statistics, not a second forward
+        requests.token_stats(limited[forget_sets[0].name])
+    for s in scored:
+        recs = limited[s.name]
+        if recs:
+            _score_set(s, recs, selection, available, generate, requests, result, truth_ratio, semantic, n_samples)
+    if attacks:
+        result.membership = _membership(requests, reference, limited[forget_sets[0].name], holdout, attacks, mia_k,
+                                        batch_size)
+        result.metrics.update(_membership_metrics(result.membership, retain_model_auc))
+    for m in selection.of_scope("texts"):
+        if _active(m, available, generate):
+            result.metrics.update(_text_metric(m, model, prompter, verbmem_texts, verbmem_prefix, verbmem_tokens,
+                                               knowmem, knowmem_shots, eval_limit, max_new_tokens))
+    timing = requests.timing
+    result.timing = {"evaluation_s": time.perf_counter() - started, **timing}
+    if timing.get("generation_s"):
+        result.timing["generation_tokens_per_s"] = timing["generated_tokens"] / timing["generation_s"]
+    result.requests = dict(requests.calls)
+    return result
+
+
+def _score_set(s: EvalSet, recs: list, selection: Selection, available: set[str], generate: bool,
+               requests: ModelRequests, result: EvalResult, truth_ratio: str, semantic, n_samples: int) -> None:
+    todo = [m for m in selection.of_scope("set") if s.role in m.roles and _active(m, available, generate)]
+    needs = {n for m in todo for n in m.needs}
+    inp = SetInputs(s, recs, requests.model, requests.prompter, truth_ratio, semantic)
+    if "token_stats" in needs:
+        inp.token_stats = requests.token_stats(recs)
+    if "likelihoods" in needs:
         bases = [(r.paraphrased_answer or r.answer) if s.kind == "qa" else r.answer for r in recs]
         pairs = [(r.question, r.answer) for r in recs] + [(r.question, b) for r, b in zip(recs, bases)]
         offsets = []
         for r in recs:
             offsets.append(len(pairs))
             pairs += [(r.question, p) for p in r.perturbed_answers]
-        scored = shard_map(lambda ps: list(zip(*answer_nll(model, prompter, ps, batch_size=batch_size))), pairs)
-        nll, cnt = [s[0] for s in scored], [s[1] for s in scored]
-        tok = M.nll_per_token(nll, cnt)
+        tok = M.nll_per_token(*requests.likelihoods(pairs))
         n = len(recs)
-        nll_answer, nll_base = tok[:n], tok[n : 2 * n]
-        nll_perts = [list(tok[o : o + len(r.perturbed_answers)]) for o, r in zip(offsets, recs)]
-        prob = M.probability_mc(nll_answer, nll_perts) if s.kind == "mc" else M.probability(nll_answer)
-        m = result.metrics
-        m[f"{s.name}/P"] = M.mean(prob)
-        result.per_item[f"{s.name}/P"] = prob
-        with_perts = [i for i, r in enumerate(recs) if r.perturbed_answers]
-        if with_perts:
-            base_w = [nll_base[i] for i in with_perts]
-            perts_w = [nll_perts[i] for i in with_perts]
-            s_vals = M.truth_ratio_values(base_w, perts_w)
-            result.per_item[f"{s.name}/TR_values"] = s_vals
-            if truth_ratio == "tofu-utils":
-                r_vals = M.truth_ratio_arithmetic(base_w, perts_w)
-                m[f"{s.name}/TR"] = M.truth_ratio_arith_forget(r_vals) if s.forget else M.truth_ratio_arith_other(r_vals)
-            else:
-                m[f"{s.name}/TR"] = M.truth_ratio_forget(s_vals) if s.forget else M.truth_ratio_other(s_vals)
-            if s.forget:
-                m[f"{s.name}/TR_closer"] = M.truth_ratio_forget_closer_look(s_vals)
-        if gens is None:
-            continue
-        result.generations[s.name] = gens
-        rouge = M.rouge_l_recall(gens, [r.answer for r in recs])
-        m[f"{s.name}/ROUGE"], result.per_item[f"{s.name}/ROUGE"] = M.mean(rouge), rouge
-        te = token_entropies(prompter.tokenizer, gens)
-        m[f"{s.name}/TE"], result.per_item[f"{s.name}/TE"] = M.mean(te), te
-        truths = [r.answer for r in recs]
-        if semantic is not None and semantic.embed is not None:
-            cs = cosine_scores(semantic.embed, gens, truths)
-            m[f"{s.name}/CS"], result.per_item[f"{s.name}/CS"] = M.mean(cs), cs
-        if semantic is not None and semantic.judge is not None:
-            direction = ("generated=>truth" if s.forget or semantic.es_direction == "generated=>truth"
-                         else "truth=>generated")
-            es = entailment_scores(semantic.judge, gens, truths, rouge, direction=direction)
-            m[f"{s.name}/ES"], result.per_item[f"{s.name}/ES"] = M.mean(es), es
+        inp.nll_answer, inp.nll_base = tok[:n], tok[n : 2 * n]
+        inp.nll_perturbed = [list(tok[o : o + len(r.perturbed_answers)]) for o, r in zip(offsets, recs)]
+    if "generations" in needs:
+        inp.generations = requests.generations([r.question for r in recs])
+        result.generations[s.name] = inp.generations
         result.samples[s.name] = [{"question": r.question, "answer": r.answer, "generated": g}
-                                  for r, g in zip(recs[:n_samples], gens[:n_samples])]
-    result.timing = {"evaluation_s": time.perf_counter() - started, **timing}
-    if timing.get("generation_s"):
-        result.timing["generation_tokens_per_s"] = timing["generated_tokens"] / timing["generation_s"]
-    return result
+                                  for r, g in zip(recs[:n_samples], inp.generations[:n_samples])]
+    for m in todo:
+        values = m.compute(inp)
+        if values is None:  # e.g. a truth ratio on a set without perturbed answers
+            continue
+        if m.per_item_key != "":
+            inp.per_item[m.per_item_key or m.name] = values
+            result.per_item[f"{s.name}/{m.per_item_key or m.name}"] = values
+        result.metrics[f"{s.name}/{m.name}"] = m.reduce(values, inp) if m.reduce else M.mean(values)
 
 
-def aggregate(result: EvalResult, *, retain_model_tr: Sequence[float] | None = None, forget_set: str = "forget",
-              utility_sets: Sequence[str] = MU9_SETS) -> None:
-    """Add MU (TOFU, 9 values), MU18 and FE (closer-look, over the metrics available) and FQ in place.
+def _membership(requests: ModelRequests, reference, forget: list, holdout: list, attacks: list[Metric], k: float,
+                batch_size: int) -> dict:
+    """The attacks' report, forget vs holdout, from the request layer's token statistics."""
+    from .mia import attack_report, attack_scores, scored_text
 
-    ``result.aggregates_over`` lists what MU18 and FE averaged: with no NLI model, for example,
-    MU18 is a harmonic mean of 15 values and FE a mean of 4, and the report says so.
+    tok = requests.prompter.tokenizer
+    texts_f, texts_h = [scored_text(r, tok) for r in forget], [scored_text(r, tok) for r in holdout]
+    ref_f = ref_h = None
+    if reference is not None:
+        ref = ModelRequests(reference, requests.prompter, batch_size=batch_size)
+        ref_f, ref_h = ref.token_stats(forget), ref.token_stats(holdout)
+    names = {m.name for m in attacks}
+    f = attack_scores(requests.token_stats(forget), texts_f, k=k, reference_stats=ref_f)
+    h = attack_scores(requests.token_stats(holdout), texts_h, k=k, reference_stats=ref_h)
+    return attack_report({a: v for a, v in f.items() if a in names}, {a: v for a, v in h.items() if a in names},
+                         forget, holdout, k=k)
+
+
+def _membership_metrics(report: dict, retain_model_auc: dict | None) -> dict[str, float]:
+    from .mia import report_metrics
+
+    out = report_metrics(report, retain_model_auc)
+    out.update({f"mia/{a}_KS_p": v["ks_p"] for a, v in report["attacks"].items()})
+    out.update({f"mia/{a}_group_p": v["group_p"] for a, v in report["attacks"].items() if "group_p" in v})
+    return out
+
+
+def _text_metric(metric: Metric, model, prompter, verbmem_texts, prefix: int, tokens: int, knowmem, shots: int,
+                 limit: int | None, max_new_tokens: int) -> dict[str, float]:
+    """VerbMem on the forget texts; KnowMem on each QA set given, worked examples from the retain side."""
+    from .verbatim import knowmem as knowmem_scores
+    from .verbatim import verbmem
+
+    if metric.name == "VerbMem":
+        return {"verbmem/VerbMem": M.mean(verbmem(model, prompter, verbmem_texts, prefix_tokens=prefix,
+                                                  continuation_tokens=tokens))}
+    sets = dict(knowmem)
+    examples = list(sets.get("retain") or sets.get("forget") or [])
+    out = {}
+    for name, qa in sets.items():
+        qa = list(qa)[:limit] if limit else list(qa)
+        # worked examples never include the question asked: taken from the retain set, past what it scores
+        worked = [e for e in examples if e not in qa][:shots]
+        out[f"knowmem/{name}"] = M.mean(knowmem_scores(model, prompter, qa, worked, shots=shots,
+                                                       max_new_tokens=max_new_tokens))
+    return out
+
+
+def aggregate(result: EvalResult, *, retain_model_tr: Sequence[float] | None = None) -> None:
+    """Add the selected summaries in place: MU (TOFU: ROUGE, P, TR of every retain and utility set), MU18
+    and FE (closer-look, over the metrics available) and, given the retain model's values, FQ.
+
+    ``result.aggregates_over`` lists what each averaged: with no NLI model, for example, MU18 is a harmonic
+    mean of 15 values and FE a mean of 4, and the report says so.
     """
+    selection = result.selection or select_metrics()
+    if selection.explicit and "FQ" in selection and retain_model_tr is None:
+        raise LetheError("--metrics: FQ needs " + unmet(METRICS.get("FQ"), set())[0])
     m = result.metrics
-    mu_keys = [f"{s}/{k}" for s in utility_sets for k in MU9_METRICS]
-    if mu_keys and all(k in m for k in mu_keys):  # no utility set: no MU (never a 0/0)
+    utility = [name for name, role in result.roles.items() if role in ("retain", "utility")]
+    forget = next((name for name, role in result.roles.items() if role == "forget"), None)
+    mu_keys = [f"{s}/{k}" for s in utility for k in MU9_METRICS]
+    has_mu = bool(mu_keys) and all(k in m for k in mu_keys)  # no utility set: no MU (never a 0/0)
+    if "MU" in selection and has_mu:
         m["MU"] = M.harmonic_mean([m[k] for k in mu_keys])
-    mu18 = [f"{s}/{k}" for s in utility_sets for k in MU18_METRICS if f"{s}/{k}" in m]
-    if mu_keys and all(k in m for k in mu_keys) and mu18:
+        result.aggregates_over["MU"] = mu_keys
+    mu18 = [f"{s}/{k}" for s in utility for k in MU18_METRICS if f"{s}/{k}" in m]
+    if "MU18" in selection and has_mu and mu18:
         m["MU18"] = M.harmonic_mean([m[k] for k in mu18])
         result.aggregates_over["MU18"] = mu18
-    fe_keys = [f"{forget_set}/{k}" for k in FE_METRICS if f"{forget_set}/{k}" in m]
-    if all(f"{forget_set}/{k}" in m for k in ("ROUGE", "P", "TR_closer")):
+    if forget is None:
+        return
+    fe_keys = [f"{forget}/{k}" for k in FE_METRICS if f"{forget}/{k}" in m]
+    if "FE" in selection and all(f"{forget}/{k}" in m for k in ("ROUGE", "P", "TR_closer")):
         m["FE"] = 1.0 - M.mean([m[k] for k in fe_keys])
         result.aggregates_over["FE"] = fe_keys
-    tr = result.per_item.get(f"{forget_set}/TR_values")
-    if retain_model_tr is not None and tr:
+    tr = result.per_item.get(f"{forget}/TR_values")
+    if "FQ" in selection and retain_model_tr is not None and tr:
         m["FQ"] = M.forget_quality(tr, retain_model_tr)

@@ -117,9 +117,10 @@ def _prepare(ctx: Context) -> Prepared:
         gone |= set(authors)
         retain = [r for r in data.full if r.subject not in gone]
         sample = random.Random(seed + k).sample(retain, min(settings.retain_eval, len(retain)))
-        sets = [EvalSet("forget", [r for r in data.full if r.subject in gone], "qa", forget=True),
-                EvalSet("retain", sample, "qa"), EvalSet("real_authors", data.real_authors, "mc"),
-                EvalSet("world_facts", data.world_facts, "mc")]
+        sets = [EvalSet("forget", [r for r in data.full if r.subject in gone], "qa", role="forget"),
+                EvalSet("retain", sample, "qa", role="retain"),
+                EvalSet("real_authors", data.real_authors, "mc", role="utility"),
+                EvalSet("world_facts", data.world_facts, "mc", role="utility")]
         retain_model = _finetuned(ctx, tokenizer, f"retain{k + 1}", retain + _general(data), reuse)
         ctx.console.print(f"evaluating the retain model of request {k + 1}")
         ev = evaluate_sets(retain_model, tokenizer, sets, **eval_kwargs)

@@ -53,10 +53,10 @@ def eval_sets(data: AuthorsDataset, forget_percent: int, retain_eval: int, seed:
     retain = data.retain(forget_percent)
     retain_sample = random.Random(seed).sample(retain, min(retain_eval, len(retain)))
     return [
-        EvalSet("forget", forget, "qa", forget=True),
-        EvalSet("retain", retain_sample, "qa"),
-        EvalSet("real_authors", data.real_authors, "mc"),
-        EvalSet("world_facts", data.world_facts, "mc"),
+        EvalSet("forget", forget, "qa", role="forget"),
+        EvalSet("retain", retain_sample, "qa", role="retain"),
+        EvalSet("real_authors", data.real_authors, "mc", role="utility"),
+        EvalSet("world_facts", data.world_facts, "mc", role="utility"),
     ]
 
 
@@ -194,8 +194,7 @@ class Prepared:
 
 
 def _prepare(ctx: Context) -> Prepared:
-    from ..core import EvalConfig
-    from ..evaluation.evidence import membership_aucs, membership_metrics
+    from ..evaluation.evidence import membership_aucs
     from ..evaluation.suite import aggregate, evaluate_sets
 
     settings, fp = SETTINGS[ctx.size], ctx.options["forget_percent"]
@@ -204,17 +203,14 @@ def _prepare(ctx: Context) -> Prepared:
     sets = eval_sets(data, fp, settings.retain_eval, ctx.seed)
     eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": ctx.options["semantic"]}
     ctx.console.print("evaluating the target and retain models")
-    ret = evaluate_sets(retain_model, tokenizer, sets, **eval_kwargs)
-    retain_tr = ret.per_item["forget/TR_values"]
-    aggregate(ret, retain_model_tr=retain_tr)
     # Membership inference, forget authors vs held-out authors no model saw: the retain model's AUCs are
     # PrivLeak's reference (MUSE), and every epoch of every run is scored the same way.
-    ret.metrics.update(membership_metrics(retain_model, tokenizer, EvalConfig(sets=sets, holdout=data.holdout)))
+    ret = evaluate_sets(retain_model, tokenizer, sets, holdout=data.holdout, **eval_kwargs)
+    retain_tr = ret.per_item["forget/TR_values"]
+    aggregate(ret, retain_model_tr=retain_tr)
     retain_auc = membership_aucs(ret.metrics)
-    tgt = evaluate_sets(target, tokenizer, sets, **eval_kwargs)
+    tgt = evaluate_sets(target, tokenizer, sets, holdout=data.holdout, retain_model_auc=retain_auc, **eval_kwargs)
     aggregate(tgt, retain_model_tr=retain_tr)
-    tgt.metrics.update(membership_metrics(target, tokenizer, EvalConfig(sets=sets, holdout=data.holdout,
-                                                                        retain_model_auc=retain_auc)))
     return Prepared(data, tokenizer, sets, retain_tr, retain_auc, tgt, ret,
                     sum(p.numel() for p in retain_model.parameters()), eval_kwargs)
 

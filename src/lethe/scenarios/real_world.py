@@ -131,16 +131,17 @@ def _prepare(ctx: Context) -> Prepared:
     # so unlearning keeps other question types answered too, not only the country templates.
     held = {r.question for r in general_real + general_world}
     retain_train += [replace(r, answer=own_answer(resp, r.answer)) for r, resp, k in general if k and r.question not in held]
-    sets = [EvalSet("forget", forget, "qa", forget=True), EvalSet("neighbour", neighbour, "qa"),
-            EvalSet("real_authors", general_real, "mc"), EvalSet("world_facts", general_world, "mc")]
-    utility = ("neighbour", "real_authors", "world_facts")
-    eval_kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "semantic": semantic, "utility_sets": utility, "n_samples": 4}
+    # neighbour subjects were never trained on by unlearning: with general knowledge, they are what MU reads
+    sets = [EvalSet("forget", forget, "qa", role="forget"), EvalSet("neighbour", neighbour, "qa", role="utility"),
+            EvalSet("real_authors", general_real, "mc", role="utility"),
+            EvalSet("world_facts", general_world, "mc", role="utility")]
+    eval_kwargs = {"max_new_tokens": MAX_NEW_TOKENS, "semantic": semantic, "n_samples": 4}
 
     before = evaluate_sets(model, tokenizer, sets, max_new_tokens=MAX_NEW_TOKENS, semantic=semantic, n_samples=4)
     # Kept by the probe's longer answers; how many does the model state within the evaluation's budget?
     forget_values = [v for s in forget_s for _, _, v in by_subject[s]]
     answered_before = sum(knows(a, v) for a, v in zip(before.generations["forget"], forget_values)) / len(forget)
-    aggregate(before, utility_sets=utility)
+    aggregate(before)
     del model
     rank = ctx.options["rank"]
     settings = {"version": VERSION, "model": str(model_name), "size": ctx.size, "seed": seed, "rank": rank,

@@ -1,0 +1,152 @@
+"""The metric registry and the request layer: declarations, selection, unknown names, explicit needs, roles instead
+of names, and every forward made once."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lethe.errors import LetheError
+from lethe.evaluation.metric_registry import (METRICS, NEEDS, ROLES, goal_of, metric_names, parse_metric_list,
+                                              select_metrics)
+from lethe.evaluation.suite import EvalSet, aggregate, evaluate_sets
+
+
+def _sets(data, names=("forget", "retain", "real_authors", "world_facts")):
+    f, r, ra, wf = names
+    return [EvalSet(f, data.forget(10)[:8], "qa", role="forget"), EvalSet(r, data.retain(10)[:5], "qa", role="retain"),
+            EvalSet(ra, data.real_authors[:4], "mc", role="utility"),
+            EvalSet(wf, data.world_facts[:4], "mc", role="utility")]
+
+
+def test_every_declaration_is_complete_and_ordered():
+    seen = []
+    for name in metric_names():
+        m = METRICS.get(name)
+        assert m.scope in ("set", "membership", "texts", "summary") and m.summary
+        assert set(m.needs) <= set(NEEDS) and set(m.roles) <= set(ROLES)
+        assert all(dep in seen for dep in m.requires), f"{name} is declared before what it reads"
+        if m.scope == "set":
+            assert m.compute is not None
+        seen.append(name)
+    assert {"P", "TR", "TR_closer", "ROUGE", "TE", "CS", "ES", "EM", "ExtractionStrength", "loss", "zlib", "min_k", "min_k_pp",
+            "reference", "VerbMem", "KnowMem", "MU", "MU18", "FE", "FQ"} == set(seen)
+
+
+def test_selection_adds_what_a_metric_is_built_from_and_rejects_unknown_names():
+    sel = select_metrics(["FE"])
+    assert sel.explicit and sel.names == ("P", "TR", "TR_closer", "ROUGE", "FE")
+    default = select_metrics()
+    assert not default.explicit and "EM" not in default and "MU" in default and "min_k" in default
+    assert "EM" in select_metrics(memorization=True) and "ExtractionStrength" in select_metrics(memorization=True)
+    with pytest.raises(LetheError, match="unknown metric 'ROGUE'.*Did you mean 'rouge'"):
+        select_metrics(["ROGUE"])
+    with pytest.raises(LetheError, match="unknown metric 'mink'"):
+        parse_metric_list("P, mink")
+    assert parse_metric_list("p, Min_K") == ("p", "Min_K")  # names match case- and dash-insensitively
+    from lethe.core import EvalConfig
+
+    with pytest.raises(LetheError, match="unknown metric 'entropy'"):
+        EvalConfig(metrics=["entropy"])
+
+
+def test_goals_read_the_role(smoke_data):
+    assert goal_of("forget/P") == "lower" and goal_of("retain/P") == "higher"
+    assert goal_of("mine/P", {"mine": "forget"}) == "lower" and goal_of("mine/P", {"mine": "utility"}) == "higher"
+    assert goal_of("forget/TE") == "higher"  # fluency: kept on every set
+    assert goal_of("mia/min_k_AUC") == "0.5" and goal_of("mia/min_k_PrivLeak") == "0"
+    assert goal_of("MU") == "higher" and goal_of("FE") == "higher" and goal_of("nothing/at_all") is None
+    assert METRICS.get("FQ").goal() == "higher"
+
+
+def test_named_metrics_with_missing_inputs_fail_before_any_model_call(tokenizer, smoke_data, tiny_model):
+    sets = _sets(smoke_data)
+    with pytest.raises(LetheError, match="CS needs a sentence-embedding model"):
+        evaluate_sets(tiny_model, tokenizer, sets, metrics=["CS"])
+    with pytest.raises(LetheError, match=r"min_k needs a held-out set the model never saw \(--holdout\)"):
+        evaluate_sets(tiny_model, tokenizer, sets, metrics=["P", "min_k"])
+    from lethe import api
+
+    with pytest.raises(LetheError, match="FQ needs the retain model"):
+        api.unlearn(tiny_model, smoke_data.forget(10), smoke_data.retain(10), method="GA", tokenizer=tokenizer,
+                    evaluation=api.EvalConfig(sets=sets, metrics=["FQ"]), save=False, progress=False)
+    # by default a metric without its model is left out, with the reason, and an attack without a holdout is skipped
+    res = evaluate_sets(tiny_model, tokenizer, sets, max_new_tokens=2)
+    assert "CS" in res.unavailable and not any(k.startswith("mia/") for k in res.metrics)
+
+
+def test_only_the_selected_metrics_are_computed(tokenizer, smoke_data, tiny_model):
+    res = evaluate_sets(tiny_model, tokenizer, _sets(smoke_data), metrics=["P"])
+    assert sorted(res.metrics) == ["forget/P", "real_authors/P", "retain/P", "world_facts/P"]
+    assert not res.generations and res.requests["generations"] == 0 and res.requests["token_stats"] == 0
+    aggregate(res)
+    assert "MU" not in res.metrics  # not selected
+
+
+def test_roles_not_names_decide_the_aggregates(tokenizer, smoke_data, tiny_model):
+    usual = evaluate_sets(tiny_model, tokenizer, _sets(smoke_data), max_new_tokens=3)
+    renamed = evaluate_sets(tiny_model, tokenizer, _sets(smoke_data, ("gone", "kept", "people", "facts")),
+                            max_new_tokens=3)
+    aggregate(usual)
+    aggregate(renamed)
+    for key in ("MU", "MU18", "FE"):
+        assert renamed.metrics[key] == pytest.approx(usual.metrics[key], rel=1e-12)
+    assert renamed.aggregates_over["MU"] == [f"{s}/{k}" for s in ("kept", "people", "facts") for k in ("ROUGE", "P", "TR")]
+    assert "gone/TR_closer" in renamed.metrics and "kept/TR_closer" not in renamed.metrics
+    with pytest.raises(LetheError, match="role must be one of forget, retain, utility, holdout"):
+        EvalSet("forget", [], "qa", role="forgotten")
+
+
+def test_a_suite_with_attacks_runs_each_forward_once(tokenizer, smoke_data, tiny_model):
+    """ROUGE, P, TR and the attacks: the forget answers' forward serves P and the attacks, no pair is scored
+    twice, and the values equal separate evaluations."""
+    from lethe.evaluation import requests
+    from lethe.evaluation.mia import membership_report
+    from lethe.evaluation.verbatim import exact_memorization
+
+    sets, holdout = _sets(smoke_data), smoke_data.holdout[:8]
+    forget = list(sets[0].records)
+    scored_pairs, stats_rows = [], []
+    original_nll, original_stats = requests.answer_nll, requests.token_statistics
+
+    def counting_nll(model, prompter, pairs, **kw):
+        scored_pairs.extend(pairs)
+        return original_nll(model, prompter, pairs, **kw)
+
+    def counting_stats(model, prompter, records, **kw):
+        stats_rows.extend(records)
+        return original_stats(model, prompter, records, **kw)
+
+    requests.answer_nll, requests.token_statistics = counting_nll, counting_stats
+    try:
+        res = evaluate_sets(tiny_model, tokenizer, sets, max_new_tokens=3, holdout=holdout, memorization=True)
+    finally:
+        requests.answer_nll, requests.token_statistics = original_nll, original_stats
+    assert len(scored_pairs) == len(set(scored_pairs)) == res.requests["likelihoods"]
+    assert not {(r.question, r.answer) for r in forget} & set(scored_pairs)  # read from the token statistics
+    assert stats_rows == forget + holdout and res.requests["token_stats"] == len(forget) + len(holdout)
+    assert res.requests["generations"] == sum(len(s.records) for s in sets)
+
+    alone = evaluate_sets(tiny_model, tokenizer, sets, max_new_tokens=3)
+    for key, value in alone.metrics.items():
+        assert res.metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+    report = membership_report(tiny_model, tokenizer, forget, holdout)
+    assert res.membership["attacks"] == report["attacks"]
+    for attack, v in report["attacks"].items():
+        assert res.metrics[f"mia/{attack}_AUC"] == v["auc"] and res.metrics[f"mia/{attack}_KS_p"] == v["ks_p"]
+    em = exact_memorization(tiny_model, tokenizer, forget)
+    assert res.metrics["forget/EM"] == pytest.approx(sum(em) / len(em), abs=1e-12)
+    assert 0 <= res.metrics["forget/ExtractionStrength"] <= 1
+    assert not math.isnan(res.metrics["mia/min_k_pp_AUC"])
+
+
+def test_metrics_command_lists_every_metric(capsys):
+    from lethe.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["metrics"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    for name in metric_names():
+        assert f"  {name}" in out
+    assert "goal: forget lower; retain, utility higher" in out
