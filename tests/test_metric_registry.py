@@ -54,6 +54,8 @@ def test_goals_read_the_role(smoke_data):
     assert goal_of("forget/P") == "lower" and goal_of("retain/P") == "higher"
     assert goal_of("mine/P", {"mine": "forget"}) == "lower" and goal_of("mine/P", {"mine": "utility"}) == "higher"
     assert goal_of("forget/TE") == "higher"  # fluency: kept on every set
+    assert goal_of("forget/TR") == "higher" and goal_of("forget/TR_closer") == "lower"  # TOFU's and closer-look's
+    assert goal_of("knowmem/forget") == "lower" and goal_of("knowmem/retain") == "higher"
     assert goal_of("mia/min_k_AUC") == "0.5" and goal_of("mia/min_k_PrivLeak") == "0"
     assert goal_of("MU") == "higher" and goal_of("FE") == "higher" and goal_of("nothing/at_all") is None
     assert METRICS.get("FQ").goal() == "higher"
@@ -150,3 +152,22 @@ def test_metrics_command_lists_every_metric(capsys):
     for name in metric_names():
         assert f"  {name}" in out
     assert "goal: forget lower; retain, utility higher" in out
+
+
+def test_cli_metrics_option_is_checked_before_any_file_or_model(tmp_path, capsys):
+    from lethe.cli import main
+
+    def run(argv):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        return exit_.value.code, capsys.readouterr().err
+
+    missing = str(tmp_path / "absent.jsonl")
+    code, err = run(["eval", "--model", str(tmp_path / "nope"), "--eval-forget", missing, "--metrics", "ROUGE,TR_closr"])
+    assert code == 2 and "unknown metric 'TR_closr'" in err and "Did you mean 'tr-closer'" in err
+    assert "absent.jsonl" not in err  # the name failed first
+    f = tmp_path / "f.jsonl"
+    f.write_text('{"question": "Who?", "answer": "A."}\n')
+    code, err = run(["eval", "--model", str(tmp_path / "nope"), "--eval-forget", str(f), "--metrics", "P,min_k_pp"])
+    assert code == 2 and "min_k_pp needs a held-out set the model never saw (--holdout)" in err
+    assert "nope" not in err  # before the model is looked for

@@ -30,7 +30,7 @@ def test_memorized_answers_give_high_em_and_extraction_strength(tokenizer, smoke
 def test_extraction_strength_by_hand(tokenizer):
     """A stub whose greedy output is fixed: ES = 1 - k/|y| for the first k that reproduces the rest."""
     from lethe.data.prompt import as_prompter
-    from lethe.evaluation import verbatim
+    from lethe.evaluation import requests
 
     rec = QARecord("Who?", "Somebody here.")
     enc = as_prompter(tokenizer).encode(rec)
@@ -42,12 +42,12 @@ def test_extraction_strength_by_hand(tokenizer):
         # right from the third answer token on, wrong before
         return [answer[len(p) - start:] if len(p) - start >= 2 else [0] * l for p, l in zip(prefixes, lengths)]
 
-    old = verbatim._greedy
-    verbatim._greedy = fake
+    old = requests.greedy_from_ids
+    requests.greedy_from_ids = fake
     try:
         assert extraction_strength(None, tokenizer, [rec]) == [pytest.approx(1 - 2 / n)]
     finally:
-        verbatim._greedy = old
+        requests.greedy_from_ids = old
 
 
 def test_verbmem_and_knowmem_rise_when_the_text_is_memorized(tokenizer, smoke_data, tiny_model):

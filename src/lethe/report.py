@@ -26,6 +26,14 @@ def fmt_value(x) -> str:
     return str(x)
 
 
+def goal_mark(key: str, roles: dict | None = None) -> str:
+    """↑ / ↓ / → target for a result key, from the metric registry's declared goal (? when none is declared)."""
+    from .evaluation.metric_registry import goal_of
+
+    goal = goal_of(key, roles)
+    return {"higher": "↑", "lower": "↓", None: "?"}.get(goal, f"→ {goal}")
+
+
 def md_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt_value(c) for c in row) + " |" for row in rows]
@@ -190,6 +198,8 @@ def render_report(results: dict) -> str:
                      run["epochs"][-1]["epoch"] if run["epochs"] else 0, *[m.get(k) for k in summary],
                      c.get("wall_time_s"), c.get("flops"), c.get("trainable_percent")])
     out.append(md_table(header, rows))
+    out += ["", "Goals: " + ", ".join(f"{k} {goal_mark(k, results.get('set_roles'))}" for k in summary)
+            + " (`lethe metrics` describes each metric)."]
     for run in results.get("runs", []):
         if run.get("status") != "ok":
             out += ["", f"**{run['method']}**: {run.get('message')}"]

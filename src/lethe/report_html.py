@@ -7,7 +7,7 @@ import io
 import math
 from typing import Sequence
 
-from .report import fmt_value, present_keys, final_metrics, per_set_tables, run_label
+from .report import final_metrics, fmt_value, goal_mark, per_set_tables, present_keys, run_label
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d1d1f;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}h3{font-size:1.05rem}
@@ -179,7 +179,8 @@ def qa_summary(results: dict) -> tuple[list[str], str]:
     rows = [[f"{n} model", "–", *[m.get(k) for k in summary]] for n, m in results.get("reference", {}).items()]
     rows += [[r["method"], r.get("params", "full"), *[final_metrics(r).get(k) for k in summary]]
              for r in results.get("runs", [])]
-    return figs, html_table(["method", "params", *summary], rows)
+    roles = results.get("set_roles")
+    return figs, html_table(["method", "params", *[f"{k} {goal_mark(k, roles)}" for k in summary]], rows)
 
 
 def section(results: dict, source: str, summary) -> str:

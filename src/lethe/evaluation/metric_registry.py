@@ -4,7 +4,8 @@ aggregates, and the code that computes it.
 The suite (:mod:`lethe.evaluation.suite`) reads these declarations to plan an evaluation: it asks the
 request layer (:class:`~lethe.evaluation.requests.ModelRequests`) for the union of what the chosen metrics
 need, each model call made once, then hands every metric the results. A metric never calls the model
-itself, except the few whose request is their own (extraction strength, VerbMem, KnowMem).
+itself: extraction strength, VerbMem and KnowMem, whose prompts are their own, ask the same layer for
+greedy continuations.
 
 Scopes:
 - ``set``: one value per item of each evaluation set whose role the metric scores, averaged or reduced to
@@ -132,13 +133,14 @@ def _exact_memorization(inp) -> list[float]:
 def _extraction_strength(inp) -> list[float]:
     from .verbatim import extraction_strength
 
-    return extraction_strength(inp.model, inp.prompter, inp.records)
+    return extraction_strength(inp.model, inp.prompter, inp.records, requests=inp.requests)
 
 
 declare(Metric("P", "probability of the answer: exp(-mean token NLL); multiple choice: normalised over the options",
                "set", needs=("likelihoods",), compute=_probability))
 declare(Metric("TR", "truth ratio: the paraphrased answer against the perturbed ones (TOFU's forget / other forms)",
                "set", needs=("likelihoods",), aggregation="TOFU truth ratio", per_item_key="TR_values",
+               knowledge=False,  # TOFU's forget form, mean min(s, 1/s), is already high when forgotten
                compute=_truth_ratio_values, reduce=_truth_ratio))
 declare(Metric("TR_closer", "closer-look forget truth ratio: 1 - mean min(s, 1/s) (higher: still knows)", "set",
                needs=("likelihoods",), roles=("forget",), requires=("TR",), aggregation="1 - mean min(s, 1/s)",

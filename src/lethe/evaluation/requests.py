@@ -230,6 +230,8 @@ class ModelRequests:
     - :meth:`likelihoods`: summed answer NLL and token count of (question, answer) pairs, only those not
       known yet, batched with shared prompts (:func:`answer_nll`), shared across processes.
     - :meth:`generations`: greedy answers (:func:`generate_answers`), shared across processes.
+    - :meth:`continuations`: greedy continuations of token-id prefixes (extraction strength, VerbMem, KnowMem),
+      all of a metric's prefixes in one length-sorted batch run, shared across processes.
 
     The suite asks for token statistics first, so what they cover never runs twice.
     """
@@ -240,10 +242,11 @@ class ModelRequests:
         self.batch_size, self.stats_batch_size = batch_size, stats_batch_size
         self.generation_batch_size, self.max_new_tokens = generation_batch_size, max_new_tokens
         self.timing: dict = {}
-        self.calls = {"token_stats": 0, "likelihoods": 0, "generations": 0}  # rows sent to the model, per request
+        self.calls = {"token_stats": 0, "likelihoods": 0, "generations": 0, "continuations": 0}  # rows, per request
         self._stats: dict[tuple, dict] = {}
         self._nll: dict[tuple[str, str], tuple[float, int]] = {}
         self._answers: dict[str, str] = {}
+        self._continued: dict[tuple, list[int]] = {}
 
     def token_stats(self, records: Sequence) -> list[dict[str, np.ndarray]]:
         keys = [tuple(self.prompter.encode(r)["input_ids"]) for r in records]
@@ -281,3 +284,31 @@ class ModelRequests:
             self.calls["generations"] += len(todo)
             self._answers.update(zip(todo, answers))
         return [self._answers[q] for q in questions]
+
+    def continuations(self, prefixes: Sequence[Sequence[int]], lengths: Sequence[int], *,
+                      keep_eos: bool = False) -> list[list[int]]:
+        """Greedy continuation of each complete prefix (special tokens in place) by up to ``lengths[k]`` tokens."""
+        keys = [(tuple(p), int(n), keep_eos) for p, n in zip(prefixes, lengths)]
+        todo = [k for k in dict.fromkeys(keys) if k not in self._continued]
+        if todo:
+            done = shard_map(lambda ks: greedy_from_ids(self.model, self.prompter, [k[0] for k in ks],
+                                                        [k[1] for k in ks], keep_eos=keep_eos), todo)
+            self.calls["continuations"] += len(todo)
+            self._continued.update(zip(todo, done))
+        return [list(self._continued[k]) for k in keys]
+
+
+def greedy_from_ids(model, prompter, prefixes: Sequence[Sequence[int]], lengths: Sequence[int],
+                    keep_eos: bool = False) -> list[list[int]]:
+    """Greedy continuations of complete token-id prefixes (BOS already in place), sorted by length and batched
+    (:func:`~lethe.evaluation.memorization.greedy_continuations`)."""
+    from .memorization import greedy_continuations
+
+    prompter = as_prompter(prompter)
+
+    class _Ids:  # what greedy_continuations reads; no BOS added: the prefixes carry theirs
+        bos_token_id = None
+        eos_token_id = prompter.tokenizer.eos_token_id
+        pad_token_id = prompter.pad_id
+
+    return greedy_continuations(model, _Ids, prefixes, lengths, keep_eos=keep_eos)

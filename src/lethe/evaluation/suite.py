@@ -97,6 +97,7 @@ class SetInputs:
     prompter: object
     truth_ratio: str
     semantic: Semantic | None
+    requests: ModelRequests | None = None
     token_stats: list | None = None
     nll_answer: np.ndarray | None = None
     nll_base: np.ndarray | None = None
@@ -201,7 +202,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
         result.metrics.update(_membership_metrics(result.membership, retain_model_auc))
     for m in selection.of_scope("texts"):
         if _active(m, available, generate):
-            result.metrics.update(_text_metric(m, model, prompter, verbmem_texts, verbmem_prefix, verbmem_tokens,
+            result.metrics.update(_text_metric(m, requests, verbmem_texts, verbmem_prefix, verbmem_tokens,
                                                knowmem, knowmem_shots, eval_limit, max_new_tokens))
     timing = requests.timing
     result.timing = {"evaluation_s": time.perf_counter() - started, **timing}
@@ -215,7 +216,7 @@ def _score_set(s: EvalSet, recs: list, selection: Selection, available: set[str]
                requests: ModelRequests, result: EvalResult, truth_ratio: str, semantic, n_samples: int) -> None:
     todo = [m for m in selection.of_scope("set") if s.role in m.roles and _active(m, available, generate)]
     needs = {n for m in todo for n in m.needs}
-    inp = SetInputs(s, recs, requests.model, requests.prompter, truth_ratio, semantic)
+    inp = SetInputs(s, recs, requests.model, requests.prompter, truth_ratio, semantic, requests)
     if "token_stats" in needs:
         inp.token_stats = requests.token_stats(recs)
     if "likelihoods" in needs:
@@ -271,15 +272,16 @@ def _membership_metrics(report: dict, retain_model_auc: dict | None) -> dict[str
     return out
 
 
-def _text_metric(metric: Metric, model, prompter, verbmem_texts, prefix: int, tokens: int, knowmem, shots: int,
-                 limit: int | None, max_new_tokens: int) -> dict[str, float]:
+def _text_metric(metric: Metric, requests: ModelRequests, verbmem_texts, prefix: int, tokens: int, knowmem,
+                 shots: int, limit: int | None, max_new_tokens: int) -> dict[str, float]:
     """VerbMem on the forget texts; KnowMem on each QA set given, worked examples from the retain side."""
     from .verbatim import knowmem as knowmem_scores
     from .verbatim import verbmem
 
     if metric.name == "VerbMem":
-        return {"verbmem/VerbMem": M.mean(verbmem(model, prompter, verbmem_texts, prefix_tokens=prefix,
-                                                  continuation_tokens=tokens))}
+        return {"verbmem/VerbMem": M.mean(verbmem(requests.model, requests.prompter, verbmem_texts,
+                                                  prefix_tokens=prefix, continuation_tokens=tokens,
+                                                  requests=requests))}
     sets = dict(knowmem)
     examples = list(sets.get("retain") or sets.get("forget") or [])
     out = {}
@@ -287,8 +289,8 @@ def _text_metric(metric: Metric, model, prompter, verbmem_texts, prefix: int, to
         qa = list(qa)[:limit] if limit else list(qa)
         # worked examples never include the question asked: taken from the retain set, past what it scores
         worked = [e for e in examples if e not in qa][:shots]
-        out[f"knowmem/{name}"] = M.mean(knowmem_scores(model, prompter, qa, worked, shots=shots,
-                                                       max_new_tokens=max_new_tokens))
+        out[f"knowmem/{name}"] = M.mean(knowmem_scores(requests.model, requests.prompter, qa, worked, shots=shots,
+                                                       max_new_tokens=max_new_tokens, requests=requests))
     return out
 
 

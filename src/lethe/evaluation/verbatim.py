@@ -19,45 +19,35 @@ import torch
 from ..data.batching import pad_batch
 from ..data.prompt import IGNORE, as_prompter
 from . import metrics as M
-from .memorization import greedy_continuations
-
-
-def _greedy(model, prompter, prefixes: Sequence[Sequence[int]], lengths: Sequence[int],
-            keep_eos: bool = False) -> list[list[int]]:
-    """Greedy continuations of complete token-id prefixes (special tokens already in place)."""
-
-    class _Tok:  # greedy_continuations reads bos/eos/pad ids; these prefixes already carry their BOS
-        bos_token_id = None
-        eos_token_id = prompter.tokenizer.eos_token_id
-        pad_token_id = prompter.pad_id
-
-    return greedy_continuations(model, _Tok, prefixes, lengths, keep_eos=keep_eos)
+from .requests import ModelRequests
 
 
 @torch.no_grad()
-def verbmem(model, prompter, texts: Sequence, *, prefix_tokens: int = 32, continuation_tokens: int = 128) -> list[float]:
+def verbmem(model, prompter, texts: Sequence, *, prefix_tokens: int = 32, continuation_tokens: int = 128,
+            requests: ModelRequests | None = None) -> list[float]:
     """VerbMem per text (ROUGE-L F1 × 100); texts shorter than a prefix plus one token are skipped."""
     prompter = as_prompter(prompter)
+    requests = requests or ModelRequests(model, prompter)
+    tok = prompter.tokenizer
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []  # raw text ids: BOS in front, as in training
     ids = [prompter.text_token_ids(t) for t in texts]
     keep = [s for s in ids if len(s) > prefix_tokens]
-    prefixes = [s[:prefix_tokens] for s in keep]
     truths = [s[prefix_tokens : prefix_tokens + continuation_tokens] for s in keep]
-    # raw text ids: BOS is put in front as in training and in EL_n
-    gens = greedy_continuations(model, prompter.tokenizer, prefixes, [len(t) for t in truths])
-    decode = prompter.tokenizer.decode
-    return [100.0 * f for f in M.rouge_l_f1([decode(g) for g in gens], [decode(t) for t in truths])]
+    gens = requests.continuations([bos + s[:prefix_tokens] for s in keep], [len(t) for t in truths])
+    return [100.0 * f for f in M.rouge_l_f1([tok.decode(g) for g in gens], [tok.decode(t) for t in truths])]
 
 
 @torch.no_grad()
 def knowmem(model, prompter, questions: Sequence, examples: Sequence = (), *, shots: int = 3,
-            max_new_tokens: int = 32) -> list[float]:
+            max_new_tokens: int = 32, requests: ModelRequests | None = None) -> list[float]:
     """KnowMem per question (ROUGE-L F1 × 100), few-shot from ``examples`` (QA records not asked)."""
     prompter = as_prompter(prompter)
+    requests = requests or ModelRequests(model, prompter)
     tok = prompter.tokenizer
     context = "".join(f"Question: {e.question}\nAnswer: {e.answer}\n\n" for e in list(examples)[:shots])
     prompts = [tok(context + f"Question: {q.question}\nAnswer:", add_special_tokens=True)["input_ids"]
                for q in questions]
-    gens = _greedy(model, prompter, prompts, [max_new_tokens] * len(prompts))
+    gens = requests.continuations(prompts, [max_new_tokens] * len(prompts))
     answers = [tok.decode(g, skip_special_tokens=True).split("\n\n")[0].strip() for g in gens]
     return [100.0 * f for f in M.rouge_l_f1(answers, [q.answer for q in questions])]
 
@@ -81,17 +71,24 @@ def exact_memorization(model, prompter, records: Sequence, *, batch_size: int = 
 
 
 @torch.no_grad()
-def extraction_strength(model, prompter, records: Sequence) -> list[float]:
-    """ES per QA item: 1 - k/|y| for the smallest answer prefix k whose greedy continuation is the rest."""
+def extraction_strength(model, prompter, records: Sequence, *, requests: ModelRequests | None = None) -> list[float]:
+    """ES per QA item: 1 - k/|y| for the smallest answer prefix k whose greedy continuation is the rest. Every
+    prefix of every record is continued in one batched request."""
     prompter = as_prompter(prompter)
-    out = []
+    requests = requests or ModelRequests(model, prompter)
+    prefixes, lengths, answers = [], [], []
     for r in records:
         enc = prompter.encode(r)
         start = next(i for i, label in enumerate(enc["labels"]) if label != IGNORE)
         prompt, answer = enc["input_ids"][:start], enc["input_ids"][start:]
+        answers.append(answer)
+        prefixes += [prompt + answer[:k] for k in range(len(answer))]
+        lengths += [len(answer) - k for k in range(len(answer))]
+    conts = requests.continuations(prefixes, lengths, keep_eos=True)
+    out, at = [], 0
+    for answer in answers:
         n = len(answer)
-        prefixes = [prompt + answer[:k] for k in range(n)]
-        conts = _greedy(model, prompter, prefixes, [n - k for k in range(n)], keep_eos=True)
-        k_min = next((k for k in range(n) if conts[k] == answer[k:]), n)
+        k_min = next((k for k in range(n) if conts[at + k] == answer[k:]), n)
         out.append(1.0 - k_min / n if n else 0.0)
+        at += n
     return out

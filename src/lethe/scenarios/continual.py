@@ -215,6 +215,7 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
         "reference": {"target": prep.target.metrics},
         "reference_requests": [ev.metrics for ev in prep.retain],  # retain model k on request k's sets
         "aggregates_over": prep.target.aggregates_over,
+        "set_roles": prep.target.roles,  # what each evaluation set is to the metrics (the report's goals read it)
         "metrics_unavailable": semantic.unavailable,
         "embedding_model": semantic.embed_name,
         "nli_model": getattr(semantic.judge, "name", None),

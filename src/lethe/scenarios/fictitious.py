@@ -278,6 +278,7 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
         "sweep": ctx.options["sweep"], "seeds": ctx.options["seeds"],
         "reference": {"target": prep.target.metrics, "retain": prep.retain.metrics},
         "aggregates_over": prep.target.aggregates_over,
+        "set_roles": prep.target.roles,  # what each evaluation set is to the metrics (the report's goals read it)
         "metrics_unavailable": semantic.unavailable,
         "embedding_model": semantic.embed_name,
         "nli_model": getattr(semantic.judge, "name", None),

@@ -201,6 +201,7 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
         "reference": {"target": prep.before.metrics},
         "reference_samples": {"target": prep.before.samples},
         "aggregates_over": prep.before.aggregates_over,
+        "set_roles": prep.before.roles,  # what each evaluation set is to the metrics (the report's goals read it)
         "metrics_unavailable": semantic.unavailable,
         "embedding_model": semantic.embed_name,
         "nli_model": getattr(semantic.judge, "name", None),
