@@ -226,7 +226,8 @@ def test_the_invented_novel_is_seeded_and_its_chapters_differ():
 def test_copyright_smoke_run_forgets_excerpts_and_reports(tmp_path):
     from lethe.scenarios.runner import run_scenario
 
-    res = run_scenario("copyright", out=tmp_path, size="smoke", runs=("GA+GD", "NPO+GD@lora"), progress=False)
+    res = run_scenario("copyright", out=tmp_path, size="smoke", runs=("GA+GD", "NPO+GD@lora", "FLAT-KL"),
+                       progress=False)
     target, retain = res["reference"]["target"], res["reference"]["retain"]
     # the target reproduces its book far better than a model that never read the forget chapters
     assert target["forget/ROUGE"] > retain["forget/ROUGE"] + 0.2 and target["forget/BLEU"] > retain["forget/BLEU"]
@@ -237,9 +238,30 @@ def test_copyright_smoke_run_forgets_excerpts_and_reports(tmp_path):
         assert last["forget/ROUGE"] < first["forget/ROUGE"]
         for key in ("forget/BLEU", "forget/VerbMem", "heldout/PPL", "background/PPL", "mia/min_k_PrivLeak"):
             assert isinstance(last[key], float), key
+    flat = next(r for r in res["runs"] if r["method"] == "FLAT-KL")
+    assert "regularizer" not in flat["epochs"][-1]["losses"]  # forget data only: the excerpts against refusals
     md = (tmp_path / "report.md").read_text()
-    assert "| *retain model* |" in md and "gap to retain" in md and "NPO+GD | lora" in md
+    assert "| *retain model* |" in md and "gap to retain" in md and "NPO+GD | lora" in md and "FLAT-KL" in md
     assert (tmp_path / "data" / "novel.txt").read_text().startswith("Chapter 1.")
+
+
+def test_excerpts_become_continuations_for_methods_with_refusals(tokenizer):
+    """FLAT, IDK and DPO pair a forget answer with a refusal: an excerpt's first half is the prompt, its second
+    half the answer, and prompt + answer encode back to the excerpt (BOS in front, EOS after)."""
+    from lethe.data.prompt import Prompter
+    from lethe.data.records import TextRecord
+    from lethe.scenarios.copyright import CONTINUATION_FORMAT, as_continuations, pairs_refusals
+
+    ids = tokenizer("Hilde Nightingale was born in Valparaiso and wrote three novels about the sea.",
+                    add_special_tokens=False)["input_ids"]
+    (qa,) = as_continuations([TextRecord(token_ids=tuple(ids))], tokenizer)
+    enc = Prompter(tokenizer, CONTINUATION_FORMAT).encode(qa)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    assert enc["input_ids"] == bos + ids + [tokenizer.eos_token_id]
+    answer = [t for t, label in zip(enc["input_ids"], enc["labels"]) if label != -100]
+    assert answer[:-1] == ids[len(ids) // 2 - 1 :] or answer[:-1] == ids[len(ids) // 2 :]  # a merge may move the cut
+    assert pairs_refusals("FLAT-KL") and pairs_refusals("IDK+AP") and pairs_refusals("DPO")
+    assert not pairs_refusals("GA+GD") and not pairs_refusals("NPO+KL")
 
 
 def test_split_parts_cuts_at_blank_lines_into_about_equal_parts():

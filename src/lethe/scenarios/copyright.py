@@ -11,19 +11,26 @@ FLAT's 200-token excerpts), regularizing on the kept chapters and the background
 - membership inference of the forget excerpts against excerpts of held-out chapters no model saw (AUC per
   attack) and PrivLeak against the retain model's AUC;
 - perplexity on the held-out chapters and on held-out background text (utility).
+
+Methods that pair each forget item with a refusal answer (FLAT, IDK, DPO) unlearn each excerpt as a
+continuation task instead: its first half is the prompt (raw text, no template) and its second half the
+answer that the refusal replaces, as in FLAT's Harry Potter setting (template = an IDK refusal).
 """
 from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, replace
 
-from ..data.records import TextRecord
+from ..data.prompt import PromptFormat
+from ..data.records import QARecord, TextRecord
 from ..engine.loop import TrainConfig
 from . import Cell, Context, Scenario, parse_run_spec, run_dir_for
 
 NAME = "copyrighted-text"
 VERSION = 1
-DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "ME+GD", "IHL+GD")
+DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "FLAT-KL", "ME+GD", "IHL+GD")
+# an excerpt as a continuation task: the prompt is its first half as raw text, the answer follows directly
+CONTINUATION_FORMAT = PromptFormat(kind="plain", template="{question}", answer_prefix="")
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,23 @@ def continuation_scores(model, tokenizer, records, *, prefix: int | None = None)
     hyp = [tokenizer.decode(g, skip_special_tokens=True) for g in gens]
     ref = [tokenizer.decode(t, skip_special_tokens=True) for t in truths]
     return {"BLEU": bleu(hyp, ref), "ROUGE": rouge_l_f1(hyp, ref)}
+
+
+def as_continuations(records, tokenizer) -> list[QARecord]:
+    """Each excerpt as (first half -> second half), for methods whose forget loss pairs an answer with a refusal."""
+    out = []
+    for r in records:
+        ids = list(r.token_ids)
+        cut = len(ids) // 2
+        out.append(QARecord(question=tokenizer.decode(ids[:cut]), answer=tokenizer.decode(ids[cut:])))
+    return out
+
+
+def pairs_refusals(method) -> bool:
+    """Whether ``method`` (a name) trains on refusal answers, which text excerpts do not have."""
+    from ..objectives import parse_method
+
+    return bool({need.stream for need in parse_method(method).needs().values()} & {"idk", "retain_idk"})
 
 
 def copyright_hook(tokenizer, forget, heldout, background_heldout, *, verbmem_prefix: int, verbmem_tokens: int,
@@ -236,7 +260,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
-    from ..core import unlearn
+    from ..core import ModelConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 
@@ -248,9 +272,13 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     train = replace(st.unlearn, seed=ctx.seed)
     if kind != "full":
         train = replace(train, lr=train.lr * st.lora_lr_scale)
-    _, run = unlearn(load_model(ctx.out / "models" / "target"), prep.forget, prep.retain, method=method,
+    forget, retain, model_config = prep.forget, prep.retain, ModelConfig()
+    if pairs_refusals(method):  # the excerpts as continuations (module docstring); the hook still scores the text
+        forget, retain = as_continuations(forget, prep.tokenizer), as_continuations(retain, prep.tokenizer)
+        model_config = ModelConfig(prompt_format=CONTINUATION_FORMAT)
+    _, run = unlearn(load_model(ctx.out / "models" / "target"), forget, retain, method=method,
                      tokenizer=prep.tokenizer, train=train, params=ParamsConfig(kind=kind, rank=rank or st.lora_rank),
-                     epoch_hook=hook, save=False, progress=ctx.progress)
+                     model_config=model_config, epoch_hook=hook, save=False, progress=ctx.progress)
     return run.to_dict()
 
 
@@ -267,7 +295,9 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
                  "other_text": ctx.options["retain"] or "the fictitious authors' biographies (generated)"},
         "settings": {"pretrain": asdict(st.pretrain), "unlearn": asdict(st.unlearn),
                      "verbmem_prefix": st.verbmem_prefix, "verbmem_tokens": st.verbmem_tokens,
-                     "continuation": "greedy, the excerpt's second half from its first half"},
+                     "continuation": "greedy, the excerpt's second half from its first half",
+                     "refusal_methods": "FLAT, IDK and DPO unlearn each excerpt's second half as the answer to its "
+                                        "first half (raw text prompt), paired with an IDK refusal"},
         "reference": {"target": prep.target, "retain": prep.retain_model},
     }
 
