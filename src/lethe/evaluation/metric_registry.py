@@ -43,6 +43,7 @@ NEEDS = {
     "knowmem_questions": "QA about the forget data (--knowmem)",
 }
 GENERATING = {"generations", "prefix_generations", "verbmem_texts", "knowmem_questions"}  # left out of fast passes
+MEMORIZATION = ("EM", "ExtractionStrength")  # what --memorization adds
 
 
 @dataclass(frozen=True)
@@ -226,12 +227,11 @@ def select_metrics(names: Sequence[str] | None = None, *, memorization: bool = F
     """The default selection (every ``default`` metric; ``memorization`` adds EM and extraction strength) or the
     named metrics plus what they are built from, in declaration order."""
     if names is None:
-        chosen = [n for n in METRICS.in_order() if METRICS.get(n).default or
-                  (memorization and METRICS.get(n).name in ("EM", "ExtractionStrength"))]
+        chosen = [n for n in metric_names() if METRICS.get(n).default] + (list(MEMORIZATION) if memorization else [])
         return Selection(tuple(_order(_closure(chosen))))
     if not names:
         raise LetheError("--metrics: name at least one metric (available: " + ", ".join(metric_names()) + ")")
-    extra = ["EM", "ExtractionStrength"] if memorization else []
+    extra = list(MEMORIZATION) if memorization else []
     return Selection(tuple(_order(_closure(list(names) + extra))), explicit=True)
 
 
