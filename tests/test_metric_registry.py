@@ -171,3 +171,62 @@ def test_cli_metrics_option_is_checked_before_any_file_or_model(tmp_path, capsys
     code, err = run(["eval", "--model", str(tmp_path / "nope"), "--eval-forget", str(f), "--metrics", "P,min_k_pp"])
     assert code == 2 and "min_k_pp needs a held-out set the model never saw (--holdout)" in err
     assert "nope" not in err  # before the model is looked for
+
+
+def test_reference_attack_statistics_are_taken_once_per_run(tokenizer, smoke_data, tiny_model):
+    """The reference model's token statistics do not change while the evaluated model trains: one pass serves
+    every epoch's reference attack. A reference equal to the model scores every item 0: AUC 0.5."""
+    import copy
+
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+    from lethe.evaluation import requests
+
+    forget, holdout = smoke_data.forget(10)[:6], smoke_data.holdout[:6]
+    same = api.evaluate(tiny_model, [EvalSet("forget", forget, "qa", role="forget")], tokenizer=tokenizer,
+                        config=api.EvalConfig(holdout=holdout, reference_model=copy.deepcopy(tiny_model),
+                                              metrics=["reference"]))
+    assert same.metrics["mia/reference_AUC"] == 0.5 and set(same.metrics) == {
+        "mia/reference_AUC", "mia/reference_KS_p", "mia/reference_group_p"}
+
+    reference = copy.deepcopy(tiny_model)
+    rows = {"reference": 0, "model": 0}
+    original = requests.token_statistics
+
+    def counting(model, prompter, records, **kw):
+        rows["reference" if model is reference else "model"] += len(records)
+        return original(model, prompter, records, **kw)
+
+    requests.token_statistics = counting
+    try:
+        _, run = api.unlearn(tiny_model, forget, smoke_data.retain(10)[:6], method="GA", tokenizer=tokenizer,
+                             train=TrainConfig(epochs=2, lr=1e-2, batch_size=3, micro_batch_size=3, checkpoint=False),
+                             evaluation=api.EvalConfig(sets=[EvalSet("forget", forget, "qa", role="forget")],
+                                                       holdout=holdout, reference_model=reference, max_new_tokens=2),
+                             save=False, progress=False)
+    finally:
+        requests.token_statistics = original
+    aucs = [e["metrics"]["mia/reference_AUC"] for e in run.epochs]
+    assert len(aucs) == 3 and aucs[0] == 0.5 and aucs[-1] != 0.5  # the model moved away from its reference
+    assert rows["reference"] == len(forget) + len(holdout)  # once, not once per epoch
+    assert rows["model"] == 3 * (len(forget) + len(holdout))
+
+
+def test_retain_model_is_scored_only_for_what_was_asked(tokenizer, smoke_data, tiny_model):
+    from lethe.core import EvalConfig, retain_model_references
+
+    sets = _sets(smoke_data)
+    assert retain_model_references(None, sets, tokenizer=tokenizer, config=EvalConfig(metrics=["P"])) == (None, {})
+    tr, aucs = retain_model_references(tiny_model, sets, tokenizer=tokenizer, config=EvalConfig(metrics=["FQ"]))
+    assert len(tr) == sum(bool(r.perturbed_answers) for r in sets[0].records) > 0 and aucs == {}
+
+
+def test_cli_reference_model_needs_a_holdout(tmp_path, capsys):
+    from lethe.cli import main
+
+    f = tmp_path / "f.jsonl"
+    f.write_text('{"question": "Who?", "answer": "A."}\n')
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--model", str(tmp_path / "nope"), "--eval-forget", str(f), "--mia-reference", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--mia-reference" in err and "--holdout" in err

@@ -206,6 +206,9 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
                    help="comma-separated metrics to compute, plus what they are built from (default: every default "
                         "metric the sets and models allow); `lethe metrics` lists them. An unknown name, or a metric "
                         "whose set or model is missing, is an error")
+    g.add_argument("--mia-reference", default=None, metavar="DIR",
+                   help="a reference model (same tokenizer; trained on similar data, never on the forget set) for "
+                        "the `reference` membership attack: its mean NLL minus the evaluated model's; needs --holdout")
     g.add_argument("--mia-k", type=range_of(EvalConfig, "mia_k"), default=0.4,
                    help="share of lowest-probability tokens Min-K%% and Min-K%%++ average (default 0.4, as MUSE)")
     g.add_argument("--truth-ratio", choices=("tofu", "tofu-utils"), default="tofu",
@@ -264,7 +267,13 @@ def eval_config(a, forget_default=None, every: int = 1):
                               for k, v in (("forget", a.knowmem), ("retain", a.knowmem_retain)) if v} or None,
                      knowmem_shots=a.knowmem_shots)
     cfg.semantic = load_semantic(a.embedding_model, a.nli_model)
-    cfg.check_metrics(retain_model=bool(a.retain_model))  # before the retain model is scored
+    cfg.check_metrics(retain_model=bool(a.retain_model), reference=bool(getattr(a, "mia_reference", None)))
+    if getattr(a, "mia_reference", None):  # before the retain model is scored: PrivLeak of the reference attack
+        if holdout is None:
+            raise LetheError("--mia-reference: the reference attack compares the forget set with --holdout; pass both")
+        from .model.load import load_model
+
+        cfg.reference_model = load_model(a.mia_reference, trust_remote_code=getattr(a, "trust_remote_code", False))
     if a.retain_model:
         tr, aucs = retain_model_references(a.retain_model, sets, config=cfg, model_config=model_config(a),
                                            runtime=runtime_config(a))

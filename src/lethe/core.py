@@ -111,6 +111,7 @@ class EvalConfig:
     holdout: Sequence | None = None                  # records never trained on: membership-inference AUCs
     mia_k: float = bounded(0.4, float, 0, 1, low_open=True, option="--mia-k")  # Min-K% share (MUSE: 40 %)
     retain_model_auc: dict | None = None             # the retain model's AUC per attack, for PrivLeak
+    reference_model: Any = None                      # the `reference` attack's model (same tokenizer), never trained
     memorization: bool = False                       # forget set: exact memorization and extraction strength
     verbmem_texts: Sequence | None = None            # forget texts for MUSE's VerbMem
     verbmem_prefix: int = bounded(32, int, 1, option="--verbmem-prefix")
@@ -137,20 +138,24 @@ class EvalConfig:
     def selection(self):
         return select_metrics(self.metrics, memorization=self.memorization)
 
-    def check_metrics(self, *, retain_model: bool | None = None) -> None:
+    def check_metrics(self, *, retain_model: bool | None = None, reference: bool | None = None) -> None:
         """Explicitly named metrics whose inputs or models are missing fail before any model work.
-        ``retain_model``: whether FQ's retain model will be there (default: whether its values are)."""
+        ``retain_model`` / ``reference``: whether FQ's retain model and the reference attack's model will be
+        there (default: whether they are)."""
         has_retain = self.retain_model_tr is not None if retain_model is None else retain_model
+        has_reference = self.reference_model is not None if reference is None else reference
         check_selection(self.selection(), available_needs(
-            semantic=self.semantic, holdout=self.holdout, verbmem_texts=self.verbmem_texts, knowmem=self.knowmem,
-            retain_model_tr=() if has_retain else None, has_forget=any(s_.forget for s_ in self.sets)))
+            semantic=self.semantic, holdout=self.holdout, reference=True if has_reference else None,
+            verbmem_texts=self.verbmem_texts, knowmem=self.knowmem, retain_model_tr=() if has_retain else None,
+            has_forget=any(s_.forget for s_ in self.sets)))
 
     def suite_kwargs(self) -> dict:
         return {"batch_size": self.batch_size, "generation_batch_size": self.generation_batch_size,
                 "max_new_tokens": self.max_new_tokens, "eval_limit": self.limit,
                 "truth_ratio": self.truth_ratio, "semantic": self.semantic, "n_samples": self.n_samples,
                 "metrics": self.selection(), "holdout": self.holdout, "mia_k": self.mia_k,
-                "retain_model_auc": self.retain_model_auc, "verbmem_texts": self.verbmem_texts,
+                "retain_model_auc": self.retain_model_auc, "reference": self.reference_model,
+                "verbmem_texts": self.verbmem_texts,
                 "verbmem_prefix": self.verbmem_prefix, "verbmem_tokens": self.verbmem_tokens,
                 "knowmem": self.knowmem, "knowmem_shots": self.knowmem_shots}
 
@@ -274,11 +279,28 @@ def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConf
     cfg.check_metrics()
     model, prompter, _ = prepare(model, tokenizer, model_config, rt)
     with rt.autocast():
-        result = evaluate_sets(model, prompter, sets, **cfg.suite_kwargs())
+        result = evaluate_sets(model, prompter, sets, **{**cfg.suite_kwargs(),
+                                                         "reference": _reference_requests(cfg, model, prompter)})
     aggregate(result, retain_model_tr=cfg.retain_model_tr)
     with rt.autocast():
         result.metrics.update(downstream_metrics(model, prompter, cfg))
     return result
+
+
+def _reference_requests(cfg: EvalConfig, model, prompter):
+    """The reference attack's model behind a request layer of its own, on the evaluated model's device: its
+    token statistics are computed once and serve every evaluation of a run."""
+    from .evaluation.requests import ModelRequests
+
+    ref = cfg.reference_model
+    if ref is None or isinstance(ref, ModelRequests):
+        return ref
+    vocab, ref_vocab = model.get_input_embeddings().num_embeddings, ref.get_input_embeddings().num_embeddings
+    if vocab != ref_vocab:
+        raise LetheError(f"--mia-reference: the reference model's vocabulary ({ref_vocab}) differs from the "
+                         f"evaluated model's ({vocab}); it must use the same tokenizer")
+    ref.to(next(model.parameters()).device).eval()
+    return ModelRequests(ref, prompter, batch_size=cfg.batch_size)
 
 
 def _restrict_trainable(model, method: Method) -> None:
@@ -453,6 +475,8 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
     with rt.autocast():
         tokens_ref = task.cache_reference(reference_model if reference_model is not None else model, device)
 
+    reference_requests = _reference_requests(ev, model, prompter)
+
     def score(epoch, mdl):
         with rt.autocast():
             return _score(epoch, mdl)
@@ -466,7 +490,8 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
         end = (final or epoch >= train.epochs) and "end" in ev.at
         if ev.sets and ((epoch == 0 and "start" in ev.at) or periodic or end):
             full = end or epoch == 0 or ev.per_epoch == "full"
-            res = evaluate_sets(mdl, prompter, ev.sets, **ev.suite_kwargs(), generate=full)
+            res = evaluate_sets(mdl, prompter, ev.sets, **{**ev.suite_kwargs(), "reference": reference_requests},
+                                generate=full)
             note(progress, f"{m.name}: evaluated {sum(len(s_.records) for s_ in ev.sets)} items "
                            f"({', '.join(s_.name for s_ in ev.sets)}) after epoch {epoch} "
                            f"in {res.timing['evaluation_s']:.1f} s")
@@ -583,11 +608,14 @@ def retain_model_references(retain_model, sets: Sequence[EvalSet], *, tokenizer=
     if not forget:
         raise LetheError("a retain model is used for FQ, which needs a forget set to score")
     cfg = config or EvalConfig()
-    # what the comparison reads: the forget truth ratios and, with a holdout, the attacks the user chose
-    attacks = tuple(n for n in cfg.selection().names if METRICS.get(n).scope == "membership")
+    # what the comparison reads: the forget truth ratios (FQ) and, with a holdout, the attacks the user chose
+    selection = cfg.selection()
+    attacks = tuple(n for n in selection.names if METRICS.get(n).scope == "membership") if cfg.holdout else ()
+    wanted = (("TR",) if "FQ" in selection else ()) + attacks
+    if cfg.metrics is not None and not wanted:
+        return None, {}  # neither FQ nor an attack was asked for: the retain model is not scored
     cfg = replace(cfg, sets=forget, retain_model_tr=None, retain_model_auc=None, memorization=False,
-                  verbmem_texts=None, knowmem=None, lm_eval_tasks=(),
-                  metrics=None if cfg.metrics is None else ("TR",) + attacks)
+                  verbmem_texts=None, knowmem=None, lm_eval_tasks=(), metrics=None if cfg.metrics is None else wanted)
     res = evaluate(retain_model, forget, tokenizer=tokenizer, config=cfg, model_config=model_config, runtime=runtime)
     return res.per_item.get(f"{forget[0].name}/TR_values"), membership_aucs(res.metrics)
 

@@ -167,7 +167,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
 
     ``eval_limit`` keeps the first N items of each scored set (the peers use 300). ``holdout`` (records, or a
     set with role ``holdout``) enables the membership attacks; ``retain_model_auc`` their PrivLeak;
-    ``reference`` (a model) the reference attack. ``generate=False`` is the fast pass: no metric that
+    ``reference`` (a model, or a :class:`ModelRequests` that keeps its statistics) the reference attack. ``generate=False`` is the fast pass: no metric that
     generates. TE is always computed with generations; CS and ES when ``semantic`` carries their models.
     """
     import time
@@ -253,8 +253,9 @@ def _membership(requests: ModelRequests, reference, forget: list, holdout: list,
     tok = requests.prompter.tokenizer
     texts_f, texts_h = [scored_text(r, tok) for r in forget], [scored_text(r, tok) for r in holdout]
     ref_f = ref_h = None
-    if reference is not None:
-        ref = ModelRequests(reference, requests.prompter, batch_size=batch_size)
+    if reference is not None:  # a model, or its request layer kept across evaluations (statistics once per run)
+        ref = reference if isinstance(reference, ModelRequests) else ModelRequests(reference, requests.prompter,
+                                                                                   batch_size=batch_size)
         ref_f, ref_h = ref.token_stats(forget), ref.token_stats(holdout)
     names = {m.name for m in attacks}
     f = attack_scores(requests.token_stats(forget), texts_f, k=k, reference_stats=ref_f)
