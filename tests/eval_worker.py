@@ -31,7 +31,9 @@ def main(out: str) -> None:
         return original(model, prompter, questions, **kw)
 
     requests.generate_answers = counting  # how many questions this rank generated for
-    res = evaluate_sets(model, tokenizer, sets, max_new_tokens=6, batch_size=3)
+    # with a holdout and --memorization: token statistics and continuations are shared between the ranks too
+    res = evaluate_sets(model, tokenizer, sets, max_new_tokens=6, batch_size=3, holdout=data.holdout[:7],
+                        memorization=True)
     aggregate(res)
     with open(f"{out}/rank{state.process_index}.json", "w") as f:
         json.dump({"world": state.num_processes, "metrics": res.metrics, "per_item": res.per_item,

@@ -69,6 +69,7 @@ def test_sharded_evaluation_on_two_processes_equals_one(tmp_path):
     assert one["unique_questions"] < one["questions"] and one["generated_here"] == one["unique_questions"]
     assert sum(v["generated_here"] for v in views[2]) == one["generated_here"]
     assert all(v["generated_here"] > 0 for v in views[2])
+    assert {"mia/min_k_AUC", "forget/EM", "forget/ExtractionStrength"} <= one["metrics"].keys()
     for view in views[2]:
         assert view["generations"] == one["generations"]
         assert view["metrics"].keys() == one["metrics"].keys()

@@ -225,8 +225,9 @@ def token_statistics(model, prompter, records: Sequence, *, batch_size: int = 16
 class ModelRequests:
     """One evaluation's model calls, each made once and kept for every metric that reads it.
 
-    - :meth:`token_stats`: per-token statistics of records (the membership attacks, exact memorization). A QA
-      record's answer log-likelihood is their sum, so the answer is not scored again by :meth:`likelihoods`.
+    - :meth:`token_stats`: per-token statistics of records (the membership attacks, exact memorization), shared
+      across processes. A QA record's answer log-likelihood is their sum, so the answer is not scored again by
+      :meth:`likelihoods`.
     - :meth:`likelihoods`: summed answer NLL and token count of (question, answer) pairs, only those not
       known yet, batched with shared prompts (:func:`answer_nll`), shared across processes.
     - :meth:`generations`: greedy answers (:func:`generate_answers`), shared across processes.
@@ -255,8 +256,9 @@ class ModelRequests:
             if k not in self._stats:
                 todo.setdefault(k, i)
         if todo:
-            stats = token_statistics(self.model, self.prompter, [records[i] for i in todo.values()],
-                                     batch_size=self.stats_batch_size)
+            stats = shard_map(lambda rs: token_statistics(self.model, self.prompter, rs,
+                                                          batch_size=self.stats_batch_size),
+                              [records[i] for i in todo.values()])
             self.calls["token_stats"] += len(todo)
             for i, st in zip(todo.values(), stats):
                 self._stats[keys[i]] = st
