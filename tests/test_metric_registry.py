@@ -230,3 +230,23 @@ def test_cli_reference_model_needs_a_holdout(tmp_path, capsys):
         main(["eval", "--model", str(tmp_path / "nope"), "--eval-forget", str(f), "--mia-reference", str(tmp_path)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--mia-reference" in err and "--holdout" in err
+
+
+def test_audit_keeps_the_full_membership_suite_when_metrics_leave_attacks_out(tokenizer, smoke_data, tiny_model,
+                                                                              tmp_path):
+    """The audit reuses the evaluation's membership report only when it holds every attack the audit records."""
+    import json
+
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+
+    forget, holdout = smoke_data.forget(10)[:6], smoke_data.holdout[:6]
+    for metrics, name in ((["P"], "none"), (["P", "min_k"], "one"), (None, "all")):
+        api.unlearn(tiny_model, forget, smoke_data.retain(10)[:6], method="GA", tokenizer=tokenizer,
+                    train=TrainConfig(epochs=1, lr=1e-3, batch_size=3, micro_batch_size=3, checkpoint=False),
+                    evaluation=api.EvalConfig(sets=[EvalSet("forget", forget, "qa", role="forget")], holdout=holdout,
+                                              metrics=metrics, max_new_tokens=2),
+                    audit=api.AuditConfig(holdout=holdout), out_dir=tmp_path / name, save=False, progress=False)
+        evidence = json.loads((tmp_path / name / "audit.json").read_text())["evidence"]
+        for side in ("membership_before", "membership_after"):
+            assert set(evidence[side]["attacks"]) == {"loss", "zlib", "min_k", "min_k_pp"}, (name, side)

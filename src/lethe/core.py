@@ -571,10 +571,15 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
     return model, run
 
 
+AUDIT_ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")  # the suite audit.json records (mia.membership_report)
+
+
 def _scores_audit_sets(ev: EvalConfig, forget, holdout) -> bool:
-    """Whether the evaluation's membership report is the audit's: same forget records, same holdout."""
+    """Whether the evaluation's membership report is the audit's: same forget records, same holdout, and every
+    attack the audit records selected (an explicit --metrics may leave some out)."""
     scored = scored_forget_records(ev)
-    return scored is not None and ev.holdout is not None and scored == list(forget) and list(ev.holdout) == list(holdout)
+    return (scored is not None and ev.holdout is not None and scored == list(forget)
+            and list(ev.holdout) == list(holdout) and set(AUDIT_ATTACKS) <= set(ev.selection().names))
 
 
 def _write_run(run_dir: Path, model, prompter, run: UnlearnRun, forget, holdout, before_sha,
