@@ -23,14 +23,14 @@ def test_every_declaration_is_complete_and_ordered():
     seen = []
     for name in metric_names():
         m = METRICS.get(name)
-        assert m.scope in ("set", "membership", "texts", "summary") and m.summary
+        assert m.scope in ("set", "membership", "texts", "summary", "sequences", "continuations") and m.summary
         assert set(m.needs) <= set(NEEDS) and set(m.roles) <= set(ROLES)
         assert all(dep in seen for dep in m.requires), f"{name} is declared before what it reads"
-        if m.scope == "set":
+        if m.scope in ("set", "sequences", "continuations"):
             assert m.compute is not None
         seen.append(name)
     assert {"P", "TR", "TR_closer", "ROUGE", "TE", "CS", "ES", "EM", "ExtractionStrength", "loss", "zlib", "min_k", "min_k_pp",
-            "reference", "VerbMem", "KnowMem", "MU", "MU18", "FE", "FQ"} == set(seen)
+            "reference", "VerbMem", "KnowMem", "EL", "MA", "PPL", "BLEU", "MU", "MU18", "FE", "FQ"} == set(seen)
 
 
 def test_selection_adds_what_a_metric_is_built_from_and_rejects_unknown_names():
@@ -56,6 +56,9 @@ def test_goals_read_the_role(smoke_data):
     assert goal_of("forget/TE") == "higher"  # fluency: kept on every set
     assert goal_of("forget/TR") == "higher" and goal_of("forget/TR_closer") == "lower"  # TOFU's and closer-look's
     assert goal_of("knowmem/forget") == "lower" and goal_of("knowmem/retain") == "higher"
+    assert goal_of("forget/EL10") == "lower" and goal_of("forget/MA") == "lower"  # text unlearning's hook metrics
+    assert goal_of("heldout/PPL") == "lower" and goal_of("forget/PPL") == "higher"
+    assert goal_of("forget/BLEU") == "retain model"
     assert goal_of("mia/min_k_AUC") == "0.5" and goal_of("mia/min_k_PrivLeak") == "0"
     assert goal_of("MU") == "higher" and goal_of("FE") == "higher" and goal_of("nothing/at_all") is None
     assert METRICS.get("FQ").goal() == "higher"
@@ -67,6 +70,8 @@ def test_named_metrics_with_missing_inputs_fail_before_any_model_call(tokenizer,
         evaluate_sets(tiny_model, tokenizer, sets, metrics=["CS"])
     with pytest.raises(LetheError, match=r"min_k needs a held-out set the model never saw \(--holdout\)"):
         evaluate_sets(tiny_model, tokenizer, sets, metrics=["P", "min_k"])
+    with pytest.raises(LetheError, match="EL needs text sequences: scored after each epoch of unlearning text"):
+        evaluate_sets(tiny_model, tokenizer, sets, metrics=["EL"])
     from lethe import api
 
     with pytest.raises(LetheError, match="FQ needs the retain model"):

@@ -1,11 +1,17 @@
 """The copyright scenario's report: FLAT's completion scores, VerbMem, PrivLeak and perplexity per run."""
 from __future__ import annotations
 
-from .report import final_metrics, fmt_value, md_table
+from .report import final_metrics, fmt_value, goal_mark, md_table
 
 COLUMNS = (("forget/BLEU", "BLEU"), ("forget/ROUGE", "ROUGE-L"), ("forget/VerbMem", "VerbMem"),
            ("mia/min_k_AUC", "Min-K% AUC"), ("mia/min_k_PrivLeak", "PrivLeak"), ("heldout/PPL", "PPL held-out chapters"),
            ("background/PPL", "PPL background"))
+
+
+def _headers() -> list[str]:
+    """Column headers with their declared goals; ROUGE-L F1 of a completion, like BLEU, aims at the retain model."""
+    roles = {"heldout": "holdout", "background": "utility"}
+    return [f"{label} {goal_mark('forget/BLEU' if key == 'forget/ROUGE' else key, roles)}" for key, label in COLUMNS]
 
 
 def summary_rows(results: dict) -> tuple[list[str], list[list]]:
@@ -18,7 +24,7 @@ def summary_rows(results: dict) -> tuple[list[str], list[list]]:
             return None
         return abs(m["forget/BLEU"] - goal["forget/BLEU"]) + abs(m["forget/ROUGE"] - goal["forget/ROUGE"])
 
-    header = ["method", "params", "epochs", *[h for _, h in COLUMNS], "gap to retain", "time (s)", "FLOPs"]
+    header = ["method", "params", "epochs", *_headers(), "gap to retain ↓", "time (s)", "FLOPs"]
     rows = [[f"*{n} model*", "–", 0, *[m.get(k) for k, _ in COLUMNS], gap(m), None, None]
             for n, m in ref.items()]
     for run in results.get("runs", []):
@@ -52,7 +58,7 @@ def render_copyright_report(results: dict) -> str:
         rows = [[e["epoch"], e.get("losses", {}).get("forget"), *[e.get("metrics", {}).get(k) for k, _ in COLUMNS]]
                 for e in run["epochs"]]
         out += [f"### {run['method']} ({run.get('params', 'full')})", "",
-                md_table(["epoch", "forget loss", *[h for _, h in COLUMNS]], rows), ""]
+                md_table(["epoch", "forget loss", *_headers()], rows), ""]
         if run.get("status") != "ok":
             out += [f"**{run['method']}**: {run.get('message')}", ""]
     out.append(f"Total wall time: {fmt_value(results.get('wall_time_s'))} s.")

@@ -7,7 +7,7 @@ import io
 import math
 from typing import Sequence
 
-from .report import final_metrics, fmt_value, goal_mark, per_set_tables, present_keys, run_label
+from .report import extraction_columns, final_metrics, fmt_value, goal_mark, per_set_tables, present_keys, run_label
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d1d1f;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}h3{font-size:1.05rem}
@@ -161,8 +161,8 @@ def extraction_summary(results: dict) -> tuple[list[str], str]:
              final_metrics(r).get("forget/MA"), final_metrics(r).get("heldout/PPL"),
              final_metrics(r).get("mia/min_k_AUC"), final_metrics(r).get("mia/min_k_PrivLeak"),
              r.get("cost", {}).get("flops"), r.get("cost", {}).get("wall_time_s")] for r in results.get("runs", [])]
-    return figs, html_table(["method", "params", "trainable %", "epochs", "EL_10", "MA", "held-out PPL",
-                             "Min-K% AUC vs validation", "PrivLeak", "FLOPs", "time (s)"], rows)
+    return figs, html_table(["method", "params", "trainable %", "epochs", *extraction_columns(), "FLOPs", "time (s)"],
+                            rows)
 
 
 def qa_summary(results: dict) -> tuple[list[str], str]:

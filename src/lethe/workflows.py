@@ -26,7 +26,8 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
     """
     from .data.prompt import as_prompter
     from .engine.stopping import ExtractionThresholds, should_stop
-    from .evaluation.memorization import ELConfig, extraction_likelihood, memorization_accuracy, perplexity
+    from .evaluation.memorization import ELConfig
+    from .evaluation.metric_registry import METRICS
     from .evaluation.metrics import mean
     from .evaluation.sharding import shard_map
 
@@ -34,6 +35,7 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
     tokenizer = prompter.tokenizer
     el = el or ELConfig(n=n)
     n = el.n
+    extraction_likelihood, memorization_accuracy, perplexity = (METRICS.get(m).compute for m in ("EL", "MA", "PPL"))
 
     def ids(records):
         return [prompter.text_token_ids(r) for r in records]

@@ -14,7 +14,11 @@ Scopes:
   ``mia/NAME_AUC``, ``mia/NAME_KS_p``, ``mia/NAME_group_p`` and, given the retain model's AUCs,
   ``mia/NAME_PrivLeak``;
 - ``texts``: scored on inputs of their own (VerbMem's texts, KnowMem's questions);
-- ``summary``: built from other metrics across sets (MU, MU18, FE, FQ).
+- ``summary``: built from other metrics across sets (MU, MU18, FE, FQ);
+- ``sequences``: on token-id sequences, read by the per-epoch hooks of text unlearning (the memorized and
+  copyright scenarios, ``lethe unlearn`` on text): ``compute(model, tokenizer, sequences, **options)``;
+- ``continuations``: on (generated, true) text pairs: ``compute(predictions, references)``.
+The last two are not computed by the QA suite; naming one in ``--metrics`` there is an error that says so.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ NEEDS = {
     "retain_model": "the retain model's forget-set truth ratios (--retain-model)",
     "verbmem_texts": "forget texts (--verbmem)",
     "knowmem_questions": "QA about the forget data (--knowmem)",
+    "text_sequences": "text sequences: scored after each epoch of unlearning text records (lethe unlearn on text, "
+                      "the memorized and copyright scenarios), not on QA sets",
 }
 GENERATING = {"generations", "prefix_generations", "verbmem_texts", "knowmem_questions"}  # left out of fast passes
 MEMORIZATION = ("EM", "ExtractionStrength")  # what --memorization adds
@@ -179,6 +185,39 @@ declare(Metric("VerbMem", "MUSE VerbMem: ROUGE-L F1 x100 of the greedy continuat
 declare(Metric("KnowMem", "MUSE KnowMem: ROUGE-L F1 x100 of few-shot answers cut at the first blank line", "texts",
                needs=("knowmem_questions",), roles=("forget", "retain")))
 
+# -- on text sequences and continuations (per-epoch hooks of text unlearning)
+
+def _extraction_likelihood(model, tokenizer, sequences, **options) -> list[float]:
+    from .memorization import extraction_likelihood
+
+    return extraction_likelihood(model, tokenizer, sequences, **options)
+
+
+def _memorization_accuracy(model, tokenizer, sequences, **options) -> list[float]:
+    from .memorization import memorization_accuracy
+
+    return memorization_accuracy(model, tokenizer, sequences, **options)
+
+
+def _perplexity(model, tokenizer, sequences, **options) -> float:
+    from .memorization import perplexity
+
+    return perplexity(model, tokenizer, sequences, **options)
+
+
+declare(Metric("EL", "extraction likelihood EL_n: share of the greedy continuation's n-grams found in the true "
+               "suffix, averaged over every prefix (key forget/EL<n>)", "sequences", needs=("text_sequences",),
+               roles=("forget",), default=False, compute=_extraction_likelihood))
+declare(Metric("MA", "memorization accuracy: share of a sequence's tokens the teacher-forced argmax predicts",
+               "sequences", needs=("text_sequences",), roles=("forget",), default=False,
+               compute=_memorization_accuracy))
+declare(Metric("PPL", "perplexity: exp of the token-weighted mean NLL over the sequences", "sequences",
+               needs=("text_sequences",), roles=("forget", "holdout", "utility"), aggregation="corpus (token-weighted)",
+               higher_is_better=False, default=False, compute=_perplexity))
+declare(Metric("BLEU", "sentence BLEU of the greedy continuation of an excerpt's first half against its second "
+               "half (FLAT; goal: the retain model's value)", "continuations", needs=("text_sequences",),
+               roles=("forget",), higher_is_better=None, default=False, compute=M.bleu))
+
 # -- across sets
 declare(Metric("MU", "model utility: harmonic mean of ROUGE, P and TR over the retain and utility sets", "summary",
                requires=("ROUGE", "P", "TR"), roles=("retain", "utility"), aggregation="harmonic mean",
@@ -272,6 +311,8 @@ def goal_of(key: str, roles: dict[str, str] | None = None) -> str | None:
             return "0.5" if tail.endswith("_AUC") else "0"
         return None
     name = "VerbMem" if head == "verbmem" else "KnowMem" if head == "knowmem" else tail
+    if name.startswith("EL") and name[2:].isdigit():  # EL_n is recorded with its n: forget/EL10
+        name = "EL"
     if name not in METRICS:
         return None
     role = (roles or {}).get(head, "forget" if head in ("verbmem", "forget") or tail == "forget" else None)

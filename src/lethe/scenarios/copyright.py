@@ -88,7 +88,8 @@ class Prepared:
 def continuation_scores(model, tokenizer, records, *, prefix: int | None = None) -> dict[str, list[float]]:
     """BLEU and ROUGE-L F1 of the greedy continuation of each excerpt's first half (or ``prefix`` tokens)."""
     from ..evaluation.memorization import greedy_continuations
-    from ..evaluation.metrics import bleu, rouge_l_f1
+    from ..evaluation.metric_registry import METRICS
+    from ..evaluation.metrics import rouge_l_f1
 
     ids = [list(r.token_ids) for r in records]
     cut = [prefix or len(s) // 2 for s in ids]
@@ -96,7 +97,7 @@ def continuation_scores(model, tokenizer, records, *, prefix: int | None = None)
     gens = greedy_continuations(model, tokenizer, [s[:c] for s, c in zip(ids, cut)], [len(t) for t in truths])
     hyp = [tokenizer.decode(g, skip_special_tokens=True) for g in gens]
     ref = [tokenizer.decode(t, skip_special_tokens=True) for t in truths]
-    return {"BLEU": bleu(hyp, ref), "ROUGE": rouge_l_f1(hyp, ref)}
+    return {"BLEU": METRICS.get("BLEU").compute(hyp, ref), "ROUGE": rouge_l_f1(hyp, ref)}
 
 
 def as_continuations(records, tokenizer) -> list[QARecord]:
@@ -120,12 +121,13 @@ def copyright_hook(tokenizer, forget, heldout, background_heldout, *, verbmem_pr
                    retain_auc: dict | None = None):
     """An ``epoch_hook`` scoring the copyright metrics (module docstring) after every epoch."""
     from ..data.prompt import as_prompter
-    from ..evaluation.memorization import perplexity
+    from ..evaluation.metric_registry import METRICS
     from ..evaluation.metrics import mean
     from ..evaluation.mia import membership_report, report_metrics
     from ..evaluation.verbatim import verbmem
 
     prompter = as_prompter(tokenizer)
+    perplexity = METRICS.get("PPL").compute
 
     def hook(epoch, model):
         cont = continuation_scores(model, prompter.tokenizer, forget)
