@@ -23,7 +23,8 @@ from .engine.loop import TrainConfig, TrainResult, train as train_loop
 from .engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
 from .errors import DivergenceError, LetheError
 from .evaluation.evidence import downstream_metrics, membership_aucs, scored_forget_records
-from .evaluation.metric_registry import METRICS, select_metrics
+from .evaluation.metric_registry import select_metrics
+from .evaluation.mia import ATTACKS
 from .evaluation.suite import (EvalResult, EvalSet, Semantic, aggregate, available_needs, check_selection,
                                evaluate_sets)
 from .audit import records_sha256
@@ -295,12 +296,17 @@ def _reference_requests(cfg: EvalConfig, model, prompter):
     ref = cfg.reference_model
     if ref is None or isinstance(ref, ModelRequests):
         return ref
-    vocab, ref_vocab = model.get_input_embeddings().num_embeddings, ref.get_input_embeddings().num_embeddings
-    if vocab != ref_vocab:
-        raise LetheError(f"--mia-reference: the reference model's vocabulary ({ref_vocab}) differs from the "
-                         f"evaluated model's ({vocab}); it must use the same tokenizer")
+    _check_same_vocabulary(ref, model, "--mia-reference")
     ref.to(next(model.parameters()).device).eval()
     return ModelRequests(ref, prompter, batch_size=cfg.batch_size)
+
+
+def _check_same_vocabulary(reference, model, what: str) -> None:
+    """A reference model scores the same token ids as ``model``: it must share its vocabulary."""
+    ref_vocab, vocab = reference.get_input_embeddings().num_embeddings, model.get_input_embeddings().num_embeddings
+    if ref_vocab != vocab:
+        raise LetheError(f"{what}: the reference model's vocabulary has {ref_vocab} entries, the model's {vocab}; "
+                         "it must use the same tokenizer")
 
 
 def _restrict_trainable(model, method: Method) -> None:
@@ -383,11 +389,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
 
 def _given_reference(reference, model):
     """A caller's θ_ref, frozen, on the trained model's device and dtype; it must share the vocabulary."""
-    ref_vocab = reference.get_output_embeddings().weight.shape[0]
-    vocab = model.get_output_embeddings().weight.shape[0]
-    if ref_vocab != vocab:
-        raise LetheError(f"reference_model: its vocabulary has {ref_vocab} entries, the model's {vocab}: a reference "
-                         "must be the same network at another point of training")
+    _check_same_vocabulary(reference, model, "reference_model")
     p = next(model.parameters())
     return reference.to(device=p.device, dtype=p.dtype).eval().requires_grad_(False)
 
@@ -571,7 +573,8 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
     return model, run
 
 
-AUDIT_ATTACKS = ("loss", "zlib", "min_k", "min_k_pp")  # the suite audit.json records (mia.membership_report)
+# the suite audit.json records: mia.membership_report without a reference model
+AUDIT_ATTACKS = tuple(a for a in ATTACKS if a != "reference")
 
 
 def _scores_audit_sets(ev: EvalConfig, forget, holdout) -> bool:
@@ -615,7 +618,7 @@ def retain_model_references(retain_model, sets: Sequence[EvalSet], *, tokenizer=
     cfg = config or EvalConfig()
     # what the comparison reads: the forget truth ratios (FQ) and, with a holdout, the attacks the user chose
     selection = cfg.selection()
-    attacks = tuple(n for n in selection.names if METRICS.get(n).scope == "membership") if cfg.holdout else ()
+    attacks = tuple(m.name for m in selection.of_scope("membership")) if cfg.holdout else ()
     wanted = (("TR",) if "FQ" in selection else ()) + attacks
     if cfg.metrics is not None and not wanted:
         return None, {}  # neither FQ nor an attack was asked for: the retain model is not scored

@@ -186,15 +186,17 @@ def generate_answers(model, prompter, questions: Sequence[str], *, max_new_token
 
 
 @torch.no_grad()
-def token_statistics(model, prompter, records: Sequence, *, batch_size: int = 16) -> list[dict[str, np.ndarray]]:
+def token_statistics(model, prompter, records: Sequence, *, batch_size: int = 16,
+                     encoded: Sequence[dict] | None = None) -> list[dict[str, np.ndarray]]:
     """Per record, over its scored tokens: ``logp`` (log p of the true token), ``mu`` and ``sigma`` (mean and
     standard deviation of log p(z) for z drawn from the model's distribution at that position) and ``hit``
-    (whether the argmax is the true token). One forward per record, in batches as given."""
+    (whether the argmax is the true token). One forward per record, in batches as given. ``encoded``: the
+    records' ``prompter.encode`` when the caller has it already."""
     prompter = as_prompter(prompter)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    encoded = [prompter.encode(r) for r in records]
+    encoded = list(encoded) if encoded is not None else [prompter.encode(r) for r in records]
     out: list[dict[str, np.ndarray]] = []
     for start in range(0, len(encoded), batch_size):
         batch = pad_batch(encoded[start : start + batch_size], prompter.pad_id)
@@ -250,15 +252,17 @@ class ModelRequests:
         self._continued: dict[tuple, list[int]] = {}
 
     def token_stats(self, records: Sequence) -> list[dict[str, np.ndarray]]:
-        keys = [tuple(self.prompter.encode(r)["input_ids"]) for r in records]
+        encoded = [self.prompter.encode(r) for r in records]
+        keys = [tuple(e["input_ids"]) for e in encoded]
         todo: dict[tuple, int] = {}  # first record of each encoding not scored yet
         for i, k in enumerate(keys):
             if k not in self._stats:
                 todo.setdefault(k, i)
         if todo:
-            stats = shard_map(lambda rs: token_statistics(self.model, self.prompter, rs,
-                                                          batch_size=self.stats_batch_size),
-                              [records[i] for i in todo.values()])
+            stats = shard_map(lambda items: token_statistics(self.model, self.prompter, [r for r, _ in items],
+                                                             batch_size=self.stats_batch_size,
+                                                             encoded=[e for _, e in items]),
+                              [(records[i], encoded[i]) for i in todo.values()])
             self.calls["token_stats"] += len(todo)
             for i, st in zip(todo.values(), stats):
                 self._stats[keys[i]] = st

@@ -18,7 +18,7 @@ from . import metrics as M
 from .metric_registry import GENERATING, METRICS, ROLES, SCORED_ROLES, Metric, Selection, select_metrics, unmet
 from .requests import ModelRequests
 
-MU9_METRICS = ("ROUGE", "P", "TR")
+MU9_METRICS = METRICS.get("MU").requires  # ROUGE, P, TR of every retain and utility set
 MU18_METRICS = ("ROUGE", "P", "TR", "TE", "CS", "ES")
 FE_METRICS = ("ROUGE", "P", "TR_closer", "CS", "ES")  # TE is excluded (closer-look)
 
@@ -320,7 +320,7 @@ def aggregate(result: EvalResult, *, retain_model_tr: Sequence[float] | None = N
     if forget is None:
         return
     fe_keys = [f"{forget}/{k}" for k in FE_METRICS if f"{forget}/{k}" in m]
-    if "FE" in selection and all(f"{forget}/{k}" in m for k in ("ROUGE", "P", "TR_closer")):
+    if "FE" in selection and all(f"{forget}/{k}" in m for k in METRICS.get("FE").requires):
         m["FE"] = 1.0 - M.mean([m[k] for k in fe_keys])
         result.aggregates_over["FE"] = fe_keys
     tr = result.per_item.get(f"{forget}/TR_values")
