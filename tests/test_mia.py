@@ -43,8 +43,78 @@ def test_scores_by_hand():
     import zlib
 
     assert s["zlib"] == [pytest.approx(-2.5 / len(zlib.compress(b"abc")))]
-    assert privleak(0.75, 0.5) == pytest.approx(50.0)
     assert auc([1, 2, 3], [1, 2, 3]) == 0.5 and auc([3, 4], [1, 2]) == 1.0
+
+
+def test_privleak_has_muse_sign():
+    """MUSE scores AUC with the held-out set as the positive class; its PrivLeak from that AUC equals ours
+    from the conventional one. A model that still memorizes scores -100, over-unlearning is positive."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        f_u, h_u = rng.normal(rng.uniform(0, 2), 1, 30), rng.normal(0, 1, 30)   # member scores of two models
+        f_r, h_r = rng.normal(rng.uniform(-0.5, 0.5), 1, 30), rng.normal(0, 1, 30)
+        labels = [0] * 30 + [1] * 30  # MUSE: holdout positive, forget negative, on the member-like score
+        muse_u = roc_auc_score(labels, np.concatenate([f_u, h_u]))
+        muse_r = roc_auc_score(labels, np.concatenate([f_r, h_r]))
+        muse = (muse_u - muse_r) / muse_r * 100
+        assert privleak(auc(f_u, h_u), auc(f_r, h_r)) == pytest.approx(muse, rel=1e-9, abs=1e-9)
+    assert privleak(1.0, 0.48) == pytest.approx(-100.0)      # memorized: MUSE's targets sit near -100
+    assert privleak(0.48, 0.48) == 0.0
+    assert privleak(0.3, 0.48) > 0                           # the forget set looks less seen than unseen data
+    assert math.isnan(privleak(0.7, 1.0))
+
+
+def _reference_attacks(token_logp, vocab_logp, labels, text, k):
+    """open-unlearning's LOSS, zlib, Min-K% and Min-K%++ (mia/*.py at d3d7cf9) in float64, over the tokens
+    its tokenwise_* functions keep (the answer without its last token), member-like sign."""
+    lp = token_logp[:-1]
+    loss = -float(np.mean(lp))
+    n = max(1, int(len(lp) * k))
+    min_k = float(np.mean(np.sort(lp)[:n]))
+    probs = np.exp(vocab_logp[:-1])
+    mu = (probs * vocab_logp[:-1]).sum(-1)
+    var = np.maximum((probs * vocab_logp[:-1] ** 2).sum(-1) - mu ** 2, 1e-6)
+    z = (lp - mu) / np.sqrt(var)
+    min_k_pp = float(np.mean(np.sort(z)[:n]))
+    import zlib
+
+    return {"loss": -loss, "zlib": -loss / len(zlib.compress(text.encode("utf-8"))), "min_k": min_k,
+            "min_k_pp": min_k_pp}
+
+
+def test_attacks_equal_open_unlearning_definitions_in_float64(tokenizer, smoke_data, tiny_model):
+    """The same token set (end token out), Min-K%++'s variance clamp and zlib over the decoded answer tokens."""
+    from lethe.data.prompt import as_prompter
+
+    prompter = as_prompter(tokenizer)
+    records = smoke_data.forget(10) + smoke_data.retain(10)[:3]
+    stats = token_statistics(tiny_model, prompter, records, batch_size=3)
+    got = attack_scores(stats, k=0.4, decode=prompter.decode)
+    for i, rec in enumerate(records):
+        enc = prompter.encode(rec)
+        ids = torch.tensor([enc["input_ids"]])
+        with torch.no_grad():
+            logits = tiny_model(input_ids=ids).logits[0].double()
+        logp = torch.log_softmax(logits, -1)
+        pos = [t for t in range(len(enc["labels"]) - 1) if enc["labels"][t + 1] != -100]
+        targets = [enc["input_ids"][t + 1] for t in pos]
+        token_logp = np.array([float(logp[t, y]) for t, y in zip(pos, targets)])
+        text = tokenizer.decode(targets[:-1], skip_special_tokens=True)
+        want = _reference_attacks(token_logp, logp[pos].numpy(), targets, text, 0.4)
+        for attack, value in want.items():
+            assert got[attack][i] == pytest.approx(value, rel=1e-6, abs=1e-9), (attack, i)
+    with_end = attack_scores(stats, k=0.4, decode=prompter.decode, include_end=True)
+    assert with_end["loss"][0] == pytest.approx(float(stats[0]["logp"].mean()), rel=1e-12)
+
+
+def test_min_k_pp_variance_clamp_bounds_near_certain_positions():
+    st = [{"logp": np.array([-1e-9, -2.0]), "mu": np.array([-1e-9, -2.0]), "sigma": np.array([0.0, 1.0]),
+           "hit": np.array([True, False]), "ids": np.array([5, 6]), "end": False}]
+    st[0]["logp"][0] = -0.1  # a small miss at a position whose distribution is nearly a point mass
+    s = attack_scores(st, k=1.0, decode=lambda ids: "x")
+    assert s["min_k_pp"][0] == pytest.approx(((-0.1 + 1e-9) / 1e-3 + 0.0) / 2)
 
 
 def test_a_model_that_memorized_the_forget_set_is_caught_and_identical_sets_are_not(tokenizer, smoke_data, tiny_model):
@@ -60,7 +130,9 @@ def test_a_model_that_memorized_the_forget_set_is_caught_and_identical_sets_are_
     same = membership_report(tiny_model, tokenizer, members, members)
     assert all(v["auc"] == 0.5 for v in same["attacks"].values())
     with_retain = membership_report(tiny_model, tokenizer, members, nonmembers, retain_model=tiny_model)
-    assert all(v == 0.0 for v in with_retain["privleak"].values())  # the same model: no leak relative to itself
+    for attack, v in with_retain["privleak"].items():  # the same model: no leak relative to itself
+        retain_auc = with_retain["retain_model_auc"][attack]
+        assert (v == 0.0) if retain_auc < 1 else math.isnan(v), (attack, v, retain_auc)  # AUC 1: no scale
 
 
 def test_eval_command_reports_membership_with_a_holdout(tokenizer, smoke_data, tmp_path, capsys):

@@ -127,3 +127,30 @@ def test_a_template_without_system_role_gives_one_line_error():
                    "{% endfor %}{% if add_generation_prompt %}<|im_start|>{% endif %}")
     with pytest.raises(LetheError, match="drop --system-prompt"):
         Prompter(tok, PromptFormat("chat", system_prompt="Be brief."))
+
+
+def test_chat_template_arguments_reach_the_template_and_are_saved(tmp_path):
+    """Llama 3's date_string (as open-unlearning prompts) goes into every render and travels with the format."""
+    from lethe.cli_options import parse_template_kwargs
+
+    template = ("{% if not date_string is defined %}{% set date_string = 'DEFAULT' %}{% endif %}"
+                "<|im_start|>system Today: {{ date_string }}<|im_end|>"
+                "{% for m in messages %}<|im_start|>{{ m['content'] }}<|im_end|>{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>{% endif %}")
+    tok = byte_bpe(["<|im_start|>", "<|im_end|>"], template)
+    kwargs = parse_template_kwargs("date_string='10 Apr 2025, a Thursday', enable_thinking=false")
+    assert kwargs == {"date_string": "10 Apr 2025, a Thursday", "enable_thinking": False}
+    fmt = resolve_format("chat", tok, template_kwargs=kwargs)
+    p = Prompter(tok, fmt)
+    assert "Today: 10 Apr 2025, a Thursday" in p.prompt_text("Q?")
+    assert "DEFAULT" in Prompter(tok, PromptFormat("chat")).prompt_text("Q?")
+    ex = p.encode_qa("Q?", "A.")
+    assert ex["input_ids"][-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    save_format(tmp_path, fmt)
+    assert load_format(tmp_path) == fmt and load_format(tmp_path).template_kwargs == fmt.template_kwargs
+    with pytest.raises(LetheError, match="NAME=VALUE"):
+        parse_template_kwargs("date_string")
+    with pytest.raises(LetheError, match="given twice"):
+        parse_template_kwargs("a=1,a=2")
+    with pytest.raises(LetheError, match="need the chat prompt format"):
+        PromptFormat("plain", template_kwargs={"date_string": "x"})

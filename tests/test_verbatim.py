@@ -27,15 +27,20 @@ def test_memorized_answers_give_high_em_and_extraction_strength(tokenizer, smoke
     assert all(s == 1.0 for e, s in zip(em, es) if e == 1.0) and any(e == 1.0 for e in em)
 
 
-def test_extraction_strength_by_hand(tokenizer):
-    """A stub whose greedy output is fixed: ES = 1 - k/|y| for the first k that reproduces the rest."""
+def test_extraction_strength_greedy_by_hand(tokenizer):
+    """A stub whose greedy output is fixed: ES = 1 - k/|y| for the first k that reproduces the rest (the end
+    token left out of y, as open-unlearning counts)."""
     from lethe.data.prompt import as_prompter
     from lethe.evaluation import requests
+    from lethe.evaluation.verbatim import extraction_strength_greedy
 
     rec = QARecord("Who?", "Somebody here.")
-    enc = as_prompter(tokenizer).encode(rec)
+    prompter = as_prompter(tokenizer)
+    enc = prompter.encode(rec)
     start = next(i for i, lab in enumerate(enc["labels"]) if lab != -100)
     answer = enc["input_ids"][start:]
+    assert answer[-1] in prompter.stop_ids
+    answer = answer[:-1]
     n = len(answer)
 
     def fake(model, prompter, prefixes, lengths, keep_eos=False):
@@ -45,9 +50,41 @@ def test_extraction_strength_by_hand(tokenizer):
     old = requests.greedy_from_ids
     requests.greedy_from_ids = fake
     try:
-        assert extraction_strength(None, tokenizer, [rec]) == [pytest.approx(1 - 2 / n)]
+        assert extraction_strength_greedy(None, tokenizer, [rec]) == [pytest.approx(1 - 2 / n)]
     finally:
         requests.greedy_from_ids = old
+
+
+def test_extraction_strength_from_one_forward_equals_greedy_decoding_from_every_prefix(tokenizer, smoke_data,
+                                                                                      tiny_model):
+    """Half-memorized answers give every ES value from 0 to 1; the teacher-forced reading equals decoding."""
+    from lethe.evaluation.verbatim import extraction_strength_greedy
+
+    members = smoke_data.forget(10) + smoke_data.retain(10)[:4]
+    _memorize(tiny_model, tokenizer, members, epochs=40)
+    for include_end in (False, True):
+        fast = extraction_strength(tiny_model, tokenizer, members, include_end=include_end)
+        slow = extraction_strength_greedy(tiny_model, tokenizer, members, include_end=include_end)
+        assert fast == pytest.approx(slow, abs=1e-12), (fast, slow)
+    assert len(set(fast)) > 1  # not a degenerate case where every answer is all or nothing
+
+
+def test_em_es_leave_out_the_end_token_as_open_unlearning_does(tokenizer):
+    """Statistics by hand: EM over the answer without its end token; ES 1 - k/n with k one past the last miss."""
+    import numpy as np
+
+    from lethe.evaluation.verbatim import exact_memorization_of, extraction_strength_of
+
+    hits = np.array([False, True, False, True, True, True])  # the last one is the end token
+    st = {"logp": np.zeros(6), "mu": np.zeros(6), "sigma": np.ones(6), "hit": hits, "ids": np.arange(6), "end": True}
+    assert exact_memorization_of([st]) == [pytest.approx(3 / 5)]
+    assert exact_memorization_of([st], include_end=True) == [pytest.approx(4 / 6)]
+    assert extraction_strength_of([st]) == [pytest.approx(1 - 3 / 5)]
+    assert extraction_strength_of([st], include_end=True) == [pytest.approx(1 - 3 / 6)]
+    none = dict(st, hit=np.zeros(6, dtype=bool))
+    assert extraction_strength_of([none]) == [0.0]  # no suffix reproduced (open-unlearning's loop leaves 1/n)
+    all_right = dict(st, hit=np.ones(6, dtype=bool))
+    assert extraction_strength_of([all_right]) == [1.0] and exact_memorization_of([all_right]) == [1.0]
 
 
 def test_verbmem_and_knowmem_rise_when_the_text_is_memorized(tokenizer, smoke_data, tiny_model):

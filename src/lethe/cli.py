@@ -109,15 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retain-per-forget", type=range_of(TrainConfig, "retain_per_forget"), default=1,
                    help="retain examples paired with each forget example: the regularizer's batch is this many times "
                         "the forget batch (default 1; more keeps shared question templates answered)")
-    p.add_argument("--eval-every", type=range_of(EvalConfig, "every"), default=1,
-                   help="score the evaluation sets after every K-th epoch (default 1; 0: none between the start "
-                        "and the end, see --eval-at)")
+    p.add_argument("--eval-every", type=range_of(EvalConfig, "every"), default=None,
+                   help="score the evaluation sets after every K-th epoch (default 1, or 0 with --eval-at none; "
+                        "0: none between the start and the end, see --eval-at)")
     p.add_argument("--eval-per-epoch", choices=("full", "fast"), default="full",
                    help="the evaluations between start and end: full (generation included) or fast "
                         "(teacher-forced P, TR and FQ only; no generation, several times faster)")
     p.add_argument("--eval-at", default="start,end",
                    help="also score the starting model (start) and the final one (end): start,end (default), "
-                        "start, end or none")
+                        "start, end or none. none alone turns evaluation off for the whole run (no per-epoch "
+                        "scoring either, unless --eval-every K asks for it)")
     p.add_argument("--out", required=True, help="run directory: model/, run.json, audit.json, steps.jsonl, checkpoint/")
     p.add_argument("--stop-when", choices=("indistinguishable",), default=None,
                    help="QA data: stop at the first epoch (from --min-epochs) where the forget set's membership "
@@ -289,7 +290,8 @@ def _dispatch(args) -> int:
         res = api.evaluate(args.model, evaluation.sets, config=evaluation, model_config=opts.model_config(args),
                            runtime=opts.runtime_config(args))
         payload = {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples,
-                   "aggregates_over": res.aggregates_over, "unavailable": res.unavailable}
+                   "aggregates_over": res.aggregates_over, "unavailable": res.unavailable, "timing": res.timing,
+                   "requests": res.requests}
         if args.out:
             from .io import write_json
 

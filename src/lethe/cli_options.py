@@ -93,6 +93,10 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "tokenizer's chat template when it has one, else plain), chat, plain "
                         "('Question: {question}\\nAnswer:'), or your own template containing {question}")
     g.add_argument("--system-prompt", default=None, help="a system message put before every question")
+    g.add_argument("--chat-template-kwargs", default=None, metavar="NAME=VALUE,...",
+                   help="arguments for the tokenizer's chat template, saved with the prompt format: e.g. "
+                        "date_string='10 Apr 2025' (Llama 3, as open-unlearning prompts) or enable_thinking=false "
+                        "(Qwen3). Values are read as JSON when they parse (false, 3), else as text")
     g.add_argument("--max-length", type=range_of(ModelConfig, "max_length"), default=512, help="tokens per example; answers are cut, never the prompt "
                                                                 "(default 512)")
     g.add_argument("--trust-remote-code", action="store_true",
@@ -134,7 +138,47 @@ def runtime_config(a):
 
 def model_config(a):
     return ModelConfig(prompt_format=a.prompt_format, system_prompt=a.system_prompt, max_length=a.max_length,
-                       trust_remote_code=a.trust_remote_code)
+                       trust_remote_code=a.trust_remote_code,
+                       template_kwargs=parse_template_kwargs(getattr(a, "chat_template_kwargs", None)))
+
+
+def parse_template_kwargs(text: str | None) -> dict:
+    """``NAME=VALUE,...`` (quotes around a value keep its commas) into a dict; JSON values where they parse."""
+    import json
+
+    if not text:
+        return {}
+    parts, current, quote = [], "", None
+    for ch in text:  # commas split, except inside '...' or "..."
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == ",":
+            parts.append(current)
+            current = ""
+            continue
+        current += ch
+    if quote:
+        raise LetheError(f"--chat-template-kwargs: unbalanced {quote} in {text!r}")
+    parts.append(current)
+    out: dict = {}
+    for part in parts:
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise LetheError(f"--chat-template-kwargs: expected NAME=VALUE, got {part.strip()!r}")
+        if name in out:
+            raise LetheError(f"--chat-template-kwargs: {name} is given twice")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            out[name] = value[1:-1]
+            continue
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value
+    return out
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -211,6 +255,10 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
                         "the `reference` membership attack: its mean NLL minus the evaluated model's; needs --holdout")
     g.add_argument("--mia-k", type=range_of(EvalConfig, "mia_k"), default=0.4,
                    help="share of lowest-probability tokens Min-K%% and Min-K%%++ average (default 0.4, as MUSE)")
+    g.add_argument("--count-end-token", action="store_true",
+                   help="EM, extraction strength and the membership attacks also count each answer's end-of-answer "
+                        "token (eos / end of turn). By default they leave it out, as open-unlearning does: it is easy "
+                        "to predict, so counting it lifts EM and ES of a model that never saw the data")
     g.add_argument("--truth-ratio", choices=("tofu", "tofu-utils"), default="tofu",
                    help="truth-ratio aggregation: geometric (TOFU's published, default) or arithmetic (TOFU utils)")
     add_semantic_options(p)
@@ -233,7 +281,7 @@ def _eval_at(text: str) -> tuple[str, ...]:
     return () if parts == ("none",) else parts
 
 
-def eval_config(a, forget_default=None, every: int = 1):
+def eval_config(a, forget_default=None, every: int | None = None):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
     from .core import retain_model_references
     from .data.sources import load_qa, load_records
@@ -265,7 +313,7 @@ def eval_config(a, forget_default=None, every: int = 1):
                      verbmem_prefix=a.verbmem_prefix, verbmem_tokens=a.verbmem_tokens,
                      knowmem={k: load_qa(v, fields=dc.fields, split=dc.split)
                               for k, v in (("forget", a.knowmem), ("retain", a.knowmem_retain)) if v} or None,
-                     knowmem_shots=a.knowmem_shots)
+                     knowmem_shots=a.knowmem_shots, count_end_token=getattr(a, "count_end_token", False))
     cfg.semantic = load_semantic(a.embedding_model, a.nli_model)
     cfg.check_metrics(retain_model=bool(a.retain_model), reference=bool(getattr(a, "mia_reference", None)))
     if getattr(a, "mia_reference", None):  # before the retain model is scored: PrivLeak of the reference attack

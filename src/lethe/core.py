@@ -50,6 +50,7 @@ class ModelConfig:
 
     prompt_format: str | PromptFormat = "auto"
     system_prompt: str | None = None
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # chat template arguments (date_string, ...)
     max_length: int = bounded(512, int, 2)
     trust_remote_code: bool = False
 
@@ -93,10 +94,11 @@ class MethodConfig:
 @dataclass
 class EvalConfig:
     """What is scored: the starting model (epoch 0) and the final one when ``at`` says so (default both),
-    and every ``every``-th epoch between (0: none)."""
+    and every ``every``-th epoch between (0: none; default 1, or 0 when ``at`` is empty: ``at=()`` alone
+    means no evaluation at all)."""
 
     sets: Sequence[EvalSet] = ()
-    every: int = bounded(1, int, 0, option="--eval-every")  # 0: no evaluation between start and end
+    every: int | None = bounded(None, int, 0, optional=True, option="--eval-every")  # 0: none between start and end
     at: Sequence[str] = ("start", "end")             # also score the starting model, and the final one
     per_epoch: str = "full"                          # between start and end: full, or fast (no generation)
     max_new_tokens: int = bounded(48, int, 1)
@@ -114,6 +116,7 @@ class EvalConfig:
     retain_model_auc: dict | None = None             # the retain model's AUC per attack, for PrivLeak
     reference_model: Any = None                      # the `reference` attack's model (same tokenizer), never trained
     memorization: bool = False                       # forget set: exact memorization and extraction strength
+    count_end_token: bool = False                    # EM, ES and the attacks count the answer's end token
     verbmem_texts: Sequence | None = None            # forget texts for MUSE's VerbMem
     verbmem_prefix: int = bounded(32, int, 1, option="--verbmem-prefix")
     verbmem_tokens: int = bounded(128, int, 1, option="--verbmem-tokens")
@@ -126,6 +129,8 @@ class EvalConfig:
     def __post_init__(self):
         check_ranges(self)
         self.at = tuple(self.at)
+        if self.every is None:
+            self.every = 1 if self.at else 0
         if not set(self.at) <= {"start", "end"}:
             raise LetheError(f"--eval-at: expected start, end, both or none, got {', '.join(self.at)}")
         if self.per_epoch not in ("full", "fast"):
@@ -158,7 +163,7 @@ class EvalConfig:
                 "retain_model_auc": self.retain_model_auc, "reference": self.reference_model,
                 "verbmem_texts": self.verbmem_texts,
                 "verbmem_prefix": self.verbmem_prefix, "verbmem_tokens": self.verbmem_tokens,
-                "knowmem": self.knowmem, "knowmem_shots": self.knowmem_shots}
+                "knowmem": self.knowmem, "knowmem_shots": self.knowmem_shots, "count_end_token": self.count_end_token}
 
 
 @dataclass
@@ -207,7 +212,8 @@ def prepare(model, tokenizer=None, model_config: ModelConfig | None = None, runt
     if tokenizer is None:
         raise LetheError("a tokenizer is needed when the model is passed as an object")
     saved = saved_prompt_format(path) if path is not None else None
-    prompter = Prompter(tokenizer, resolve_format(mc.prompt_format, tokenizer, saved, mc.system_prompt))
+    prompter = Prompter(tokenizer, resolve_format(mc.prompt_format, tokenizer, saved, mc.system_prompt,
+                                                  mc.template_kwargs))
     if path is not None:
         model = load_model(path, dtype=rt.weight_dtype, trust_remote_code=mc.trust_remote_code,
                            attn_implementation=rt.attn_implementation)

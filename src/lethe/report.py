@@ -273,7 +273,7 @@ def render_memorized_report(results: dict) -> str:
            f"held-out PPL {ref['heldout/PPL']:.2f}."
            + (f" Min-K% AUC of the forget canaries vs the validation canaries: {ref['mia/min_k_AUC']:.3f} before "
               f"unlearning, {retain['mia/min_k_AUC']:.3f} for a model trained without them (PrivLeak's reference: "
-              "PrivLeak = (AUC − AUC_retain) / AUC_retain × 100)."
+              "MUSE's PrivLeak = (AUC_retain − AUC) / (1 − AUC_retain) × 100: −100 still memorized, 0 the goal)."
               if "mia/min_k_AUC" in ref and "mia/min_k_AUC" in retain else ""),
            "",
            "## Runs (first request)", ""]

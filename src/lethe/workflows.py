@@ -213,13 +213,11 @@ class IndistinguishableStop:
                 "threshold": self.threshold, "min_epochs": self.min_epochs, "k": self.k}
 
     def p_value(self, model) -> float:
-        from .evaluation.mia import attack_scores, group_permutation_p, ks_p_value, scored_text, token_statistics
+        from .evaluation.mia import attack_scores, group_permutation_p, ks_p_value, token_statistics
 
-        tok = self.prompter.tokenizer
-        f = attack_scores(token_statistics(model, self.prompter, self.forget),
-                          [scored_text(r, tok) for r in self.forget], k=self.k)[self.statistic]
-        h = attack_scores(token_statistics(model, self.prompter, self.holdout),
-                          [scored_text(r, tok) for r in self.holdout], k=self.k)[self.statistic]
+        decode = self.prompter.decode
+        f = attack_scores(token_statistics(model, self.prompter, self.forget), k=self.k, decode=decode)[self.statistic]
+        h = attack_scores(token_statistics(model, self.prompter, self.holdout), k=self.k, decode=decode)[self.statistic]
         return group_permutation_p(f, h, *self.groups) if self.test == "group" else ks_p_value(f, h)
 
     # unlearn passes the evaluation's membership report of the epoch (when it made one) as ``membership``

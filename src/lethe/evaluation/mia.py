@@ -12,9 +12,11 @@ forget set (positives) against a held-out set of the same kind the model never s
 - ``reference``: the reference model's mean NLL minus this model's (Carlini et al. 2022), when a
   reference model is given.
 
-AUC 0.5: the forget set looks like data never seen; near 1: it still looks trained on. PrivLeak (MUSE) =
-(AUC_unlearned − AUC_retrain) / AUC_retrain × 100 with a retain model (trained without the forget set):
-near 0 is the goal, large positive is under-unlearning, large negative over-unlearning.
+AUC 0.5: the forget set looks like data never seen; near 1: it still looks trained on. PrivLeak (MUSE) compares
+the unlearned model's AUC with a retain model's (trained without the forget set). MUSE computes its AUC with the
+held-out set as the positive class, i.e. 1 − the AUC above, so in these terms PrivLeak = (AUC_retain −
+AUC_unlearned) / (1 − AUC_retain) × 100: near 0 is the goal, a model that still memorizes the forget set
+scores near −100 (under-unlearning), positive values mean over-unlearning.
 """
 from __future__ import annotations
 
@@ -25,18 +27,9 @@ import numpy as np
 
 from ..data.prompt import as_prompter
 from ..data.records import QARecord
-from .requests import token_statistics
+from .requests import answer_tokens, token_statistics
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "reference")
-
-
-def scored_text(record, tokenizer) -> str:
-    """The text whose tokens are scored: a QA record's answer, a text record's text."""
-    if isinstance(record, QARecord):
-        return record.answer
-    if getattr(record, "text", None) is not None:
-        return record.text
-    return tokenizer.decode(list(record.token_ids))
 
 
 def _lowest_mean(values: np.ndarray, k: float) -> float:
@@ -46,19 +39,32 @@ def _lowest_mean(values: np.ndarray, k: float) -> float:
     return float(np.sort(values)[:n].mean())
 
 
-def attack_scores(stats: Sequence[dict], texts: Sequence[str], *, k: float = 0.4,
-                  reference_stats: Sequence[dict] | None = None) -> dict[str, list[float]]:
-    """Per-item member scores of every attack that the inputs allow (``reference`` needs reference_stats)."""
+# Min-K%++ divides by the standard deviation of log p over the vocabulary; at near-certain positions the
+# variance vanishes, so it is clamped as open-unlearning does (variance >= 1e-6), bounding the z-scores.
+MIN_VARIANCE = 1e-6
+
+
+def attack_scores(stats: Sequence[dict], texts: Sequence[str] | None = None, *, k: float = 0.4,
+                  reference_stats: Sequence[dict] | None = None, decode=None,
+                  include_end: bool = False) -> dict[str, list[float]]:
+    """Per-item member scores of every attack that the inputs allow (``reference`` needs reference_stats).
+
+    Every attack counts the same tokens (:func:`~lethe.evaluation.requests.answer_tokens`: a QA answer without
+    its end-of-answer token unless ``include_end``). zlib divides by the compressed length of the text those
+    tokens decode to (``decode``: ids -> text, e.g. ``prompter.decode``); ``texts`` gives that text instead.
+    """
     out: dict[str, list[float]] = {a: [] for a in ATTACKS if a != "reference" or reference_stats is not None}
-    for i, (st, text) in enumerate(zip(stats, texts)):
+    for i, raw in enumerate(stats):
+        st = answer_tokens(raw, include_end)
+        text = texts[i] if texts is not None else decode(list(st["ids"])) if decode is not None else ""
         nll = float(-st["logp"].mean()) if len(st["logp"]) else float("nan")
         out["loss"].append(-nll)
         out["zlib"].append(-nll / max(1, len(zlib.compress(text.encode("utf-8")))))
         out["min_k"].append(_lowest_mean(st["logp"], k))
-        z = (st["logp"] - st["mu"]) / np.maximum(st["sigma"], 1e-12)
+        z = (st["logp"] - st["mu"]) / np.sqrt(np.maximum(np.square(st["sigma"]), MIN_VARIANCE))
         out["min_k_pp"].append(_lowest_mean(z, k))
         if reference_stats is not None:
-            ref = reference_stats[i]["logp"]
+            ref = answer_tokens(reference_stats[i], include_end)["logp"]
             out["reference"].append(float(-ref.mean()) - nll if len(ref) else float("nan"))
     return out
 
@@ -75,8 +81,12 @@ def auc(member: Sequence[float], nonmember: Sequence[float]) -> float:
 
 
 def privleak(auc_unlearned: float, auc_retrain: float) -> float:
-    """MUSE's PrivLeak: (AUC_unlearned - AUC_retrain) / AUC_retrain x 100."""
-    return (auc_unlearned - auc_retrain) / auc_retrain * 100.0
+    """MUSE's PrivLeak from conventional AUCs (members positive): MUSE's own AUC is 1 - AUC, so its
+    (AUC'_unlearned - AUC'_retrain) / AUC'_retrain x 100 is (AUC_retrain - AUC_unlearned) / (1 - AUC_retrain) x 100.
+    NaN when the retain model separates the sets perfectly (AUC_retrain = 1: no scale left)."""
+    if auc_retrain >= 1.0:
+        return float("nan")
+    return (auc_retrain - auc_unlearned) / (1.0 - auc_retrain) * 100.0
 
 
 def report_metrics(report: dict, retain_auc: dict | None = None) -> dict[str, float]:
@@ -166,15 +176,13 @@ def attack_report(forget_scores: dict[str, list[float]], holdout_scores: dict[st
 
 
 def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k: float = 0.4,
-                      reference=None, retain_model=None, batch_size: int = 16) -> dict:
+                      reference=None, retain_model=None, batch_size: int = 16, include_end: bool = False) -> dict:
     """Every attack's AUC (forget vs holdout) and mean scores; PrivLeak per attack with ``retain_model``.
 
     ``reference`` and ``retain_model`` are models (with the same tokenizer and prompt format).
     """
     prompter = as_prompter(prompter)
-    tok = prompter.tokenizer
-    texts_f = [scored_text(r, tok) for r in forget]
-    texts_h = [scored_text(r, tok) for r in holdout]
+    opts = {"k": k, "decode": prompter.decode, "include_end": include_end}
 
     def scores(mdl, with_reference=True):
         sf = token_statistics(mdl, prompter, forget, batch_size=batch_size)
@@ -183,8 +191,7 @@ def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k
         if reference is not None and with_reference:
             rf = token_statistics(reference, prompter, forget, batch_size=batch_size)
             rh = token_statistics(reference, prompter, holdout, batch_size=batch_size)
-        return (attack_scores(sf, texts_f, k=k, reference_stats=rf),
-                attack_scores(sh, texts_h, k=k, reference_stats=rh))
+        return attack_scores(sf, reference_stats=rf, **opts), attack_scores(sh, reference_stats=rh, **opts)
 
     f, h = scores(model)
     report = attack_report(f, h, forget, holdout, k=k)

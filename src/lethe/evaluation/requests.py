@@ -5,6 +5,7 @@ Metrics never call the model; they take what these return.
 """
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -149,8 +150,6 @@ def generate_answers(model, prompter, questions: Sequence[str], *, max_new_token
     ``batch_size`` None: as many rows as a quarter of the free memory holds (``generation_rows``).
     ``stats`` (a dict) accumulates ``generated_tokens`` (up to each row's stop), ``generation_s`` and
     the ``generation_batch`` used."""
-    import time
-
     from .generation import generation_rows, greedy_decode
 
     started = time.perf_counter()
@@ -189,24 +188,32 @@ def generate_answers(model, prompter, questions: Sequence[str], *, max_new_token
 def token_statistics(model, prompter, records: Sequence, *, batch_size: int = 16,
                      encoded: Sequence[dict] | None = None) -> list[dict[str, np.ndarray]]:
     """Per record, over its scored tokens: ``logp`` (log p of the true token), ``mu`` and ``sigma`` (mean and
-    standard deviation of log p(z) for z drawn from the model's distribution at that position) and ``hit``
-    (whether the argmax is the true token). One forward per record, in batches as given. ``encoded``: the
+    standard deviation of log p(z) for z drawn from the model's distribution at that position), ``hit``
+    (whether the argmax is the true token), ``ids`` (the true tokens) and ``end`` (whether the last scored
+    token ends the answer: eos or the chat template's end of turn; :func:`answer_tokens` drops it).
+
+    One forward per record, length-sorted and left-padded, with the vocabulary projection and the float64
+    statistics only over the scored span (a QA prompt never reaches the vocabulary). ``encoded``: the
     records' ``prompter.encode`` when the caller has it already."""
     prompter = as_prompter(prompter)
-    device = next(model.parameters()).device
+    device = _device(model)
     was_training = model.training
     model.eval()
     encoded = list(encoded) if encoded is not None else [prompter.encode(r) for r in records]
-    out: list[dict[str, np.ndarray]] = []
-    for start in range(0, len(encoded), batch_size):
-        batch = pad_batch(encoded[start : start + batch_size], prompter.pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        targets, mask = align_targets(batch["labels"].to(device))
-        B, T, V = logits.shape
-        flat, tflat = logits.reshape(B * T, V), targets.reshape(-1)
-        stats = torch.empty(B * T, 4, dtype=torch.float64, device=device)
-        step = chunk_rows(V)
-        for s in range(0, B * T, step):  # vocabulary work chunk by chunk: no second [B,T,V] tensor
+    stop = set(prompter.stop_ids)
+    out: list[dict[str, np.ndarray] | None] = [None] * len(encoded)
+    for idx in length_sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
+        batch = pad_batch([encoded[i] for i in idx], prompter.pad_id, side="left")
+        labels = batch["labels"]
+        counted = (labels != IGNORE).any(0).nonzero()
+        keep = labels.shape[1] - int(counted[0]) + 1 if len(counted) else 2  # from the first scored token's predictor
+        logits = _answer_logits(model, batch, device, keep)
+        targets, mask = align_targets(labels[:, -keep:].to(device))
+        rows = mask.bool()
+        flat, tflat = logits[rows], targets[rows]  # scored positions only: [N, V], [N]
+        stats = torch.empty(flat.shape[0], 4, dtype=torch.float64, device=device)
+        step = chunk_rows(flat.shape[-1])
+        for s in range(0, flat.shape[0], step):  # vocabulary work chunk by chunk: no second [N,V] tensor
             logp = torch.log_softmax(upcast(flat[s : s + step]).double(), dim=-1)
             p = logp.exp()
             mu = (p * logp).sum(-1)
@@ -215,13 +222,29 @@ def token_statistics(model, prompter, records: Sequence, *, batch_size: int = 16
             stats[s : s + step, 1] = mu
             stats[s : s + step, 2] = var.clamp(min=0).sqrt()
             stats[s : s + step, 3] = (logp.argmax(-1) == tflat[s : s + step]).double()
-        stats = stats.reshape(B, T, 4).cpu().numpy()
-        keep = mask.bool().cpu().numpy()
-        for row in range(B):
-            sel = stats[row][keep[row]]
-            out.append({"logp": sel[:, 0], "mu": sel[:, 1], "sigma": sel[:, 2], "hit": sel[:, 3] > 0.5})
+        stats, ids = stats.cpu().numpy(), tflat.cpu().numpy()
+        bounds = np.concatenate([[0], np.cumsum(rows.sum(-1).cpu().numpy())])
+        for row, i in enumerate(idx):
+            sel, tok = stats[bounds[row] : bounds[row + 1]], ids[bounds[row] : bounds[row + 1]]
+            is_qa = hasattr(records[i], "question")  # a text record has no end token appended
+            out[i] = {"logp": sel[:, 0], "mu": sel[:, 1], "sigma": sel[:, 2], "hit": sel[:, 3] > 0.5, "ids": tok,
+                      "end": bool(is_qa and len(tok) and int(tok[-1]) in stop)}
     model.train(was_training)
     return out
+
+
+# the arrays of a record's token statistics that run over its scored tokens
+TOKEN_ARRAYS = ("logp", "mu", "sigma", "hit", "ids")
+
+
+def answer_tokens(stats: dict, include_end: bool = False) -> dict:
+    """The statistics over the tokens the teacher-forced metrics count (EM, extraction strength and the
+    membership attacks): a QA answer without its end-of-answer token, as open-unlearning counts them (that
+    token is easy to predict, so counting it lifts EM and ES of a model that never saw the data); with
+    ``include_end`` every scored token."""
+    if include_end or not stats.get("end"):
+        return stats
+    return {**{k: stats[k][:-1] for k in TOKEN_ARRAYS if k in stats}, "end": False}
 
 
 class ModelRequests:
@@ -246,6 +269,7 @@ class ModelRequests:
         self.generation_batch_size, self.max_new_tokens = generation_batch_size, max_new_tokens
         self.timing: dict = {}
         self.calls = {"token_stats": 0, "likelihoods": 0, "generations": 0, "continuations": 0}  # rows, per request
+        self.seconds = dict.fromkeys(self.calls, 0.0)  # model time per request kind
         self._stats: dict[tuple, dict] = {}
         self._nll: dict[tuple[str, str], tuple[float, int]] = {}
         self._answers: dict[str, str] = {}
@@ -259,11 +283,13 @@ class ModelRequests:
             if k not in self._stats:
                 todo.setdefault(k, i)
         if todo:
+            started = time.perf_counter()
             stats = shard_map(lambda items: token_statistics(self.model, self.prompter, [r for r, _ in items],
                                                              batch_size=self.stats_batch_size,
                                                              encoded=[e for _, e in items]),
                               [(records[i], encoded[i]) for i in todo.values()])
             self.calls["token_stats"] += len(todo)
+            self.seconds["token_stats"] += time.perf_counter() - started
             for i, st in zip(todo.values(), stats):
                 self._stats[keys[i]] = st
                 r = records[i]
@@ -274,20 +300,24 @@ class ModelRequests:
     def likelihoods(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], list[int]]:
         todo = [p for p in dict.fromkeys(pairs) if p not in self._nll]
         if todo:
+            started = time.perf_counter()
             scored = shard_map(lambda ps: list(zip(*answer_nll(self.model, self.prompter, ps,
                                                                  batch_size=self.batch_size))), todo)
             self.calls["likelihoods"] += len(todo)
+            self.seconds["likelihoods"] += time.perf_counter() - started
             self._nll.update({p: (float(s[0]), int(s[1])) for p, s in zip(todo, scored)})
         return [self._nll[p][0] for p in pairs], [self._nll[p][1] for p in pairs]
 
     def generations(self, questions: Sequence[str]) -> list[str]:
         todo = [q for q in dict.fromkeys(questions) if q not in self._answers]
         if todo:
+            started = time.perf_counter()
             answers = shard_map(lambda qs: generate_answers(self.model, self.prompter, qs,
                                                             max_new_tokens=self.max_new_tokens,
                                                             batch_size=self.generation_batch_size,
                                                             stats=self.timing), todo)
             self.calls["generations"] += len(todo)
+            self.seconds["generations"] += time.perf_counter() - started
             self._answers.update(zip(todo, answers))
         return [self._answers[q] for q in questions]
 
@@ -297,9 +327,11 @@ class ModelRequests:
         keys = [(tuple(p), int(n), keep_eos) for p, n in zip(prefixes, lengths)]
         todo = [k for k in dict.fromkeys(keys) if k not in self._continued]
         if todo:
+            started = time.perf_counter()
             done = shard_map(lambda ks: greedy_from_ids(self.model, self.prompter, [k[0] for k in ks],
                                                         [k[1] for k in ks], keep_eos=keep_eos), todo)
             self.calls["continuations"] += len(todo)
+            self.seconds["continuations"] += time.perf_counter() - started
             self._continued.update(zip(todo, done))
         return [list(self._continued[k]) for k in keys]
 

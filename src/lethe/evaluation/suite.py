@@ -8,6 +8,7 @@ the answer itself).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -98,6 +99,7 @@ class SetInputs:
     truth_ratio: str
     semantic: Semantic | None
     requests: ModelRequests | None = None
+    count_end_token: bool = False  # EM and ES count the answer's end token too
     token_stats: list | None = None
     nll_answer: np.ndarray | None = None
     nll_base: np.ndarray | None = None
@@ -123,7 +125,7 @@ def available_needs(*, generate: bool = True, semantic: Semantic | None = None, 
     """The needs an evaluation with these inputs can serve."""
     out = {"likelihoods", "token_stats"}
     if generate:
-        out |= {"generations", "prefix_generations"}
+        out.add("generations")
     if semantic is not None and semantic.embed is not None:
         out.add("embedding_model")
     if semantic is not None and semantic.judge is not None:
@@ -162,16 +164,17 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
                   metrics: Sequence[str] | Selection | None = None, memorization: bool = False,
                   holdout: Sequence | None = None, mia_k: float = 0.4, retain_model_auc: dict | None = None,
                   reference=None, verbmem_texts: Sequence | None = None, verbmem_prefix: int = 32,
-                  verbmem_tokens: int = 128, knowmem: dict | None = None, knowmem_shots: int = 3) -> EvalResult:
+                  verbmem_tokens: int = 128, knowmem: dict | None = None, knowmem_shots: int = 3,
+                  count_end_token: bool = False) -> EvalResult:
     """Score every set with the selected metrics (default: every default metric the inputs allow).
 
     ``eval_limit`` keeps the first N items of each scored set (the peers use 300). ``holdout`` (records, or a
     set with role ``holdout``) enables the membership attacks; ``retain_model_auc`` their PrivLeak;
-    ``reference`` (a model, or a :class:`ModelRequests` that keeps its statistics) the reference attack. ``generate=False`` is the fast pass: no metric that
-    generates. TE is always computed with generations; CS and ES when ``semantic`` carries their models.
+    ``reference`` (a model, or a :class:`ModelRequests` that keeps its statistics) the reference attack.
+    ``generate=False`` is the fast pass: no metric that generates. TE is always computed with generations; CS
+    and ES when ``semantic`` carries their models. ``count_end_token``: EM, extraction strength and the attacks
+    count the answer's end-of-answer token (by default they leave it out, as open-unlearning does).
     """
-    import time
-
     from ..data.prompt import as_prompter
 
     started = time.perf_counter()
@@ -195,17 +198,25 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
     for s in scored:
         recs = limited[s.name]
         if recs:
-            _score_set(s, recs, selection, available, generate, requests, result, truth_ratio, semantic, n_samples)
+            _score_set(s, recs, selection, available, generate, requests, result, truth_ratio, semantic, n_samples,
+                       count_end_token)
     if attacks:
+        at = time.perf_counter()
         result.membership = _membership(requests, reference, limited[forget_sets[0].name], holdout, attacks, mia_k,
-                                        batch_size)
+                                        batch_size, count_end_token)
         result.metrics.update(_membership_metrics(result.membership, retain_model_auc))
+        result.timing.setdefault("metrics_s", {})["membership"] = time.perf_counter() - at
     for m in selection.of_scope("texts"):
         if _active(m, available, generate):
+            at = time.perf_counter()
             result.metrics.update(_text_metric(m, requests, verbmem_texts, verbmem_prefix, verbmem_tokens,
                                                knowmem, knowmem_shots, eval_limit, max_new_tokens))
+            result.timing.setdefault("metrics_s", {})[m.name] = time.perf_counter() - at
     timing = requests.timing
-    result.timing = {"evaluation_s": time.perf_counter() - started, **timing}
+    # metrics_s: each metric's own time, including the model requests it made first (the requests a set's
+    # metrics share are made before them and counted in requests_s only)
+    result.timing = {"evaluation_s": time.perf_counter() - started, **timing,
+                     "requests_s": dict(requests.seconds), "metrics_s": result.timing.get("metrics_s", {})}
     if timing.get("generation_s"):
         result.timing["generation_tokens_per_s"] = timing["generated_tokens"] / timing["generation_s"]
     result.requests = dict(requests.calls)
@@ -213,10 +224,11 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
 
 
 def _score_set(s: EvalSet, recs: list, selection: Selection, available: set[str], generate: bool,
-               requests: ModelRequests, result: EvalResult, truth_ratio: str, semantic, n_samples: int) -> None:
+               requests: ModelRequests, result: EvalResult, truth_ratio: str, semantic, n_samples: int,
+               count_end_token: bool = False) -> None:
     todo = [m for m in selection.of_scope("set") if s.role in m.roles and _active(m, available, generate)]
     needs = {n for m in todo for n in m.needs}
-    inp = SetInputs(s, recs, requests.model, requests.prompter, truth_ratio, semantic, requests)
+    inp = SetInputs(s, recs, requests.model, requests.prompter, truth_ratio, semantic, requests, count_end_token)
     if "token_stats" in needs:
         inp.token_stats = requests.token_stats(recs)
     if "likelihoods" in needs:
@@ -236,7 +248,10 @@ def _score_set(s: EvalSet, recs: list, selection: Selection, available: set[str]
         result.samples[s.name] = [{"question": r.question, "answer": r.answer, "generated": g}
                                   for r, g in zip(recs[:n_samples], inp.generations[:n_samples])]
     for m in todo:
+        started = time.perf_counter()
         values = m.compute(inp)
+        spent = result.timing.setdefault("metrics_s", {})
+        spent[m.name] = spent.get(m.name, 0.0) + time.perf_counter() - started
         if values is None:  # e.g. a truth ratio on a set without perturbed answers
             continue
         if m.per_item_key != "":
@@ -246,20 +261,21 @@ def _score_set(s: EvalSet, recs: list, selection: Selection, available: set[str]
 
 
 def _membership(requests: ModelRequests, reference, forget: list, holdout: list, attacks: list[Metric], k: float,
-                batch_size: int) -> dict:
+                batch_size: int, count_end_token: bool = False) -> dict:
     """The attacks' report, forget vs holdout, from the request layer's token statistics."""
-    from .mia import attack_report, attack_scores, scored_text
+    from .mia import attack_report, attack_scores
 
-    tok = requests.prompter.tokenizer
-    texts_f, texts_h = [scored_text(r, tok) for r in forget], [scored_text(r, tok) for r in holdout]
+    decode = requests.prompter.decode
     ref_f = ref_h = None
     if reference is not None:  # a model, or its request layer kept across evaluations (statistics once per run)
         ref = reference if isinstance(reference, ModelRequests) else ModelRequests(reference, requests.prompter,
                                                                                    batch_size=batch_size)
         ref_f, ref_h = ref.token_stats(forget), ref.token_stats(holdout)
     names = {m.name for m in attacks}
-    f = attack_scores(requests.token_stats(forget), texts_f, k=k, reference_stats=ref_f)
-    h = attack_scores(requests.token_stats(holdout), texts_h, k=k, reference_stats=ref_h)
+    f = attack_scores(requests.token_stats(forget), k=k, reference_stats=ref_f, decode=decode,
+                      include_end=count_end_token)
+    h = attack_scores(requests.token_stats(holdout), k=k, reference_stats=ref_h, decode=decode,
+                      include_end=count_end_token)
     return attack_report({a: v for a, v in f.items() if a in names}, {a: v for a, v in h.items() if a in names},
                          forget, holdout, k=k)
 

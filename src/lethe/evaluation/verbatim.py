@@ -8,18 +8,25 @@ memorization (EM) and extraction strength (ES).
 - EM: per QA item, the share of answer tokens whose teacher-forced argmax is the true token.
 - ES: per QA item, 1 − k/|y| for the smallest k such that the greedy continuation of the question and
   the first k answer tokens reproduces the rest of the answer exactly (1: the whole answer is extracted
-  from the question alone; 0: not even with all but nothing of it given).
+  from the question alone; 0: no suffix is reproduced, where open-unlearning's loop leaves 1/|y|).
+  Greedy decoding from a prefix reproduces the suffix exactly when every teacher-forced argmax over the
+  suffix is the true token, so ES is read from the same forward as EM: k is one past the last position
+  whose argmax misses (:func:`extraction_strength_greedy` decodes every prefix, for tests).
+
+EM and ES count the answer tokens without the end-of-answer token, as open-unlearning does
+(:func:`~lethe.evaluation.requests.answer_tokens`); ``include_end=True`` counts it.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..data.batching import pad_batch
 from ..data.prompt import IGNORE, as_prompter
 from . import metrics as M
-from .requests import ModelRequests
+from .requests import ModelRequests, answer_tokens, token_statistics
 
 
 @torch.no_grad()
@@ -52,35 +59,58 @@ def knowmem(model, prompter, questions: Sequence, examples: Sequence = (), *, sh
     return [100.0 * f for f in M.rouge_l_f1(answers, [q.answer for q in questions])]
 
 
-@torch.no_grad()
-def exact_memorization(model, prompter, records: Sequence, *, batch_size: int = 16) -> list[float]:
-    """EM per QA item: the share of answer tokens predicted exactly under teacher forcing."""
-    prompter = as_prompter(prompter)
-    device = next(model.parameters()).device
-    encoded = [prompter.encode(r) for r in records]
+def exact_memorization_of(stats: Sequence[dict], include_end: bool = False) -> list[float]:
+    """EM per record from its token statistics."""
     out = []
-    for start in range(0, len(encoded), batch_size):
-        batch = pad_batch(encoded[start : start + batch_size], prompter.pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        pred = logits[:, :-1].argmax(-1).cpu()
-        labels = batch["labels"][:, 1:]
-        counted = labels != IGNORE
-        hits = ((pred == labels) & counted).sum(-1).float() / counted.sum(-1).clamp(min=1)
-        out += hits.tolist()
+    for st in stats:
+        hit = answer_tokens(st, include_end)["hit"]
+        out.append(float(hit.mean()) if len(hit) else 0.0)
+    return out
+
+
+def extraction_strength_of(stats: Sequence[dict], include_end: bool = False) -> list[float]:
+    """ES per record from its token statistics: 1 - k/n, k one past the last position whose argmax misses."""
+    out = []
+    for st in stats:
+        hit = np.asarray(answer_tokens(st, include_end)["hit"], dtype=bool)
+        n = len(hit)
+        misses = np.flatnonzero(~hit)
+        k = int(misses[-1]) + 1 if len(misses) else 0
+        out.append(1.0 - k / n if n else 0.0)
     return out
 
 
 @torch.no_grad()
-def extraction_strength(model, prompter, records: Sequence, *, requests: ModelRequests | None = None) -> list[float]:
-    """ES per QA item: 1 - k/|y| for the smallest answer prefix k whose greedy continuation is the rest. Every
-    prefix of every record is continued in one batched request."""
+def exact_memorization(model, prompter, records: Sequence, *, batch_size: int = 16,
+                       include_end: bool = False) -> list[float]:
+    """EM per QA item: the share of answer tokens predicted exactly under teacher forcing."""
+    return exact_memorization_of(token_statistics(model, prompter, records, batch_size=batch_size), include_end)
+
+
+@torch.no_grad()
+def extraction_strength(model, prompter, records: Sequence, *, requests: ModelRequests | None = None,
+                        include_end: bool = False) -> list[float]:
+    """ES per QA item from one teacher-forced forward per record (shared with EM and the attacks through
+    ``requests``)."""
+    stats = requests.token_stats(records) if requests is not None else token_statistics(model, prompter, records)
+    return extraction_strength_of(stats, include_end)
+
+
+@torch.no_grad()
+def extraction_strength_greedy(model, prompter, records: Sequence, *, requests: ModelRequests | None = None,
+                               include_end: bool = False) -> list[float]:
+    """ES the slow, obvious way: greedy decoding from every answer prefix, the smallest k whose continuation
+    is the rest of the answer. Equal to :func:`extraction_strength` (a test checks it)."""
     prompter = as_prompter(prompter)
     requests = requests or ModelRequests(model, prompter)
+    stop = set(prompter.stop_ids)
     prefixes, lengths, answers = [], [], []
     for r in records:
         enc = prompter.encode(r)
         start = next(i for i, label in enumerate(enc["labels"]) if label != IGNORE)
         prompt, answer = enc["input_ids"][:start], enc["input_ids"][start:]
+        if not include_end and answer and answer[-1] in stop:
+            answer = answer[:-1]
         answers.append(answer)
         prefixes += [prompt + answer[:k] for k in range(len(answer))]
         lengths += [len(answer) - k for k in range(len(answer))]
@@ -88,7 +118,7 @@ def extraction_strength(model, prompter, records: Sequence, *, requests: ModelRe
     out, at = [], 0
     for answer in answers:
         n = len(answer)
-        k_min = next((k for k in range(n) if conts[at + k] == answer[k:]), n)
+        k_min = next((k for k in range(n) if conts[at + k][: n - k] == answer[k:]), n)
         out.append(1.0 - k_min / n if n else 0.0)
         at += n
     return out
