@@ -4,11 +4,13 @@ Writes, under OUT:
 - ``data/``: the fictitious authors at ``--size full`` (TOFU's scale: 200 authors x 20 QA) as TOFU-schema JSONL
   files with the names open-unlearning's TOFU recipes read (full, forget10, retain90, forget10_perturbed,
   retain_perturbed, real_authors_perturbed, world_facts_perturbed, holdout10);
-- ``model/``: a randomly initialised Llama with a Llama-3 style chat template (``<|eot_id|>`` ends a turn and is
-  the eos, the system header carries ``Today Date: {date_string}``), saved with safetensors, so both toolkits
-  prompt with token-identical ids.
+- ``model/``: a Llama with a Llama-3 style chat template (``<|eot_id|>`` ends a turn and is the eos, the system
+  header carries ``Today Date: {date_string}``), saved with safetensors, so both toolkits prompt with
+  token-identical ids. It is trained by Lethe on ``full`` for ``--pretrain-epochs`` at a high rate first, so it
+  answers in the data's style and ends its answers (a random model would generate every one of the 200 new
+  tokens, which no real evaluation does); the benchmark's fine-tuning step starts from it.
 
-usage: python benchmarks/headtohead/prepare.py OUT [--size full] [--seed 0]
+usage: python benchmarks/headtohead/prepare.py OUT [--size full] [--seed 0] [--pretrain-epochs 4]
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ def build_data(size: str, seed: int, out: Path):
     return data
 
 
-def build_model(data, seed: int, out: Path) -> None:
+def build_model(data, seed: int, out: Path, pretrain_epochs: int = 4, pretrain_lr: float = 2e-3) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -81,6 +83,14 @@ def build_model(data, seed: int, out: Path) -> None:
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                                pad_token_id=tok.pad_token_id, do_sample=False)
+    if pretrain_epochs:
+        import lethe
+        from lethe.core import ModelConfig
+
+        fmt = {"system_prompt": SYSTEM_PROMPT, "template_kwargs": {"date_string": DATE_STRING}}
+        lethe.finetune(model, data.full, tokenizer=tok, model_config=ModelConfig(prompt_format="chat", **fmt),
+                       train=lethe.TrainConfig(epochs=pretrain_epochs, lr=pretrain_lr, batch_size=32,
+                                               micro_batch_size=32, warmup_epochs=0.5, checkpoint=False))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -107,9 +117,12 @@ def main(argv=None) -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--size", default="full", choices=("smoke", "small", "full"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pretrain-epochs", type=int, default=4, help="epochs of Lethe fine-tuning at --pretrain-lr "
+                    "before saving the starting model (0: random weights)")
+    ap.add_argument("--pretrain-lr", type=float, default=2e-3)
     a = ap.parse_args(argv)
     data = build_data(a.size, a.seed, a.out / "data")
-    build_model(data, a.seed, a.out / "model")
+    build_model(data, a.seed, a.out / "model", a.pretrain_epochs, a.pretrain_lr)
     print(f"{a.out / 'data'}: {len(data.full)} QA, forget10 {len(data.forget(10))}, holdout10 {len(data.holdout)}")
 
 

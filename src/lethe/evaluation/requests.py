@@ -13,7 +13,7 @@ import torch
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..data.prompt import IGNORE, as_prompter
-from ..objectives.tokens import align_targets, chunk_rows, sequence_logprob, upcast
+from ..objectives.tokens import align_targets, sequence_logprob, upcast
 from .sharding import shard_map
 
 
@@ -21,18 +21,92 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _answer_logits(model, batch: dict, device, keep: int) -> torch.Tensor:
-    """Logits at the last ``keep`` positions of a left-padded batch (where every answer lies).
+# float64 vocabulary statistics run this many elements at a time (~16 MiB per temporary)
+STATS_CHUNK_ELEMENTS = 1 << 21
+# A shared prefix shorter than this is not worth a forward of its own.
+MIN_SHARED_PREFIX = 8
+
+
+class SharedPrefix:
+    """The tokens every sequence of a request starts with (a chat template's system header and date, a fixed
+    instruction), run through the model once; each batch then starts from a copy of its KV cache, so only what
+    follows the prefix is computed per row.
+
+    ``length`` is 0 (nothing shared) when the sequences share fewer than :data:`MIN_SHARED_PREFIX` tokens or
+    the model's cache cannot be copied and repeated for a batch. ``limit`` caps the prefix (e.g. before the
+    first scored token's predictor). The values equal a full forward to float round-off.
+    """
+
+    def __init__(self, model, sequences: Sequence[Sequence[int]], *, limit: int | None = None):
+        self.length, self._cache, self._mask_dtype = 0, None, torch.long
+        if not sequences:
+            return
+        first = sequences[0]
+        n = min(min(len(s) for s in sequences) - 1, limit if limit is not None else len(first))
+        for s in sequences[1:]:
+            n = min(n, _common_prefix_len(first, s, n))
+            if n < MIN_SHARED_PREFIX:
+                return
+        if n < MIN_SHARED_PREFIX:
+            return
+        device = _device(model)
+        ids = torch.tensor([list(first[:n])], device=device)
+        try:
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+        except TypeError:
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+        cache = getattr(out, "past_key_values", None)
+        if cache is None or not hasattr(cache, "batch_repeat_interleave") or not hasattr(cache, "crop"):
+            return
+        self.length, self._cache = n, cache
+
+    def cache(self, rows: int):
+        """A fresh cache holding the prefix for ``rows`` rows (the shared one is never written to)."""
+        import copy
+
+        cache = copy.deepcopy(self._cache)
+        if rows > 1:
+            cache.batch_repeat_interleave(rows)
+        return cache
+
+    def rest(self, sequence: Sequence[int]) -> list[int]:
+        return list(sequence[self.length:])
+
+    def inputs(self, batch: dict, device) -> dict:
+        """Model inputs for a left-padded batch of the rows' tokens after the prefix: the prefix's cache, an
+        attention mask over prefix and rows, positions counting real tokens."""
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        if self.length:
+            mask = torch.cat([mask.new_ones(mask.shape[0], self.length), mask], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self.length:
+            kwargs.update(past_key_values=self.cache(ids.shape[0]), use_cache=True)
+        return kwargs
+
+
+NO_PREFIX = SharedPrefix(None, [])
+
+
+def _common_prefix_len(a: Sequence[int], b: Sequence[int], n: int) -> int:
+    for i in range(min(n, len(a), len(b))):
+        if a[i] != b[i]:
+            return i
+    return min(n, len(a), len(b))
+
+
+def _answer_logits(model, batch: dict, device, keep: int, prefix: SharedPrefix = NO_PREFIX) -> torch.Tensor:
+    """Logits at the last ``keep`` positions of a left-padded batch (where every answer lies), the batch's
+    rows being what follows ``prefix``.
 
     Position ids count real tokens only, so left padding changes nothing; models whose forward
     has no ``logits_to_keep`` get all positions, cut afterwards.
     """
-    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = prefix.inputs(batch, device)
     try:
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        logits = model(**kwargs, logits_to_keep=keep).logits
     except TypeError:
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        logits = model(**kwargs).logits
     return logits[:, -keep:]
 
 
@@ -63,13 +137,18 @@ def answer_nll(model, prompter, pairs: Sequence[tuple[str, str]], *, batch_size:
         except _NoSharedCache:
             scored.clear()
     alone = [i for i in range(len(unique)) if i not in scored]
+    prefix = SharedPrefix(model, [encoded[i]["input_ids"] for i in alone],
+                          limit=min((_first_counted(encoded[i]["labels"]) for i in alone), default=0) - 1) \
+        if share_prompts and alone else NO_PREFIX
     for idx in length_sorted_batches([len(encoded[i]["input_ids"]) for i in alone], batch_size):
         idx = [alone[j] for j in idx]
-        batch = pad_batch([encoded[i] for i in idx], prompter.pad_id, side="left")
+        batch = pad_batch([{k: v[prefix.length:] for k, v in encoded[i].items()} for i in idx], prompter.pad_id,
+                          side="left")
         labels = batch["labels"]
         counted = (labels != IGNORE).any(0).nonzero()
         keep = labels.shape[1] - int(counted[0]) + 1 if len(counted) else 2  # the first answer token's predictor on
-        seq_logp, n = sequence_logprob(_answer_logits(model, batch, device, keep), labels[:, -keep:].to(device))
+        seq_logp, n = sequence_logprob(_answer_logits(model, batch, device, keep, prefix),
+                                       labels[:, -keep:].to(device))
         for j, i in enumerate(idx):
             scored[i] = (-float(seq_logp[j]), int(n[j]))
     model.train(was_training)
@@ -102,13 +181,16 @@ def _score_shared(model, encoded: list[dict], groups: list[list[int]], pad_id: i
             cut -= 1  # a tokenizer merge across the prompt's end: share only what every answer has
         shared.append((cut, g))
     shared.sort(key=lambda c: (c[0], len(c[1])))
+    # what every group's prompt starts with (a chat template's system header) runs once for all of them
+    prefix = SharedPrefix(model, [encoded[g[0]]["input_ids"][:cut] for cut, g in shared],
+                          limit=min(cut for cut, _ in shared) - 1)
     out: dict[int, tuple[float, int]] = {}
     for start in range(0, len(shared), batch_size):
         chunk = shared[start : start + batch_size]
-        prompts = pad_batch([{"input_ids": encoded[g[0]]["input_ids"][:cut]} for cut, g in chunk], pad_id, side="left")
-        mask = prompts["attention_mask"].to(device)
-        kwargs = {"input_ids": prompts["input_ids"].to(device), "attention_mask": mask,
-                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0), "use_cache": True}
+        prompts = pad_batch([{"input_ids": encoded[g[0]]["input_ids"][prefix.length:cut]} for cut, g in chunk], pad_id,
+                            side="left")
+        kwargs = {**prefix.inputs(prompts, device), "use_cache": True}
+        mask = kwargs["attention_mask"]  # prefix and prompt
         try:
             head = model(**kwargs, logits_to_keep=1)
         except TypeError:
@@ -116,7 +198,7 @@ def _score_shared(model, encoded: list[dict], groups: list[list[int]], pad_id: i
         cache = getattr(head, "past_key_values", None)
         if cache is None or not hasattr(cache, "crop") or not getattr(cache, "is_croppable", True):
             raise _NoSharedCache
-        first_logp = torch.log_softmax(head.logits[:, -1].float(), dim=-1)
+        first_logp = torch.log_softmax(upcast(head.logits[:, -1]), dim=-1)
         lengths = mask.sum(-1, keepdim=True)
         for slot in range(max(len(g) for _, g in chunk)):
             members = [g[slot] if slot < len(g) else g[0] for _, g in chunk]
@@ -163,11 +245,15 @@ def generate_answers(model, prompter, questions: Sequence[str], *, max_new_token
     device = _device(model)
     rows = batch_size or generation_rows(model, max(len(p) for p in prompts), max_new_tokens, len(prompts))
     stop_ids = prompter.stop_ids
+    prefix = SharedPrefix(model, prompts)  # the system header every prompt starts with: one forward for all
     for idx in length_sorted_batches([len(p) for p in prompts], rows):
-        batch = pad_batch([{"input_ids": prompts[i]} for i in idx], prompter.pad_id, side="left")
+        batch = pad_batch([{"input_ids": prefix.rest(prompts[i])} for i in idx], prompter.pad_id, side="left")
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        new = greedy_decode(model, ids, mask, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=prompter.pad_id)
-        if new is None:  # a cache that cannot drop rows: the library's loop
+        new = greedy_decode(model, ids, mask, max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=prompter.pad_id,
+                            prefix=prefix)
+        if new is None:  # a cache that cannot drop rows: the library's loop, on the whole prompts
+            batch = pad_batch([{"input_ids": prompts[i]} for i in idx], prompter.pad_id, side="left")
+            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  use_cache=True, pad_token_id=prompter.pad_id, eos_token_id=stop_ids)
             new = out[:, ids.shape[1]:]
@@ -186,33 +272,39 @@ def generate_answers(model, prompter, questions: Sequence[str], *, max_new_token
 
 @torch.no_grad()
 def token_statistics(model, prompter, records: Sequence, *, batch_size: int = 16,
-                     encoded: Sequence[dict] | None = None) -> list[dict[str, np.ndarray]]:
+                     encoded: Sequence[dict] | None = None, share_prefix: bool = True) -> list[dict[str, np.ndarray]]:
     """Per record, over its scored tokens: ``logp`` (log p of the true token), ``mu`` and ``sigma`` (mean and
     standard deviation of log p(z) for z drawn from the model's distribution at that position), ``hit``
     (whether the argmax is the true token), ``ids`` (the true tokens) and ``end`` (whether the last scored
     token ends the answer: eos or the chat template's end of turn; :func:`answer_tokens` drops it).
 
     One forward per record, length-sorted and left-padded, with the vocabulary projection and the float64
-    statistics only over the scored span (a QA prompt never reaches the vocabulary). ``encoded``: the
-    records' ``prompter.encode`` when the caller has it already."""
+    statistics only over the scored span (a QA prompt never reaches the vocabulary); the tokens every record
+    starts with run once (:class:`SharedPrefix`, unless ``share_prefix`` is False). ``encoded``: the records'
+    ``prompter.encode`` when the caller has it already."""
     prompter = as_prompter(prompter)
     device = _device(model)
     was_training = model.training
     model.eval()
     encoded = list(encoded) if encoded is not None else [prompter.encode(r) for r in records]
     stop = set(prompter.stop_ids)
+    # the prefix ends before the first scored token's predictor, so every scored position is computed per row
+    first_scored = min((_first_counted(e["labels"]) for e in encoded), default=0)
+    prefix = SharedPrefix(model, [e["input_ids"] for e in encoded], limit=first_scored - 1) if share_prefix \
+        else NO_PREFIX
+    rest = [{k: list(v[prefix.length:]) for k, v in e.items()} for e in encoded]
     out: list[dict[str, np.ndarray] | None] = [None] * len(encoded)
-    for idx in length_sorted_batches([len(e["input_ids"]) for e in encoded], batch_size):
-        batch = pad_batch([encoded[i] for i in idx], prompter.pad_id, side="left")
+    for idx in length_sorted_batches([len(e["input_ids"]) for e in rest], batch_size):
+        batch = pad_batch([rest[i] for i in idx], prompter.pad_id, side="left")
         labels = batch["labels"]
         counted = (labels != IGNORE).any(0).nonzero()
         keep = labels.shape[1] - int(counted[0]) + 1 if len(counted) else 2  # from the first scored token's predictor
-        logits = _answer_logits(model, batch, device, keep)
+        logits = _answer_logits(model, batch, device, keep, prefix)
         targets, mask = align_targets(labels[:, -keep:].to(device))
         rows = mask.bool()
         flat, tflat = logits[rows], targets[rows]  # scored positions only: [N, V], [N]
         stats = torch.empty(flat.shape[0], 4, dtype=torch.float64, device=device)
-        step = chunk_rows(flat.shape[-1])
+        step = max(1, STATS_CHUNK_ELEMENTS // flat.shape[-1])
         for s in range(0, flat.shape[0], step):  # vocabulary work chunk by chunk: no second [N,V] tensor
             logp = torch.log_softmax(upcast(flat[s : s + step]).double(), dim=-1)
             p = logp.exp()
