@@ -116,7 +116,7 @@ class Bench:
                "--retain", str(self.data / "retain90.jsonl"), "--method", spec, *opts, *train_flags(UNLEARN_EPOCHS),
                *prompt_flags(), "--out", str(out), "--overwrite"]
         if evaluate:
-            return cmd + ["--eval-at", "end", *eval_flags(self.data)]
+            return cmd + ["--eval-at", "end", "--eval-every", "0", *eval_flags(self.data)]
         return cmd + ["--eval-at", "none"]
 
     def commands(self, step: str) -> tuple[list[list[str]], list[list[str]]]:
@@ -257,14 +257,20 @@ def main(argv=None) -> int:
     peer_commit = subprocess.run(["git", "-C", str(a.ou), "rev-parse", "--short", "HEAD"], capture_output=True,
                                  text=True).stdout.strip()
     results = []
+    failed = {}
     for s in steps:
         print(f"{s}:", flush=True)
-        results.append(bench.step(s))
+        try:
+            results.append(bench.step(s))
+        except SystemExit as e:  # one failing step is reported; the others still run
+            failed[s] = str(e)
+            print(f"  {e}", flush=True)
+            continue
         print(f"  ratio {results[-1]['ratio']:.2f}x", flush=True)
-    agree = bench.agreement() if "job" in steps else {}
+    agree = bench.agreement() if "job" in steps and "job" not in failed else {}
     record = {"date": dt.date.today().isoformat(), "lethe_commit": commit, "peer": f"open-unlearning {peer_commit}",
               "threads": a.threads, "repeats": a.repeats, "machine": f"{os.cpu_count()} CPU cores, no GPU",
-              "steps": results, "agreement": agree}
+              "steps": results, "failed": failed, "agreement": agree}
     out = a.out or bench.work / "headtohead.json"
     out.write_text(json.dumps(record, indent=2))
     print()

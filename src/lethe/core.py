@@ -442,16 +442,17 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
     model, prompter, base_path = prepare(model, tokenizer, mc, rt)
     streams = Streams(prompter, forget, retain, seed=train.seed, max_length=mc.max_length)
     before_sha = membership_before = None
-    # The audit's membership evidence is the evaluation's own report at the start and at the end when both
-    # score the same forget records against the same holdout (the usual --holdout run): not scored twice.
-    audit_reuses_eval = (bool(holdout) and not resume and ev.initial_metrics is None
-                         and {"start", "end"} <= set(ev.at) and _scores_audit_sets(ev, forget, holdout))
+    # The audit's membership evidence is the evaluation's own report at the start and at the end when it scores
+    # the same forget records against the same holdout (the usual --holdout run): not scored twice.
+    same_sets = bool(holdout) and _scores_audit_sets(ev, forget, holdout)
+    reuse_before = same_sets and not resume and ev.initial_metrics is None and "start" in ev.at
+    reuse_after = same_sets and "end" in ev.at
     reports: dict[int, dict] = {}  # epoch -> the evaluation's membership report
     if run_dir is not None:
         from .audit import membership_signal, weights_sha256
 
         before_sha = weights_sha256(model.state_dict())  # recorded, so --resume refuses another starting model
-        if holdout and not audit_reuses_eval:
+        if holdout and not reuse_before:
             with rt.autocast():
                 membership_before = membership_signal(model, prompter, forget, holdout, k=ev.mia_k)
     with rt.autocast():
@@ -565,12 +566,13 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
                                       eval_cost["generation_s"] if eval_cost["generation_s"] else None}
     task.reference = None  # the unlearned model never carries the starting weights along
     membership_after = None
-    if audit_reuses_eval and run.epochs:
+    if (reuse_before or reuse_after) and run.epochs:
         from .audit import membership_signal_of
 
         last = run.epochs[-1]["epoch"]
-        membership_before = membership_signal_of(reports[0], ev.mia_k) if 0 in reports else None
-        if last in reports:
+        if reuse_before:
+            membership_before = membership_signal_of(reports[0], ev.mia_k) if 0 in reports else None
+        if reuse_after and last in reports:
             membership_after = membership_signal_of(reports[last], ev.mia_k)
     if run_dir is not None and is_main_process():  # under `accelerate launch` one process writes
         with rt.autocast():
