@@ -130,3 +130,47 @@ def test_lethe_losses_lists_every_loss_with_its_options(capsys):
     from lethe.objectives import FORGET_LOSSES, REGULARIZERS
 
     assert all(n.upper() in out for n in FORGET_LOSSES.names() + REGULARIZERS.names())
+
+
+def test_a_lora_run_reloads_anywhere_and_lethe_evaluates_it(user_world, tmp_path, capsys, monkeypatch):
+    """The adapter names its base by absolute path (a relative --model too), carries a model card, loads with
+    plain peft from another directory, and `lethe eval` takes the adapter directory as --model."""
+    import os
+
+    from peft import AutoPeftModelForCausalLM
+
+    root, _, _ = user_world
+    monkeypatch.chdir(root)  # --model given relative to here
+    code, _, err = _cli(["--quiet", "unlearn", "--model", "instruct", "--forget", "forget_ds", "--retain",
+                         "retain.parquet", *KEYS, "--method", "GA+GD", "--params", "lora", "--rank", "4", *TRAIN,
+                         "--eval-at", "none", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    adapter = tmp_path / "run" / "model"
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str((root / "instruct").resolve())
+    card = (adapter / "README.md").read_text()
+    assert "AutoPeftModelForCausalLM" in card and str((root / "instruct").resolve()) in card
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    loaded = AutoPeftModelForCausalLM.from_pretrained(str(adapter)).merge_and_unload()
+    ours = lethe.core.load_model(str(adapter))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-5)
+        base = lethe.core.load_model(str(root / "instruct"))
+        assert not torch.allclose(base(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-6)
+    (tmp_path / "f.json").write_text(json.dumps(_rows(_sd().forget(10))))
+    code, out, err = _cli(["--quiet", "eval", "--model", str(adapter), "--eval-forget", str(tmp_path / "f.json"),
+                           *KEYS, "--max-new-tokens", "3", "--metrics", "P,ROUGE"], capsys)
+    assert code == 0, err
+    assert "forget/P" in json.loads(out)
+    code, _, err = _cli(["--quiet", "eval", "--model", str(adapter), "--base-model", str(tmp_path / "missing"),
+                         "--eval-forget", str(tmp_path / "f.json"), *KEYS, "--metrics", "P"], capsys)
+    assert code == 2 and "cannot load its base model" in err and "\n" not in err.strip()
+
+
+def _sd():
+    from lethe.data.synthetic import generate_authors
+
+    return generate_authors("smoke", seed=0)

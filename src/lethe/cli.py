@@ -288,7 +288,7 @@ def _dispatch(args) -> int:
             raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors, --world-facts, "
                              "--verbmem, --knowmem or --lm-eval")
         res = api.evaluate(args.model, evaluation.sets, config=evaluation, model_config=opts.model_config(args),
-                           runtime=opts.runtime_config(args))
+                           runtime=opts.runtime_config(args), progress=progress)
         payload = {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples,
                    "aggregates_over": res.aggregates_over, "unavailable": res.unavailable, "timing": res.timing,
                    "requests": res.requests}

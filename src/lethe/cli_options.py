@@ -87,11 +87,14 @@ def add_semantic_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("prompting")
+    g = p.add_argument_group("model and prompting")
     g.add_argument("--prompt-format", default="auto",
                    help="how questions are put to the model: auto (the format saved with the model, else the "
                         "tokenizer's chat template when it has one, else plain), chat, plain "
                         "('Question: {question}\\nAnswer:'), or your own template containing {question}")
+    g.add_argument("--base-model", default=None, metavar="DIR",
+                   help="when --model is a peft adapter directory: its base model (default: the base_model_name_or_path "
+                        "its adapter_config.json names). The adapter is merged into it for the run")
     g.add_argument("--system-prompt", default=None, help="a system message put before every question")
     g.add_argument("--chat-template-kwargs", default=None, metavar="NAME=VALUE,...",
                    help="arguments for the tokenizer's chat template, saved with the prompt format: e.g. "
@@ -138,7 +141,7 @@ def runtime_config(a):
 
 def model_config(a):
     return ModelConfig(prompt_format=a.prompt_format, system_prompt=a.system_prompt, max_length=a.max_length,
-                       trust_remote_code=a.trust_remote_code,
+                       trust_remote_code=a.trust_remote_code, base_model=getattr(a, "base_model", None),
                        template_kwargs=parse_template_kwargs(getattr(a, "chat_template_kwargs", None)))
 
 

@@ -30,7 +30,7 @@ from .evaluation.suite import (EvalResult, EvalSet, Semantic, aggregate, availab
 from .audit import records_sha256
 from .conventions import Convention, get_convention
 from .io import crash_point, write_json
-from .model.load import load_model, load_tokenizer, saved_prompt_format
+from .model.load import base_reference, is_adapter_dir, load_model, load_tokenizer, saved_prompt_format
 from .model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
 from .model.save import save_model
 from .objectives.method import Method, parse_method
@@ -53,6 +53,7 @@ class ModelConfig:
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)  # chat template arguments (date_string, ...)
     max_length: int = bounded(512, int, 2)
     trust_remote_code: bool = False
+    base_model: str | None = None  # the base of a peft adapter directory (default: the one its config names)
 
     def __post_init__(self):
         check_ranges(self)
@@ -208,7 +209,8 @@ def prepare(model, tokenizer=None, model_config: ModelConfig | None = None, runt
     rt.init_distributed()
     path = str(model) if isinstance(model, (str, Path)) else None
     if path is not None:
-        tokenizer = tokenizer or load_tokenizer(path, trust_remote_code=mc.trust_remote_code)
+        tokenizer = tokenizer or load_tokenizer(path, trust_remote_code=mc.trust_remote_code,
+                                                base_model=mc.base_model)
     if tokenizer is None:
         raise LetheError("a tokenizer is needed when the model is passed as an object")
     saved = saved_prompt_format(path) if path is not None else None
@@ -216,7 +218,8 @@ def prepare(model, tokenizer=None, model_config: ModelConfig | None = None, runt
                                                   mc.template_kwargs))
     if path is not None:
         model = load_model(path, dtype=rt.weight_dtype, trust_remote_code=mc.trust_remote_code,
-                           attn_implementation=rt.attn_implementation)
+                           attn_implementation=rt.attn_implementation, base_model=mc.base_model)
+        path = base_reference(path)  # what a saved adapter names as its base: loads from any directory
     return rt.place(model), prompter, path
 
 
@@ -279,15 +282,18 @@ def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume
 
 
 def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConfig | None = None,
-             model_config: ModelConfig | None = None, runtime: RuntimeConfig | None = None) -> EvalResult:
-    """Score ``model`` on evaluation sets; adds MU, FE and (given the retain model's values) FQ."""
+             model_config: ModelConfig | None = None, runtime: RuntimeConfig | None = None,
+             progress: bool = False) -> EvalResult:
+    """Score ``model`` on evaluation sets; adds MU, FE and (given the retain model's values) FQ. ``progress``: a
+    line per finished set with elapsed time and ETA."""
     cfg, rt = config or EvalConfig(), runtime or RuntimeConfig()
     cfg = replace(cfg, sets=sets)
     cfg.check_metrics()
     model, prompter, _ = prepare(model, tokenizer, model_config, rt)
     with rt.autocast():
         result = evaluate_sets(model, prompter, sets, **{**cfg.suite_kwargs(),
-                                                         "reference": _reference_requests(cfg, model, prompter)})
+                                                         "reference": _reference_requests(cfg, model, prompter)},
+                               progress=progress)
     aggregate(result, retain_model_tr=cfg.retain_model_tr)
     with rt.autocast():
         result.metrics.update(downstream_metrics(model, prompter, cfg))
@@ -372,6 +378,10 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     ev.check_metrics()
     if conv.pad_to is not None and conv.pad_to > mc.max_length:
         mc = replace(mc, max_length=conv.pad_to)  # the released code's max length
+    if isinstance(model, (str, Path)) and is_adapter_dir(model) and pcfg.kind != "full" and not merge:
+        raise LetheError(f"{model} is a peft adapter directory: a new {pcfg.kind} adapter saved on top of it would "
+                         "name no base model that loads alone. Unlearn its merged model (lethe unlearn ... --merge "
+                         "when it was made), or pass --merge now to save a plain model")
     run_dir = check_output(out_dir) if out_dir else None
     tokenizer = _tokenizer_for_text(model, tokenizer, mc, [forget, retain, au.holdout])
     read = dict(fields=dc.fields, tokenizer=tokenizer, chunk_tokens=dc.chunk_tokens, split=dc.split)
@@ -453,8 +463,13 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
 
         before_sha = weights_sha256(model.state_dict())  # recorded, so --resume refuses another starting model
         if holdout and not reuse_before:
+            from .progress import Stages
+
+            stages = Stages(progress, "audit", len(forget) + len(holdout))
             with rt.autocast():
                 membership_before = membership_signal(model, prompter, forget, holdout, k=ev.mia_k)
+            stages.step(f"membership before unlearning ({len(forget)} forget, {len(holdout)} holdout records)",
+                        len(forget) + len(holdout))
     with rt.autocast():
         model, pinfo = apply_params(model, pcfg, forget_examples=streams["forget"],
                                     retain_examples=streams["retain"] if pcfg.kind == "fila" else (),
@@ -500,7 +515,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
         if ev.sets and ((epoch == 0 and "start" in ev.at) or periodic or end):
             full = end or epoch == 0 or ev.per_epoch == "full"
             res = evaluate_sets(mdl, prompter, ev.sets, **{**ev.suite_kwargs(), "reference": reference_requests},
-                                generate=full)
+                                generate=full, progress=progress, title=f"{m.name}: evaluation after epoch {epoch}")
             note(progress, f"{m.name}: evaluated {sum(len(s_.records) for s_ in ev.sets)} items "
                            f"({', '.join(s_.name for s_ in ev.sets)}) after epoch {epoch} "
                            f"in {res.timing['evaluation_s']:.1f} s")

@@ -32,3 +32,19 @@ def eta(elapsed: float, done: int, total: int) -> str:
 
 def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+class Stages:
+    """One line per finished stage of a long step that has no bar (an evaluation, the audit), on a terminal
+    or not: what finished, the time since the step began and an ETA from the share of work done."""
+
+    def __init__(self, enabled: bool, title: str, total: int):
+        self.enabled, self.title, self.total, self.done = enabled, title, max(1, total), 0
+        self.started = time.perf_counter()
+
+    def step(self, what: str, work: int) -> None:
+        self.done += work
+        if self.enabled:
+            elapsed = time.perf_counter() - self.started
+            print(f"[{time.strftime('%H:%M:%S')}] {self.title}: {what}; elapsed {_seconds(elapsed)}, "
+                  f"ETA {eta(elapsed, self.done, self.total)}", file=sys.stderr, flush=True)

@@ -165,7 +165,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
                   holdout: Sequence | None = None, mia_k: float = 0.4, retain_model_auc: dict | None = None,
                   reference=None, verbmem_texts: Sequence | None = None, verbmem_prefix: int = 32,
                   verbmem_tokens: int = 128, knowmem: dict | None = None, knowmem_shots: int = 3,
-                  count_end_token: bool = False) -> EvalResult:
+                  count_end_token: bool = False, progress: bool = False, title: str = "evaluation") -> EvalResult:
     """Score every set with the selected metrics (default: every default metric the inputs allow).
 
     ``eval_limit`` keeps the first N items of each scored set (the peers use 300). ``holdout`` (records, or a
@@ -173,7 +173,8 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
     ``reference`` (a model, or a :class:`ModelRequests` that keeps its statistics) the reference attack.
     ``generate=False`` is the fast pass: no metric that generates. TE is always computed with generations; CS
     and ES when ``semantic`` carries their models. ``count_end_token``: EM, extraction strength and the attacks
-    count the answer's end-of-answer token (by default they leave it out, as open-unlearning does).
+    count the answer's end-of-answer token (by default they leave it out, as open-unlearning does). ``progress``:
+    a line per finished set and stage (with elapsed time and ETA), headed ``title``.
     """
     from ..data.prompt import as_prompter
 
@@ -193,6 +194,9 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
                         roles={s.name: s.role for s in sets}, selection=selection)
     attacks = [m for m in selection.of_scope("membership") if _active(m, available, generate)]
     limited = {s.name: list(s.records)[:eval_limit] if eval_limit else list(s.records) for s in scored}
+    from ..progress import Stages
+
+    stages = Stages(progress, title, sum(len(r) for r in limited.values()) + (len(holdout) if attacks else 0))
     if attacks:  # first, so the forget answers' likelihoods come from these statistics, not a second forward
         requests.token_stats(limited[forget_sets[0].name])
     for s in scored:
@@ -200,12 +204,14 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
         if recs:
             _score_set(s, recs, selection, available, generate, requests, result, truth_ratio, semantic, n_samples,
                        count_end_token)
+            stages.step(f"{s.name} ({len(recs)} items)", len(recs))
     if attacks:
         at = time.perf_counter()
         result.membership = _membership(requests, reference, limited[forget_sets[0].name], holdout, attacks, mia_k,
                                         batch_size, count_end_token)
         result.metrics.update(_membership_metrics(result.membership, retain_model_auc))
         result.timing.setdefault("metrics_s", {})["membership"] = time.perf_counter() - at
+        stages.step(f"membership attacks (holdout {len(holdout)} items)", len(holdout))
     for m in selection.of_scope("texts"):
         if _active(m, available, generate):
             at = time.perf_counter()

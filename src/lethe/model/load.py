@@ -31,8 +31,9 @@ def _resolve(name_or_path: str | os.PathLike) -> str:
     if path.exists():
         if not path.is_dir():
             raise ModelError(f"{path}: expected a model directory (config.json + *.safetensors), got a file")
-        if not (path / "config.json").exists():
-            raise ModelError(f"{path}: no config.json; expected a directory written by save_pretrained")
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise ModelError(f"{path}: no config.json (a model) or adapter_config.json (a peft adapter); expected a "
+                             "directory written by save_pretrained")
         if not any(path.glob("*.safetensors")) and not (path / "adapter_config.json").exists():
             raise ModelError(
                 f"{path}: no *.safetensors weights. Lethe loads safetensors only; convert a .bin checkpoint "
@@ -50,7 +51,11 @@ def _hub_error(name: str, e: Exception) -> ModelError:
     )
 
 
-def load_tokenizer(name_or_path, *, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path, *, trust_remote_code: bool = False, base_model=None):
+    """The tokenizer of a model directory (or hub name); an adapter directory's own, else its base model's."""
+    if is_adapter_dir(name_or_path) and not any((Path(str(name_or_path)) / f).exists()
+                                                for f in ("tokenizer.json", "tokenizer_config.json")):
+        return load_tokenizer(adapter_base(name_or_path, base_model), trust_remote_code=trust_remote_code)
     src = _resolve(name_or_path)
     if Path(src).is_dir() and not (Path(src) / "adapter_config.json").exists():
         check_model_dir(src, trust_remote_code=trust_remote_code)
@@ -123,12 +128,45 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
+def is_adapter_dir(name_or_path) -> bool:
+    """A peft adapter directory (adapter_config.json and no model config of its own)."""
+    path = Path(str(name_or_path))
+    return path.is_dir() and (path / "adapter_config.json").exists() and not (path / "config.json").exists()
+
+
+def base_reference(name_or_path) -> str:
+    """How a saved adapter names its base model so that it loads from anywhere: the absolute path of a local
+    directory (an alias such as ``smollm2-135m`` resolved to it), or the hub id as given."""
+    src = _resolve(name_or_path)
+    return str(Path(src).resolve()) if Path(src).is_dir() else str(name_or_path)
+
+
+def adapter_base(adapter_dir, base_model=None) -> str:
+    """The base model of an adapter directory: ``base_model`` when given, else its base_model_name_or_path
+    (a relative path is read from the adapter directory first, then from the working directory)."""
+    if base_model:
+        return str(base_model)
+    cfg_file = Path(adapter_dir) / "adapter_config.json"
+    try:
+        base = json.loads(cfg_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{cfg_file}: not readable JSON ({type(e).__name__})") from None
+    if not base:
+        raise ModelError(f"{cfg_file}: no base_model_name_or_path; pass --base-model DIR")
+    beside = (Path(adapter_dir) / base)
+    return str(beside) if not Path(base).is_absolute() and beside.exists() else str(base)
+
+
 def load_model(name_or_path, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
-               attn_implementation: str | None = None):
+               attn_implementation: str | None = None, base_model=None):
     """Load a causal LM in ``dtype`` (default float32: mixed precision keeps fp32 master weights; the
     runtime policy asks for bfloat16 only for pure bf16). A checkpoint that lacks tensors the
     architecture has (transformers would initialise them randomly) or holds tensors it does not is
-    refused."""
+    refused. A peft adapter directory loads onto its base model (``base_model``, else the one its config
+    names) and is merged into it: the result is a plain model with the adapter's effect."""
+    if is_adapter_dir(name_or_path):
+        return _load_adapter(name_or_path, base_model, dtype=dtype, trust_remote_code=trust_remote_code,
+                             attn_implementation=attn_implementation)
     src = _resolve(name_or_path)
     if dtype is None:
         dtype = torch.float32
@@ -159,3 +197,22 @@ def load_model(name_or_path, *, dtype: torch.dtype | None = None, trust_remote_c
         raise ModelError(f"{src}: the weights do not match the architecture in config.json: tensors "
                          + " and ".join(parts))
     return model
+
+
+def _load_adapter(adapter_dir, base_model, **kwargs):
+    from peft import PeftModel
+
+    base_src = adapter_base(adapter_dir, base_model)
+    if is_adapter_dir(base_src):
+        raise ModelError(f"{adapter_dir}: its base {base_src} is itself an adapter; pass the original base model "
+                         "with --base-model DIR")
+    try:
+        base = load_model(base_src, **kwargs)
+    except ModelError as e:
+        raise ModelError(f"{adapter_dir}: cannot load its base model ({e}); pass --base-model DIR") from None
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise ModelError(f"{adapter_dir}: the adapter does not fit base model {base_src} "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return model.merge_and_unload()

@@ -221,14 +221,19 @@ def save_unlearned(model, tokenizer, directory, *, merge: bool = False, base_mod
     """
     from .save import save_model
 
+    from .save import write_model_card
+
     directory = Path(directory)
     if not hasattr(model, "peft_config"):
-        return save_model(model, tokenizer, directory, prompt_format)
-    fila = REFERENCE in model.peft_config
-    if merge:
-        return save_model(merge_adapters(model), tokenizer, directory, prompt_format)
-    return _save_adapter(model, tokenizer, directory, fila=fila, base_model_path=base_model_path,
-                         prompt_format=prompt_format)
+        out = save_model(model, tokenizer, directory, prompt_format)
+    elif merge:
+        out = save_model(merge_adapters(model), tokenizer, directory, prompt_format)
+    else:
+        out = _save_adapter(model, tokenizer, directory, fila=REFERENCE in model.peft_config,
+                            base_model_path=base_model_path, prompt_format=prompt_format)
+    adapter = hasattr(model, "peft_config") and not merge
+    write_model_card(out, adapter_of=base_model_path if adapter else None, prompt_format=prompt_format)
+    return out
 
 
 def _save_adapter(model, tokenizer, directory: Path, *, fila: bool, base_model_path: str | None,
