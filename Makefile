@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 SIZE ?= small
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench gpu-check gpu-wheels headtohead clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,24 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_memory.py
+
+# The prepared GPU check (benchmarks/gpu_check.py). On the GPU machine its python3 has torch and .whl/ holds the
+# carried wheels of what it lacks (make gpu-wheels here); elsewhere it runs in the venv in CPU mode (tiny).
+GPU_ARGS ?=
+gpu-check:
+	@if python3 -c "import torch" 2>/dev/null; then py=python3; else $(MAKE) -s venv && py=$(PY); fi; \
+	if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then \
+		python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/lethe-site .whl/*.whl; fi; \
+	PYTHONPATH=$(CURDIR)/src:/tmp/lethe-site $$py benchmarks/gpu_check.py $(GPU_ARGS)
+
+gpu-wheels:
+	bash benchmarks/gpu/fetch_wheels.sh .whl
+
+# Lethe against open-unlearning on the same model, data and settings (see benchmarks/headtohead/run.py)
+H2H ?= /tmp/h2h
+headtohead: $(STAMP)
+	@[ -f $(H2H)/model/config.json ] || $(PY) benchmarks/headtohead/prepare.py $(H2H)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/headtohead/run.py --work $(H2H)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
