@@ -116,6 +116,73 @@ def test_flat_probability_normalised_by_the_padded_length():
     assert torch.allclose(g_got, g_ref, atol=1e-12)
 
 
+def _flat_code_loss(z, labels, zi, idk_labels, div, normalise):
+    """FLAT's compute_loss in float64, loop by loop: one h per batch (the response tokens' probabilities summed
+    over the batch, divided by B(T-1) or by the counted tokens), then the divergence once."""
+    g = {"tv": lambda v: 0.5 * torch.tanh(v), "js": lambda v: math.log(2.0) - torch.nn.functional.softplus(-v),
+         "kl": lambda v: v, "pearson": lambda v: v}[div]
+    f_conj = {"tv": lambda u: u, "js": lambda u: -torch.log(2.0 - torch.exp(u)), "kl": lambda u: torch.exp(u - 1.0),
+              "pearson": lambda u: 0.25 * u * u + u}[div]
+
+    def h(logits, lab):
+        total, count = 0.0, 0
+        for b in range(logits.shape[0]):
+            for t in range(logits.shape[1] - 1):
+                if lab[b, t + 1] != IGNORE:
+                    total = total + torch.softmax(logits[b, t], -1)[lab[b, t + 1]]
+                    count += 1
+        return total / (logits.shape[0] * (logits.shape[1] - 1) if normalise == "padded" else count)
+
+    return -g(h(zi, idk_labels)) + f_conj(g(h(z, labels)))
+
+
+@pytest.mark.parametrize("div", ["tv", "js", "kl", "pearson"])
+@pytest.mark.parametrize("normalise", ["padded", "response"])
+def test_flat_batch_pooling_equals_flat_code(div, normalise):
+    z, zi = _logits(), _logits(3)
+    labels, idk_labels = _labels(), _labels().roll(1, dims=0)
+    got = _loss(f"FLAT-{div.upper()}(normalise={normalise},pool=batch)", forget_logits=z, forget_labels=labels,
+                idk_logits=zi, idk_labels=idk_labels)
+    ref = _flat_code_loss(z, labels, zi, idk_labels, div, normalise)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-12)
+    g_got, = torch.autograd.grad(got, z, retain_graph=True)
+    g_ref, = torch.autograd.grad(ref, z)
+    assert torch.allclose(g_got, g_ref, atol=1e-12)
+    per_sequence = _loss(f"FLAT-{div.upper()}(normalise={normalise})", forget_logits=z, forget_labels=labels,
+                         idk_logits=zi, idk_labels=idk_labels)
+    assert per_sequence.item() != pytest.approx(ref.item(), rel=1e-6)  # the paper's form differs for B > 1
+
+
+def test_losses_over_padded_positions_need_a_fixed_width(tokenizer, smoke_data, tiny_model):
+    import lethe
+
+    for method in ("GA+KL(positions=all)", "ME(padding=true)+GD", "FLAT-KL(normalise=padded)"):
+        with pytest.raises(LetheError, match="fixed batch width"):
+            lethe.unlearn(tiny_model, smoke_data.forget(10), smoke_data.retain(10), method=method,
+                          tokenizer=tokenizer, progress=False)
+
+
+def test_padded_presets_are_split_invariant(tokenizer, smoke_data, tiny_model):
+    """KL over all positions of batches padded to one width: 1 x 8 = 2 x 4 = 4 x 2 micro-batches."""
+    import copy
+
+    import lethe
+    from lethe.engine.loop import TrainConfig
+
+    finals = []
+    for micro in (8, 4, 2):
+        model, run = lethe.unlearn(copy.deepcopy(tiny_model), smoke_data.forget(10) + smoke_data.forget(10)[:4],
+                                   smoke_data.retain(10), method="GA+KL", tokenizer=tokenizer, progress=False,
+                                   convention="ihl-fila", evaluation=lethe.EvalConfig(at=()),
+                                   train=TrainConfig(epochs=1, lr=1e-3, batch_size=8, micro_batch_size=micro,
+                                                     checkpoint=False))
+        assert run.config["convention"]["pad_to"] == 500
+        finals.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+    for other in finals[1:]:
+        for k in finals[0]:
+            torch.testing.assert_close(other[k], finals[0][k], atol=1e-6, rtol=1e-5)
+
+
 def test_reference_free_dpo_as_the_flat_baseline():
     lp_f, lp_i = torch.tensor([-3.0, -7.5], dtype=torch.float64), torch.tensor([-9.0, -2.0], dtype=torch.float64)
     ref_f, ref_i = torch.tensor([-1.0, -1.0], dtype=torch.float64), torch.tensor([-4.0, -4.0], dtype=torch.float64)
@@ -135,7 +202,7 @@ def test_presets_supply_defaults_that_explicit_options_override():
     assert parse_method("ME+GD", defaults=cl, forget_options={"padding": False}).forget.options()["padding"] is False
     assert parse_method("NPO+GD", defaults=cl).forget.options() == {"beta": 0.1}  # untouched losses stay as they are
     assert parse_method("FLAT-TV", defaults=get_convention("flat").loss_options).forget.options() == \
-        {"normalise": "padded"}
+        {"normalise": "padded", "pool": "batch"}
     assert set(CONVENTIONS) == {"paper", "closer-look", "tofu", "flat", "ihl-fila", "knowledge-unlearning"}
     with pytest.raises(LetheError, match="unknown convention 'closerlook'"):
         get_convention("closerlook")

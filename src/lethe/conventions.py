@@ -45,16 +45,38 @@ CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
                pad_to=500, eval_limit=300),
     Convention("tofu", "TOFU code: KL over all B·T positions of batches padded to 500", loss_options=KL_ALL,
                pad_to=500),
-    Convention("flat", "FLAT code: h divided by the padded length T-1 (T = 500), reference-free DPO baseline, "
-               "KL over all positions", loss_options={**{n: {"normalise": "padded"} for n in FLAT_LOSSES},
-                                                      "dpo": {"reference_free": True}, **KL_ALL}, pad_to=500),
+    Convention("flat", "FLAT code: one h per batch, its tokens' probability sum divided by B(T-1) with the "
+               "padded length T = 500, reference-free DPO baseline, KL over all positions",
+               loss_options={**{n: {"normalise": "padded", "pool": "batch"} for n in FLAT_LOSSES},
+                             "dpo": {"reference_free": True}, **KL_ALL}, pad_to=500),
     Convention("ihl-fila", "IHL/FILA code: per-batch Fisher weighted by token count, svd_lowrank(q=r, niter=2), "
-               "KL over all positions", loss_options=KL_ALL,
+               "KL over all positions of batches padded to 500", loss_options=KL_ALL, pad_to=500,
                params={"fisher_mode": "per-batch", "svd": "randomized", "svd_oversample": 0, "svd_niter": 2}),
     Convention("knowledge-unlearning", "knowledge-unlearning code (EL/MA): EL_n divided by the true suffix's "
                "n-gram count, the EOS that ends a generation kept in it",
                el=ELConfig(denominator="truth", keep_eos=True)),
 )}
+
+
+def needs_fixed_width(loss) -> bool:
+    """Whether a loss averages over the padded batch's positions (KL over all positions, ME with padding,
+    FLAT normalised by the padded length): its value then depends on the batch's width, so accumulation
+    reproduces one big batch only when every batch is padded to one width."""
+    options = getattr(loss, "options", None)
+    options = (options() if callable(options) else options) or {}
+    return str(getattr(loss, "unit", "")).startswith("padded") or options.get("normalise") == "padded"
+
+
+def check_fixed_width(method, pad_to: int | None) -> None:
+    """A loss that averages over padded positions needs a fixed width: refused without one (one line)."""
+    if pad_to is not None:
+        return
+    for loss in method.losses:
+        if needs_fixed_width(loss):
+            raise LetheError(f"loss '{loss.name}' averages over every padded position ({loss.unit or 'normalise=padded'}"
+                             "), so without a fixed batch width its value depends on how examples share micro-batches: "
+                             "use a convention that fixes it (--convention closer-look, tofu, flat or ihl-fila pad to "
+                             "500; pad_to in the Python API), or the option's answer-only form")
 
 
 def get_convention(name: str | Convention | None) -> Convention:

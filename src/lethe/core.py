@@ -28,7 +28,7 @@ from .evaluation.mia import ATTACKS
 from .evaluation.suite import (EvalResult, EvalSet, Semantic, aggregate, available_needs, check_selection,
                                evaluate_sets)
 from .audit import records_sha256
-from .conventions import Convention, get_convention
+from .conventions import Convention, check_fixed_width, get_convention
 from .io import crash_point, write_json
 from .model.load import base_reference, is_adapter_dir, load_model, load_tokenizer, saved_prompt_format
 from .model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
@@ -343,7 +343,8 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
             save: bool = True, merge: bool = False, resume: bool = False, overwrite: bool = False,
             epoch_hook: Callable | None = None, progress: bool = True,
             runtime: RuntimeConfig | None = None, extra_record: Mapping | None = None,
-            convention: str | Convention = "paper", reference_model=None) -> tuple[Any, UnlearnRun]:
+            convention: str | Convention = "paper", reference_model=None,
+            pad_to: int | None = None) -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method``, evaluating per epoch.
 
     ``method``: ``"NPO(beta=0.2)+KL"``, a :class:`MethodConfig`, a :class:`Method`, a loss function or
@@ -356,7 +357,9 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     (:mod:`lethe.conventions`: ``paper``, ``closer-look``, ``tofu``, ``flat``, ``ihl-fila``,
     ``knowledge-unlearning``) reproduces a released code's losses, batch layout and evaluation limit;
     options given explicitly win, and ParamsConfig fields are taken from it where left at their defaults.
-    ``reference_model``: θ_ref for the methods that compare against one (NPO, DPO, KL, SimNPO's none):
+    ``pad_to``: every training batch padded to this width (default: the convention's); a loss that averages
+    over padded positions (KL over all positions, ME with padding) needs one. ``reference_model``: θ_ref for the
+    methods that compare against one (NPO, DPO, KL, SimNPO's none):
     by default the model as this call receives it; continual unlearning with a *fixed* reference passes
     the model from before the first request (it is used in place, frozen, and never saved with the result).
     With ``out_dir``: ``model/`` (a plain transformers dir for full or ``merge=True``, else a peft
@@ -376,8 +379,10 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     if ev.limit is None and conv.eval_limit is not None:
         ev = replace(ev, limit=conv.eval_limit)
     ev.check_metrics()
-    if conv.pad_to is not None and conv.pad_to > mc.max_length:
-        mc = replace(mc, max_length=conv.pad_to)  # the released code's max length
+    pad_to = pad_to if pad_to is not None else conv.pad_to
+    check_fixed_width(m, pad_to)
+    if pad_to is not None and pad_to > mc.max_length:
+        mc = replace(mc, max_length=pad_to)  # the released code's max length
     if isinstance(model, (str, Path)) and is_adapter_dir(model) and pcfg.kind != "full" and not merge:
         raise LetheError(f"{model} is a peft adapter directory: a new {pcfg.kind} adapter saved on top of it would "
                          "name no base model that loads alone. Unlearn its merged model (lethe unlearn ... --merge "
@@ -397,9 +402,10 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     lock = claim(run_dir, RUN_OUTPUTS, resume=resume, overwrite=overwrite, command=f"unlearn {m.name}") \
         if run_dir is not None else nullcontext()
     with lock:
-        record = {**dict(extra_record or {}), **({"convention": conv.record()} if conv.name != "paper" else {})}
+        record = {**dict(extra_record or {}), **({"convention": conv.record()} if conv.name != "paper" else {}),
+                  **({"pad_to": pad_to} if pad_to != conv.pad_to else {})}
         return _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir,
-                               warnings, save, merge, resume, epoch_hook, progress, record, conv.pad_to,
+                               warnings, save, merge, resume, epoch_hook, progress, record, pad_to,
                                reference_model)
 
 

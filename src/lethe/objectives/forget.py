@@ -211,6 +211,19 @@ def mean_token_probability(logits, labels, normalise: str = "response"):
 FLAT_NORMALISE = ("response", "padded")
 
 
+def pooled_token_probability(logits, labels, normalise: str = "response"):
+    """One h for the whole batch ([1]): the response tokens' probability sum over every sequence, divided by
+    the batch's counted tokens, or by B·(T-1) with ``normalise="padded"`` (FLAT's code)."""
+    tok_logp, mask = token_logprobs(logits, labels)
+    total = (tok_logp.exp() * mask).sum()
+    if normalise == "padded":
+        return (total / max(1, logits.shape[0] * (logits.shape[1] - 1))).reshape(1)
+    return (total / mask.sum().clamp(min=1.0)).reshape(1)
+
+
+FLAT_POOL = ("sequence", "batch")
+
+
 def flat_loss(h_template, h_forget, divergence: str):
     g, f_conj = FLAT_DIVERGENCES[divergence]
     return (-g(h_template) + f_conj(g(h_forget))).mean()
@@ -218,16 +231,19 @@ def flat_loss(h_template, h_forget, divergence: str):
 
 def _register_flat(div: str):
     @reads_logits_through_tokens
-    def flat(forget_logits, forget_labels, idk_logits, idk_labels, *, normalise: str = "response"):
+    def flat(forget_logits, forget_labels, idk_logits, idk_labels, *, normalise: str = "response",
+             pool: str = "sequence"):
         if normalise not in FLAT_NORMALISE:
             raise LetheError(f"flat: normalise must be one of {', '.join(FLAT_NORMALISE)}, got {normalise!r}")
-        h_forget = mean_token_probability(forget_logits, forget_labels, normalise)
-        h_template = mean_token_probability(idk_logits, idk_labels, normalise)
-        return flat_loss(h_template, h_forget, div)
+        if pool not in FLAT_POOL:
+            raise LetheError(f"flat: pool must be one of {', '.join(FLAT_POOL)}, got {pool!r}")
+        h = pooled_token_probability if pool == "batch" else mean_token_probability
+        return flat_loss(h(idk_logits, idk_labels, normalise), h(forget_logits, forget_labels, normalise), div)
 
     flat.__doc__ = (f"FLAT ({div.upper()}): -g*(h_e) + f*(g*(h_f)), h = mean token probability of the refusal "
                     "template (e) and of the forget answer (f); no retain data, no reference model. "
-                    "normalise=padded: h's sum over T-1 padded positions (the released code).")
+                    "normalise=padded: h's sum over T-1 padded positions; pool=batch: one h per batch, the "
+                    "divergence applied once (the released code; exact when a step is one micro-batch).")
     FORGET_LOSSES.register(f"flat-{div}", unit="sequence")(flat)
 
 
