@@ -183,3 +183,31 @@ def test_a_torn_last_log_line_is_dropped(tmp_path):
     log.write_text('{"epoch": 0, "step": 1}\n{"epo\n{"epoch": 1}\n')
     with pytest.raises(json.JSONDecodeError):
         read_jsonl(log)  # a damaged line in the middle is not a kill: it is reported
+
+
+@pytest.mark.parametrize("change", [["--model", "no/such/model"], ["--method", "RMU(layer=999)"]])
+def test_overwrite_that_fails_leaves_the_finished_run_intact(inputs, tmp_path, capsys, change):
+    """--overwrite moves the earlier run aside; an error before the new run finishes (a model that does not
+    exist, an option refused once the model is known) puts it back byte for byte."""
+    out = tmp_path / "run"
+    argv = ["--quiet", *_unlearn_argv(inputs, out), "--epochs", "1"]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and ".lethe.lock" not in p.name}
+    capsys.readouterr()
+    bad = list(argv)
+    i = bad.index(change[0]) if change[0] in bad else None
+    if i is None:
+        bad += change
+    else:
+        bad[i + 1] = change[1]
+    with pytest.raises(SystemExit) as e:
+        main(bad + ["--overwrite"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and ".lethe.lock" not in p.name}
+    assert after == before and not (out / ".lethe-replaced").exists()
+    with pytest.raises(SystemExit) as e:  # a good --overwrite replaces it and leaves nothing aside
+        main(argv + ["--overwrite"])
+    assert e.value.code == 0 and (out / "run.json").exists() and not (out / ".lethe-replaced").exists()

@@ -36,7 +36,7 @@ from .model.save import save_model
 from .objectives.method import Method, parse_method
 from .runtime import RuntimeConfig
 from .progress import note
-from .rundir import check_output, claim, remove_temporaries, start_fresh
+from .rundir import check_output, claim, remove_temporaries, replacing
 from .validation import bounded, check_ranges
 
 
@@ -260,8 +260,9 @@ def finetune(model, records, *, tokenizer=None, train: TrainConfig | None = None
     with claim(work, ("checkpoint", "checkpoint.old", "steps.jsonl"), resume=resume, overwrite=overwrite,
                command=desc):
         remove_temporaries(out.parent, names=(out.name,))
-        start_fresh(out.parent, (out.name,), resume=resume, overwrite=overwrite)
-        return _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc)
+        with replacing(out.parent, (out.name,), resume=resume, overwrite=overwrite,
+                       aside=f".lethe-replaced-{out.name}"):  # the earlier model comes back if this run fails
+            return _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc)
 
 
 def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc):

@@ -169,23 +169,47 @@ def remove_temporaries(directory, names: Iterable[str] | None = None) -> list[Pa
     return removed
 
 
+# Where --overwrite moves an earlier run's outputs until the new run has finished (then they are deleted).
+REPLACED = ".lethe-replaced"
+
+
 def start_fresh(directory, outputs: Iterable[str], *, resume: bool, overwrite: bool, option: str = "--out",
-                dry_run: bool = False) -> None:
+                dry_run: bool = False, keep_aside: bool | str = False) -> Path | None:
     """A run directory that already holds ``outputs`` of an earlier run: continue (resume), replace
-    (overwrite: they are deleted now, so a killed rerun cannot leave the old result looking current),
-    or refuse. ``dry_run`` only refuses."""
+    (overwrite: they leave their places now, so a killed rerun cannot leave the old result looking current),
+    or refuse. ``dry_run`` only refuses. With ``keep_aside`` the old outputs are moved into ``REPLACED`` (returned)
+    instead of deleted, for :func:`claim` to delete once the new run succeeds or put back if it fails."""
     directory = Path(directory)
-    present = [n for n in outputs if (directory / n).exists()]
+    present = [n for n in outputs if (directory / n).exists() or (directory / n).is_symlink()]
     if not present or resume:
-        return
+        return None
     if not overwrite:
         raise LetheError(f"{option} {directory} already holds a run ({', '.join(present)}): pass --resume to "
                          "continue it, --overwrite to replace it, or choose another --out")
     if dry_run:
-        return
+        return None
+    if keep_aside:
+        aside = directory / (keep_aside if isinstance(keep_aside, str) else REPLACED)
+        if aside.exists():  # an older replaced run whose replacement was interrupted: the newer one wins
+            shutil.rmtree(aside, ignore_errors=True)
+        aside.mkdir()
+        for n in present:
+            os.replace(directory / n, aside / n)
+        return aside
     for n in present:
         p = directory / n
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    return None
+
+
+def _put_back(directory: Path, aside: Path) -> None:
+    """A replacing run failed: its partial outputs go, the earlier run's return to their places."""
+    for entry in aside.iterdir():
+        target = directory / entry.name
+        if target.exists() or target.is_symlink():
+            shutil.rmtree(target) if target.is_dir() and not target.is_symlink() else target.unlink()
+        os.replace(entry, target)
+    aside.rmdir()
 
 
 def preflight(directory, outputs: Iterable[str] = (), *, resume: bool = False, overwrite: bool = False,
@@ -203,13 +227,44 @@ def preflight(directory, outputs: Iterable[str] = (), *, resume: bool = False, o
 @contextmanager
 def claim(directory, outputs: Iterable[str] = (), *, resume: bool = False, overwrite: bool = False,
           command: str = "lethe", option: str = "--out") -> Iterator[Path]:
-    """Check, lock and tidy ``directory`` for a run (see the module docstring)."""
+    """Check, lock and tidy ``directory`` for a run (see the module docstring).
+
+    With ``overwrite`` the earlier run is moved aside, not deleted, until the new run ends: an error before
+    it finishes (a model that does not load, an option refused once the model is known) puts the earlier run
+    back untouched; success deletes it. An interrupted replacement (Ctrl-C, a kill) keeps its own partial
+    state for ``--resume``, and the earlier run waits in ``.lethe-replaced`` until a replacement finishes."""
     directory = check_output(directory, option=option)
     with run_lock(directory, command=command):
+        aside = None
         if _rank() == 0:
             remove_temporaries(directory)
-            start_fresh(directory, outputs, resume=resume, overwrite=overwrite, option=option)
-        yield directory
+            aside = start_fresh(directory, outputs, resume=resume, overwrite=overwrite, option=option,
+                                keep_aside=True)
+        with _replacing(directory, aside):
+            yield directory
+
+
+@contextmanager
+def _replacing(directory: Path, aside: Path | None) -> Iterator[None]:
+    try:
+        yield
+    except Exception:
+        if aside is not None:
+            _put_back(directory, aside)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextmanager
+def replacing(directory, outputs: Iterable[str], *, resume: bool, overwrite: bool, aside: str = REPLACED,
+              option: str = "--out") -> Iterator[None]:
+    """:func:`start_fresh` for outputs in ``directory``, the earlier ones kept in ``aside`` until the body
+    succeeds (then deleted) or fails with an error (then put back)."""
+    directory = Path(directory)
+    kept = start_fresh(directory, outputs, resume=resume, overwrite=overwrite, option=option, keep_aside=aside)
+    with _replacing(directory, kept):
+        yield
 
 
 def describe_os_error(e: OSError) -> str:
