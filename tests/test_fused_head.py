@@ -117,7 +117,8 @@ def _records():
     return forget, retain
 
 
-@pytest.mark.parametrize("method", ["GA+GD", "NPO+KL", "ME+GD", "IHL+GD", "FLAT-KL", "IDK+AP", "DPO+KL"])
+@pytest.mark.parametrize("method", ["GA+GD", "NPO+KL", "ME+GD", "IHL+GD", "FLAT-KL", "IDK+AP", "DPO+KL", "WGA+GD",
+                                    "SatImp+GD", "UNDIAL+GD", "CEU+KL"])
 def test_unlearn_step_fused_equals_plain(method):
     """One training step of each method: same loss and same gradient of every parameter, fused or not."""
     from lethe.model.reference import FrozenCopy

@@ -269,6 +269,7 @@ def test_all_masked_batch_stays_finite(name):
               "forget_seq_logp": seq_f, "forget_lengths": zeros, "idk_logits": other, "idk_labels": labels,
               "idk_seq_logp": seq_o, "ref_forget_seq_logp": zeros, "ref_idk_seq_logp": zeros,
               "retain_logits": logits, "retain_labels": labels, "ref_retain_logits": other.detach(),
+              "ref_forget_logits": other.detach(),
               "retain_seq_logp": seq_f, "retain_idk_seq_logp": seq_o}
     spec = REGULARIZERS.get(name[4:]) if name.startswith("reg:") else FORGET_LOSSES.get(name)
     loss = spec(inputs)
@@ -294,3 +295,75 @@ def test_method_loss_combines_alpha_and_gamma():
     m = parse_method("GA+GD", alpha=0.3, gamma=2.0)
     total, parts = m.loss({"forget_logits": f, "forget_labels": fl, "retain_logits": r, "retain_labels": rl})
     assert total.item() == pytest.approx(0.3 * parts["forget"].item() + 2.0 * parts["regularizer"].item())
+
+
+# ---- WGA, SatImp, UNDIAL, CEU against loops ------------------------------------------------------------
+
+def ref_weighted(logits, labels, weight):
+    pos = positions(labels)
+    total = 0.0
+    for b, t, y in pos:
+        p = probs(logits[b, t])[y]
+        total = total + weight(p.detach()) * torch.log(p)
+    return total / len(pos)
+
+
+def ref_soft_ce(logits, labels, target_of):
+    pos = positions(labels)
+    total = 0.0
+    for b, t, y in pos:
+        q = target_of(b, t, y)
+        p = probs(logits[b, t])
+        total = total - sum(q[v] * torch.log(p[v]) for v in range(V))
+    return total / len(pos)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_token_weighted_and_distillation_losses_match_references(seed):
+    f, fl, _ = make(seed)
+    zr, _, _ = make(seed + 40)  # the reference model's logits
+    L = lambda name: FORGET_LOSSES.get(name).fn  # noqa: E731
+    for beta in (1.0, 2.0):
+        check(lambda z: L("wga")(z, fl, beta=beta), lambda z: ref_weighted(z, fl, lambda p: p ** beta), [f])
+    check(lambda z: L("satimp")(z, fl), lambda z: ref_weighted(z, fl, lambda p: p ** 5 * (1 - p) ** 1), [f])
+    check(lambda z: L("satimp")(z, fl, beta1=1.0, beta2=2.0),
+          lambda z: ref_weighted(z, fl, lambda p: p * (1 - p) ** 2), [f])
+
+    def undial_q(b, t, y, beta=10.0):
+        row = [zr[b, t, v] - (beta if v == y else 0.0) for v in range(V)]
+        e = [torch.exp(x) for x in row]
+        return [x / sum(e) for x in e]
+
+    check(lambda z: L("undial")(z, fl, zr), lambda z: ref_soft_ce(z, fl, undial_q), [f])
+    check(lambda z: L("undial")(z, fl, zr, beta=2.0),
+          lambda z: ref_soft_ce(z, fl, lambda b, t, y: undial_q(b, t, y, 2.0)), [f])
+
+    def ceu_ref(z, skip_first):
+        pos = positions(fl)
+        if skip_first:
+            firsts = {min(t for bb, t, _ in pos if bb == b) for b in range(B)}
+            firsts = {(b, min(t for bb, t, _ in pos if bb == b)) for b in range(B)}
+            pos = [(b, t, y) for b, t, y in pos if (b, t) not in firsts]
+        total = 0.0
+        for b, t, y in pos:
+            d = z[b, t].detach()
+            e = [torch.exp(d[v]) if v != y else torch.zeros((), dtype=d.dtype) for v in range(V)]
+            q = [x / sum(e) for x in e]
+            p = probs(z[b, t])
+            total = total - sum(q[v] * torch.log(p[v]) for v in range(V))
+        return total / len(pos)
+
+    for skip_first in (False, True):
+        check(lambda z: L("ceu")(z, fl, skip_first=skip_first), lambda z: ceu_ref(z, skip_first), [f])
+
+
+def test_new_losses_refuse_bad_options_before_any_work():
+    from lethe.errors import LetheError
+
+    for spec, word in (("WGA(beta=-1)", "'beta' must be >= 0"), ("SatImp(beta1=inf)", "beta1"),
+                       ("UNDIAL(beta=-2)", "'beta' must be >= 0"), ("NPO(beta=0)", "'beta' must be > 0"),
+                       ("NPO(beta=-1)+GD", "'beta' must be > 0"), ("SimNPO(beta=0)", "'beta' must be > 0"),
+                       ("GA+AP(beta=0)", "'beta' must be > 0"), ("RMU(layer=2.5)", "whole number"),
+                       ("RMU(layer=-1)", "whole number")):
+        with pytest.raises(LetheError, match=word):
+            parse_method(spec)  # at parse time: before any model loads

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import LetheError
 from .head import reads_logits_through_tokens
+from .loss import option_ranges
 from .registry import FORGET_LOSSES
 from .tokens import RowOp, align_mask, align_targets, map_positions, masked_mean, mean_nll, token_logprobs, upcast
 
@@ -28,6 +29,7 @@ def npo_loss(seq_logp, ref_seq_logp, beta: float):
 
 
 @FORGET_LOSSES.register("npo", unit="sequence")
+@option_ranges(beta=(0, None, True))
 def npo(forget_seq_logp, ref_forget_seq_logp, *, beta: float = 0.1):
     """NPO (Zhang et al. 2024): -(2/β) log σ(-β (log p(y|x) - log p_ref(y|x))), sequence log-probs."""
     return npo_loss(forget_seq_logp, ref_forget_seq_logp, beta)
@@ -38,6 +40,7 @@ def simnpo_loss(seq_logp, lengths, beta: float, delta: float):
 
 
 @FORGET_LOSSES.register("simnpo", unit="sequence")
+@option_ranges(beta=(0, None, True))
 def simnpo(forget_seq_logp, forget_lengths, *, beta: float = 2.5, delta: float = 0.0):
     """SimNPO (Fan et al. 2024): -(2/β) log σ(-(β/|y|) log p(y|x) - δ); no reference model.
 
@@ -59,6 +62,7 @@ def dpo_loss(logp_chosen, logp_rejected, ref_chosen, ref_rejected, beta: float):
 
 
 @FORGET_LOSSES.register("dpo", unit="sequence")
+@option_ranges(beta=(0, None, True))
 def dpo(forget_seq_logp, idk_seq_logp, ref_forget_seq_logp, ref_idk_seq_logp, *, beta: float = 0.1,
         reference_free: bool = False):
     """DPO as unlearning: the refusal is preferred to the true answer, relative to the reference.
@@ -161,6 +165,7 @@ def _me_unit(o) -> str:
 
 
 @FORGET_LOSSES.register("me", unit=_me_unit)
+@option_ranges(eps=(0, None, False))
 @reads_logits_through_tokens
 def me(forget_logits, forget_labels, forget_mask, *, direction: str = "model-to-uniform",
        mask_question: bool = False, eps: float = 0.0, padding: bool = False):
@@ -249,3 +254,111 @@ def _register_flat(div: str):
 
 for _div in FLAT_DIVERGENCES:
     _register_flat(_div)
+
+
+# ---- token-weighted ascent: WGA, SatImp ---------------------------------------------------------------
+
+def _weighted_ascent(forget_logits, forget_labels, weight):
+    """-mean_t w_t · CE_t = mean_t w_t · log p(y_t), with w_t a function of p(y_t) taken as a constant."""
+    tok_logp, mask = token_logprobs(forget_logits, forget_labels)
+    w = weight(tok_logp.detach().exp()) * mask
+    return masked_mean(w * tok_logp, mask)
+
+
+@FORGET_LOSSES.register("wga")
+@option_ranges(beta=(0, None, False))
+@reads_logits_through_tokens
+def wga(forget_logits, forget_labels, *, beta: float = 1.0):
+    """Weighted gradient ascent (Wang et al. 2025): -mean_t sg(p(y_t))^β · CE_t; tokens the model already
+    finds unlikely weigh little, so ascent does not run away on them as GA does."""
+    if not beta >= 0 or math.isinf(beta):
+        raise LetheError(f"wga: beta must be a finite number >= 0, got {beta}")
+    return _weighted_ascent(forget_logits, forget_labels, lambda p: p.pow(beta))
+
+
+@FORGET_LOSSES.register("satimp")
+@option_ranges(beta1=(0, None, False), beta2=(0, None, False))
+@reads_logits_through_tokens
+def satimp(forget_logits, forget_labels, *, beta1: float = 5.0, beta2: float = 1.0):
+    """SatImp (Yang et al. 2025): -mean_t sg(p^β1 (1 - p)^β2) · CE_t, p = p(y_t). open-unlearning's config
+    names β1 ``gamma`` and β2 ``alpha`` (swapped against its README)."""
+    for name, value in (("beta1", beta1), ("beta2", beta2)):
+        if not value >= 0 or math.isinf(value):
+            raise LetheError(f"satimp: {name} must be a finite number >= 0, got {value}")
+    return _weighted_ascent(forget_logits, forget_labels, lambda p: p.pow(beta1) * (1.0 - p).pow(beta2))
+
+
+# ---- self-distillation towards an adjusted target: UNDIAL, CEU ------------------------------------------
+
+def _soft_ce_value(rows, target_probs):
+    return -(target_probs * torch.log_softmax(upcast(rows), dim=-1)).sum(-1)
+
+
+def _soft_ce_value_and_grad(rows, target_probs, *, out):
+    # d/dz of -sum_v q_v log softmax(z)_v = softmax(z) - q (q sums to 1)
+    logp = torch.log_softmax(upcast(rows), dim=-1)
+    value = -(target_probs * logp).sum(-1)
+    out.copy_(logp.exp_().sub_(target_probs))
+    return value
+
+
+_soft_ce_rows = RowOp(_soft_ce_value, _soft_ce_value_and_grad)
+
+
+def _undial_target(beta: float):
+    def target(ref_rows, targets):
+        adjusted = upcast(ref_rows).clone()
+        adjusted.scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(adjusted[..., :1], -beta))
+        return torch.softmax(adjusted, dim=-1)
+    return target
+
+
+def _with_target(make_target):
+    """A RowOp over (rows, ref_rows, targets): soft cross-entropy to a target built from the other inputs."""
+    def value(rows, ref_rows, targets):
+        return _soft_ce_value(rows, make_target(ref_rows, targets))
+
+    def value_and_grad(rows, ref_rows, targets, *, out):
+        return _soft_ce_value_and_grad(rows, make_target(ref_rows, targets), out=out)
+
+    return RowOp(value, value_and_grad)
+
+
+@FORGET_LOSSES.register("undial")
+@option_ranges(beta=(0, None, False))
+@reads_logits_through_tokens
+def undial(forget_logits, forget_labels, ref_forget_logits, *, beta: float = 10.0):
+    """UNDIAL (Dong et al. 2024): cross-entropy of the model to q = softmax(z_ref - β·onehot(y)) at every
+    answer position, z_ref the frozen starting model's logits: distillation towards the reference with the
+    true token's logit lowered by β. Averaged over answer tokens."""
+    if not beta >= 0 or math.isinf(beta):
+        raise LetheError(f"undial: beta must be a finite number >= 0, got {beta}")
+    targets, mask = align_targets(forget_labels)
+    values = map_positions(_with_target(_undial_target(beta)), [forget_logits, ref_forget_logits.detach(), targets],
+                           where=mask.bool())
+    return masked_mean(values, mask)
+
+
+def _ceu_target(rows, targets):
+    # the model's own distribution (no gradient) with the true token removed and the rest renormalised
+    z = upcast(rows).detach().clone()
+    z.scatter_(-1, targets.unsqueeze(-1), float("-inf"))
+    return torch.softmax(z, dim=-1)
+
+
+_ceu_rows = RowOp(lambda rows, targets: _soft_ce_value(rows, _ceu_target(rows, targets)),
+                  lambda rows, targets, *, out: _soft_ce_value_and_grad(rows, _ceu_target(rows, targets), out=out))
+
+
+@FORGET_LOSSES.register("ceu")
+@reads_logits_through_tokens
+def ceu(forget_logits, forget_labels, *, skip_first: bool = False):
+    """Cross-entropy unlearning (CEU): cross-entropy of the model to its own detached distribution with the
+    true token's logit set to -inf, over the answer tokens. ``skip_first=True`` leaves out each answer's first
+    token, as open-unlearning's code does; the default counts every answer token."""
+    targets, mask = align_targets(forget_labels)
+    if skip_first:
+        first = (mask.cumsum(-1) == 1) & mask.bool()
+        mask = mask * (~first).to(mask.dtype)
+    values = map_positions(_ceu_rows, [forget_logits, targets], where=mask.bool())
+    return masked_mean(values, mask)

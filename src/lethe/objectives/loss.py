@@ -130,7 +130,27 @@ def bind_options(name: str, factory: Callable, given: Mapping[str, Any]) -> dict
     missing = [k for k, v in defaults.items() if v is inspect.Parameter.empty and k not in given]
     if missing:
         raise LetheError(f"loss '{name}' needs option(s) {', '.join(missing)}")
-    return {k: _coerce(name, k, given[k], v) if k in given else v for k, v in defaults.items()}
+    bound = {k: _coerce(name, k, given[k], v) if k in given else v for k, v in defaults.items()}
+    for key, (low, high, low_open) in getattr(factory, "option_ranges", {}).items():
+        value = bound.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        bad_low = low is not None and (value <= low if low_open else value < low)
+        if bad_low or (high is not None and value > high):
+            sign = ">" if low_open else ">="
+            where = " and ".join(p for p in ((f"{sign} {low}" if low is not None else ""),
+                                             (f"<= {high}" if high is not None else "")) if p)
+            raise LetheError(f"loss '{name}': option '{key}' must be {where}, got {value}")
+    return bound
+
+
+def option_ranges(**ranges):
+    """Declare a loss's numeric option ranges, checked when the method is parsed (before any model work):
+    ``@option_ranges(beta=(0, None, True))`` means beta > 0; the tuple is (low, high, low_open)."""
+    def mark(fn):
+        fn.option_ranges = {**getattr(fn, "option_ranges", {}), **ranges}
+        return fn
+    return mark
 
 
 def build_loss(factory: Callable | Loss, name: str | None = None, options: Mapping[str, Any] | None = None,

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from ..errors import LetheError
 from .head import reads_logits_through_tokens
+from .loss import option_ranges
 from .registry import REGULARIZERS
 from .tokens import RowOp, align_targets, map_positions, masked_mean, mean_nll, upcast
 
@@ -60,6 +61,7 @@ def ap_loss(logp_idk, logp_answer, beta: float):
 
 
 @REGULARIZERS.register("ap", unit="sequence")
+@option_ranges(beta=(0, None, True))
 def ap(retain_seq_logp, retain_idk_seq_logp, *, beta: float = 0.1):
     """Answer Preservation (closer-look Eq. 8): -(1/β) log σ(-β (log p(y_idk|x) - log p(y|x))) on retain x.
 

@@ -65,6 +65,8 @@ class RMU(Loss):
                  trained_layers: str | None = None, modules: str = "mlp", norm_multiple: float = 4.0):
         if alpha < 0 or norm_multiple <= 0 or (steering_coeff is not None and steering_coeff <= 0):
             raise LetheError("rmu: alpha must be >= 0, steering_coeff and norm_multiple > 0")
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+            raise LetheError(f"rmu: layer must be a whole number >= 0 (a decoder layer's index), got {layer}")
         self.layer, self.steering_coeff, self.alpha = layer, steering_coeff, float(alpha)
         self.trained_layers, self.modules, self.norm_multiple = trained_layers, modules, float(norm_multiple)
         self.control: torch.Tensor | None = None
