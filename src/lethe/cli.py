@@ -173,6 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="directories holding a results.json (e.g. the --out of lethe demo)")
     p.add_argument("--out", default=None, help="where to write report.html/report.md (default: the first run dir)")
 
+    sub.add_parser("attacks", help="list the attacks that try to bring forgotten knowledge back, with options")
+    p = sub.add_parser("attack", help="attack a model (quantize, relearn) and score the forget set before and "
+                                      "after, with a retain model under the same attack as the control")
+    p.add_argument("--model", required=True, help="the unlearned model (a directory or a peft adapter directory)")
+    p.add_argument("--forget", required=True, help="the forget records the attacks try to recover")
+    p.add_argument("--attacks", default="quantize,relearn", help="comma-separated attacks (default quantize,relearn; "
+                                                                 "`lethe attacks` lists them)")
+    p.add_argument("--attack-opt", action="append", default=[], metavar="ATTACK.NAME=VALUE",
+                   help="an attack's option (repeatable), e.g. quantize.bits=8, relearn.epochs=5")
+    p.add_argument("--retain-model", default=None, metavar="DIR",
+                   help="a model never trained on the forget set: attacked the same way, the control")
+    p.add_argument("--target-model", default=None, metavar="DIR",
+                   help="the model before unlearning: recovery = change / (target − unlearned)")
+    p.add_argument("--metrics", default="P,ROUGE", metavar="NAMES",
+                   help="forget-set metrics scored before and after each attack (default P,ROUGE)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="greedy tokens per answer for ROUGE (default 48)")
+    p.add_argument("--out", default=None, help="write the results to this JSON file")
+    opts.add_model_options(p)
+    opts.add_runtime_options(p)
+    opts.add_data_options(p)
+
     p = sub.add_parser("eval", help="evaluate a model on QA sets (ROUGE, P, TR, MU, FE, FQ; membership "
                                     "inference with --holdout)")
     p.add_argument("--model", required=True, help="model directory")
@@ -261,6 +282,12 @@ def _dispatch(args) -> int:
         print(describe_losses())
     elif args.command == "metrics":
         print(describe_metrics())
+    elif args.command == "attacks":
+        from .attacks import describe
+
+        print(describe())
+    elif args.command == "attack":
+        return _attack(args, progress)
     elif args.command == "report":
         written = api.report(args.runs, out=args.out)
         if not args.quiet:
@@ -297,6 +324,51 @@ def _dispatch(args) -> int:
 
             write_json(args.out, payload)
         print(json.dumps(res.metrics, indent=2))
+    return 0
+
+
+def _attack(args, progress: bool) -> int:
+    from .attacks import parse_attacks, run_attacks
+    from .core import prepare
+    from .data.sources import load_qa
+    from .evaluation.metric_registry import parse_metric_list
+    from .model.load import load_model
+
+    options: dict = {}
+    for item in args.attack_opt:  # ATTACK.NAME=VALUE
+        head, eq, value = item.partition("=")
+        attack, dot, name = head.partition(".")
+        if not eq or not dot or not attack.strip() or not name.strip():
+            raise LetheError(f"--attack-opt: expected ATTACK.NAME=VALUE, got {item!r}")
+        options.setdefault(attack.strip(), {})
+        if name.strip() in options[attack.strip()]:
+            raise LetheError(f"--attack-opt: {head.strip()} is given twice")
+        options[attack.strip()][name.strip()] = value.strip()
+    attacks = parse_attacks(args.attacks, options)
+    metrics = parse_metric_list(args.metrics)
+    if args.out:
+        from .rundir import check_output
+
+        check_output(args.out, kind="file")
+    forget = load_qa(args.forget, fields=opts.data_config(args).fields, split=args.split)
+    mc, rt = opts.model_config(args), opts.runtime_config(args)
+    model, prompter, _ = prepare(args.model, None, mc, rt)
+    others = {k: rt.place(load_model(v, dtype=rt.weight_dtype, trust_remote_code=mc.trust_remote_code))
+              for k, v in (("retain", args.retain_model), ("target", args.target_model)) if v}
+    from dataclasses import replace
+
+    with rt.autocast():
+        result = run_attacks(model, forget, attacks, prompter=prompter, metrics=metrics,
+                             retain_model=others.get("retain"), target_model=others.get("target"),
+                             context={"model_config": replace(mc, prompt_format=prompter.format), "runtime": rt,
+                                      "max_new_tokens": args.max_new_tokens})
+    result.update(model=str(args.model), forget=str(args.forget), retain_model=args.retain_model,
+                  target_model=args.target_model)
+    if args.out:
+        from .io import write_json
+
+        write_json(args.out, result)
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -1,0 +1,124 @@
+"""Attacks that try to bring forgotten knowledge back: RTN quantization against a by-hand reference, relearning
+against a retain-model control, options checked before any work, models never changed."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import lethe
+from lethe.attacks import ATTACKS, parse_attacks, quantize_rtn, relearn_split, robustness_q, robustness_r, run_attacks
+from lethe.errors import LetheError
+
+
+def _by_hand(w, bits, group, symmetric):
+    out = torch.empty_like(w)
+    for r in range(w.shape[0]):
+        for start in range(0, w.shape[1], group or w.shape[1]):
+            block = w[r, start:start + (group or w.shape[1])]
+            if symmetric:
+                qmax = 2 ** (bits - 1) - 1
+                s = max(float(block.abs().max()), 1e-12) / qmax
+                q = [max(-qmax, min(qmax, round(float(x) / s))) for x in block]
+                out[r, start:start + len(block)] = torch.tensor([v * s for v in q], dtype=torch.float64)
+            else:
+                qmax = 2 ** bits - 1
+                lo, hi = float(block.min()), float(block.max())
+                s = max(hi - lo, 1e-12) / qmax
+                z = round(-lo / s)
+                q = [max(0, min(qmax, round(float(x) / s) + z)) for x in block]
+                out[r, start:start + len(block)] = torch.tensor([(v - z) * s for v in q], dtype=torch.float64)
+    return out
+
+
+@pytest.mark.parametrize("bits,group,symmetric", [(4, 0, True), (4, 8, True), (8, 8, False), (3, 5, False)])
+def test_rtn_equals_a_by_hand_reference_and_its_error_is_bounded(bits, group, symmetric):
+    torch.manual_seed(0)
+    w = torch.randn(6, 24, dtype=torch.float64)
+    got = quantize_rtn(w, bits, group, symmetric)
+    want = _by_hand(w, bits, group, symmetric)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    g = group or w.shape[1]
+    for r in range(6):
+        for start in range(0, 24, g):
+            block = w[r, start:start + g]
+            step = (float(block.abs().max()) / (2 ** (bits - 1) - 1) if symmetric
+                    else float(block.max() - block.min()) / (2 ** bits - 1))
+            assert float((got[r, start:start + g] - block).abs().max()) <= step / 2 + 1e-12
+    assert len(torch.unique(quantize_rtn(w, 2, 0, True)[0])) <= 3
+
+
+def test_options_are_checked_before_any_work():
+    assert parse_attacks("quantize", {"quantize": {"bits": "8"}}) == {"quantize": {"bits": 8, "group": 128,
+                                                                                   "symmetric": True}}
+    for text, opts, word in (("quantise", None, "Did you mean 'quantize'"), ("quantize", {"quantize": {"bits": 1}},
+                             "bits must be 2..8"), ("relearn", {"relearn": {"fraction": 1.5}}, "fraction"),
+                             ("relearn", {"relearn": {"lr": "fast"}}, "expects float"),
+                             ("quantize,quantize", None, "named twice"), ("quantize", {"relearn": {"lr": 1}},
+                                                                          "does not name"),
+                             ("relearn", {"relearn": {"steps": 5}}, "has no option steps"), ("", None, "at least one")):
+        with pytest.raises(LetheError, match=word):
+            parse_attacks(text, opts)
+    assert robustness_q(0.5, 0.5) == 1.0 and robustness_q(0.2, 0.6) == pytest.approx(0.5)
+    assert robustness_r(0.3, 0.3) == 1.0 and robustness_r(0.4, 0.0) == 0.0
+    train, held = relearn_split(list(range(10)), 0.5, 0)
+    assert len(train) == 5 and sorted(train + held) == list(range(10)) and relearn_split(list(range(10)), 0.5, 0)[0] == train
+
+
+def test_relearning_brings_back_more_than_it_teaches_a_model_that_never_knew(tokenizer, smoke_data):
+    """A model that memorized two authors and was unlearned by GA recovers the held-out facts of those authors
+    after relearning the others; the retain model (never trained on them) gains less from the same relearning."""
+    from lethe.data.prompt import Prompter, PromptFormat
+    from lethe.engine.loop import TrainConfig
+    from lethe.model.build import build_tiny_model
+
+    forget, retain = smoke_data.full[:8], smoke_data.full[8:24]
+    train = lambda m, recs, epochs: lethe.finetune(m, recs, tokenizer=tokenizer, progress=False, train=TrainConfig(  # noqa: E731
+        epochs=epochs, lr=5e-3, batch_size=4, micro_batch_size=4, checkpoint=False))[0]
+    target = train(build_tiny_model(tokenizer, "test", seed=0), forget + retain, 40)
+    retain_model = train(build_tiny_model(tokenizer, "test", seed=0), retain, 40)
+    unlearned, _ = lethe.unlearn(copy.deepcopy(target), forget, retain, method="GA+GD", tokenizer=tokenizer,
+                                 progress=False, evaluation=lethe.EvalConfig(at=()),
+                                 train=TrainConfig(epochs=6, lr=2e-3, batch_size=4, micro_batch_size=4,
+                                                   checkpoint=False))
+    prompter = Prompter(tokenizer, PromptFormat("plain"))
+    before = {k: v.clone() for k, v in unlearned.state_dict().items()}
+    attacks = parse_attacks("relearn,quantize", {"relearn": {"lr": 5e-3, "epochs": 10, "batch_size": 4},
+                                                 "quantize": {"bits": 8, "group": 16}})
+    res = run_attacks(unlearned, forget, attacks, prompter=prompter, metrics=("P",), retain_model=retain_model,
+                      target_model=target)
+    p = res["attacks"]["relearn"]["metrics"]["P"]
+    assert p["change"] > 0 and p["beyond_control"] > 0, p
+    assert p["target"] > p["unlearned"] and p["recovery"] > 0.2, p
+    assert 0 <= p["R"] < 1
+    q = res["attacks"]["quantize"]["metrics"]["P"]
+    assert abs(q["change"]) < 0.05 and 0.9 < q["Q"] <= 1.0, q  # 8-bit RTN barely moves the weights
+    after = unlearned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # attacks work on copies
+
+
+def test_attack_command_end_to_end(tokenizer, smoke_data, tmp_path, capsys):
+    from lethe.cli import main
+    from lethe.model.build import build_tiny_model
+    from lethe.model.save import save_model
+
+    save_model(build_tiny_model(tokenizer, "test", seed=0), tokenizer, tmp_path / "m")
+    save_model(build_tiny_model(tokenizer, "test", seed=1), tokenizer, tmp_path / "r")
+    (tmp_path / "f.json").write_text(json.dumps([r.to_dict() for r in smoke_data.full[:6]]))
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "attack", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "f.json"),
+              "--retain-model", str(tmp_path / "r"), "--attack-opt", "relearn.epochs=1", "--attack-opt",
+              "quantize.bits=4", "--metrics", "P", "--out", str(tmp_path / "a.json")])
+    assert e.value.code == 0, capsys.readouterr().err
+    res = json.loads((tmp_path / "a.json").read_text())
+    assert set(res["attacks"]) == {"quantize", "relearn"} and res["attacks"]["relearn"]["records"] == 3
+    assert {"unlearned", "attacked", "retain_change", "beyond_control", "R"} <= set(
+        res["attacks"]["relearn"]["metrics"]["P"])
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "attack", "--model", str(tmp_path / "missing"), "--forget", str(tmp_path / "f.json"),
+              "--attack-opt", "quantize.bits=99"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "bits must be 2..8" in err  # checked before the (missing) model is looked at
+    assert "quantize" in ATTACKS and "relearn" in ATTACKS
