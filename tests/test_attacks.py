@@ -122,3 +122,27 @@ def test_attack_command_end_to_end(tokenizer, smoke_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and "bits must be 2..8" in err  # checked before the (missing) model is looked at
     assert "quantize" in ATTACKS and "relearn" in ATTACKS
+
+
+def test_unlearn_with_attacks_records_them_in_the_audit(tokenizer, smoke_data, tmp_path, capsys):
+    from lethe.cli import main
+    from lethe.model.build import build_tiny_model
+    from lethe.model.save import save_model
+
+    save_model(build_tiny_model(tokenizer, "test", seed=0), tokenizer, tmp_path / "m")
+    (tmp_path / "f.json").write_text(json.dumps([r.to_dict() for r in smoke_data.forget(10)]))
+    (tmp_path / "r.json").write_text(json.dumps([r.to_dict() for r in smoke_data.retain(10)]))
+    argv = ["--quiet", "unlearn", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "f.json"), "--retain",
+            str(tmp_path / "r.json"), "--epochs", "1", "--eval-at", "none", "--attacks", "quantize,relearn",
+            "--attack-opt", "relearn.epochs=1", "--out", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0, capsys.readouterr().err
+    audit = json.loads((tmp_path / "run" / "audit.json").read_text())
+    assert set(audit["attacks"]["attacks"]) == {"quantize", "relearn"}
+    assert "recovery" in audit["attacks"]["attacks"]["relearn"]["metrics"]["P"]  # the starting model is the target
+    assert (tmp_path / "run" / "attacks.json").exists()
+    with pytest.raises(SystemExit) as e:
+        main(argv[:-1] + [str(tmp_path / "run2"), "--attack-opt", "quantize.bits=0"])
+    assert e.value.code == 2 and "bits must be 2..8" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()

@@ -101,3 +101,16 @@ def write_audit(run_dir: Path, *, run, forget: Sequence, before_sha: str, after_
     if model_dir is not None and Path(model_dir).exists():
         write_json(Path(model_dir) / "lethe_audit.json", {"audit": str(path.resolve()), "model_sha256": after_sha})
     return path
+
+
+def add_attacks(run_dir: Path, result: dict) -> Path:
+    """Record attacks run on a finished run's model: RUN/attacks.json, and under ``attacks`` in audit.json, so a
+    forget request's evidence says whether the forgetting survived them."""
+    run_dir = Path(run_dir)
+    write_json(run_dir / "attacks.json", result)
+    audit_file = run_dir / "audit.json"
+    if audit_file.exists():
+        audit = json.loads(audit_file.read_text(encoding="utf-8"))
+        audit["attacks"] = result
+        write_json(audit_file, audit)
+    return run_dir / "attacks.json"

@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the item-level test rejects too easily on them)")
     p.add_argument("--include-text", action="store_true",
                    help="put the forget records' text in audit.json (default: only their count and sha256)")
+    p.add_argument("--attacks", default=None, metavar="NAMES",
+                   help="after unlearning, attack the model (quantize, relearn; `lethe attacks`) and score the forget "
+                        "set before and after, with the starting model as the target and --retain-model as the "
+                        "control: RUN/attacks.json and audit.json")
+    p.add_argument("--attack-opt", action="append", default=[], metavar="ATTACK.NAME=VALUE",
+                   help="an attack's option (repeatable), e.g. relearn.epochs=5")
     p.add_argument("--holdout", default=None,
                    help="records of the same kind the model never saw: every evaluation reports membership-"
                         "inference AUCs of the forget set against them (LOSS, zlib, Min-K%%, Min-K%%++; PrivLeak with "
@@ -327,15 +333,10 @@ def _dispatch(args) -> int:
     return 0
 
 
-def _attack(args, progress: bool) -> int:
-    from .attacks import parse_attacks, run_attacks
-    from .core import prepare
-    from .data.sources import load_qa
-    from .evaluation.metric_registry import parse_metric_list
-    from .model.load import load_model
-
+def _attack_options(items) -> dict:
+    """--attack-opt ATTACK.NAME=VALUE (repeatable) -> {attack: {name: value}}."""
     options: dict = {}
-    for item in args.attack_opt:  # ATTACK.NAME=VALUE
+    for item in items or ():
         head, eq, value = item.partition("=")
         attack, dot, name = head.partition(".")
         if not eq or not dot or not attack.strip() or not name.strip():
@@ -344,7 +345,44 @@ def _attack(args, progress: bool) -> int:
         if name.strip() in options[attack.strip()]:
             raise LetheError(f"--attack-opt: {head.strip()} is given twice")
         options[attack.strip()][name.strip()] = value.strip()
-    attacks = parse_attacks(args.attacks, options)
+    return options
+
+
+def _attack_run(args, model, attacks, data, progress: bool) -> None:
+    """``lethe unlearn --attacks``: the unlearned model (in memory) attacked, the starting model as the target,
+    --retain-model as the control; written to RUN/attacks.json and into audit.json."""
+    from dataclasses import replace
+
+    from .attacks import run_attacks
+    from .audit import add_attacks
+    from .core import prepare
+    from .data.sources import load_qa
+    from .model.load import load_model
+
+    mc, rt = opts.model_config(args), opts.runtime_config(args)
+    target, prompter, _ = prepare(args.model, None, mc, rt)
+    retain = rt.place(load_model(args.retain_model, dtype=rt.weight_dtype)) if args.retain_model else None
+    forget = load_qa(args.forget, fields=data.fields, split=data.split)
+    with rt.autocast():
+        result = run_attacks(model, forget, attacks, prompter=prompter, metrics=("P", "ROUGE"), retain_model=retain,
+                             target_model=target, context={"model_config": replace(mc, prompt_format=prompter.format),
+                                                           "runtime": rt, "max_new_tokens": args.max_new_tokens})
+    add_attacks(Path(args.out), result)
+    if progress:
+        for name, entry in result["attacks"].items():
+            p = entry["metrics"].get("P", {})
+            print(f"attack {name}: forget P {p.get('unlearned', float('nan')):.4f} -> {p.get('attacked', float('nan')):.4f}"
+                  + (f" (retain model {p['retain_change']:+.4f})" if "retain_change" in p else ""), file=sys.stderr)
+
+
+def _attack(args, progress: bool) -> int:
+    from .attacks import parse_attacks, run_attacks
+    from .core import prepare
+    from .data.sources import load_qa
+    from .evaluation.metric_registry import parse_metric_list
+    from .model.load import load_model
+
+    attacks = parse_attacks(args.attacks, _attack_options(args.attack_opt))
     metrics = parse_metric_list(args.metrics)
     if args.out:
         from .rundir import check_output
@@ -418,12 +456,19 @@ def _unlearn(args, progress: bool) -> int:
     from .rundir import preflight
 
     method = opts.method_config(args)
+    attacks = None
+    if args.attacks:  # checked before any model work
+        from .attacks import parse_attacks
+
+        attacks = parse_attacks(args.attacks, _attack_options(args.attack_opt))
     preflight(args.out, RUN_OUTPUTS, resume=args.resume, overwrite=args.overwrite)  # before any slow scoring
     data = opts.data_config(args)
     common = dict(method=method, train=opts.train_config(args), params=opts.params_config(args), data=data,
                   model_config=opts.model_config(args), out_dir=args.out, merge=args.merge, resume=args.resume,
                   overwrite=args.overwrite, progress=progress, runtime=opts.runtime_config(args))
     if is_text_source(args.forget, data.fields):
+        if attacks:
+            raise LetheError("--attacks: the built-in attacks score QA records; the forget set here is text")
         _, run_, th = api.unlearn_sequences(
             args.model, args.forget, args.retain, validation=args.validation, heldout=args.heldout,
             holdout=args.holdout, forget_count=args.forget_count, max_tokens=args.max_tokens,
@@ -444,10 +489,12 @@ def _unlearn(args, progress: bool) -> int:
                                          holdout or [],
                                          statistic=args.stop_statistic, threshold=args.stop_threshold,
                                          min_epochs=args.min_epochs, k=args.mia_k, test=args.stop_test)
-        _, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit,
-                              convention=args.convention, epoch_hook=hook,
-                              extra_record={"stop_when": hook.record()} if hook else None,
-                              **common)
+        model, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit,
+                                  convention=args.convention, epoch_hook=hook,
+                                  extra_record={"stop_when": hook.record()} if hook else None,
+                                  **common)
+        if attacks and run_.status == "ok":
+            _attack_run(args, model, attacks, data, progress)
         if hook is not None and not args.quiet:
             last = run_.epochs[-1] if run_.epochs else {}
             print(f"stopping rule: forget vs holdout KS p-value {last.get('metrics', {}).get('stop/p_value', float('nan')):.3f} "

@@ -429,7 +429,7 @@ def _empty_sequence(x) -> bool:
 
 
 # What an earlier run leaves in its directory (a fresh run there needs --resume or --overwrite).
-RUN_OUTPUTS = ("run.json", "audit.json", "model", "checkpoint", "checkpoint.old", "steps.jsonl", "logs")
+RUN_OUTPUTS = ("run.json", "audit.json", "model", "checkpoint", "checkpoint.old", "steps.jsonl", "logs", "attacks.json")
 
 
 def _refuse_overlap(forget, retain) -> None:
