@@ -27,6 +27,9 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lethe", description="Make a language model forget, and measure that it did.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    from .version import __version__
+
+    parser.add_argument("--version", action="version", version=f"lethe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add = sub.add_parser
 

@@ -1,0 +1,4 @@
+"""``python -m lethe``: the ``lethe`` command."""
+from .cli import main
+
+main()
