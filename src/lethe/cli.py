@@ -324,7 +324,8 @@ def _dispatch(args) -> int:
             raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors, --world-facts, "
                              "--verbmem, --knowmem or --lm-eval")
         res = api.evaluate(args.model, evaluation.sets, config=evaluation, model_config=opts.model_config(args),
-                           runtime=opts.runtime_config(args), progress=progress)
+                           runtime=opts.runtime_config(args), progress=progress,
+                           allow_overlap=args.allow_overlap)
         payload = {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples,
                    "aggregates_over": res.aggregates_over, "unavailable": res.unavailable, "timing": res.timing,
                    "requests": res.requests}
@@ -524,7 +525,25 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where SIGINT would be, so a terminated run stops the same clean way (checkpoint kept)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _command(argv) -> str | None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    return next((a for a in args if not a.startswith("-")), None)
+
+
 def main(argv=None) -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = run(argv)
         _leave_process_group()
@@ -536,9 +555,11 @@ def main(argv=None) -> None:
 
         print(f"lethe: error: {describe_os_error(e)}", file=sys.stderr)
         code = 2
-    except KeyboardInterrupt:
-        print("lethe: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
-        code = 130
+    except KeyboardInterrupt as e:
+        how = ("rerun the same command to continue (finished cells are reused)" if _command(argv) in ("demo", "bench")
+               else "rerun with --resume to continue from the last checkpoint")
+        print(f"lethe: {'stopped by SIGTERM' if isinstance(e, Terminated) else 'interrupted'}; {how}", file=sys.stderr)
+        code = 143 if isinstance(e, Terminated) else 130
     sys.exit(code)
 
 

@@ -198,10 +198,11 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                    help=f"field holding the paraphrased question (default {d.paraphrased_question})")
     g.add_argument("--text-key", default=d.text, help=f"field holding a text record (default {d.text})")
     g.add_argument("--split", default=None, help="split of a saved DatasetDict with several splits")
-    if p.prog.endswith("unlearn"):
+    if p.prog.endswith(("unlearn", "eval")):
         g.add_argument("--allow-overlap", action="store_true",
-                       help="let the forget and retain sets share records (by default a shared record is an "
-                            "error: the method would push it both ways)")
+                       help="let the forget and retain sets, or --holdout and either, share records (by default a "
+                            "shared record is an error: the method would push it both ways, or the membership test "
+                            "would compare a set with itself)")
 
 
 def data_config(a, chunk_tokens: int = 200):

@@ -284,12 +284,14 @@ def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume
 
 def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConfig | None = None,
              model_config: ModelConfig | None = None, runtime: RuntimeConfig | None = None,
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, allow_overlap: bool = False) -> EvalResult:
     """Score ``model`` on evaluation sets; adds MU, FE and (given the retain model's values) FQ. ``progress``: a
     line per finished set with elapsed time and ETA."""
     cfg, rt = config or EvalConfig(), runtime or RuntimeConfig()
     cfg = replace(cfg, sets=sets)
     cfg.check_metrics()
+    if cfg.holdout and not allow_overlap:
+        _refuse_holdout_overlap(cfg.holdout, {s_.name: s_.records for s_ in sets if s_.role == "forget"})
     model, prompter, _ = prepare(model, tokenizer, model_config, rt)
     with rt.autocast():
         result = evaluate_sets(model, prompter, sets, **{**cfg.suite_kwargs(),
@@ -398,6 +400,11 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
         raise LetheError("the forget set is empty")
     if not dc.allow_overlap:
         _refuse_overlap(forget, retain)
+        for hold in (holdout, ev.holdout):
+            _refuse_holdout_overlap(hold, {"forget": forget, "retain": retain})
+    if retain and train.retain_per_forget > len(retain):
+        raise LetheError(f"--retain-per-forget {train.retain_per_forget}: the retain set has only {len(retain)} "
+                         "record(s); each forget example is paired with that many distinct retain examples")
     warnings = _utility_overlap(forget, ev.sets)
     rt = runtime or RuntimeConfig()
     lock = claim(run_dir, RUN_OUTPUTS, resume=resume, overwrite=overwrite, command=f"unlearn {m.name}") \
@@ -441,6 +448,20 @@ def _refuse_overlap(forget, retain) -> None:
         raise LetheError(f"the forget and retain sets share {len(shared)} record(s) (forget record {i} is retain "
                          f"record {j}): the method would push the same data both ways. Remove them from the retain "
                          "set, or pass --allow-overlap (DataConfig(allow_overlap=True)) if that is intended")
+
+
+def _refuse_holdout_overlap(holdout, sets: Mapping[str, Sequence]) -> None:
+    """A holdout set is data the model never saw: sharing records with the forget or retain set makes the
+    membership test compare a set with itself."""
+    from .data.records import shared_records
+
+    for name, records in sets.items():
+        shared = shared_records(list(holdout or []), list(records or []))
+        if shared:
+            i, j = shared[0]
+            raise LetheError(f"--holdout shares {len(shared)} record(s) with the {name} set (holdout record {i} is "
+                             f"{name} record {j}): held-out records must be ones the model never saw. Pass "
+                             "--allow-overlap (DataConfig(allow_overlap=True)) if that is intended")
 
 
 def _utility_overlap(forget, sets) -> list[str]:

@@ -45,13 +45,7 @@ class PromptFormat:
         if self.kind not in ("plain", "chat"):
             raise LetheError(f"prompt format kind must be 'plain' or 'chat', got '{self.kind}'")
         if self.kind == "plain":
-            try:
-                self.template.format(question="")
-            except (KeyError, IndexError, ValueError) as e:
-                raise LetheError(f"prompt template {self.template!r}: only {{question}} may appear in braces "
-                                 f"(write {{{{ and }}}} for literal braces); problem: {e}") from e
-            if "{question}" not in self.template:
-                raise LetheError(f"prompt template {self.template!r} has no {{question}}")
+            check_template(self.template)
 
     @classmethod
     def parse(cls, spec: str | None, system_prompt: str | None = None) -> "PromptFormat | None":
@@ -63,7 +57,7 @@ class PromptFormat:
             return cls("chat", system_prompt=system_prompt)
         if spec == "plain":
             return cls("plain", system_prompt=system_prompt)
-        if "{question}" in spec:
+        if "{" in spec:  # a template: checked field by field (check_template)
             return cls("plain", template=spec, system_prompt=system_prompt)
         raise LetheError(f"prompt format '{spec}': expected auto, chat, plain, or a template containing {{question}}")
 
@@ -84,6 +78,25 @@ class PromptFormat:
             raise LetheError(f"prompt format: unknown field(s) {sorted(unknown)}")
         return cls(**d)
 
+
+
+def check_template(template: str) -> None:
+    """A plain template is data, not code: ``{question}`` and literal text (``{{``/``}}`` for braces), nothing
+    else: no other field, no attribute or index access (``{question.__class__}``), no conversion or format spec."""
+    import string
+
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise LetheError(f"prompt template {template!r}: {e} (write {{{{ and }}}} for literal braces)") from None
+    fields = [(name, spec, conv) for _, name, spec, conv in parts if name is not None]
+    for name, spec, conv in fields:
+        if name != "question" or spec or conv:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise LetheError(f"prompt template {template!r}: only {{question}} may appear in braces, found {shown} "
+                             "(write {{ and }} for literal braces)")
+    if not fields:
+        raise LetheError(f"prompt template {template!r} has no {{question}}")
 
 
 def resolve_format(spec: "PromptFormat | str | None", tokenizer, saved: PromptFormat | None = None,

@@ -112,7 +112,9 @@ def is_text_source(source, fields: Fields = DEFAULT_FIELDS) -> bool:
     if suffix in TEXT_SUFFIXES:
         return True
     if suffix in (".json", ".jsonl") and path.exists():
-        head = path.read_text(encoding="utf-8", errors="replace")[:4096]
+        check_readable(path)
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            head = fh.read(4096)
         return f'"{fields.text}"' in head and not any(f'"{k}"' in head for k in fields.question_keys())
     if suffix == ".csv" and path.exists():
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
@@ -149,6 +151,7 @@ def load_records(source, *, fields: Fields = DEFAULT_FIELDS, tokenizer=None, chu
         return rows_to_records(_hf_rows(loaded), str(path), fields)
     if not path.exists():
         raise DataError(path, "file not found")
+    check_readable(path)
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         return rows_to_records(_read_parquet(path), str(path), fields)
@@ -164,6 +167,29 @@ def load_records(source, *, fields: Fields = DEFAULT_FIELDS, tokenizer=None, chu
         return read_qa(path, fields)
     raise DataError(path, f"unsupported suffix '{suffix}': expected .json, .jsonl, .csv, .parquet, .txt, .npy, "
                           "or a save_to_disk directory")
+
+
+# Inputs larger than this are refused before reading (a wrong path such as /dev/zero or a disk image would
+# otherwise fill memory); LETHE_MAX_INPUT_BYTES raises it.
+MAX_INPUT_BYTES = 4 << 30
+
+
+def check_readable(path: Path) -> None:
+    """A data path is a directory or a regular file within the size cap: devices and FIFOs are refused (they
+    never end), and so is a file over :data:`MAX_INPUT_BYTES` (one line naming the file and the cap)."""
+    import os
+    import stat
+
+    if path.is_dir():
+        return
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise DataError(path, "is not a regular file (a device, FIFO or socket): give a data file or directory")
+    cap = int(os.environ.get("LETHE_MAX_INPUT_BYTES", MAX_INPUT_BYTES))
+    size = path.stat().st_size
+    if size > cap:
+        raise DataError(path, f"is {size / 2**30:.1f} GiB, over the {cap / 2**30:.1f} GiB cap on one input file "
+                              "(set LETHE_MAX_INPUT_BYTES to raise it)")
 
 
 def load_qa(source, **kw) -> list[QARecord]:

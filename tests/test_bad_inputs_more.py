@@ -1,0 +1,89 @@
+"""More bad input, each a one-line error (exit 2) before any model work: templates that are code, held-out
+sets that are not held out, inputs that never end, options the data cannot hold; SIGTERM stops cleanly."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from lethe.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, smoke_data, tokenizer):
+    from lethe.model.build import build_tiny_model
+    from lethe.model.save import save_model
+
+    root = tmp_path_factory.mktemp("more")
+    save_model(build_tiny_model(tokenizer, "test", seed=0), tokenizer, root / "model")
+    (root / "forget.json").write_text(json.dumps([r.to_dict() for r in smoke_data.forget(10)]))
+    (root / "retain.json").write_text(json.dumps([r.to_dict() for r in smoke_data.retain(10)]))
+    os.mkfifo(root / "fifo.json")
+    return root
+
+
+def _run(argv, capsys, monkeypatch):
+    import lethe.model.load as load
+
+    def no_load(*a, **k):  # the error must come before any model loads
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(load, "load_model", no_load)
+    monkeypatch.setattr("lethe.core.load_model", no_load)
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", *argv])
+    err = capsys.readouterr().err
+    return e.value.code, err
+
+
+def _unlearn(root, *extra, out="out"):
+    return ["unlearn", "--model", str(root / "model"), "--forget", str(root / "forget.json"), "--retain",
+            str(root / "retain.json"), "--epochs", "1", "--out", str(root / out), *extra]
+
+
+CASES = [
+    (lambda r: _unlearn(r, "--prompt-format", "Q: {question.__class__}"), "only {question} may appear"),
+    (lambda r: _unlearn(r, "--prompt-format", "{question} {answer}"), "found {answer}"),
+    (lambda r: _unlearn(r, "--prompt-format", "{question!r}"), "found {question!r}"),
+    (lambda r: _unlearn(r, "--holdout", str(r / "forget.json")), "--holdout shares 4 record(s) with the forget set"),
+    (lambda r: _unlearn(r, "--holdout", str(r / "retain.json")), "with the retain set"),
+    (lambda r: _unlearn(r, "--retain-per-forget", "1000"), "--retain-per-forget 1000: the retain set has only"),
+    (lambda r: ["unlearn", "--model", str(r / "model"), "--forget", str(r / "fifo.json"), "--out", str(r / "o2")],
+     "not a regular file"),
+    (lambda r: ["unlearn", "--model", str(r / "model"), "--forget", "/dev/zero", "--out", str(r / "o3")],
+     "not a regular file"),
+    (lambda r: ["eval", "--model", str(r / "model"), "--eval-forget", str(r / "forget.json"), "--holdout",
+                str(r / "forget.json")], "--holdout shares"),
+    (lambda r: _unlearn(r, "--method", "NPO(beta=0)"), "'beta' must be > 0"),
+    (lambda r: _unlearn(r, "--method", "RMU(layer=2.5)"), "whole number"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_refused_in_one_line_before_any_model_loads(files, capsys, monkeypatch, case):
+    argv, expected = CASES[case]
+    code, err = _run(argv(files), capsys, monkeypatch)
+    assert code == 2 and expected in err and err.strip().count("\n") == 0, err
+    assert not (files / "out" / "run.json").exists()
+
+
+def test_input_size_cap_names_the_file(files, capsys, monkeypatch):
+    monkeypatch.setenv("LETHE_MAX_INPUT_BYTES", "100")
+    code, err = _run(_unlearn(files, out="o4"), capsys, monkeypatch)
+    assert code == 2 and "forget.json" in err and "cap on one input file" in err
+
+
+def test_sigterm_stops_like_sigint_with_a_message(capsys, monkeypatch):
+    import lethe.cli as cli
+
+    def terminated(argv):
+        cli._on_sigterm(15, None)
+
+    monkeypatch.setattr(cli, "run", terminated)
+    with pytest.raises(SystemExit) as e:
+        main(["unlearn", "--model", "x"])
+    assert e.value.code == 143 and "stopped by SIGTERM; rerun with --resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["demo"])
+    assert "rerun the same command to continue" in capsys.readouterr().err
