@@ -1,4 +1,5 @@
-"""report.md's pure tables."""
+"""report.md's pure tables, and reports of plain unlearn runs."""
+import pytest
 
 
 def test_stopping_rows_pick_the_rules_epoch_and_the_oracles():
@@ -30,3 +31,41 @@ def test_stopping_rows_read_the_grouped_test_when_asked():
     assert stopping_rows({"runs": [run]}, test="group")[0][2] == 1
     text = render_report({"scenario": "fictitious-authors", "runs": [run]})
     assert "permutation of whole authors" in text and "two-sample KS over QA pairs" in text
+
+
+def test_report_on_an_unlearn_run_of_your_own(tokenizer, smoke_data, tmp_path, capsys):
+    """`lethe report RUN` renders a plain `lethe unlearn` run (run.json): before -> after with changes and goal
+    marks, per-epoch curves, the attacks; several runs side by side; unlearn ends with the same summary."""
+    import json
+
+    from lethe.cli import main
+    from lethe.model.build import build_tiny_model
+    from lethe.model.save import save_model
+
+    save_model(build_tiny_model(tokenizer, "test", seed=0), tokenizer, tmp_path / "m")
+    (tmp_path / "f.json").write_text(json.dumps([r.to_dict() for r in smoke_data.forget(10)]))
+    (tmp_path / "r.json").write_text(json.dumps([r.to_dict() for r in smoke_data.retain(10)]))
+    for name, method in (("a", "GA+GD"), ("b", "NPO+GD")):
+        argv = ["unlearn", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "f.json"), "--retain",
+                str(tmp_path / "r.json"), "--eval-retain", str(tmp_path / "r.json"), "--method", method, "--epochs",
+                "2", "--lr", "1e-3", "--max-new-tokens", "3", "--out", str(tmp_path / name)]
+        if name == "a":
+            argv += ["--attacks", "quantize", "--attack-opt", "quantize.bits=4"]
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        out = capsys.readouterr()
+        assert e.value.code == 0, out.err
+    assert "before" in out.out and "forget/P" in out.out and "report: lethe report" in out.out
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "rep")])
+    assert e.value.code == 0, capsys.readouterr().err
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Runs side by side" in md and "| forget/P |" in md and "### Attacks" in md and "quantize" in md
+    assert "GA+GD (full)" in md and "NPO+GD (full)" in md
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert page.count("data:image/png;base64") >= 1 and "<table>" in page
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "run.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "report", str(tmp_path / "bad")])
+    assert e.value.code == 2 and "not a Lethe run record" in capsys.readouterr().err

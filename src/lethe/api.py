@@ -118,6 +118,15 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
     if not run_dirs:
         raise LetheError("report: give at least one run directory")
     out = check_output(out if out else run_dirs[0], option="--out")
+    plain = [d for d in run_dirs if not (Path(d) / "results.json").exists() and (Path(d) / "run.json").exists()]
+    if plain:  # lethe unlearn runs on the user's own model and data
+        if len(plain) != len(run_dirs):
+            raise LetheError("report: give either scenario results (results.json) or unlearn runs (run.json), "
+                             "not both")
+        from .report_run import render as render_runs
+
+        md, html = render_runs(run_dirs)
+        return [write_text(out / "report.html", html), write_text(out / "report.md", md)]
     loaded = []
     for d in run_dirs:
         f = Path(d) / "results.json"

@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and how it aggregates (names for --metrics)")
 
     p = sub.add_parser("report", help="write report.html (plots embedded) and report.md from run directories")
-    p.add_argument("runs", nargs="+", help="directories holding a results.json (e.g. the --out of lethe demo)")
+    p.add_argument("runs", nargs="+", help="run directories: a results.json (lethe demo, bench) or a run.json "
+                                           "(lethe unlearn on your own model: before -> after, per epoch, attacks)")
     p.add_argument("--out", default=None, help="where to write report.html/report.md (default: the first run dir)")
 
     sub.add_parser("attacks", help="list the attacks that try to bring forgotten knowledge back, with options")
@@ -509,10 +510,15 @@ def _unlearn(args, progress: bool) -> int:
         print(f"lethe: {run_.message}", file=sys.stderr)
         return 1
     if not args.quiet:
-        last = run_.epochs[-1].get("metrics", {}) if run_.epochs else {}
-        if last:
-            print(json.dumps(last, indent=2))
-        print(f"model: {Path(args.out) / 'model'}\nrun:   {Path(args.out) / 'run.json'}")
+        from .report_run import summary_table
+
+        table = summary_table(run_.to_dict())
+        if table:
+            print(table)
+        elif run_.epochs and run_.epochs[-1].get("metrics"):
+            print(json.dumps(run_.epochs[-1]["metrics"], indent=2))
+        print(f"model: {Path(args.out) / 'model'}\nrun:   {Path(args.out) / 'run.json'}\n"
+              f"report: lethe report {args.out}")
     return 0
 
 
