@@ -161,3 +161,63 @@ def test_tensorboard_tracker_logs_steps_and_epoch_metrics(tokenizer, tiny_model,
         from lethe.engine.loop import make_accelerator
 
         make_accelerator("comet-ish")
+
+
+def test_select_best_keeps_the_chosen_epoch_and_survives_resume(tokenizer, smoke_data, tmp_path, capsys):
+    """--select-by min:forget/P keeps the epoch with the lowest forget P (not the last) in RUN/model, the last
+    epoch in RUN/last; run.json and audit.json say which; a killed run resumed keeps the same choice."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from lethe.cli import main
+    from lethe.engine.select import Selection
+    from lethe.model.build import build_tiny_model
+    from lethe.model.save import save_model
+
+    save_model(build_tiny_model(tokenizer, "test", seed=0), tokenizer, tmp_path / "m")
+    (tmp_path / "f.json").write_text(json.dumps([r.to_dict() for r in smoke_data.forget(10)]))
+    (tmp_path / "r.json").write_text(json.dumps([r.to_dict() for r in smoke_data.retain(10)]))
+    # GA then GD-only drift: choose by the largest forget P (the epoch GA has moved least), surely not the last
+    argv = ["--quiet", "unlearn", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "f.json"), "--retain",
+            str(tmp_path / "r.json"), "--method", "GA+GD", "--epochs", "3", "--lr", "5e-3", "--batch-size", "4",
+            "--micro-batch-size", "4", "--max-new-tokens", "2", "--metrics", "P", "--select-by", "max:forget/P"]
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp_path / "run")])
+    assert e.value.code == 0, capsys.readouterr().err
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    p = {ep["epoch"]: ep["metrics"]["forget/P"] for ep in run["epochs"] if ep["epoch"] > 0}
+    best = max(p, key=p.get)
+    assert run["selected"]["epoch"] == best and run["selected"]["by"] == "max:forget/P"
+    audit = json.loads((tmp_path / "run" / "audit.json").read_text())
+    assert audit["selected"]["epoch"] == best
+    if best != 3:
+        assert (tmp_path / "run" / "last" / "model.safetensors").exists()
+        a = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+        b = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+        assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "run" / ".lethe-best").exists()
+    # killed after scoring epoch 3 (before its checkpoint), then resumed: the same epoch kept, the same weights
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LETHE_CRASH_AT": "evaluation:4", "PYTHONHASHSEED": "0"}
+    killed = subprocess.run([sys.executable, "-m", "lethe.cli", *argv, "--out", str(tmp_path / "again")], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9 and (tmp_path / "again" / ".lethe-best" / "best.json").exists()
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(tmp_path / "again"), "--resume"])
+    assert e.value.code == 0, capsys.readouterr().err
+    again = json.loads((tmp_path / "again" / "run.json").read_text())
+    assert again["selected"]["epoch"] == best
+    a = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "again" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    from lethe.errors import LetheError
+
+    with pytest.raises(LetheError, match="--select-by"):
+        Selection("best")
+    with pytest.raises(SystemExit) as e:
+        main(argv[:-2] + ["--select-by", "fq", "--eval-at", "none", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2

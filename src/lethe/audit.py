@@ -74,7 +74,9 @@ def write_audit(run_dir: Path, *, run, forget: Sequence, before_sha: str, after_
     from .version import __version__
 
     first = run.epochs[0].get("metrics", {}) if run.epochs else {}
-    last = run.epochs[-1].get("metrics", {}) if run.epochs else {}
+    kept = getattr(run, "selected", {}).get("epoch")  # --select-by: the epoch whose model is saved
+    chosen = next((e for e in run.epochs if kept is not None and e.get("epoch") == kept), None)
+    last = (chosen or (run.epochs[-1] if run.epochs else {})).get("metrics", {})
     forget_keys = sorted(k for k in set(first) | set(last) if k.startswith("forget/") and "_values" not in k)
     utility_keys = sorted(k for k in set(first) & set(last) if not k.startswith("forget/") and "_values" not in k)
     request = dict(run.config["data"])  # counts and content hashes, computed once for the run's config
@@ -85,6 +87,7 @@ def write_audit(run_dir: Path, *, run, forget: Sequence, before_sha: str, after_
         "lethe_version": __version__,
         "request": request,
         "method": run.method, "params": run.params, "config": run.config, "status": run.status,
+        "selected": getattr(run, "selected", {}) or None,
         "model_before_sha256": before_sha, "model_after_sha256": after_sha,
         "evidence": {
             "forget_before": {k: first.get(k) for k in forget_keys},

@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the item-level test rejects too easily on them)")
     p.add_argument("--include-text", action="store_true",
                    help="put the forget records' text in audit.json (default: only their count and sha256)")
+    p.add_argument("--select-by", default="last", metavar="CRITERION",
+                   help="which epoch's model to keep in RUN/model (the last epoch's then goes to RUN/last): last "
+                        "(default); fe (highest FE with MU >= --select-mu-floor); fq (highest FQ, needs "
+                        "--retain-model); indistinguishable (first epoch whose Min-K%% test passes, needs --holdout); "
+                        "max:KEY or min:KEY over a recorded metric, e.g. min:forget/ROUGE")
+    p.add_argument("--select-mu-floor", type=float, default=None,
+                   help="with --select-by fe: the lowest MU an epoch may have (default 0.9 x the starting MU)")
     p.add_argument("--attacks", default=None, metavar="NAMES",
                    help="after unlearning, attack the model (quantize, relearn; `lethe attacks`) and score the forget "
                         "set before and after, with the starting model as the target and --retain-model as the "
@@ -461,6 +468,9 @@ def _unlearn(args, progress: bool) -> int:
     from .rundir import preflight
 
     method = opts.method_config(args)
+    from .engine.select import Selection
+
+    select = Selection(args.select_by, args.select_mu_floor)  # checked before any model work
     attacks = None
     if args.attacks:  # checked before any model work
         from .attacks import parse_attacks
@@ -474,6 +484,9 @@ def _unlearn(args, progress: bool) -> int:
     if is_text_source(args.forget, data.fields):
         if attacks:
             raise LetheError("--attacks: the built-in attacks score QA records; the forget set here is text")
+        if select.active:
+            raise LetheError("--select-by: text unlearning stops by its EL/MA rule (--validation); it has no epoch "
+                             "selection")
         _, run_, th = api.unlearn_sequences(
             args.model, args.forget, args.retain, validation=args.validation, heldout=args.heldout,
             holdout=args.holdout, forget_count=args.forget_count, max_tokens=args.max_tokens,
@@ -495,7 +508,7 @@ def _unlearn(args, progress: bool) -> int:
                                          statistic=args.stop_statistic, threshold=args.stop_threshold,
                                          min_epochs=args.min_epochs, k=args.mia_k, test=args.stop_test)
         model, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit,
-                                  convention=args.convention, epoch_hook=hook,
+                                  convention=args.convention, epoch_hook=hook, select=select,
                                   extra_record={"stop_when": hook.record()} if hook else None,
                                   **common)
         if attacks and run_.status == "ok":

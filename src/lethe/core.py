@@ -191,6 +191,7 @@ class UnlearnRun:
     aggregates_over: dict = field(default_factory=dict)
     unavailable: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    selected: dict = field(default_factory=dict)  # the epoch whose model was kept (--select-by), and why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -347,7 +348,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
             epoch_hook: Callable | None = None, progress: bool = True,
             runtime: RuntimeConfig | None = None, extra_record: Mapping | None = None,
             convention: str | Convention = "paper", reference_model=None,
-            pad_to: int | None = None) -> tuple[Any, UnlearnRun]:
+            pad_to: int | None = None, select=None) -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method``, evaluating per epoch.
 
     ``method``: ``"NPO(beta=0.2)+KL"``, a :class:`MethodConfig`, a :class:`Method`, a loss function or
@@ -360,6 +361,8 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     (:mod:`lethe.conventions`: ``paper``, ``closer-look``, ``tofu``, ``flat``, ``ihl-fila``,
     ``knowledge-unlearning``) reproduces a released code's losses, batch layout and evaluation limit;
     options given explicitly win, and ParamsConfig fields are taken from it where left at their defaults.
+    ``select`` (:class:`lethe.engine.select.Selection`, or a criterion string such as ``"fe"``): keep the best
+    epoch's model by it in ``model/`` (the last epoch's in ``last/``), recorded in ``run.selected``.
     ``pad_to``: every training batch padded to this width (default: the convention's); a loss that averages
     over padded positions (KL over all positions, ME with padding) needs one. ``reference_model``: θ_ref for the
     methods that compare against one (NPO, DPO, KL, SimNPO's none):
@@ -384,6 +387,15 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     ev.check_metrics()
     pad_to = pad_to if pad_to is not None else conv.pad_to
     check_fixed_width(m, pad_to)
+    from .engine.select import Selection
+
+    select = select if isinstance(select, Selection) else Selection(select or "last")
+    if select.active and not (ev.sets or ev.holdout) :
+        raise LetheError(f"--select-by {select.by}: it reads per-epoch metrics, and this run evaluates nothing "
+                         "(give evaluation sets, and do not pass --eval-at none)")
+    if select.active and ev.every == 0:
+        raise LetheError(f"--select-by {select.by}: it compares epochs, but --eval-every 0 scores none between the "
+                         "start and the end")
     if pad_to is not None and pad_to > mc.max_length:
         mc = replace(mc, max_length=pad_to)  # the released code's max length
     if isinstance(model, (str, Path)) and is_adapter_dir(model) and pcfg.kind != "full" and not merge:
@@ -414,7 +426,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
                   **({"pad_to": pad_to} if pad_to != conv.pad_to else {})}
         return _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir,
                                warnings, save, merge, resume, epoch_hook, progress, record, pad_to,
-                               reference_model)
+                               reference_model, select)
 
 
 def _given_reference(reference, model):
@@ -436,7 +448,8 @@ def _empty_sequence(x) -> bool:
 
 
 # What an earlier run leaves in its directory (a fresh run there needs --resume or --overwrite).
-RUN_OUTPUTS = ("run.json", "audit.json", "model", "checkpoint", "checkpoint.old", "steps.jsonl", "logs", "attacks.json")
+RUN_OUTPUTS = ("run.json", "audit.json", "model", "checkpoint", "checkpoint.old", "steps.jsonl", "logs", "attacks.json",
+               "last", ".lethe-best")
 
 
 def _refuse_overlap(forget, retain) -> None:
@@ -476,7 +489,8 @@ def _utility_overlap(forget, sets) -> list[str]:
 
 
 def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir, warnings,
-                    save, merge, resume, epoch_hook, progress, extra_record, pad_to, reference_model=None):
+                    save, merge, resume, epoch_hook, progress, extra_record, pad_to, reference_model=None,
+                    select=None):
     model, prompter, base_path = prepare(model, tokenizer, mc, rt)
     streams = Streams(prompter, forget, retain, seed=train.seed, max_length=mc.max_length)
     before_sha = membership_before = None
@@ -529,9 +543,15 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
 
     reference_requests = _reference_requests(ev, model, prompter)
 
+    keeper = _BestEpoch(select, run_dir, resume) if select is not None and select.active else None
+
     def score(epoch, mdl):
         with rt.autocast():
-            return _score(epoch, mdl)
+            out = _score(epoch, mdl)
+        if keeper is not None:
+            start = run.epochs[0].get("metrics") if run.epochs and run.epochs[0].get("epoch") == 0 else None
+            keeper.offer(epoch, (out or {}).get("metrics", {}), start, mdl)
+        return out
 
     scored = {"eval": None, "hook": None}  # the last epochs evaluated and measured by the hook
     eval_cost = {"evaluation_s": 0.0, "generation_s": 0.0, "generated_tokens": 0}
@@ -608,11 +628,17 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             run.cost["evaluation"] = {**eval_cost, "generation_tokens_per_s": eval_cost["generated_tokens"] /
                                       eval_cost["generation_s"] if eval_cost["generation_s"] else None}
     task.reference = None  # the unlearned model never carries the starting weights along
+    if keeper is not None and run.status == "ok":
+        last_model_dir = run_dir / "last" if run_dir is not None else None
+        run.selected = keeper.restore(model, run.epochs, save_last=(
+            (lambda: save_unlearned(model, prompter.tokenizer, last_model_dir, merge=merge, base_model_path=base_path,
+                                    prompt_format=prompter.format)) if save and last_model_dir is not None
+            and is_main_process() else None))
     membership_after = None
     if (reuse_before or reuse_after) and run.epochs:
         from .audit import membership_signal_of
 
-        last = run.epochs[-1]["epoch"]
+        last = run.selected.get("epoch", run.epochs[-1]["epoch"])  # the epoch whose model is saved
         if reuse_before:
             membership_before = membership_signal_of(reports[0], ev.mia_k) if 0 in reports else None
         if reuse_after and last in reports:
@@ -622,6 +648,62 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             _write_run(run_dir, model, prompter, run, forget, holdout, before_sha, membership_before,
                        au, save, merge, base_path, membership_after, ev.mia_k)
     return model, run
+
+
+class _BestEpoch:
+    """The best epoch's trainable weights by a :class:`~lethe.engine.select.Selection`, kept on the CPU and, with a
+    run directory, in ``RUN/.lethe-best`` (so ``--resume`` knows it)."""
+
+    def __init__(self, select, run_dir, resume: bool):
+        import json
+
+        self.select, self.dir = select, (Path(run_dir) / ".lethe-best" if run_dir is not None else None)
+        self.epoch, self.value, self.weights = None, None, None
+        if resume and self.dir is not None and (self.dir / "best.json").exists():
+            from safetensors.torch import load_file
+
+            saved = json.loads((self.dir / "best.json").read_text(encoding="utf-8"))
+            self.epoch, self.value = saved["epoch"], saved["value"]
+            self.weights = load_file(str(self.dir / "weights.safetensors"))
+
+    def offer(self, epoch: int, metrics: dict, start: dict | None, model) -> None:
+        value = self.select.value(epoch, metrics, start)
+        if value is None or (self.value is not None and value <= self.value):
+            return
+        self.epoch, self.value = epoch, value
+        self.weights = {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters()
+                        if p.requires_grad}
+        if self.dir is not None and is_main_process():
+            import json
+
+            from safetensors.torch import save_file
+
+            self.dir.mkdir(exist_ok=True)
+            save_file(self.weights, str(self.dir / "weights.safetensors"))
+            (self.dir / "best.json").write_text(json.dumps({"epoch": epoch, "value": value}), encoding="utf-8")
+
+    def restore(self, model, epochs: list, save_last=None) -> dict:
+        """Put the best epoch's weights into ``model`` (the last epoch's saved first with ``save_last``)."""
+        last = epochs[-1]["epoch"] if epochs else 0
+        record = {"by": self.select.by, "last_epoch": last}
+        if self.select.mu_floor is not None:
+            record["mu_floor"] = self.select.mu_floor
+        if self.epoch is None:
+            return {**record, "epoch": last, "reason": "no epoch met the criterion: the last epoch is kept"}
+        record.update(epoch=self.epoch, value=self.value)
+        if self.epoch != last:
+            if save_last is not None:
+                save_last()
+                record["last_model"] = "last"
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for n, w in self.weights.items():
+                    params[n].copy_(w.to(params[n].device, params[n].dtype))
+        if self.dir is not None and is_main_process():
+            import shutil
+
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return record
 
 
 # the suite audit.json records: mia.membership_report without a reference model
