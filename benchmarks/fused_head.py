@@ -33,7 +33,7 @@ def measure(method: str, vocab: int, batch: int, tokens: int, fused: bool, steps
     from lethe.data.prompt import IGNORE
     from lethe.engine.tasks import forward_views
     from lethe.objectives.method import parse_method
-    from lethe.objectives.tokens import sequence_logprob
+    from lethe.ops.tokens import sequence_logprob
 
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()

@@ -51,7 +51,7 @@ def naive(name, logits, labels, other):
 
 def lethe_form(name, logits, labels, other):
     from lethe.objectives import FORGET_LOSSES, REGULARIZERS
-    from lethe.objectives.tokens import sequence_logprob
+    from lethe.ops.tokens import sequence_logprob
 
     # What the engine hands each loss: NPO asks for the sequence log-probs, computed chunk by chunk.
     seq = sequence_logprob(logits, labels)[0] if name == "npo" else None

@@ -38,7 +38,7 @@ from lethe.data.prompt import IGNORE, Prompter
 from lethe.evaluation import metrics as M
 from lethe.evaluation.suite import EvalSet
 from lethe.objectives.forget import npo_loss
-from lethe.objectives.tokens import token_logprobs
+from lethe.ops.tokens import token_logprobs
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -1,4 +1,4 @@
-"""The fused output head (objectives/head.py) against the materialised logits, values and gradients."""
+"""The fused output head (ops/head.py) against the materialised logits, values and gradients."""
 from __future__ import annotations
 
 import copy
@@ -12,9 +12,9 @@ from lethe.data.prompt import IGNORE, Prompter
 from lethe.engine.tasks import FinetuneTask, UnlearnTask, forward_views
 from lethe.objectives import forget as F_
 from lethe.objectives import regularize as R_
-from lethe.objectives.head import HeadLogits
+from lethe.ops.head import HeadLogits
 from lethe.objectives.method import parse_method
-from lethe.objectives.tokens import map_positions, token_logprobs
+from lethe.ops.tokens import map_positions, token_logprobs
 
 
 def _setup(B=3, T=7, H=5, V=11, bias=True, seed=0):
@@ -55,7 +55,7 @@ LOSSES = {
 @pytest.mark.parametrize("chunk", [2, 100])
 def test_fused_equals_materialised(name, chunk, monkeypatch):
     """Each built-in reduction on HeadLogits gives the value and the hidden/W/b gradients of the plain path."""
-    import lethe.objectives.tokens as tokens
+    import lethe.ops.tokens as tokens
 
     monkeypatch.setattr(tokens, "chunk_rows", lambda vocab: chunk)
     hidden, weight, bias, labels = _setup()

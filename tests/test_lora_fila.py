@@ -13,7 +13,7 @@ from lethe.engine.loop import TrainConfig
 from lethe.model.fisher import empirical_fisher, row_weights
 from lethe.model.lora import REFERENCE, AdapterReference, ParamsConfig, apply_params, fila_factors
 from lethe.model.targets import resolve_targets
-from lethe.objectives.tokens import sequence_logprob
+from lethe.ops.tokens import sequence_logprob
 
 
 def encoded(tokenizer, records):
@@ -128,7 +128,7 @@ def test_per_batch_fisher_option(tiny_model, tokenizer, smoke_data):
     modules = {n: m for n, m in tiny_model.named_modules() if n.endswith("v_proj")}
     f, _ = empirical_fisher(tiny_model, modules, examples, pad_id=tokenizer.pad_token_id, mode="per-batch", batch_size=4)
     from lethe.data.batching import pad_batch
-    from lethe.objectives.tokens import mean_nll
+    from lethe.ops.tokens import mean_nll
 
     b = pad_batch(examples, tokenizer.pad_token_id)
     grads = torch.autograd.grad(mean_nll(tiny_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,

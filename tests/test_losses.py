@@ -47,7 +47,7 @@ def ref_seq_logp(logits, labels):
 
 def seq(logits, labels):
     """What the engine hands a loss that asks for ``*_seq_logp`` (computed from the logits)."""
-    from lethe.objectives.tokens import sequence_logprob
+    from lethe.ops.tokens import sequence_logprob
 
     return sequence_logprob(logits, labels)[0]
 

@@ -79,7 +79,7 @@ def test_reference_logprobs_are_cached_once(trained, tokenizer, smoke_data, monk
     """NPO/DPO read the starting model's sequence log-probs from a cache; no reference forward per step."""
     from lethe.engine.tasks import UnlearnTask
     from lethe.objectives import parse_method
-    from lethe.objectives.tokens import sequence_logprob
+    from lethe.ops.tokens import sequence_logprob
 
     task = UnlearnTask(tokenizer, parse_method("DPO+GD"), smoke_data.forget(10), smoke_data.retain(10))
     task.cache_reference(trained, torch.device("cpu"))

@@ -2,7 +2,7 @@ import torch
 import torch.nn.functional as F
 
 from lethe.data.prompt import IGNORE
-from lethe.objectives.tokens import mean_nll, sequence_logprob, token_logprobs
+from lethe.ops.tokens import mean_nll, sequence_logprob, token_logprobs
 
 
 def _random_batch(B=3, T=7, V=11, seed=0):

@@ -21,10 +21,10 @@ from ..data.prompt import IGNORE, Prompter, as_prompter
 from ..data.records import QARecord
 from ..errors import LetheError
 from ..model.layers import capture_head_inputs, capture_layers, head_matches, output_head, unwrap
-from ..objectives.head import HeadLogits
+from ..ops.head import HeadLogits
 from ..objectives.inputs import Need
 from ..objectives.method import Method
-from ..objectives.tokens import mean_nll, token_logprobs
+from ..ops.tokens import mean_nll, token_logprobs
 from .loop import StepOutput
 
 FORWARD_VIEWS = ("logits", "token_logp", "seq_logp")  # views computed from the logits

@@ -17,7 +17,7 @@ import torch
 from ..data.batching import pad_batch
 from ..data.prompt import IGNORE
 from ..errors import LetheError
-from ..objectives.tokens import sequence_logprob
+from ..ops.tokens import sequence_logprob
 from ..validation import bounded, check_ranges
 
 ORIENTATIONS = ("generated-in-truth", "truth-in-generated")

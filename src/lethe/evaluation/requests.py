@@ -13,7 +13,7 @@ import torch
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..data.prompt import IGNORE, as_prompter
-from ..objectives.tokens import align_targets, sequence_logprob, upcast
+from ..ops.tokens import align_targets, sequence_logprob, upcast
 from .sharding import shard_map
 
 

@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..errors import LetheError
-from ..objectives.tokens import mean_nll, sequence_logprob
+from ..ops.tokens import mean_nll, sequence_logprob
 
 MODES = ("per-sample", "per-batch")
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LetheError
-from .head import reads_logits_through_tokens
+from ..ops.head import reads_logits_through_tokens
 from .loss import option_ranges
 from .registry import FORGET_LOSSES
-from .tokens import RowOp, align_mask, align_targets, map_positions, masked_mean, mean_nll, token_logprobs, upcast
+from ..ops.tokens import RowOp, align_mask, align_targets, map_positions, masked_mean, mean_nll, token_logprobs, upcast
 
 
 @FORGET_LOSSES.register("ga")

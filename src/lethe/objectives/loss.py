@@ -32,8 +32,8 @@ class Loss:
     # "token" (counted answer tokens of its first stream), "position" (real input positions, ME),
     # or "sequence" (examples; NPO, DPO, RMU, ...). A plain function says so with ``fn.unit = "..."``.
     unit: str = "token"
-    # True when the loss reads its ``*_logits`` inputs only through ``lethe.objectives.tokens``: the engine
-    # may then hand it :class:`~lethe.objectives.head.HeadLogits` and never build [B,T,V] logits.
+    # True when the loss reads its ``*_logits`` inputs only through ``lethe.ops.tokens``: the engine
+    # may then hand it :class:`~lethe.ops.head.HeadLogits` and never build [B,T,V] logits.
     head_logits: bool = False
 
     def setup(self, model, data) -> None:

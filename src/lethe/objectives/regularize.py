@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import LetheError
-from .head import reads_logits_through_tokens
+from ..ops.head import reads_logits_through_tokens
 from .loss import option_ranges
 from .registry import REGULARIZERS
-from .tokens import RowOp, align_targets, map_positions, masked_mean, mean_nll, upcast
+from ..ops.tokens import RowOp, align_targets, map_positions, masked_mean, mean_nll, upcast
 
 
 @REGULARIZERS.register("gd")

@@ -3,7 +3,7 @@
 A causal LM's logits are ``hidden @ W.T (+ b)``: ``[B,T,V]``, the largest tensor of a training step
 (8 × 512 positions × 128K vocabulary is 2 GiB in float32, twice with its gradient). A
 :class:`HeadLogits` stands in for that tensor: it holds the last hidden states and the head, and
-:func:`lethe.objectives.tokens.map_positions` projects one chunk of positions at a time, reduces it
+:func:`lethe.ops.tokens.map_positions` projects one chunk of positions at a time, reduces it
 and drops it. In backward each chunk is projected again (one more head matmul over the positions
 that count) and its closed-form gradient goes straight into the hidden states' and the head's
 gradients, so no ``[positions, V]`` tensor outlives a chunk (Liger's fused linear cross-entropy,
@@ -56,7 +56,7 @@ class HeadLogits:
 
 
 def reads_logits_through_tokens(fn):
-    """Mark a loss that touches its ``*_logits`` inputs only through ``lethe.objectives.tokens``
+    """Mark a loss that touches its ``*_logits`` inputs only through ``lethe.ops.tokens``
     (``map_positions``, ``token_logprobs``, ``mean_nll``, ...) and their ``.shape``: the engine may then
     pass :class:`HeadLogits` and never build the ``[B,T,V]`` tensor."""
     fn.head_logits = True

@@ -92,7 +92,7 @@ class _RowwiseMap(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values):
         if ctx.grads is None:
-            raise RuntimeError("lethe.objectives.tokens: this graph was already backpropagated (its gradient "
+            raise RuntimeError("lethe.ops.tokens: this graph was already backpropagated (its gradient "
                                "buffer is scaled in place); set tokens.INPLACE_BACKWARD = False to allow reuse")
         scale = grad_values.reshape(-1)
         out = []
@@ -114,7 +114,7 @@ def map_positions(fn, tensors, *, chunk: int | None = None, where: torch.Tensor 
     vocabulary size) bound the temporaries to one chunk; with gradients on, the gradient lands
     in one logits-sized buffer per differentiable input. Returns ``[B,T]``.
 
-    When the first input is a :class:`~lethe.objectives.head.HeadLogits` (logits never built), only
+    When the first input is a :class:`~lethe.ops.head.HeadLogits` (logits never built), only
     the positions in ``where`` ([B,T] bool) are projected; elsewhere the value is 0 with no gradient.
     Callers mask with ``where`` afterwards either way, so both paths give the same result.
     """
