@@ -11,7 +11,7 @@ from lethe.conventions import CONVENTIONS, get_convention
 from lethe.data.prompt import IGNORE
 from lethe.errors import LetheError
 from lethe.objectives import parse_method
-from lethe.objectives import tokens
+from lethe.ops import tokens
 
 B, T, V = 3, 7, 11
 

@@ -231,7 +231,7 @@ def test_flat_matches_the_conjugate_table():
 
 
 def test_gradcheck_float64(monkeypatch):
-    from lethe.objectives import tokens
+    from lethe.ops import tokens
 
     monkeypatch.setattr(tokens, "INPLACE_BACKWARD", False)  # gradcheck backpropagates one graph many times
     f, fl, fm = make(7)
