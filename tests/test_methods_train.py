@@ -160,7 +160,7 @@ def test_eval_every_scores_every_kth_epoch_and_the_last(tokenizer, smoke_data, t
     assert scored == [0, 2, 3]
     assert all("forget" in e["losses"] for e in run.epochs[1:])  # every epoch still logs its losses
     assert run.config["retain_per_forget"] == 2
-    with pytest.raises(LetheError, match="--eval-every: expected an integer >= 0, got -1"):
+    with pytest.raises(LetheError, match="--eval-every: expected an integer >= 0 \\(or unset\\), got -1"):
         api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
                     evaluation=api.EvalConfig(every=-1))
 

@@ -224,6 +224,18 @@ def agreement_table(agree: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(record: dict) -> str:
+    lines = [f"Lethe {record['lethe_commit']} against {record['peer']}, {record['date']}, {record['machine']}, "
+             f"{record['threads']} thread(s) per process, {record['repeats']} interleaved run(s) per step "
+             "(peer first), each process timed whole by /usr/bin/time.", "", table(record["steps"])]
+    if record.get("failed"):
+        lines += ["", "Failed steps: " + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in record["failed"].items())]
+    if record.get("agreement"):
+        lines += ["", "Both toolkits' evaluation of the same weights (the peer's GA+GD model from `job`):", "",
+                  agreement_table(record["agreement"])]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/h2h"), help="prepare.py's output folder")
@@ -234,6 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="JSON results (default: WORK/headtohead.json)")
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the tables as markdown here")
     a = ap.parse_args(argv)
     if not (a.ou / "src" / "train.py").exists() or not Path(a.ou_python).exists():
         print(f"skipped: open-unlearning is not set up at {a.ou} (python {a.ou_python}). Set it up as "
@@ -273,6 +286,8 @@ def main(argv=None) -> int:
               "steps": results, "failed": failed, "agreement": agree}
     out = a.out or bench.work / "headtohead.json"
     out.write_text(json.dumps(record, indent=2))
+    if a.markdown:
+        a.markdown.write_text(markdown(record))
     print()
     print(table(results))
     if agree:

@@ -266,11 +266,21 @@ def finetune(model, records, *, tokenizer=None, train: TrainConfig | None = None
             return _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc)
 
 
+def _can_share_prefix(rt: RuntimeConfig) -> bool:
+    """Whether training may run a batch's shared prompt prefix once: it rides on the KV cache, which gradient
+    checkpointing turns off, and one process only (sharded forwards would gather twice per micro-batch)."""
+    import torch.distributed as dist
+
+    return not rt.gradient_checkpointing and not (dist.is_available() and dist.is_initialized()
+                                                  and dist.get_world_size() > 1)
+
+
 def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc):
     from .audit import weights_sha256
 
     model, prompter, _ = prepare(model, tokenizer, mc, rt)
-    task = FinetuneTask(prompter, records, max_length=mc.max_length, fused_head=rt.fused_head)
+    task = FinetuneTask(prompter, records, max_length=mc.max_length, fused_head=rt.fused_head,
+                        share_prefix=_can_share_prefix(rt))
     record = {**_run_record(train, prompter, mc, rt), "data_sha256": records_sha256(records)}
     if work is not None:
         record["model_sha256"] = weights_sha256(model.state_dict())  # --resume refuses another starting model
@@ -521,6 +531,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             loss.setup(model, loss_data)
     _restrict_trainable(model, m)
     task = UnlearnTask(prompter, m, forget, retain, seed=train.seed, retain_per_forget=train.retain_per_forget,
+                       share_prefix=_can_share_prefix(rt),
                        streams=streams, max_length=mc.max_length, pad_to=pad_to, fused_head=rt.fused_head)
     if reference_model is not None:
         reference_model = _given_reference(reference_model, model)

@@ -30,9 +30,54 @@ from .loop import StepOutput
 FORWARD_VIEWS = ("logits", "token_logp", "seq_logp")  # views computed from the logits
 
 
+# A batch's rows share at least this many leading tokens (a chat template's system header) before the shared
+# part runs once for the whole batch: shorter prefixes are not worth a forward of their own.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(batch: dict) -> int:
+    """How many leading tokens every row of a right-padded batch shares, ending before the first labelled
+    token's predictor (so every scored prediction is computed per row); 0 below :data:`MIN_SHARED_PREFIX`."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    if ids.shape[0] < 2:
+        return 0
+    same = (ids == ids[:1]).all(0)
+    common = int(same.long().cumprod(0).sum())
+    labelled = (labels != IGNORE).any(0).nonzero()
+    limit = int(labelled[0]) - 1 if len(labelled) else ids.shape[1] - 1
+    n = min(common, limit, int(batch["attention_mask"].sum(-1).min()) - 1)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def split_prefix(batch: dict, n: int) -> dict:
+    """The batch's rows after their shared ``n``-token prefix, which travels as ``prefix_ids``."""
+    out = {k: v[:, n:] for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+    out["prefix_ids"] = batch["input_ids"][0, :n]
+    return out
+
+
+def _prefix_inputs(model, batch: dict, device) -> dict:
+    """Forward inputs for a batch split by :func:`split_prefix`: the prefix runs once (with gradients when they
+    are on), its KV cache is repeated for every row (gradients flow back through it), and the rows continue
+    from it. The result equals one forward of the whole batch to round-off."""
+    prefix = batch["prefix_ids"].to(device)[None]
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    try:
+        head = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1)
+    except TypeError:
+        head = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True)
+    cache = head.past_key_values
+    cache.batch_repeat_interleave(ids.shape[0])
+    n = prefix.shape[1]
+    positions = (n + torch.arange(ids.shape[1], device=device)).unsqueeze(0).expand(ids.shape[0], -1)
+    return {"input_ids": ids, "attention_mask": torch.cat([mask.new_ones(ids.shape[0], n), mask], dim=1),
+            "position_ids": positions, "past_key_values": cache, "use_cache": True}
+
+
 def forward_views(model, batch: dict, device, *, logits: bool, layers: Sequence[int] = (), fused_head: bool = False):
     """(logits or None, {layer: hidden}) of one forward pass. Without ``logits`` only the last
-    position is projected to the vocabulary (``logits_to_keep=1``).
+    position is projected to the vocabulary (``logits_to_keep=1``). A batch with ``prefix_ids``
+    (:func:`split_prefix`) runs the shared prefix once and returns the views of the rest only.
 
     With ``fused_head``, the logits come back as :class:`HeadLogits` (the decoder's last hidden state and
     the output head; never the [B,T,V] tensor) when the model's logits are exactly ``head(hidden)``:
@@ -41,8 +86,11 @@ def forward_views(model, batch: dict, device, *, logits: bool, layers: Sequence[
     found = output_head(model) if logits and fused_head else None
     if found is not None and getattr(found[1], "_lethe_head_matches", True) is False:
         found = None
-    kwargs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device),
-              "use_cache": False}  # a training forward builds no KV cache
+    if "prefix_ids" in batch:
+        kwargs = _prefix_inputs(model, batch, device)
+    else:
+        kwargs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device),
+                  "use_cache": False}  # a training forward builds no KV cache
     if not logits or found is not None:
         kwargs["logits_to_keep"] = 1
     with capture_layers(model, layers) as hidden, \
@@ -75,9 +123,10 @@ def label_count(example: dict) -> int:
 class FinetuneTask:
     """Plain supervised training: QA pairs (question tokens masked) or text sequences."""
 
-    def __init__(self, prompter, records: Sequence, *, max_length: int = 512, fused_head: bool = True):
+    def __init__(self, prompter, records: Sequence, *, max_length: int = 512, fused_head: bool = True,
+                 share_prefix: bool = True):
         prompter = as_prompter(prompter)
-        self.fused_head = fused_head
+        self.fused_head, self.share_prefix = fused_head, share_prefix
         self.pad = prompter.pad_id
         self.examples = [prompter.encode(r, max_length=max_length) for r in records]
         self.lengths = [len(e["input_ids"]) for e in self.examples]
@@ -88,10 +137,13 @@ class FinetuneTask:
 
     def __call__(self, model, idx, device, scale: dict[str, float] | None = None) -> StepOutput:
         batch = pad_batch([self.examples[i] for i in idx], self.pad)
+        n = shared_prefix_length(batch) if self.share_prefix else 0
+        if n:
+            batch = split_prefix(batch, n)
         logits, _ = forward_views(model, batch, device, logits=True, fused_head=self.fused_head)
         loss = mean_nll(logits, batch["labels"].to(device))
         scaled = loss * scale["loss"] if scale else loss
-        return StepOutput(scaled, tokens_trained=int(batch["attention_mask"].sum()), logged=loss.detach())
+        return StepOutput(scaled, tokens_trained=int(batch["attention_mask"].sum()) + n, logged=loss.detach())
 
 
 @dataclass
@@ -124,7 +176,7 @@ class UnlearnTask:
     def __init__(self, prompter, method: Method, forget: Sequence, retain: Sequence = (), *, seed: int = 0,
                  max_length: int = 512, refusals: Sequence[str] | None = None, reference=None,
                  retain_per_forget: int = 1, streams: "Streams | None" = None, pad_to: int | None = None,
-                 fused_head: bool = True):
+                 fused_head: bool = True, share_prefix: bool = True):
         self.prompter = as_prompter(prompter)
         self.fused_head = fused_head  # logits as HeadLogits wherever every loss reading them allows it
         self.pad_to = pad_to  # every training batch padded to this width (a released code's layout), else dynamic
@@ -133,6 +185,13 @@ class UnlearnTask:
         self.streams = streams if streams is not None else Streams(
             self.prompter, forget, retain, seed=seed, max_length=max_length, refusals=refusals)
         self.needs = method.needs()
+        # The shared prompt prefix runs once per batch only where every loss reads answer positions alone: not
+        # with hidden states (RMU), input masks (ME) or averages over padded positions, nor in a fixed layout.
+        from ..conventions import needs_fixed_width
+
+        self.share_prefix = (share_prefix and pad_to is None
+                             and not any(n.view in ("hidden", "mask") for n in self.needs.values())
+                             and not any(needs_fixed_width(loss) for loss in method.losses))
         by_role = dict(zip(("forget", "regularizer"), method.losses))
         # logits views whose every reader takes HeadLogits (likelihood views are computed here: always fine)
         self.head_views = {need for need in self.needs.values() if need.view == "logits" and all(
@@ -227,6 +286,9 @@ class UnlearnTask:
         for stream, needs in by_stream.items():
             rows = self.rows(stream, idx)
             batch = pad_batch([self.streams[stream][j] for j in rows], self.pad, width=self.pad_to)
+            shared = shared_prefix_length(batch) if self.share_prefix else 0
+            if shared:
+                batch = split_prefix(batch, shared)
             for n in needs:
                 if n.view == "labels":
                     values[n] = batch["labels"].to(device)
@@ -239,12 +301,12 @@ class UnlearnTask:
             policy = [n for n in needs if n.model == "policy" and n.needs_forward]
             if policy:
                 values.update(self._views(model, batch, device, policy))
-                trained += int(batch["attention_mask"].sum())
+                trained += int(batch["attention_mask"].sum()) + shared
             ref = [n for n in needs if n.model == "reference" and n.needs_forward and n.view != "seq_logp"]
             if ref:
                 with torch.no_grad(), self.reference.module(device) as frozen:
                     values.update({n: v.detach() for n, v in self._views(frozen, batch, device, ref).items()})
-                forward_only += int(batch["attention_mask"].sum())
+                forward_only += int(batch["attention_mask"].sum()) + shared
         inputs = {key: values[need] for key, need in self.needs.items()}
         loss, parts = self.method.loss(inputs, scale)
         return StepOutput(loss, parts, tokens_trained=trained, tokens_forward_only=forward_only,
