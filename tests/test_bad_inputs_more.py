@@ -56,6 +56,12 @@ CASES = [
     (lambda r: ["eval", "--model", str(r / "model"), "--eval-forget", str(r / "forget.json"), "--holdout",
                 str(r / "forget.json")], "--holdout shares"),
     (lambda r: _unlearn(r, "--method", "NPO(beta=0)"), "'beta' must be > 0"),
+    (lambda r: _unlearn(r, "--method", "GA++GD"), "empty term at column 4"),
+    (lambda r: _unlearn(r, "--method", "GA+GD+"), "empty term at column 7"),
+    (lambda r: _unlearn(r, "--method", "NPO(beta=0.1,beta=0.5)"), "option 'beta' is given twice"),
+    (lambda r: _unlearn(r, "--method", "NPO(beta=0.1"), "unbalanced parentheses"),
+    (lambda r: ["demo", "--methods", ",", "--size", "smoke", "--out", str(r / "d1")], "empty term"),
+    (lambda r: ["demo", "--methods", "GA+GD,ga+gd", "--size", "smoke", "--out", str(r / "d2")], "named twice"),
     (lambda r: _unlearn(r, "--method", "RMU(layer=2.5)"), "whole number"),
 ]
 

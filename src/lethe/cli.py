@@ -268,7 +268,9 @@ def _dispatch(args) -> int:
     from . import api
 
     if args.command == "demo":
-        methods = split_outside_parens(args.methods, ",") if args.methods else None
+        methods = split_outside_parens(args.methods, ",") if args.methods is not None else None
+        if methods is not None and len({m.replace(" ", "").lower() for m in methods}) != len(methods):
+            raise LetheError(f"--methods: a method is named twice in '{args.methods}'")
         given = {"requests": args.requests, "reference": args.reference, "forget_percent": args.forget_percent,
                  "embedding_model": args.embedding_model, "nli_model": args.nli_model, "forget": args.forget,
                  "retain": args.retain}

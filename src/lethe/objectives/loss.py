@@ -179,12 +179,17 @@ def build_loss(factory: Callable | Loss, name: str | None = None, options: Mappi
 def parse_options(text: str, where: str) -> dict[str, str]:
     """``"beta=0.2, delta=1"`` -> {"beta": "0.2", "delta": "1"} (values are typed later, by the loss)."""
     out: dict[str, str] = {}
-    for part in (p.strip() for p in text.split(",")):
+    parts = [p.strip() for p in text.split(",")]
+    if parts == [""]:
+        return out
+    for part in parts:
         if not part:
-            continue
+            raise LetheError(f"{where}: an empty option (a stray comma)")
         key, eq, value = part.partition("=")
         key = key.strip().replace("-", "_")
         if not eq or not key.isidentifier():
             raise LetheError(f"{where}: expected NAME=VALUE, got '{part}'")
+        if key in out:
+            raise LetheError(f"{where}: option '{key}' is given twice")
         out[key] = value.strip().strip("'\"")
     return out

@@ -83,24 +83,34 @@ class Method:
 
 def split_outside_parens(text: str, sep: str) -> list[str]:
     """Split on ``sep`` where it is not inside parentheses: ``"NPO(beta=0.2)+KL"`` on '+' ->
-    ["NPO(beta=0.2)", "KL"]; ``"GA,RMU(layer=1,alpha=10)"`` on ',' -> ["GA", "RMU(layer=1,alpha=10)"]."""
-    pieces, depth, cur = [], 0, ""
-    for ch in text:
+    ["NPO(beta=0.2)", "KL"]; ``"GA,RMU(layer=1,alpha=10)"`` on ',' -> ["GA", "RMU(layer=1,alpha=10)"].
+    An empty term (``GA++GD``, a trailing ``+``, ``--methods ,``) or unbalanced parentheses is a one-line
+    error pointing at the column."""
+    pieces, depth, cur, start = [], 0, "", 0
+
+    def close(end: int) -> None:
+        if not cur.strip():
+            raise LetheError(f"'{text}': empty term at column {end + 1} (expected a name between the "
+                             f"{'separators' if end else 'start and the first ' + repr(sep)})")
+        pieces.append(cur.strip())
+
+    for i, ch in enumerate(text):
         if ch == "(":
             depth += 1
         elif ch == ")":
             depth -= 1
             if depth < 0:
-                raise LetheError(f"'{text}': unbalanced parentheses")
+                raise LetheError(f"'{text}': unbalanced parentheses: ')' at column {i + 1} closes nothing")
         if ch == sep and depth == 0:
-            pieces.append(cur.strip())
-            cur = ""
+            close(i)
+            cur, start = "", i + 1
         else:
             cur += ch
     if depth:
-        raise LetheError(f"'{text}': unbalanced parentheses")
-    pieces.append(cur.strip())
-    return [p for p in pieces if p]
+        raise LetheError(f"'{text}': unbalanced parentheses: {depth} '(' left open")
+    if pieces or cur.strip():
+        close(len(text))
+    return pieces
 
 
 def split_method(text: str) -> list[str]:
