@@ -211,3 +211,15 @@ def test_overwrite_that_fails_leaves_the_finished_run_intact(inputs, tmp_path, c
     with pytest.raises(SystemExit) as e:  # a good --overwrite replaces it and leaves nothing aside
         main(argv + ["--overwrite"])
     assert e.value.code == 0 and (out / "run.json").exists() and not (out / ".lethe-replaced").exists()
+
+
+def test_a_finished_run_drops_its_checkpoint_unless_asked_to_keep_it(inputs, tmp_path, capsys):
+    argv = ["--quiet", *_unlearn_argv(inputs, tmp_path / "dropped"), "--epochs", "1"]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0, capsys.readouterr().err
+    assert (tmp_path / "dropped" / "model").exists() and not (tmp_path / "dropped" / "checkpoint").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", *_unlearn_argv(inputs, tmp_path / "kept"), "--epochs", "1", "--keep-checkpoint", "last"])
+    assert e.value.code == 0
+    assert (tmp_path / "kept" / "checkpoint").exists()

@@ -188,7 +188,7 @@ def test_adapter_checkpoints_hold_only_trainable_tensors_and_resume_bit_identica
     base = save_model(tiny_model, tokenizer, tmp_path / "base")
     cfg = TrainConfig(epochs=3, lr=5e-3, batch_size=4, micro_batch_size=4)
     params = lethe.ParamsConfig(kind=kind, rank=2)
-    common = dict(method="GA+GD", params=params, train=cfg, save=False, progress=False)
+    common = dict(method="GA+GD", params=params, train=cfg, save=False, progress=False, keep_checkpoint="last")
     full, _ = lethe.unlearn(str(base), smoke_data.forget(10), smoke_data.retain(10), out_dir=tmp_path / "a", **common)
 
     def killer(epoch, model):

@@ -319,7 +319,7 @@ def _dispatch(args) -> int:
         else:
             api.finetune(args.model, args.data, train=opts.train_config(args), model_config=opts.model_config(args),
                          data=opts.data_config(args), out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
-                         progress=progress, runtime=opts.runtime_config(args))
+                         progress=progress, runtime=opts.runtime_config(args), keep_checkpoint=args.keep_checkpoint)
         if not args.quiet:
             print(f"model: {args.out}")
     elif args.command == "unlearn":
@@ -482,7 +482,8 @@ def _unlearn(args, progress: bool) -> int:
     data = opts.data_config(args)
     common = dict(method=method, train=opts.train_config(args), params=opts.params_config(args), data=data,
                   model_config=opts.model_config(args), out_dir=args.out, merge=args.merge, resume=args.resume,
-                  overwrite=args.overwrite, progress=progress, runtime=opts.runtime_config(args))
+                  overwrite=args.overwrite, progress=progress, runtime=opts.runtime_config(args),
+                  keep_checkpoint=args.keep_checkpoint)
     if is_text_source(args.forget, data.fields):
         if attacks:
             raise LetheError("--attacks: the built-in attacks score QA records; the forget set here is text")

@@ -32,8 +32,12 @@ def add_train_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="continue from the newest complete per-epoch checkpoint in --out; refused when the model, "
                         "data or any option that changes the result differs from the checkpoint's")
     g.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run in --out (deleted before this one starts); without it, or "
-                        "--resume, an --out holding a run is refused")
+                   help="replace an earlier run in --out (moved aside when this one starts, deleted when it finishes, "
+                        "put back if it fails); without it, or --resume, an --out holding a run is refused")
+    g.add_argument("--keep-checkpoint", choices=("never", "last"), default="never",
+                   help="the resumable checkpoint (trainable weights and optimizer state) after a run that finished: "
+                        "never (default: deleted once everything is written) or last. A failed or interrupted run "
+                        "always keeps it for --resume")
     g.add_argument("--log-with", choices=TRACKERS, default=None,
                    help="also log per-step losses, the learning rate and per-epoch metrics to this accelerate tracker, "
                         "under OUT/logs (needs its package, e.g. pip install tensorboard; default: only steps.jsonl)")

@@ -240,7 +240,7 @@ def _tokenizer_for_text(model, tokenizer, model_config, sources) -> Any:
 def finetune(model, records, *, tokenizer=None, train: TrainConfig | None = None,
              model_config: ModelConfig | None = None, data: DataConfig | None = None, out_dir=None,
              resume: bool = False, overwrite: bool = False, progress: bool = True, desc: str = "finetune",
-             runtime: RuntimeConfig | None = None) -> tuple[Any, TrainResult]:
+             runtime: RuntimeConfig | None = None, keep_checkpoint: str = "never") -> tuple[Any, TrainResult]:
     """Fine-tune ``model`` (object or directory) on ``records`` (any form :func:`load_records` reads).
 
     Returns (model, TrainResult). With ``out_dir`` the model is saved there (safetensors, with its
@@ -263,7 +263,9 @@ def finetune(model, records, *, tokenizer=None, train: TrainConfig | None = None
         remove_temporaries(out.parent, names=(out.name,))
         with replacing(out.parent, (out.name,), resume=resume, overwrite=overwrite,
                        aside=f".lethe-replaced-{out.name}"):  # the earlier model comes back if this run fails
-            return _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc)
+            result = _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc)
+            drop_checkpoint(work, keep_checkpoint)
+            return result
 
 
 def _can_share_prefix(rt: RuntimeConfig) -> bool:
@@ -358,7 +360,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
             epoch_hook: Callable | None = None, progress: bool = True,
             runtime: RuntimeConfig | None = None, extra_record: Mapping | None = None,
             convention: str | Convention = "paper", reference_model=None,
-            pad_to: int | None = None, select=None) -> tuple[Any, UnlearnRun]:
+            pad_to: int | None = None, select=None, keep_checkpoint: str = "never") -> tuple[Any, UnlearnRun]:
     """Unlearn ``forget`` from ``model`` with ``method``, evaluating per epoch.
 
     ``method``: ``"NPO(beta=0.2)+KL"``, a :class:`MethodConfig`, a :class:`Method`, a loss function or
@@ -371,7 +373,8 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     (:mod:`lethe.conventions`: ``paper``, ``closer-look``, ``tofu``, ``flat``, ``ihl-fila``,
     ``knowledge-unlearning``) reproduces a released code's losses, batch layout and evaluation limit;
     options given explicitly win, and ParamsConfig fields are taken from it where left at their defaults.
-    ``select`` (:class:`lethe.engine.select.Selection`, or a criterion string such as ``"fe"``): keep the best
+    ``keep_checkpoint``: ``never`` (default: the resumable checkpoint is deleted once the run has written
+    everything; a failed run keeps it) or ``last``. ``select`` (:class:`lethe.engine.select.Selection`, or a criterion string such as ``"fe"``): keep the best
     epoch's model by it in ``model/`` (the last epoch's in ``last/``), recorded in ``run.selected``.
     ``pad_to``: every training batch padded to this width (default: the convention's); a loss that averages
     over padded positions (KL over all positions, ME with padding) needs one. ``reference_model``: θ_ref for the
@@ -400,6 +403,8 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     from .engine.select import Selection
 
     select = select if isinstance(select, Selection) else Selection(select or "last")
+    if keep_checkpoint not in KEEP_CHECKPOINT:
+        raise LetheError(f"--keep-checkpoint: expected one of {', '.join(KEEP_CHECKPOINT)}, got {keep_checkpoint!r}")
     if select.active and not (ev.sets or ev.holdout) :
         raise LetheError(f"--select-by {select.by}: it reads per-epoch metrics, and this run evaluates nothing "
                          "(give evaluation sets, and do not pass --eval-at none)")
@@ -436,7 +441,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
                   **({"pad_to": pad_to} if pad_to != conv.pad_to else {})}
         return _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir,
                                warnings, save, merge, resume, epoch_hook, progress, record, pad_to,
-                               reference_model, select)
+                               reference_model, select, keep_checkpoint)
 
 
 def _given_reference(reference, model):
@@ -500,7 +505,7 @@ def _utility_overlap(forget, sets) -> list[str]:
 
 def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, ev, au, mc, rt, run_dir, warnings,
                     save, merge, resume, epoch_hook, progress, extra_record, pad_to, reference_model=None,
-                    select=None):
+                    select=None, keep_checkpoint: str = "never"):
     model, prompter, base_path = prepare(model, tokenizer, mc, rt)
     streams = Streams(prompter, forget, retain, seed=train.seed, max_length=mc.max_length)
     before_sha = membership_before = None
@@ -658,7 +663,25 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
         with rt.autocast():
             _write_run(run_dir, model, prompter, run, forget, holdout, before_sha, membership_before,
                        au, save, merge, base_path, membership_after, ev.mia_k)
+        if run.status == "ok":
+            drop_checkpoint(run_dir, keep_checkpoint)
     return model, run
+
+
+KEEP_CHECKPOINT = ("never", "last")
+
+
+def drop_checkpoint(run_dir, keep: str) -> None:
+    """After a run has written everything, its resumable state (trainable weights and optimizer moments,
+    several times the model for full fine-tuning) is deleted unless ``keep`` is ``last``. A failed or
+    interrupted run never reaches here: its checkpoint stays for ``--resume``."""
+    import shutil
+
+    if keep not in KEEP_CHECKPOINT:
+        raise LetheError(f"--keep-checkpoint: expected one of {', '.join(KEEP_CHECKPOINT)}, got {keep!r}")
+    if keep == "never" and run_dir is not None:
+        for name in ("checkpoint", "checkpoint.old"):
+            shutil.rmtree(Path(run_dir) / name, ignore_errors=True)
 
 
 class _BestEpoch:

@@ -71,7 +71,7 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
                       data: DataConfig | None = None, model_config: ModelConfig | None = None, out_dir=None,
                       merge: bool = False, resume: bool = False, overwrite: bool = False, include_text: bool = False,
                       progress: bool = True, runtime: RuntimeConfig | None = None,
-                      convention: str = "paper") -> tuple[Any, UnlearnRun, Any]:
+                      convention: str = "paper", keep_checkpoint: str = "never") -> tuple[Any, UnlearnRun, Any]:
     """Unlearn memorized text sequences (IHL seed Sec. 3.1): a seeded sample of ``forget_count``
     sequences, the EL_n/MA stopping rule when ``validation`` sequences are given, held-out perplexity
     after every epoch with ``heldout``. Returns (model, run, thresholds or None)."""
@@ -122,6 +122,7 @@ def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, 
     audit = AuditConfig(holdout=validation or holdout, include_text=include_text,
                         thresholds={"el": thresholds.el, "ma": thresholds.ma} if thresholds is not None else None)
     model, run = unlearn(model, forget, retain, method=method, tokenizer=tokenizer, params=params, train=train,
+                         keep_checkpoint=keep_checkpoint,
                          audit=audit, model_config=mc, data=dc, out_dir=out_dir, merge=merge,
                          resume=resume, epoch_hook=hook, progress=progress, runtime=rt, convention=conv,
                          extra_record={"el": asdict(el), "min_epochs": min_epochs} if hook is not None else None)
