@@ -202,9 +202,8 @@ class Bench:
 
 
 def _peer_auc(peer: dict):
-    """The peer's Min-K% AUC in the usual orientation (members positive): it reports 1 - that."""
-    value = peer.get("mia_min_k", {}).get("agg_value") if isinstance(peer.get("mia_min_k"), dict) else None
-    return None if value is None else 1.0 - value
+    """The peer's Min-K% AUC (forget members against holdout, the usual orientation; its privleak then flips it)."""
+    return peer.get("mia_min_k", {}).get("agg_value") if isinstance(peer.get("mia_min_k"), dict) else None
 
 
 def table(results: list[dict]) -> str:
