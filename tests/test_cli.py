@@ -392,3 +392,16 @@ def test_bench_sweep_and_seeds_report_fronts_and_spreads(smoke_run, tmp_path, ca
     code, _, err = _run(["--quiet", "bench", "--size", "smoke", "--methods", "GA", "--sweep", "beta=1",
                          "--out", str(bench)], capsys)
     assert code == 2 and "cannot sweep 'beta'" in err
+
+
+def test_every_name_the_readme_calls_on_lethe_exists():
+    """`lethe.X` in the README's Python must resolve (it once raised AttributeError for run_scenario)."""
+    import re
+    from pathlib import Path
+
+    import lethe
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    names = set(re.findall(r"\blethe\.([A-Za-z_]\w*)\(", readme)) | set(re.findall(r"\blethe\.([A-Z]\w*)\b", readme))
+    missing = sorted(n for n in names if not hasattr(lethe, n))
+    assert not missing, missing

@@ -1,10 +1,11 @@
 """Lethe: make a language model forget what it should not know, and measure that it did."""
-from .api import (AuditConfig, DataConfig, EvalConfig, EvalSet, Fields, Loss, Method, MethodConfig, ModelConfig,
-                  Need, ParamsConfig, PromptFormat, RuntimeConfig, TrainConfig, demo, evaluate, finetune, load_records,
-                  parse_method, unlearn)
+from .api import (AuditConfig, DataConfig, EvalConfig, EvalSet, Fields, IndistinguishableStop, Loss, Method,
+                  MethodConfig, ModelConfig, Need, ParamsConfig, PromptFormat, RuntimeConfig, TrainConfig, UnlearnRun,
+                  demo, evaluate, finetune, load_records, parse_method, report, run_scenario, unlearn)
 from .errors import LetheError
-
 from .version import __version__
-__all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "Loss", "Method", "MethodConfig",
-           "ModelConfig", "Need", "ParamsConfig", "PromptFormat", "RuntimeConfig", "TrainConfig", "demo", "evaluate", "finetune",
-           "load_records", "parse_method", "unlearn", "LetheError", "__version__"]
+
+__all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "IndistinguishableStop", "Loss", "Method",
+           "MethodConfig", "ModelConfig", "Need", "ParamsConfig", "PromptFormat", "RuntimeConfig", "TrainConfig",
+           "UnlearnRun", "demo", "evaluate", "finetune", "load_records", "parse_method", "report", "run_scenario",
+           "unlearn", "LetheError", "__version__"]
