@@ -255,3 +255,16 @@ def test_audit_keeps_the_full_membership_suite_when_metrics_leave_attacks_out(to
         evidence = json.loads((tmp_path / name / "audit.json").read_text())["evidence"]
         for side in ("membership_before", "membership_after"):
             assert set(evidence[side]["attacks"]) == {"loss", "zlib", "min_k", "min_k_pp"}, (name, side)
+
+
+def test_run_json_records_seconds_per_request_kind_and_metric(tokenizer, smoke_data, tiny_model):
+    from lethe import api
+    from lethe.engine.loop import TrainConfig
+
+    sets = [EvalSet("forget", smoke_data.forget(10), "qa", role="forget")]
+    _, run = api.unlearn(tiny_model, smoke_data.forget(10), smoke_data.retain(10), tokenizer=tokenizer, save=False,
+                         progress=False, evaluation=api.EvalConfig(sets=sets, max_new_tokens=2),
+                         train=TrainConfig(epochs=1, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False))
+    ev = run.cost["evaluation"]
+    assert {"likelihoods", "generations", "token_stats"} <= set(ev["requests_s"])
+    assert ev["requests_s"]["generations"] > 0 and "ROUGE" in ev["metrics_s"]

@@ -586,6 +586,10 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
             crash_point("evaluation")
             for k in ("evaluation_s", "generation_s", "generated_tokens"):
                 eval_cost[k] += res.timing.get(k, 0)
+            for part in ("requests_s", "metrics_s"):  # seconds per request kind and per metric, summed over epochs
+                into = eval_cost.setdefault(part, {})
+                for name, seconds in res.timing.get(part, {}).items():
+                    into[name] = into.get(name, 0.0) + seconds
             if res.timing.get("generation_batch"):
                 eval_cost["generation_batch"] = max(eval_cost.get("generation_batch", 0), res.timing["generation_batch"])
             aggregate(res, retain_model_tr=ev.retain_model_tr)
