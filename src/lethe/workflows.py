@@ -97,11 +97,11 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
     with lock:
         return _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count,
                                   max_tokens, el, min_epochs, train, params, dc, mc, out_dir, merge, resume,
-                                  include_text, progress, rt, conv)
+                                  include_text, progress, rt, conv, keep_checkpoint)
 
 
 def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count, max_tokens,
-                       el, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt, conv):
+                       el, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt, conv, keep_checkpoint="never"):
     from dataclasses import asdict
 
     from .data.readers import sample_sequences
