@@ -38,7 +38,7 @@ def test_every_model_call_runs_on_the_policys_device_and_precision(tiny_model, t
                            tokenizer=tokenizer, params=lethe.ParamsConfig(kind="fila", rank=2),
                            train=TrainConfig(epochs=1, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False),
                            evaluation=lethe.EvalConfig(sets=sets, max_new_tokens=4),
-                           audit=lethe.AuditConfig(holdout=smoke_data.retain(10)[:4]), out_dir=tmp_path,
+                           audit=lethe.AuditConfig(holdout=smoke_data.holdout[:4]), out_dir=tmp_path,
                            runtime=RuntimeConfig(device="cpu", precision="bf16-mixed"), progress=False)
     assert run.status == "ok" and run.config["runtime"]["precision"] == "bf16-mixed"
     assert len(spy.calls) > 20
