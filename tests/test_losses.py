@@ -341,7 +341,6 @@ def test_token_weighted_and_distillation_losses_match_references(seed):
     def ceu_ref(z, skip_first):
         pos = positions(fl)
         if skip_first:
-            firsts = {min(t for bb, t, _ in pos if bb == b) for b in range(B)}
             firsts = {(b, min(t for bb, t, _ in pos if bb == b)) for b in range(B)}
             pos = [(b, t, y) for b, t, y in pos if (b, t) not in firsts]
         total = 0.0

@@ -3,7 +3,6 @@ statistics, answer likelihoods and greedy answers equal the same requests withou
 from __future__ import annotations
 
 import pytest
-import torch
 
 from lethe.data.prompt import Prompter, PromptFormat
 from lethe.evaluation import requests as R

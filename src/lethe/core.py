@@ -405,7 +405,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     select = select if isinstance(select, Selection) else Selection(select or "last")
     if keep_checkpoint not in KEEP_CHECKPOINT:
         raise LetheError(f"--keep-checkpoint: expected one of {', '.join(KEEP_CHECKPOINT)}, got {keep_checkpoint!r}")
-    if select.active and not (ev.sets or ev.holdout) :
+    if select.active and not (ev.sets or ev.holdout):
         raise LetheError(f"--select-by {select.by}: it reads per-epoch metrics, and this run evaluates nothing "
                          "(give evaluation sets, and do not pass --eval-at none)")
     if select.active and ev.every == 0:

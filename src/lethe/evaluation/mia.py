@@ -26,7 +26,6 @@ from typing import Sequence
 import numpy as np
 
 from ..data.prompt import as_prompter
-from ..data.records import QARecord
 from .requests import answer_tokens, token_statistics
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "reference")

@@ -23,7 +23,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..data.batching import pad_batch
 from ..data.prompt import IGNORE, as_prompter
 from . import metrics as M
 from .requests import ModelRequests, answer_tokens, token_statistics

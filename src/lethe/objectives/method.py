@@ -86,7 +86,7 @@ def split_outside_parens(text: str, sep: str) -> list[str]:
     ["NPO(beta=0.2)", "KL"]; ``"GA,RMU(layer=1,alpha=10)"`` on ',' -> ["GA", "RMU(layer=1,alpha=10)"].
     An empty term (``GA++GD``, a trailing ``+``, ``--methods ,``) or unbalanced parentheses is a one-line
     error pointing at the column."""
-    pieces, depth, cur, start = [], 0, "", 0
+    pieces, depth, cur = [], 0, ""
 
     def close(end: int) -> None:
         if not cur.strip():
@@ -103,7 +103,7 @@ def split_outside_parens(text: str, sep: str) -> list[str]:
                 raise LetheError(f"'{text}': unbalanced parentheses: ')' at column {i + 1} closes nothing")
         if ch == sep and depth == 0:
             close(i)
-            cur, start = "", i + 1
+            cur = ""
         else:
             cur += ch
     if depth:
