@@ -24,15 +24,12 @@ from ..model.layers import capture_head_inputs, capture_layers, head_matches, ou
 from ..ops.head import HeadLogits
 from ..objectives.inputs import Need
 from ..objectives.method import Method
-from ..ops.tokens import mean_nll, token_logprobs
+from ..ops.tokens import MIN_SHARED_PREFIX, mean_nll, token_logprobs
 from .loop import StepOutput
 
 FORWARD_VIEWS = ("logits", "token_logp", "seq_logp")  # views computed from the logits
 
 
-# A batch's rows share at least this many leading tokens (a chat template's system header) before the shared
-# part runs once for the whole batch: shorter prefixes are not worth a forward of their own.
-MIN_SHARED_PREFIX = 8
 
 
 def shared_prefix_length(batch: dict) -> int:

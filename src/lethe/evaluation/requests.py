@@ -13,7 +13,7 @@ import torch
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..data.prompt import IGNORE, as_prompter
-from ..ops.tokens import align_targets, sequence_logprob, upcast
+from ..ops.tokens import MIN_SHARED_PREFIX, align_targets, sequence_logprob, upcast
 from .sharding import shard_map
 
 
@@ -23,8 +23,6 @@ def _device(model) -> torch.device:
 
 # float64 vocabulary statistics run this many elements at a time (~16 MiB per temporary)
 STATS_CHUNK_ELEMENTS = 1 << 21
-# A shared prefix shorter than this is not worth a forward of its own.
-MIN_SHARED_PREFIX = 8
 
 
 class SharedPrefix:
