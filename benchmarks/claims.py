@@ -56,7 +56,7 @@ def paired(a, b):
 
 
 def fictitious_claims(results: dict, mu: str) -> list[dict]:
-    from lethe.comparison import final_metric, method_label
+    from lethe.reports.comparison import final_metric, method_label
 
     by: dict[str, dict[str, list]] = {}
     for run in results["runs"]:

@@ -133,7 +133,7 @@ class Check:
     def _epoch(self, model, data, tok, *, method: str, precision: str, fused: bool = True, params: str = "full",
                checkpointing: bool = False) -> dict:
         import lethe
-        from lethe.runtime import RuntimeConfig
+        from lethe.engine.runtime import RuntimeConfig
 
         forget, retain = data.forget(10), data.retain(10)[: len(data.forget(10))]
         rt = RuntimeConfig(device=self.a.device, precision=precision, fused_head=fused,
@@ -184,7 +184,7 @@ class Check:
     def generation(self) -> dict:
         from lethe.data.prompt import Prompter, PromptFormat
         from lethe.evaluation.requests import answer_nll, generate_answers
-        from lethe.runtime import RuntimeConfig
+        from lethe.engine.runtime import RuntimeConfig
 
         data, tok = self._data()
         rt = RuntimeConfig(device=self.a.device, precision="bf16-mixed" if self.device.type == "cuda" else "fp32")

@@ -39,7 +39,9 @@ def _graph() -> dict[str, set[str]]:
     graph = {m: set() for m in MODULES}
     for m, f in MODULES.items():
         for target, names, _ in _imports(m, f):
-            for cand in [target] + [f"{target}.{n}" for n in names]:
+            submodules = [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
+            # `from . import options` names a module: the edge is to it, not to the package that holds it
+            for cand in submodules if names and len(submodules) == len(names) else [target, *submodules]:
                 if cand in MODULES and cand != m:
                     graph[m].add(cand)
     return graph
@@ -111,3 +113,31 @@ def test_no_private_name_is_used_across_modules():
                     and node.attr.startswith("_") and not node.attr.startswith("__")):
                 offenders.append(f"{m}: {node.value.id}.{node.attr}")
     assert offenders == []
+
+
+# Bottom to top; a module may import its own layer and those listed before it, never one after it.
+LAYERS = ("version", "util", "data", "ops", "model", "objectives", "evaluation", "engine", "core", "attacks",
+          "reports", "scenarios", "api", "cli", "__main__", "")
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.index(parts[1] if len(parts) > 1 else "")
+
+
+def test_imports_only_go_down_the_layers():
+    upward = [f"{m} -> {t}" for m, targets in _graph().items() for t in targets if _layer(t) > _layer(m)]
+    assert upward == []
+
+
+def test_the_root_holds_only_the_entry_points():
+    loose = sorted(f.name for f in ROOT.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "api.py", "version.py"]
+
+
+def test_every_built_in_scenario_has_its_layout_for_old_results_files():
+    from lethe.reports.layouts import BUILT_IN_SCENARIO_LAYOUTS, LAYOUTS
+    from lethe.scenarios.catalog import SCENARIOS
+
+    assert {name: SCENARIOS.get(name).report for name in SCENARIOS.recorded_names()} == BUILT_IN_SCENARIO_LAYOUTS
+    assert set(BUILT_IN_SCENARIO_LAYOUTS.values()) <= set(LAYOUTS.names())

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from lethe.cli import main
+from lethe.cli.main import main
 
 OPTION_CASES = [
     # (extra argv for `lethe unlearn` on valid inputs, expected text in the error)
@@ -219,12 +219,12 @@ def test_the_table_has_at_least_sixty_cases():
 def test_a_failed_write_is_one_line_naming_the_file(world, tmp_path, capsys, monkeypatch):
     import errno
 
-    import lethe.io
+    import lethe.util.io
 
     def full_disk(path, text):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(lethe.io, "write_text", full_disk)
+    monkeypatch.setattr(lethe.util.io, "write_text", full_disk)
     results = tmp_path / "r"
     results.mkdir()
     (results / "results.json").write_text(json.dumps({"scenario": "fictitious-authors", "runs": []}))

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from lethe.cli import main
+from lethe.cli.main import main
 
 
 def _run(argv, capsys):
@@ -179,7 +179,7 @@ def test_unlearn_text_sequences_with_the_stopping_rule(smoke_run, tmp_path, caps
 
 
 def test_audit_record_matches_the_saved_weights(smoke_run, tmp_path, capsys):
-    from lethe.audit import saved_weights_sha256, weights_sha256
+    from lethe.core.audit import saved_weights_sha256, weights_sha256
     from lethe.model.load import load_model
 
     out, _ = smoke_run
@@ -200,8 +200,8 @@ def test_audit_record_matches_the_saved_weights(smoke_run, tmp_path, capsys):
     assert "forget/ROUGE" in audit["evidence"]["forget_after"] or audit["evidence"]["forget_after"] == {}
     # The audit's membership evidence is the evaluation's own start/end report (not scored twice) and equals
     # what the audit computes on its own from the starting weights.
-    from lethe.audit import membership_signal
-    from lethe.core import prepare
+    from lethe.core.audit import membership_signal
+    from lethe.core.unlearn import prepare
     from lethe.data.sources import load_records
 
     run = json.loads((tmp_path / "u" / "run.json").read_text())

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from lethe.comparison import best_at, is_comparison, pareto_front, summarize
+from lethe.reports.comparison import best_at, is_comparison, pareto_front, summarize
 
 
 def _run(method, point, seed, mu, fe, fq=None, status="ok"):

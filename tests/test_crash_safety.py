@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lethe.cli import main
+from lethe.cli.main import main
 
 
 def _lethe(argv, crash=None, cwd=None):
@@ -175,7 +175,7 @@ def test_saved_files_follow_the_umask(inputs, tmp_path):
 
 
 def test_a_torn_last_log_line_is_dropped(tmp_path):
-    from lethe.io import read_jsonl
+    from lethe.util.io import read_jsonl
 
     log = tmp_path / "steps.jsonl"
     log.write_text('{"epoch": 0, "step": 1}\n{"epoch": 0, "step": 2}\n{"epoch": 1, "st')

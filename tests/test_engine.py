@@ -125,7 +125,7 @@ def test_unlearning_accumulation_weights_each_part_by_its_own_units(tokenizer, s
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path, tiny_model):
-    from lethe.errors import DivergenceError
+    from lethe.util.errors import DivergenceError
 
     def step(model, idx, device):
         p = next(model.parameters())
@@ -141,7 +141,7 @@ def test_tensorboard_tracker_logs_steps_and_epoch_metrics(tokenizer, tiny_model,
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lethe.errors import LetheError
+    from lethe.util.errors import LetheError
 
     task = FinetuneTask(tokenizer, smoke_data.full[:16])
     cfg = TrainConfig(epochs=2, lr=1e-3, batch_size=8, micro_batch_size=8, checkpoint=False, log_with="tensorboard")
@@ -170,7 +170,7 @@ def test_select_best_keeps_the_chosen_epoch_and_survives_resume(tokenizer, smoke
 
     from safetensors.torch import load_file
 
-    from lethe.cli import main
+    from lethe.cli.main import main
     from lethe.engine.select import Selection
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model
@@ -214,7 +214,7 @@ def test_select_best_keeps_the_chosen_epoch_and_survives_resume(tokenizer, smoke
     a = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "again" / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    from lethe.errors import LetheError
+    from lethe.util.errors import LetheError
 
     with pytest.raises(LetheError, match="--select-by"):
         Selection("best")

@@ -218,7 +218,7 @@ def test_roles_map_to_modules_per_architecture():
 
 
 def test_unknown_architecture_lists_linear_modules():
-    from lethe.errors import LetheError
+    from lethe.util.errors import LetheError
 
     class Odd(torch.nn.Module):
         def __init__(self):

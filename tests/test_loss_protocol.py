@@ -7,7 +7,7 @@ import torch
 
 from lethe import api
 from lethe.engine.loop import TrainConfig
-from lethe.errors import LetheError
+from lethe.util.errors import LetheError
 from lethe.objectives import FORGET_LOSSES, Loss, Need, parse_method
 from lethe.objectives.rmu import RMU, masked_token_mse
 

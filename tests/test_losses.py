@@ -357,7 +357,7 @@ def test_token_weighted_and_distillation_losses_match_references(seed):
 
 
 def test_new_losses_refuse_bad_options_before_any_work():
-    from lethe.errors import LetheError
+    from lethe.util.errors import LetheError
 
     for spec, word in (("WGA(beta=-1)", "'beta' must be >= 0"), ("SatImp(beta1=inf)", "beta1"),
                        ("UNDIAL(beta=-2)", "'beta' must be >= 0"), ("NPO(beta=0)", "'beta' must be > 0"),

@@ -146,7 +146,7 @@ def test_refusal_pool():
 def test_eval_every_scores_every_kth_epoch_and_the_last(tokenizer, smoke_data, tiny_model):
     from lethe import api
     from lethe.engine.loop import TrainConfig
-    from lethe.errors import LetheError
+    from lethe.util.errors import LetheError
     from lethe.evaluation.suite import EvalSet
 
     forget = smoke_data.forget(10)
@@ -168,7 +168,7 @@ def test_eval_every_scores_every_kth_epoch_and_the_last(tokenizer, smoke_data, t
 def test_evaluation_schedule_start_end_and_none_between(tokenizer, smoke_data, tiny_model):
     from lethe import api
     from lethe.engine.loop import TrainConfig
-    from lethe.errors import LetheError
+    from lethe.util.errors import LetheError
     from lethe.evaluation.suite import EvalSet
 
     forget = smoke_data.forget(10)

@@ -4,7 +4,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from lethe.data.prompt import IGNORE, PromptFormat, Prompter, load_format, resolve_format, save_format
-from lethe.errors import LetheError
+from lethe.util.errors import LetheError
 from lethe.model.build import train_tokenizer
 
 CORPUS = ["What is the capital of France?", "Paris is the capital of France.", "Question: Answer:",
@@ -131,7 +131,7 @@ def test_a_template_without_system_role_gives_one_line_error():
 
 def test_chat_template_arguments_reach_the_template_and_are_saved(tmp_path):
     """Llama 3's date_string (as open-unlearning prompts) goes into every render and travels with the format."""
-    from lethe.cli_options import parse_template_kwargs
+    from lethe.cli.options import parse_template_kwargs
 
     template = ("{% if not date_string is defined %}{% set date_string = 'DEFAULT' %}{% endif %}"
                 "<|im_start|>system Today: {{ date_string }}<|im_end|>"

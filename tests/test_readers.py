@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lethe.data.readers import read_qa, read_text, read_token_array
-from lethe.errors import DataError
+from lethe.util.errors import DataError
 
 QA = [{"question": "Who?", "answer": "Ana.", "paraphrased_answer": "It is Ana.",
        "perturbed_answer": ["Bo.", "Cy."], "paraphrased_question": "Which person?"},

@@ -23,7 +23,7 @@ def test_knows_is_a_case_insensitive_containment():
 
 
 def test_scenario_refuses_a_model_that_knows_nothing(tmp_path, tiny_model, tokenizer):
-    from lethe.errors import LetheError
+    from lethe.util.errors import LetheError
     from lethe.model.save import save_model
     from lethe.scenarios.runner import run_scenario
 
@@ -44,8 +44,8 @@ def test_own_answer_keeps_the_sentence_that_states_the_fact():
 
 
 def test_report_has_a_per_set_table_with_the_starting_model(tmp_path):
-    from lethe.layouts import write_reports
-    from lethe.report import per_set_tables
+    from lethe.reports.layouts import write_reports
+    from lethe.reports.markdown import per_set_tables
 
     results = {
         "scenario": "real-world", "reference": {"target": {"forget/ROUGE": 0.9, "forget/CS": 0.8, "neighbour/ES": 0.5,

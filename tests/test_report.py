@@ -3,7 +3,7 @@ import pytest
 
 
 def test_stopping_rows_pick_the_rules_epoch_and_the_oracles():
-    from lethe.report import stopping_rows
+    from lethe.reports.markdown import stopping_rows
 
     def epoch(e, p, fq, mu):
         return {"epoch": e, "metrics": {"mia/min_k_KS_p": p, "FQ": fq, "MU": mu}}
@@ -23,7 +23,7 @@ def test_stopping_rows_pick_the_rules_epoch_and_the_oracles():
 
 
 def test_stopping_rows_read_the_grouped_test_when_asked():
-    from lethe.report import render_report, stopping_rows
+    from lethe.reports.markdown import render_report, stopping_rows
 
     run = {"method": "GA", "params": "full", "epochs": [
         {"epoch": 1, "metrics": {"mia/min_k_KS_p": 0.001, "mia/min_k_group_p": 0.3, "FQ": 0.2, "MU": 0.5}}]}
@@ -38,7 +38,7 @@ def test_report_on_an_unlearn_run_of_your_own(tokenizer, smoke_data, tmp_path, c
     marks, per-epoch curves, the attacks; several runs side by side; unlearn ends with the same summary."""
     import json
 
-    from lethe.cli import main
+    from lethe.cli.main import main
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model
 

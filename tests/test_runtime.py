@@ -8,8 +8,8 @@ import torch
 
 import lethe
 from lethe.engine.loop import TrainConfig
-from lethe.errors import LetheError
-from lethe.runtime import RuntimeConfig
+from lethe.util.errors import LetheError
+from lethe.engine.runtime import RuntimeConfig
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA: no GPU on this machine (run with the device tool)")

@@ -74,7 +74,7 @@ def test_nli_plumbing_with_a_tiny_random_classifier(tmp_path, tokenizer):
     cfg.num_labels = 2
     BertForSequenceClassification(cfg).save_pretrained(tmp_path / "bad")
     tokenizer.save_pretrained(tmp_path / "bad")
-    from lethe.errors import LetheError
+    from lethe.util.errors import LetheError
 
     with pytest.raises(LetheError, match="no single 'entailment' label"):
         NLIJudge(str(tmp_path / "bad"))

@@ -6,7 +6,7 @@ import pytest
 from lethe.data.readers import Fields
 from lethe.data.records import QARecord, TextRecord
 from lethe.data.sources import is_text_source, load_records
-from lethe.errors import DataError
+from lethe.util.errors import DataError
 
 ROWS = [{"q": "Where was Ana born?", "a": "In Porto.", "para": "Porto.", "wrong": ["In Lyon.", "In Oslo."]},
         {"q": "What does Ana write?", "a": "Poems.", "para": "Poetry.", "wrong": ["Plays.", "Essays."]}]

@@ -1,4 +1,4 @@
 """``python -m lethe``: the ``lethe`` command."""
-from .cli import main
+from .cli.main import main
 
 main()

@@ -11,20 +11,20 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .core import (AuditConfig, DataConfig, EvalConfig, MethodConfig, ModelConfig, UnlearnRun, evaluate, finetune,
+from .core.unlearn import (AuditConfig, DataConfig, EvalConfig, MethodConfig, ModelConfig, UnlearnRun, evaluate, finetune,
                    retain_model_references, retain_model_truth_ratios, unlearn)
 from .data.prompt import PromptFormat
 from .data.readers import Fields
 from .data.sources import load_records
 from .engine.loop import TrainConfig
-from .errors import LetheError
+from .util.errors import LetheError
 from .evaluation.suite import EvalSet
 from .model.lora import ParamsConfig
 from .objectives import Loss, Method, Need, parse_method
-from .runtime import RuntimeConfig
+from .engine.runtime import RuntimeConfig
 from .scenarios.catalog import SCENARIOS
 from .scenarios.runner import run_scenario
-from .workflows import IndistinguishableStop, extraction_stop_hook, finetune_tiny, unlearn_sequences
+from .core.sequences import IndistinguishableStop, extraction_stop_hook, finetune_tiny, unlearn_sequences
 
 __all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "IndistinguishableStop", "Loss", "Method",
            "MethodConfig",
@@ -111,9 +111,9 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
 
     >>> lethe.report(["runs/demo", "runs/memorized"], out="runs/report")  # doctest: +SKIP
     """
-    from .io import write_text
-    from .layouts import render
-    from .rundir import check_output
+    from .util.io import write_text
+    from .reports.layouts import render
+    from .util.rundir import check_output
 
     if not run_dirs:
         raise LetheError("report: give at least one run directory")
@@ -123,7 +123,7 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
         if len(plain) != len(run_dirs):
             raise LetheError("report: give either scenario results (results.json) or unlearn runs (run.json), "
                              "not both")
-        from .report_run import render as render_runs
+        from .reports.run import render as render_runs
 
         md, html = render_runs(run_dirs)
         return [write_text(out / "report.html", html), write_text(out / "report.md", md)]

@@ -32,8 +32,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..errors import LetheError
-from ..registry import Registry
+from ..util.errors import LetheError
+from ..util.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def _check_relearn(o: dict) -> None:
 
 
 def _relearn(model, forget, options, context):
-    from ..core import finetune
+    from ..core.unlearn import finetune
     from ..engine.loop import TrainConfig
 
     if len(forget) < 2:

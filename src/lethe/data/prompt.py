@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 
 IGNORE = -100
 FORMAT_FILE = "lethe_prompt.json"

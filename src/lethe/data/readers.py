@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..util.errors import DataError
 from .records import QARecord, TextRecord
 
 QUESTION_KEYS = ("question", "prompt")
@@ -135,7 +135,7 @@ def qa_from_dicts(rows: Iterable[dict], source: str = "<records>", fields: Field
 
 
 def write_qa(path: str | Path, records: Iterable[QARecord]) -> None:
-    from ..io import write_text
+    from ..util.io import write_text
 
     write_text(path, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import DataError
+from ..util.errors import DataError
 from .readers import DEFAULT_FIELDS, EXTRACTION_PARTS, Fields, qa_from_dicts, read_qa, read_text
 from .records import QARecord, TextRecord
 

@@ -307,7 +307,7 @@ def general_knowledge(rng: random.Random) -> tuple[list[QARecord], list[QARecord
 def generate_authors(size: str = "small", seed: int = 0, *, n_perturbed: int = 3) -> AuthorsDataset:
     """Build the fictitious-author benchmark for a size preset (``smoke``, ``small``, ``full``)."""
     if size not in SIZES:
-        from ..errors import LetheError
+        from ..util.errors import LetheError
 
         raise LetheError(f"unknown size '{size}': expected one of {', '.join(SIZES)}")
     preset = SIZES[size]

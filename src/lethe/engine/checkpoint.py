@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import LetheError
-from ..io import TEMP_PREFIX, crash_point
+from ..util.errors import LetheError
+from ..util.io import TEMP_PREFIX, crash_point
 
 # Options that do not change the result: a resumed run may differ in these.
 RESUME_INDIFFERENT = {"checkpoint", "log_with", "runtime.device"}

@@ -18,10 +18,10 @@ import torch
 from accelerate import Accelerator
 
 from ..data.batching import bucketed_shuffle
-from ..errors import DivergenceError
-from ..io import append_jsonl, crash_point, read_jsonl, write_text
-from ..progress import bar as progress_bar, eta, note
-from ..validation import bounded, check_ranges
+from ..util.errors import DivergenceError
+from ..util.io import append_jsonl, crash_point, read_jsonl, write_text
+from ..util.progress import bar as progress_bar, eta, note
+from ..util.validation import bounded, check_ranges
 from .checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from .cost import Cost, count_parameters, peak_memory_bytes, reset_peak_memory, stop_peak_memory
 from .schedule import lr_factor
@@ -47,7 +47,7 @@ class TrainConfig:
     def __post_init__(self):
         check_ranges(self)
         if self.schedule not in SCHEDULES:
-            from ..errors import LetheError
+            from ..util.errors import LetheError
 
             raise LetheError(f"--schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
 
@@ -78,7 +78,7 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate tracker names; each 
 def make_accelerator(log_with: str | None = None, project_dir: str | Path | None = None, runtime=None) -> Accelerator:
     """accelerate on the runtime policy's device. Autocast comes from the policy, not from accelerate's
     process-wide mixed-precision state, so runs of different precision can follow each other in one process."""
-    from ..runtime import DEFAULT_RUNTIME
+    from .runtime import DEFAULT_RUNTIME
 
     runtime = runtime or DEFAULT_RUNTIME
     if log_with is not None:
@@ -91,7 +91,7 @@ def _check_tracker(name: str) -> None:
     """accelerate drops an unavailable tracker with a warning; a user who asked for one gets an error."""
     import importlib.util
 
-    from ..errors import LetheError
+    from ..util.errors import LetheError
 
     if name not in TRACKERS:
         raise LetheError(f"unknown tracker '{name}': expected one of {', '.join(TRACKERS)}")
@@ -123,10 +123,10 @@ def train(
     """
     run_dir = Path(run_dir) if run_dir is not None else None
     if config.log_with and run_dir is None:
-        from ..errors import LetheError
+        from ..util.errors import LetheError
 
         raise LetheError(f"log_with={config.log_with!r} writes under the run directory: give one (--out)")
-    from ..runtime import DEFAULT_RUNTIME, uncompile_blocks
+    from .runtime import DEFAULT_RUNTIME, uncompile_blocks
 
     runtime = runtime or DEFAULT_RUNTIME
     accelerator = accelerator or make_accelerator(config.log_with, run_dir / "logs" if config.log_with else None,
@@ -309,7 +309,7 @@ def _shard_reference(step_fn, accelerator) -> None:
     if accelerator.distributed_type == DistributedType.FSDP:
         reference.model = accelerator.prepare_model(reference.model, evaluation_mode=True)
     elif accelerator.distributed_type == DistributedType.DEEPSPEED:
-        from ..errors import LetheError
+        from ..util.errors import LetheError
 
         raise LetheError("a KL reference with full fine-tuning would be a whole unsharded copy on every DeepSpeed "
                          "process: use --params lora (the reference is the network without its adapter) or a "

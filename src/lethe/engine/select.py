@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 
 KINDS = ("last", "fe", "fq", "indistinguishable")
 

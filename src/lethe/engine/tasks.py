@@ -19,11 +19,11 @@ from ..data.batching import length_sorted_batches, pad_batch
 from ..data.pairing import pair_retain
 from ..data.prompt import IGNORE, Prompter, as_prompter
 from ..data.records import QARecord
-from ..errors import LetheError
+from ..util.errors import LetheError
 from ..model.layers import capture_head_inputs, capture_layers, head_matches, output_head, unwrap
 from ..ops.head import HeadLogits
 from ..objectives.inputs import Need
-from ..objectives.method import Method
+from ..objectives.method import Method, needs_fixed_width
 from ..ops.tokens import MIN_SHARED_PREFIX, mean_nll, token_logprobs
 from .loop import StepOutput
 
@@ -184,8 +184,6 @@ class UnlearnTask:
         self.needs = method.needs()
         # The shared prompt prefix runs once per batch only where every loss reads answer positions alone: not
         # with hidden states (RMU), input masks (ME) or averages over padded positions, nor in a fixed layout.
-        from ..conventions import needs_fixed_width
-
         self.share_prefix = (share_prefix and pad_to is None
                              and not any(n.view in ("hidden", "mask") for n in self.needs.values())
                              and not any(needs_fixed_width(loss) for loss in method.losses))

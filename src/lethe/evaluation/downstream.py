@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 
 BUILTIN_TASKS = ("lethe_world_facts", "lethe_real_authors")
 

@@ -16,9 +16,9 @@ import torch
 
 from ..data.batching import pad_batch
 from ..data.prompt import IGNORE
-from ..errors import LetheError
+from ..util.errors import LetheError
 from ..ops.tokens import sequence_logprob
-from ..validation import bounded, check_ranges
+from ..util.validation import bounded, check_ranges
 
 ORIENTATIONS = ("generated-in-truth", "truth-in-generated")
 DENOMINATORS = ("counted", "truth")

@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from ..errors import LetheError
-from ..registry import Registry
+from ..util.errors import LetheError
+from ..util.registry import Registry
 from . import metrics as M
 
 ROLES = ("forget", "retain", "utility", "holdout")

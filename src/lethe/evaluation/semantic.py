@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 
 
 def token_entropy(token_ids: Sequence[int]) -> float:

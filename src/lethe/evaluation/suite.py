@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 from . import metrics as M
 from .metric_registry import GENERATING, METRICS, ROLES, SCORED_ROLES, Metric, Selection, select_metrics, unmet
 from .requests import ModelRequests
@@ -194,7 +194,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
                         roles={s.name: s.role for s in sets}, selection=selection)
     attacks = [m for m in selection.of_scope("membership") if _active(m, available, generate)]
     limited = {s.name: list(s.records)[:eval_limit] if eval_limit else list(s.records) for s in scored}
-    from ..progress import Stages
+    from ..util.progress import Stages
 
     stages = Stages(progress, title, sum(len(r) for r in limited.values()) + (len(holdout) if attacks else 0))
     if attacks:  # first, so the forget answers' likelihoods come from these statistics, not a second forward

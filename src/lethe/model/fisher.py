@@ -14,7 +14,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from ..data.batching import length_sorted_batches, pad_batch
-from ..errors import LetheError
+from ..util.errors import LetheError
 from ..ops.tokens import mean_nll, sequence_logprob
 
 MODES = ("per-sample", "per-batch")
@@ -31,7 +31,7 @@ def empirical_fisher(model, modules: dict[str, torch.nn.Module], examples: Seque
     """Fisher [out, in] (float32) for each named module, and the number of tokens processed."""
     from tqdm.auto import tqdm
 
-    from ..progress import interactive, note
+    from ..util.progress import interactive, note
 
     note(progress, f"{desc}: Fisher information over {len(examples)} examples")
     if mode not in MODES:

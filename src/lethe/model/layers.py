@@ -6,7 +6,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 
 
 def unwrap(model):

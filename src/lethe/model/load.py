@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..errors import ModelError
+from ..util.errors import ModelError
 
 try:  # Lethe shows its own progress; HF's per-file bars would interleave with it.
     from transformers.utils import logging as _hf_logging

@@ -17,8 +17,8 @@ from typing import Sequence
 
 import torch
 
-from ..errors import LetheError
-from ..validation import bounded, check_ranges
+from ..util.errors import LetheError
+from ..util.validation import bounded, check_ranges
 from .fisher import empirical_fisher, row_weights, weight_out_in
 from .targets import resolve_targets
 
@@ -260,7 +260,7 @@ def _save_adapter(model, tokenizer, directory: Path, *, fila: bool, base_model_p
             cfg_dict[k] = sorted(v)
         elif hasattr(v, "value"):
             cfg_dict[k] = v.value
-    from ..io import atomic_dir
+    from ..util.io import atomic_dir
     from .save import save_tokenizer
 
     with atomic_dir(directory) as tmp:

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelError
+from ..util.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ def save_model(model, tokenizer, directory: str | os.PathLike, prompt_format=Non
     (atomic: the directory is complete or absent), with the user's umask."""
     import json
 
-    from ..io import atomic_dir
+    from ..util.io import atomic_dir
 
     with atomic_dir(directory) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 
 ROLES = ("attn-qv", "attn", "mlp", "qv-mlp", "all")
 

@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 from ..ops.head import reads_logits_through_tokens
 from .loss import option_ranges
 from .registry import FORGET_LOSSES

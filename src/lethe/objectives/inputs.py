@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 
 STREAMS = ("retain_idk", "forget", "idk", "retain")  # longest prefix first when parsing names
 VIEWS = ("logits", "labels", "mask", "token_logp", "seq_logp", "lengths", "hidden")

@@ -20,7 +20,7 @@ import inspect
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 from .inputs import Need, parse_input_name
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 from .inputs import Need
 from .loss import Loss, build_loss, parse_options
 from .registry import FORGET_LOSSES, REGULARIZERS, LossRegistry
@@ -163,3 +163,24 @@ def parse_method(text: str | Callable | Loss | tuple | Method, *, alpha: float |
     return Method(forget=forget, regularizer=reg,
                   alpha=DEFAULT_ALPHA.get(key, 1.0) if alpha is None else float(alpha),
                   gamma=1.0 if gamma is None else float(gamma))
+
+
+def needs_fixed_width(loss) -> bool:
+    """Whether a loss averages over the padded batch's positions (KL over all positions, ME with padding,
+    FLAT normalised by the padded length): its value then depends on the batch's width, so accumulation
+    reproduces one big batch only when every batch is padded to one width."""
+    options = getattr(loss, "options", None)
+    options = (options() if callable(options) else options) or {}
+    return str(getattr(loss, "unit", "")).startswith("padded") or options.get("normalise") == "padded"
+
+
+def check_fixed_width(method, pad_to: int | None) -> None:
+    """A loss that averages over padded positions needs a fixed width: refused without one (one line)."""
+    if pad_to is not None:
+        return
+    for loss in method.losses:
+        if needs_fixed_width(loss):
+            raise LetheError(f"loss '{loss.name}' averages over every padded position ({loss.unit or 'normalise=padded'}"
+                             "), so without a fixed batch width its value depends on how examples share micro-batches: "
+                             "use a convention that fixes it (--convention closer-look, tofu, flat or ihl-fila pad to "
+                             "500; pad_to in the Python API), or the option's answer-only form")

@@ -5,7 +5,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from ..registry import Registry
+from ..util.registry import Registry
 from .inputs import Need, parse_input_name
 from .loss import Loss, build_loss, input_parameters, option_defaults
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 from ..ops.head import reads_logits_through_tokens
 from .loss import option_ranges
 from .registry import REGULARIZERS

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 from ..model.layers import decoder_layers, unwrap
 from .inputs import Need
 from .loss import Loss

@@ -75,7 +75,7 @@ class Scenario:
     cells: Callable[[Any, Context], list[Cell]]
     run_cell: Callable[[Any, Cell, Context], dict]
     summarize: Callable[[Any, list, Context], dict]
-    report: str                          # the report layout (lethe.report.LAYOUTS)
+    report: str                          # the report layout (lethe.reports.layouts.LAYOUTS)
     options: Mapping[str, Any] = field(default_factory=dict)
     fingerprint: tuple[str, ...] = ()
     check: Callable[[dict], dict] | None = None
@@ -142,9 +142,9 @@ def scenario_dir(out, fingerprint: dict, *, resume: bool, command: str) -> Itera
     Reusing finished parts (``resume``) of a directory made with another fingerprint is refused, naming what
     differs; without ``resume`` (``--fresh``) everything is recomputed and the new fingerprint recorded.
     """
-    from ..errors import LetheError
-    from ..io import write_json
-    from ..rundir import check_output, remove_temporaries, run_lock
+    from ..util.errors import LetheError
+    from ..util.io import write_json
+    from ..util.rundir import check_output, remove_temporaries, run_lock
 
     out = check_output(out)
     with run_lock(out, command=command):

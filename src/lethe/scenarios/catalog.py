@@ -1,7 +1,7 @@
 """Every scenario declaration, by ``--scenario`` key; results files name theirs by ``Scenario.name``."""
 from __future__ import annotations
 
-from ..registry import Registry
+from ..util.registry import Registry
 from . import Scenario
 from .continual import CONTINUAL
 from .copyright import COPYRIGHT

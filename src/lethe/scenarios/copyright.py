@@ -175,7 +175,7 @@ def _check(options: dict) -> dict:
     import hashlib
     from pathlib import Path
 
-    from ..errors import LetheError
+    from ..util.errors import LetheError
 
     for key, text_key in (("forget", "book"), ("retain", "other")):
         options[text_key] = options[f"{key}_sha256"] = None
@@ -199,10 +199,10 @@ def _check(options: dict) -> dict:
 
 
 def _prepare(ctx: Context) -> Prepared:
-    from ..core import finetune
+    from ..core.unlearn import finetune
     from ..data.novel import Novel, generate_novel
     from ..evaluation.evidence import membership_aucs
-    from ..io import write_text
+    from ..util.io import write_text
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
 
@@ -262,7 +262,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
-    from ..core import ModelConfig, unlearn
+    from ..core.unlearn import ModelConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 

@@ -16,7 +16,7 @@ from ..data.records import QARecord
 from ..data.synthetic import FORGET_PERCENTS, AuthorsDataset, generate_authors
 from ..engine.loop import TrainConfig
 from ..evaluation.suite import EvalSet
-from ..comparison import point_label
+from ..reports.comparison import point_label
 from . import Cell, Context, Scenario, console as make_console, parse_run_spec, run_dir_for
 
 NAME = "fictitious-authors"
@@ -104,8 +104,8 @@ METHOD_SWEEP = ("alpha", "gamma")
 
 def check_sweep(sweep: dict, base) -> dict:
     """{name: [values]} checked before any work: known names, numeric values in their declared ranges."""
-    from ..core import MethodConfig
-    from ..errors import LetheError
+    from ..core.unlearn import MethodConfig
+    from ..util.errors import LetheError
 
     out = {}
     for name, values in sweep.items():
@@ -134,7 +134,7 @@ def cells(specs, sweep: dict, seeds: int):
 
 def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resume: bool, progress: bool):
     """Data, tokenizer and the two fine-tuned models (target, retain); reused when already on disk."""
-    from ..core import finetune
+    from ..core.unlearn import finetune
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
 
@@ -160,7 +160,7 @@ def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resu
 def check_forget_percent(percent) -> int:
     """A forget split the generated set has (1, 5 or 10 % of the authors)."""
     if percent not in FORGET_PERCENTS:
-        from ..errors import LetheError
+        from ..util.errors import LetheError
 
         raise LetheError(f"--forget-percent: expected 1, 5 or 10, got {percent!r}")
     return percent
@@ -169,7 +169,7 @@ def check_forget_percent(percent) -> int:
 def _check(options: dict) -> dict:
     """Sweep and seeds checked, and the named embedding/NLI models loaded (one that fails, fails now)."""
     from ..evaluation.suite import load_semantic
-    from ..validation import check_positive
+    from ..util.validation import check_positive
 
     check_forget_percent(options["forget_percent"])
     options["sweep"] = check_sweep(options["sweep"] or {}, SETTINGS["small"].unlearn)
@@ -232,7 +232,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
-    from ..core import EvalConfig, MethodConfig, unlearn
+    from ..core.unlearn import EvalConfig, MethodConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
     from ..objectives.method import parse_method

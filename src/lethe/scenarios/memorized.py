@@ -67,7 +67,7 @@ def _ids(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list
 
 
 def _check(options: dict) -> dict:
-    from ..errors import LetheError
+    from ..util.errors import LetheError
 
     requests = options["requests"]
     if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
@@ -96,7 +96,7 @@ def _records(id_lists):
 
 def _pretrained(ctx: Context, st, tokenizer, records: list, directory: Path, desc: str, reuse: bool):
     """A small model trained on ``records`` (with ``reuse``: the one finished in ``directory``)."""
-    from ..core import finetune
+    from ..core.unlearn import finetune
     from ..model.build import build_tiny_model
     from ..model.load import load_model
 
@@ -116,7 +116,7 @@ def _prepare(ctx: Context) -> Prepared:
     from ..evaluation.mia import membership_report
     from ..model.build import train_tokenizer
     from ..model.load import load_model, load_tokenizer
-    from ..workflows import extraction_stop_hook
+    from ..core.sequences import extraction_stop_hook
 
     st, seed, requests, console = SETTINGS[ctx.size], ctx.seed, ctx.options["requests"], ctx.console
     corpus = generate_corpus(n_canaries=st.forget_size * max(requests, 4), n_validation=st.validation_size,
@@ -175,7 +175,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     """Every request in a row on one model (continual when --requests > 1); the first is the cell's row."""
-    from ..core import unlearn
+    from ..core.unlearn import unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 

@@ -42,7 +42,7 @@ def _probe(model, tokenizer, questions: list[str], values: list[str], path: Path
     """Greedy answers to every question and whether each states its fact; cached in ``path``."""
     from ..data.realworld import knows
     from ..evaluation.requests import generate_answers
-    from ..io import write_json
+    from ..util.io import write_json
 
     key = {"model": str(model_name), "questions": len(questions), "max_new_tokens": PROBE_TOKENS}
     if resume and path.exists():
@@ -58,7 +58,7 @@ def _probe(model, tokenizer, questions: list[str], values: list[str], path: Path
 
 def _settings_match(path: Path, settings: dict, resume: bool) -> bool:
     """Finished runs are reused only when they were made with these settings (recorded in ``path``)."""
-    from ..io import write_json
+    from ..util.io import write_json
 
     same = resume and path.exists() and json.loads(path.read_text()) == settings
     write_json(path, settings)
@@ -91,7 +91,7 @@ def _model_name(ctx: Context) -> str:
 def _prepare(ctx: Context) -> Prepared:
     from ..data.realworld import country_facts, knows, own_answer
     from ..data.synthetic import general_knowledge
-    from ..errors import LetheError
+    from ..util.errors import LetheError
     from ..evaluation.suite import EvalSet, aggregate, evaluate_sets
     from ..model.load import load_model, load_tokenizer
 
@@ -175,7 +175,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
-    from ..core import EvalConfig, MethodConfig, unlearn
+    from ..core.unlearn import EvalConfig, MethodConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 

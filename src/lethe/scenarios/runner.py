@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import LetheError
+from ..util.errors import LetheError
 from . import Context, Scenario, check_methods, finished, scenario_dir
 from .catalog import SCENARIOS
 
@@ -57,9 +57,9 @@ def _plain(value):
 
 
 def _run(sc: Scenario, ctx: Context) -> dict:
-    from ..io import write_json
-    from ..progress import eta
-    from ..layouts import write_reports
+    from ..util.io import write_json
+    from ..util.progress import eta
+    from ..reports.layouts import write_reports
 
     t0 = time.perf_counter()
     console = ctx.console
@@ -78,8 +78,8 @@ def _run(sc: Scenario, ctx: Context) -> dict:
         Path(cell.run_dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(cell.run_dir) / "run.json", record)  # the cell counts as finished from here on
         records.append(record)
-    results = {"scenario": sc.name, "scenario_version": sc.version, "size": ctx.size, "seed": ctx.seed,
-               **sc.summarize(prepared, records, ctx)}
+    results = {"scenario": sc.name, "scenario_version": sc.version, "report_layout": sc.report, "size": ctx.size,
+               "seed": ctx.seed, **sc.summarize(prepared, records, ctx)}
     results["runs"] = records
     results["wall_time_s"] = time.perf_counter() - t0
     write_json(ctx.out / "results.json", results)

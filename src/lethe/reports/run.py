@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from .errors import LetheError
-from .report import fmt_value, goal_mark, md_table, run_label
+from ..util.errors import LetheError
+from .markdown import fmt_value, goal_mark, md_table, run_label
 
 # shown first when present, in this order; every other scalar metric follows
 LEAD = ("MU", "MU18", "FE", "FQ", "forget/P", "forget/ROUGE", "forget/TR", "forget/ExtractionStrength", "forget/EM",
@@ -86,7 +86,7 @@ def render_markdown(runs: Sequence[dict]) -> str:
 
 
 def render_html(runs: Sequence[dict]) -> str:
-    from .report_html import html_table, per_epoch_plot, render_page
+    from .html import html_table, per_epoch_plot, render_page
 
     sections = []
     results = {"runs": runs}

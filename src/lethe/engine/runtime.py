@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import LetheError
+from ..util.errors import LetheError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16", "fp16-mixed")
@@ -116,7 +116,7 @@ class RuntimeConfig:
         hidden-state inputs) stay outside the compiled code."""
         if not self.compile:
             return []
-        from .model.layers import decoder_layers
+        from ..model.layers import decoder_layers
 
         blocks = list(decoder_layers(model))
         for block in blocks:

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from .io import write_json
+from ..util.io import write_json
 
 
 def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -55,7 +55,7 @@ def records_sha256(records: Sequence) -> str:
 def membership_signal(model, prompter, forget: Sequence, holdout: Sequence, k: float = 0.4) -> dict:
     """The membership-inference suite (LOSS, zlib, Min-K%, Min-K%++) forget vs holdout, with Min-K%'s AUC
     also under ``auc_forget_vs_holdout`` (the field earlier audit records had)."""
-    from .evaluation.mia import membership_report
+    from ..evaluation.mia import membership_report
 
     return membership_signal_of(membership_report(model, prompter, forget, holdout, k=k), k)
 
@@ -71,7 +71,7 @@ def write_audit(run_dir: Path, *, run, forget: Sequence, before_sha: str, after_
                 include_text: bool = False, membership_before: dict | None = None,
                 membership_after: dict | None = None, thresholds: dict | None = None,
                 model_dir: Path | None = None) -> Path:
-    from .version import __version__
+    from ..version import __version__
 
     first = run.epochs[0].get("metrics", {}) if run.epochs else {}
     kept = getattr(run, "selected", {}).get("epoch")  # --select-by: the epoch whose model is saved

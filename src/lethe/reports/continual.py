@@ -1,7 +1,7 @@
 """The continual scenario's report: MU, FE and FQ after each request, per method and reference choice."""
 from __future__ import annotations
 
-from .report import final_metrics, fmt_value, md_table, run_label
+from .markdown import final_metrics, fmt_value, md_table, run_label
 
 PER_REQUEST = ("MU", "FE", "FQ", "forget/ROUGE", "retain/ROUGE")
 
@@ -58,7 +58,7 @@ def render_continual_report(results: dict) -> str:
 
 def continual_summary(results: dict) -> tuple[list[str], str]:
     """HTML: MU, FE and FQ against the request number, and the wide MU table."""
-    from .report_html import html_table, per_epoch_plot
+    from .html import html_table, per_epoch_plot
 
     # the retain models (never trained on the authors forgotten so far) are what each request should reach
     goal = {key: [(k + 1, m[key]) for k, m in enumerate(results.get("reference_requests", [])) if key in m]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import LetheError
-from .io import write_text
-from .validation import Range
+from ..util.errors import LetheError
+from ..util.io import write_text
+from ..util.validation import Range
 
 SKIP = {"help", "config", "command", "quiet", "_commands"}
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from .errors import LetheError
-from .evaluation.memorization import ELConfig
+from ..util.errors import LetheError
+from ..evaluation.memorization import ELConfig
 
 FLAT_LOSSES = ("flat-tv", "flat-js", "flat-kl", "flat-pearson")
 KL_ALL = {"kl": {"positions": "all"}}
@@ -56,27 +56,6 @@ CONVENTIONS: dict[str, Convention] = {c.name: c for c in (
                "n-gram count, the EOS that ends a generation kept in it",
                el=ELConfig(denominator="truth", keep_eos=True)),
 )}
-
-
-def needs_fixed_width(loss) -> bool:
-    """Whether a loss averages over the padded batch's positions (KL over all positions, ME with padding,
-    FLAT normalised by the padded length): its value then depends on the batch's width, so accumulation
-    reproduces one big batch only when every batch is padded to one width."""
-    options = getattr(loss, "options", None)
-    options = (options() if callable(options) else options) or {}
-    return str(getattr(loss, "unit", "")).startswith("padded") or options.get("normalise") == "padded"
-
-
-def check_fixed_width(method, pad_to: int | None) -> None:
-    """A loss that averages over padded positions needs a fixed width: refused without one (one line)."""
-    if pad_to is not None:
-        return
-    for loss in method.losses:
-        if needs_fixed_width(loss):
-            raise LetheError(f"loss '{loss.name}' averages over every padded position ({loss.unit or 'normalise=padded'}"
-                             "), so without a fixed batch width its value depends on how examples share micro-batches: "
-                             "use a convention that fixes it (--convention closer-look, tofu, flat or ihl-fila pad to "
-                             "500; pad_to in the Python API), or the option's answer-only form")
 
 
 def get_convention(name: str | Convention | None) -> Convention:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from .conventions import CONVENTIONS, describe as describe_conventions
-from .core import DataConfig, EvalConfig, MethodConfig, ModelConfig
-from .engine.loop import TRACKERS, TrainConfig
-from .errors import LetheError
-from .evaluation.memorization import ELConfig
-from .model.lora import ParamsConfig
-from .validation import POSITIVE_INT, range_of
+from ..core.conventions import CONVENTIONS, describe as describe_conventions
+from ..core.unlearn import DataConfig, EvalConfig, MethodConfig, ModelConfig
+from ..engine.loop import TRACKERS, TrainConfig
+from ..util.errors import LetheError
+from ..evaluation.memorization import ELConfig
+from ..model.lora import ParamsConfig
+from ..util.validation import POSITIVE_INT, range_of
 
 
 def add_train_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -51,7 +51,7 @@ def train_config(a) -> TrainConfig:
 
 
 def add_params_options(p: argparse.ArgumentParser) -> None:
-    from .model.targets import ROLES
+    from ..model.targets import ROLES
 
     d = ParamsConfig()
     g = p.add_argument_group("parameterisation")
@@ -112,7 +112,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
-    from .runtime import ATTENTION, DEVICES, PRECISIONS
+    from ..engine.runtime import ATTENTION, DEVICES, PRECISIONS
 
     g = p.add_argument_group("runtime (every model call: training, Fisher, reference, generation, scoring, audit)")
     g.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} or cuda:N (default auto: CUDA when present)")
@@ -136,7 +136,7 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 
 def runtime_config(a):
-    from .runtime import RuntimeConfig
+    from ..engine.runtime import RuntimeConfig
 
     return RuntimeConfig(device=a.device, precision=a.precision, attn_implementation=a.attn_implementation,
                          gradient_checkpointing=a.gradient_checkpointing, fused_head=a.fused_head,
@@ -189,7 +189,7 @@ def parse_template_kwargs(text: str | None) -> dict:
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
-    from .data.readers import DEFAULT_FIELDS as d
+    from ..data.readers import DEFAULT_FIELDS as d
 
     g = p.add_argument_group("data fields (files: .json/.jsonl/.csv/.parquet, a datasets save_to_disk dir, ...)")
     g.add_argument("--question-key", default=None, help="field holding the question (default: question or prompt)")
@@ -210,7 +210,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def data_config(a, chunk_tokens: int = 200):
-    from .data.readers import Fields
+    from ..data.readers import Fields
 
     fields = Fields(question=a.question_key, answer=a.answer_key, paraphrased_answer=a.paraphrased_answer_key,
                     perturbed_answer=a.perturbed_answer_key, paraphrased_question=a.paraphrased_question_key,
@@ -276,7 +276,7 @@ def _lm_eval_tasks(a) -> tuple[str, ...]:
     """The requested lm-eval tasks, checked (names, package) before any model work."""
     tasks = tuple(t.strip() for t in (a.lm_eval or "").split(",") if t.strip())
     if tasks:
-        from .evaluation.downstream import check_tasks
+        from ..evaluation.downstream import check_tasks
 
         check_tasks(tasks, a.lm_eval_tasks_dir)
     elif a.lm_eval_tasks_dir:
@@ -291,11 +291,11 @@ def _eval_at(text: str) -> tuple[str, ...]:
 
 def eval_config(a, forget_default=None, every: int | None = None):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
-    from .core import retain_model_references
-    from .data.sources import load_qa, load_records
-    from .evaluation.suite import EvalSet, load_semantic
+    from ..core.unlearn import retain_model_references
+    from ..data.sources import load_qa, load_records
+    from ..evaluation.suite import EvalSet, load_semantic
 
-    from .evaluation.metric_registry import parse_metric_list
+    from ..evaluation.metric_registry import parse_metric_list
 
     metrics = parse_metric_list(getattr(a, "metrics", None))  # unknown names fail before any file is read
     dc = data_config(a)
@@ -306,7 +306,7 @@ def eval_config(a, forget_default=None, every: int | None = None):
                                    ("world_facts", a.world_facts, "mc", "utility")):
         if path:
             sets.append(EvalSet(name, load_qa(path, fields=dc.fields, split=dc.split), kind, role=role))
-    from .conventions import get_convention
+    from ..core.conventions import get_convention
 
     limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit
     holdout = load_records(a.holdout, fields=dc.fields, split=dc.split) if getattr(a, "holdout", None) else None
@@ -331,7 +331,7 @@ def eval_config(a, forget_default=None, every: int | None = None):
     if getattr(a, "mia_reference", None):  # before the retain model is scored: PrivLeak of the reference attack
         if holdout is None:
             raise LetheError("--mia-reference: the reference attack compares the forget set with --holdout; pass both")
-        from .model.load import load_model
+        from ..model.load import load_model
 
         cfg.reference_model = load_model(a.mia_reference, trust_remote_code=getattr(a, "trust_remote_code", False))
     if a.retain_model:
@@ -358,7 +358,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
 
 
 def method_config(a):
-    from .objectives.loss import parse_options
+    from ..objectives.loss import parse_options
 
     def opts(values, flag):
         out = {}
@@ -401,7 +401,7 @@ def el_config(a) -> ELConfig:
     """EL_n counting: the convention's, with the options given on the command line."""
     from dataclasses import replace
 
-    from .conventions import get_convention
+    from ..core.conventions import get_convention
 
     base = get_convention(a.convention).el
     given = {k: v for k, v in (("orientation", a.el_orientation), ("denominator", a.el_denominator),

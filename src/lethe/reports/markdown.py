@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .io import write_text
+from ..util.io import write_text
 
 SUMMARY = ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS", "retain/ROUGE", "retain/P",
            "neighbour/ROUGE", "neighbour/P", "mia/min_k_AUC", "mia/min_k_pp_AUC", "mia/min_k_PrivLeak")
@@ -28,7 +28,7 @@ def fmt_value(x) -> str:
 
 def goal_mark(key: str, roles: dict | None = None) -> str:
     """↑ / ↓ / → target for a result key, from the metric registry's declared goal (? when none is declared)."""
-    from .evaluation.metric_registry import goal_of
+    from ..evaluation.metric_registry import goal_of
 
     goal = goal_of(key, roles)
     return {"higher": "↑", "lower": "↓", None: "?"}.get(goal, f"→ {goal}")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .core import AuditConfig, DataConfig, ModelConfig, UnlearnRun, finetune, prepare, unlearn
-from .data.sources import load_records
-from .engine.loop import TrainConfig
-from .errors import LetheError
-from .model.load import load_tokenizer
-from .runtime import RuntimeConfig
+from .unlearn import AuditConfig, DataConfig, ModelConfig, UnlearnRun, finetune, prepare, unlearn
+from ..data.sources import load_records
+from ..engine.loop import TrainConfig
+from ..util.errors import LetheError
+from ..model.load import load_tokenizer
+from ..engine.runtime import RuntimeConfig
 
 
 def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,
@@ -24,12 +24,12 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
     model never trained on the forget sequences}) MUSE's PrivLeak (``mia/ATTACK_PrivLeak``). Returns (hook,
     thresholds or None).
     """
-    from .data.prompt import as_prompter
-    from .engine.stopping import ExtractionThresholds, should_stop
-    from .evaluation.memorization import ELConfig
-    from .evaluation.metric_registry import METRICS
-    from .evaluation.metrics import mean
-    from .evaluation.sharding import shard_map
+    from ..data.prompt import as_prompter
+    from ..engine.stopping import ExtractionThresholds, should_stop
+    from ..evaluation.memorization import ELConfig
+    from ..evaluation.metric_registry import METRICS
+    from ..evaluation.metrics import mean
+    from ..evaluation.sharding import shard_map
 
     prompter = as_prompter(tokenizer)
     tokenizer = prompter.tokenizer
@@ -56,7 +56,7 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
         if held_ids:
             metrics["heldout/PPL"] = perplexity(mdl, tokenizer, held_ids)
         if membership:
-            from .evaluation.mia import membership_report, report_metrics
+            from ..evaluation.mia import membership_report, report_metrics
 
             metrics.update(report_metrics(membership_report(mdl, prompter, forget, membership), retain_auc))
         stop = thresholds is not None and should_stop(epoch, el, ma, thresholds, min_epochs)
@@ -79,9 +79,9 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
     from dataclasses import replace
 
     from .conventions import get_convention
-    from .core import RUN_OUTPUTS
-    from .rundir import check_output, claim
-    from .validation import SEQUENCE_TOKENS, check_positive
+    from .unlearn import RUN_OUTPUTS
+    from ..util.rundir import check_output, claim
+    from ..util.validation import SEQUENCE_TOKENS, check_positive
 
     check_positive("--forget-count", forget_count, optional=True)
     SEQUENCE_TOKENS.check("--max-tokens", max_tokens)
@@ -104,7 +104,7 @@ def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, 
                        el, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt, conv, keep_checkpoint="never"):
     from dataclasses import asdict
 
-    from .data.readers import sample_sequences
+    from ..data.readers import sample_sequences
 
     tokenizer = load_tokenizer(model_path, trust_remote_code=mc.trust_remote_code)
     read = dict(fields=dc.fields, tokenizer=tokenizer, chunk_tokens=dc.chunk_tokens, split=dc.split)
@@ -134,13 +134,13 @@ def finetune_tiny(preset: str, records, *, train: TrainConfig | None = None, dat
                   vocab_size: int = 2048, runtime: RuntimeConfig | None = None):
     """Build a small Llama (``preset``: test, smoke, small, full) with a BPE tokenizer trained on
     ``records``, then fine-tune it on them. Returns (model, TrainResult)."""
-    from .data.records import QARecord
-    from .model.build import TINY_PRESETS, build_tiny_model, train_tokenizer
+    from ..data.records import QARecord
+    from ..model.build import TINY_PRESETS, build_tiny_model, train_tokenizer
 
     if preset not in TINY_PRESETS:
         raise LetheError(f"unknown tiny preset '{preset}': expected one of {', '.join(TINY_PRESETS)}")
     if out_dir:
-        from .rundir import check_output
+        from ..util.rundir import check_output
 
         check_output(out_dir)
     dc = data or DataConfig()
@@ -179,7 +179,7 @@ class IndistinguishableStop:
 
     def __init__(self, forget, holdout, *, statistic: str = "min_k", threshold: float = 0.05, min_epochs: int = 1,
                  k: float = 0.4, prompter=None, test: str = "ks"):
-        from .validation import P_VALUE_THRESHOLD, check_positive
+        from ..util.validation import P_VALUE_THRESHOLD, check_positive
 
         if statistic not in STOP_STATISTICS:
             raise LetheError(f"--stop-statistic: expected one of {', '.join(STOP_STATISTICS)}, got {statistic!r}")
@@ -192,7 +192,7 @@ class IndistinguishableStop:
         if test not in STOP_TESTS:
             raise LetheError(f"--stop-test: expected one of {', '.join(STOP_TESTS)}, got {test!r}")
         if test == "group":
-            from .evaluation.mia import record_groups
+            from ..evaluation.mia import record_groups
 
             self.groups = record_groups(self.forget), record_groups(self.holdout)
             if None in self.groups:
@@ -205,7 +205,7 @@ class IndistinguishableStop:
             self.bind(prompter)
 
     def bind(self, prompter) -> None:
-        from .data.prompt import as_prompter
+        from ..data.prompt import as_prompter
 
         self.prompter = as_prompter(prompter)
 
@@ -214,7 +214,7 @@ class IndistinguishableStop:
                 "threshold": self.threshold, "min_epochs": self.min_epochs, "k": self.k}
 
     def p_value(self, model) -> float:
-        from .evaluation.mia import attack_scores, group_permutation_p, ks_p_value, token_statistics
+        from ..evaluation.mia import attack_scores, group_permutation_p, ks_p_value, token_statistics
 
         decode = self.prompter.decode
         f = attack_scores(token_statistics(model, self.prompter, self.forget), k=self.k, decode=decode)[self.statistic]

@@ -1,7 +1,7 @@
 """The copyright scenario's report: FLAT's completion scores, VerbMem, PrivLeak and perplexity per run."""
 from __future__ import annotations
 
-from .report import final_metrics, fmt_value, goal_mark, md_table
+from .markdown import final_metrics, fmt_value, goal_mark, md_table
 
 COLUMNS = (("forget/BLEU", "BLEU"), ("forget/ROUGE", "ROUGE-L"), ("forget/VerbMem", "VerbMem"),
            ("mia/min_k_AUC", "Min-K% AUC"), ("mia/min_k_PrivLeak", "PrivLeak"), ("heldout/PPL", "PPL held-out chapters"),
@@ -66,7 +66,7 @@ def render_copyright_report(results: dict) -> str:
 
 
 def copyright_summary(results: dict) -> tuple[list[str], str]:
-    from .report_html import html_table, per_epoch_plot
+    from .html import html_table, per_epoch_plot
 
     figs = [per_epoch_plot(results, ["forget/BLEU", "forget/ROUGE", "heldout/PPL"],
                            "Forget-excerpt completion and held-out perplexity per epoch")]

@@ -6,14 +6,14 @@ import json
 import sys
 from pathlib import Path
 
-from . import cli_options as opts
-from .conventions import CONVENTIONS
-from .core import DataConfig, EvalConfig
-from .engine.loop import TrainConfig
-from .errors import LetheError
-from .evaluation.memorization import DENOMINATORS, ORIENTATIONS
-from .objectives.method import split_outside_parens
-from .validation import (NON_NEGATIVE_INT, OPTIONAL_POSITIVE_INT, P_VALUE_THRESHOLD, POSITIVE_INT, SEQUENCE_TOKENS,
+from . import options as opts
+from ..core.conventions import CONVENTIONS
+from ..core.unlearn import DataConfig, EvalConfig
+from ..engine.loop import TrainConfig
+from ..util.errors import LetheError
+from ..evaluation.memorization import DENOMINATORS, ORIENTATIONS
+from ..objectives.method import split_outside_parens
+from ..util.validation import (NON_NEGATIVE_INT, OPTIONAL_POSITIVE_INT, P_VALUE_THRESHOLD, POSITIVE_INT, SEQUENCE_TOKENS,
                          range_of)
 
 
@@ -27,7 +27,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lethe", description="Make a language model forget, and measure that it did.")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
-    from .version import __version__
+    from ..version import __version__
 
     parser.add_argument("--version", action="version", version=f"lethe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # every command takes --config
 
-    from .scenarios.catalog import SCENARIOS
+    from ..scenarios.catalog import SCENARIOS
 
     p = sub.add_parser("demo", help="offline end-to-end run: data, models, unlearning, evaluation, report")
     p.add_argument("--scenario", choices=SCENARIOS.names(), default="fictitious",
@@ -238,7 +238,7 @@ def parse(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
     config = config or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     required = []
     if command and config:
-        from .config import load_config
+        from .config_file import load_config
 
         sub = commands[command]
         sub.set_defaults(**load_config(config, sub))
@@ -257,7 +257,7 @@ def run(argv=None) -> int:
     args, parser = parse(argv)
     code = _dispatch(args)
     if code == 0 and getattr(args, "out", None) and args.command in ("unlearn", "finetune", "demo", "bench"):
-        from .config import save_resolved  # written once the run succeeded: nothing is written for bad input
+        from .config_file import save_resolved  # written once the run succeeded: nothing is written for bad input
 
         save_resolved(args, parser.get_default("_commands")[args.command], args.out)
     return code
@@ -265,7 +265,7 @@ def run(argv=None) -> int:
 
 def _dispatch(args) -> int:
     progress = not args.quiet  # bars on a terminal, one line per epoch and stage otherwise
-    from . import api
+    from .. import api
 
     if args.command == "demo":
         methods = split_outside_parens(args.methods, ",") if args.methods is not None else None
@@ -280,7 +280,7 @@ def _dispatch(args) -> int:
             print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}\n"
                   f"         {(Path(args.out) / 'report.html').resolve()}")
     elif args.command == "bench":
-        from .scenarios.fictitious import grid
+        from ..scenarios.fictitious import grid
 
         specs = grid(split_outside_parens(args.methods, ","),
                      [p.strip().lower() for p in args.params.split(",") if p.strip()],
@@ -302,7 +302,7 @@ def _dispatch(args) -> int:
     elif args.command == "metrics":
         print(describe_metrics())
     elif args.command == "attacks":
-        from .attacks import describe
+        from ..attacks import describe
 
         print(describe())
     elif args.command == "attack":
@@ -326,7 +326,7 @@ def _dispatch(args) -> int:
         return _unlearn(args, progress)
     elif args.command == "eval":
         if args.out:
-            from .rundir import check_output
+            from ..util.rundir import check_output
 
             check_output(args.out, kind="file")
         evaluation = opts.eval_config(args)
@@ -340,7 +340,7 @@ def _dispatch(args) -> int:
                    "aggregates_over": res.aggregates_over, "unavailable": res.unavailable, "timing": res.timing,
                    "requests": res.requests}
         if args.out:
-            from .io import write_json
+            from ..util.io import write_json
 
             write_json(args.out, payload)
         print(json.dumps(res.metrics, indent=2))
@@ -367,11 +367,11 @@ def _attack_run(args, model, attacks, data, progress: bool) -> None:
     --retain-model as the control; written to RUN/attacks.json and into audit.json."""
     from dataclasses import replace
 
-    from .attacks import run_attacks
-    from .audit import add_attacks
-    from .core import prepare
-    from .data.sources import load_qa
-    from .model.load import load_model
+    from ..attacks import run_attacks
+    from ..core.audit import add_attacks
+    from ..core.unlearn import prepare
+    from ..data.sources import load_qa
+    from ..model.load import load_model
 
     mc, rt = opts.model_config(args), opts.runtime_config(args)
     target, prompter, _ = prepare(args.model, None, mc, rt)
@@ -390,16 +390,16 @@ def _attack_run(args, model, attacks, data, progress: bool) -> None:
 
 
 def _attack(args, progress: bool) -> int:
-    from .attacks import parse_attacks, run_attacks
-    from .core import prepare
-    from .data.sources import load_qa
-    from .evaluation.metric_registry import parse_metric_list
-    from .model.load import load_model
+    from ..attacks import parse_attacks, run_attacks
+    from ..core.unlearn import prepare
+    from ..data.sources import load_qa
+    from ..evaluation.metric_registry import parse_metric_list
+    from ..model.load import load_model
 
     attacks = parse_attacks(args.attacks, _attack_options(args.attack_opt))
     metrics = parse_metric_list(args.metrics)
     if args.out:
-        from .rundir import check_output
+        from ..util.rundir import check_output
 
         check_output(args.out, kind="file")
     forget = load_qa(args.forget, fields=opts.data_config(args).fields, split=args.split)
@@ -417,7 +417,7 @@ def _attack(args, progress: bool) -> int:
     result.update(model=str(args.model), forget=str(args.forget), retain_model=args.retain_model,
                   target_model=args.target_model)
     if args.out:
-        from .io import write_json
+        from ..util.io import write_json
 
         write_json(args.out, result)
     print(json.dumps(result, indent=2))
@@ -426,7 +426,7 @@ def _attack(args, progress: bool) -> int:
 
 def describe_losses() -> str:
     """Every registered loss: name, options (defaults), unit, one-line description."""
-    from .objectives import FORGET_LOSSES, REGULARIZERS
+    from ..objectives import FORGET_LOSSES, REGULARIZERS
 
     lines = ["Methods are FORGET[+REGULARIZER], options in parentheses: NPO(beta=0.2)+KL", ""]
     for title, registry in (("forget losses", FORGET_LOSSES), ("regularizers", REGULARIZERS)):
@@ -444,7 +444,7 @@ def describe_losses() -> str:
 
 def describe_metrics() -> str:
     """Every registered metric: name, scope, the sets it scores, its goal, needs, aggregation, description."""
-    from .evaluation.metric_registry import METRICS, NEEDS, metric_names
+    from ..evaluation.metric_registry import METRICS, NEEDS, metric_names
 
     lines = ["Metrics for --metrics NAME[,NAME...] (default: every metric marked *, as the inputs allow):", ""]
     for name in metric_names():
@@ -464,18 +464,18 @@ def describe_metrics() -> str:
 
 
 def _unlearn(args, progress: bool) -> int:
-    from . import api
-    from .core import RUN_OUTPUTS
-    from .data.sources import is_text_source
-    from .rundir import preflight
+    from .. import api
+    from ..core.unlearn import RUN_OUTPUTS
+    from ..data.sources import is_text_source
+    from ..util.rundir import preflight
 
     method = opts.method_config(args)
-    from .engine.select import Selection
+    from ..engine.select import Selection
 
     select = Selection(args.select_by, args.select_mu_floor)  # checked before any model work
     attacks = None
     if args.attacks:  # checked before any model work
-        from .attacks import parse_attacks
+        from ..attacks import parse_attacks
 
         attacks = parse_attacks(args.attacks, _attack_options(args.attack_opt))
     preflight(args.out, RUN_OUTPUTS, resume=args.resume, overwrite=args.overwrite)  # before any slow scoring
@@ -503,8 +503,8 @@ def _unlearn(args, progress: bool) -> int:
         audit = api.AuditConfig(holdout=holdout, include_text=args.include_text)
         hook = None
         if args.stop_when == "indistinguishable":
-            from .data.sources import load_records
-            from .workflows import IndistinguishableStop
+            from ..data.sources import load_records
+            from ..core.sequences import IndistinguishableStop
 
             hook = IndistinguishableStop(load_records(args.forget, fields=data.fields, split=data.split),
                                          holdout or [],
@@ -526,7 +526,7 @@ def _unlearn(args, progress: bool) -> int:
         print(f"lethe: {run_.message}", file=sys.stderr)
         return 1
     if not args.quiet:
-        from .report_run import summary_table
+        from ..reports.run import summary_table
 
         table = summary_table(run_.to_dict())
         if table:
@@ -573,7 +573,7 @@ def main(argv=None) -> None:
         print(f"lethe: error: {e}", file=sys.stderr)
         code = 2
     except OSError as e:  # a full disk, a read-only file system: say what and where, not a traceback
-        from .rundir import describe_os_error
+        from ..util.rundir import describe_os_error
 
         print(f"lethe: error: {describe_os_error(e)}", file=sys.stderr)
         code = 2
@@ -584,6 +584,3 @@ def main(argv=None) -> None:
         code = 143 if isinstance(e, Terminated) else 130
     sys.exit(code)
 
-
-if __name__ == "__main__":
-    main()

@@ -16,28 +16,29 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .data.prompt import Prompter, PromptFormat, resolve_format
-from .data.readers import DEFAULT_FIELDS, Fields
-from .data.sources import is_text_source, load_records
-from .engine.loop import TrainConfig, TrainResult, train as train_loop
-from .engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
-from .errors import DivergenceError, LetheError
-from .evaluation.evidence import downstream_metrics, membership_aucs, scored_forget_records
-from .evaluation.metric_registry import select_metrics
-from .evaluation.mia import ATTACKS
-from .evaluation.suite import (EvalResult, EvalSet, Semantic, aggregate, available_needs, check_selection,
+from ..data.prompt import Prompter, PromptFormat, resolve_format
+from ..data.readers import DEFAULT_FIELDS, Fields
+from ..data.sources import is_text_source, load_records
+from ..engine.loop import TrainConfig, TrainResult, train as train_loop
+from ..engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
+from ..util.errors import DivergenceError, LetheError
+from ..evaluation.evidence import downstream_metrics, membership_aucs, scored_forget_records
+from ..evaluation.metric_registry import select_metrics
+from ..evaluation.mia import ATTACKS
+from ..evaluation.suite import (EvalResult, EvalSet, Semantic, aggregate, available_needs, check_selection,
                                evaluate_sets)
 from .audit import records_sha256
-from .conventions import Convention, check_fixed_width, get_convention
-from .io import crash_point, write_json
-from .model.load import base_reference, is_adapter_dir, load_model, load_tokenizer, saved_prompt_format
-from .model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
-from .model.save import save_model
-from .objectives.method import Method, parse_method
-from .runtime import RuntimeConfig
-from .progress import note
-from .rundir import check_output, claim, remove_temporaries, replacing
-from .validation import bounded, check_ranges
+from ..objectives.method import check_fixed_width
+from .conventions import Convention, get_convention
+from ..util.io import crash_point, write_json
+from ..model.load import base_reference, is_adapter_dir, load_model, load_tokenizer, saved_prompt_format
+from ..model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
+from ..model.save import save_model
+from ..objectives.method import Method, parse_method
+from ..engine.runtime import RuntimeConfig
+from ..util.progress import note
+from ..util.rundir import check_output, claim, remove_temporaries, replacing
+from ..util.validation import bounded, check_ranges
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConf
 def _reference_requests(cfg: EvalConfig, model, prompter):
     """The reference attack's model behind a request layer of its own, on the evaluated model's device: its
     token statistics are computed once and serve every evaluation of a run."""
-    from .evaluation.requests import ModelRequests
+    from ..evaluation.requests import ModelRequests
 
     ref = cfg.reference_model
     if ref is None or isinstance(ref, ModelRequests):
@@ -400,7 +401,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     ev.check_metrics()
     pad_to = pad_to if pad_to is not None else conv.pad_to
     check_fixed_width(m, pad_to)
-    from .engine.select import Selection
+    from ..engine.select import Selection
 
     select = select if isinstance(select, Selection) else Selection(select or "last")
     if keep_checkpoint not in KEEP_CHECKPOINT:
@@ -468,7 +469,7 @@ RUN_OUTPUTS = ("run.json", "audit.json", "model", "checkpoint", "checkpoint.old"
 
 
 def _refuse_overlap(forget, retain) -> None:
-    from .data.records import shared_records
+    from ..data.records import shared_records
 
     shared = shared_records(forget, retain)
     if shared:
@@ -481,7 +482,7 @@ def _refuse_overlap(forget, retain) -> None:
 def _refuse_holdout_overlap(holdout, sets: Mapping[str, Sequence]) -> None:
     """A holdout set is data the model never saw: sharing records with the forget or retain set makes the
     membership test compare a set with itself."""
-    from .data.records import shared_records
+    from ..data.records import shared_records
 
     for name, records in sets.items():
         shared = shared_records(list(holdout or []), list(records or []))
@@ -493,7 +494,7 @@ def _refuse_holdout_overlap(holdout, sets: Mapping[str, Sequence]) -> None:
 
 
 def _utility_overlap(forget, sets) -> list[str]:
-    from .data.records import shared_records
+    from ..data.records import shared_records
 
     out = []
     for s_ in sets:
@@ -520,7 +521,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
 
         before_sha = weights_sha256(model.state_dict())  # recorded, so --resume refuses another starting model
         if holdout and not reuse_before:
-            from .progress import Stages
+            from ..util.progress import Stages
 
             stages = Stages(progress, "audit", len(forget) + len(holdout))
             with rt.autocast():
@@ -541,7 +542,7 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
     if reference_model is not None:
         reference_model = _given_reference(reference_model, model)
     if task.needs_reference_model:
-        from .model.reference import FrozenCopy
+        from ..model.reference import FrozenCopy
 
         task.reference = FrozenCopy(reference_model, copy=False) if reference_model is not None else \
             FrozenCopy(model) if pcfg.kind == "full" else AdapterReference(model)

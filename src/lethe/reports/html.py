@@ -7,7 +7,7 @@ import io
 import math
 from typing import Sequence
 
-from .report import extraction_columns, final_metrics, fmt_value, goal_mark, per_set_tables, present_keys, run_label
+from .markdown import extraction_columns, final_metrics, fmt_value, goal_mark, per_set_tables, present_keys, run_label
 
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d1d1f;padding:0 1rem}
 h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}h3{font-size:1.05rem}
@@ -135,7 +135,7 @@ def _front_plot(rows, x: str, y: str, fronts: dict, title: str, logx: bool = Fal
 
 def _comparison(results: dict) -> str:
     """Sweep points and seeds: the fronts as plots, mean ± spread and best-at-FE tables."""
-    from .report import comparison_tables
+    from .markdown import comparison_tables
 
     c = comparison_tables(results)
     if c is None:
@@ -197,7 +197,7 @@ def section(results: dict, source: str, summary) -> str:
     parts.append("<div class='figs'>" + "".join(figs) + "</div>")
     parts.append(_comparison(results))
     parts.append("<h3>Final epoch</h3>" + table)
-    from .report import STOPPING_HEADER, STOPPING_TESTS, stopping_rows
+    from .markdown import STOPPING_HEADER, STOPPING_TESTS, stopping_rows
 
     for test, how in STOPPING_TESTS:
         if stop_rows := stopping_rows(results, test=test):
