@@ -141,3 +141,17 @@ def test_every_built_in_scenario_has_its_layout_for_old_results_files():
 
     assert {name: SCENARIOS.get(name).report for name in SCENARIOS.recorded_names()} == BUILT_IN_SCENARIO_LAYOUTS
     assert set(BUILT_IN_SCENARIO_LAYOUTS.values()) <= set(LAYOUTS.names())
+
+
+def test_no_package_exports_a_name_that_hides_one_of_its_modules():
+    import importlib
+
+    hidden = []
+    for name in MODULES:
+        if name.endswith("__main__"):
+            continue
+        module = importlib.import_module(name)
+        parent, _, leaf = name.rpartition(".")
+        if parent and getattr(importlib.import_module(parent), leaf) is not module:
+            hidden.append(name)  # e.g. a package exporting a function `unlearn` beside unlearn.py
+    assert hidden == []

@@ -100,7 +100,7 @@ def test_relearning_brings_back_more_than_it_teaches_a_model_that_never_knew(tok
 
 
 def test_attack_command_end_to_end(tokenizer, smoke_data, tmp_path, capsys):
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model
 
@@ -125,7 +125,7 @@ def test_attack_command_end_to_end(tokenizer, smoke_data, tmp_path, capsys):
 
 
 def test_unlearn_with_attacks_records_them_in_the_audit(tokenizer, smoke_data, tmp_path, capsys):
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model
 

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from lethe.cli.main import main
+from lethe.cli.commands import main
 
 OPTION_CASES = [
     # (extra argv for `lethe unlearn` on valid inputs, expected text in the error)

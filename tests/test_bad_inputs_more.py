@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lethe.cli.main import main
+from lethe.cli.commands import main
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def _run(argv, capsys, monkeypatch):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(load, "load_model", no_load)
-    monkeypatch.setattr("lethe.core.unlearn.load_model", no_load)
+    monkeypatch.setattr("lethe.core.runs.load_model", no_load)
     with pytest.raises(SystemExit) as e:
         main(["--quiet", *argv])
     err = capsys.readouterr().err
@@ -81,7 +81,7 @@ def test_input_size_cap_names_the_file(files, capsys, monkeypatch):
 
 
 def test_sigterm_stops_like_sigint_with_a_message(capsys, monkeypatch):
-    import lethe.cli.main as cli
+    import lethe.cli.commands as cli
 
     def terminated(argv):
         cli._on_sigterm(15, None)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lethe
-from lethe.cli.main import main
+from lethe.cli.commands import main
 from lethe.model.build import build_tiny_model, train_tokenizer
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from lethe.cli.main import main
+from lethe.cli.commands import main
 
 
 def _run(argv, capsys):
@@ -201,7 +201,7 @@ def test_audit_record_matches_the_saved_weights(smoke_run, tmp_path, capsys):
     # The audit's membership evidence is the evaluation's own start/end report (not scored twice) and equals
     # what the audit computes on its own from the starting weights.
     from lethe.core.audit import membership_signal
-    from lethe.core.unlearn import prepare
+    from lethe.core.runs import prepare
     from lethe.data.sources import load_records
 
     run = json.loads((tmp_path / "u" / "run.json").read_text())

@@ -209,7 +209,7 @@ def test_presets_supply_defaults_that_explicit_options_override():
 
 
 def test_ihl_fila_preset_sets_the_solver_where_left_at_defaults():
-    from lethe.core.unlearn import _with_convention_params
+    from lethe.core.runs import _with_convention_params
     from lethe.model.lora import ParamsConfig
 
     ihl = get_convention("ihl-fila")
@@ -278,7 +278,7 @@ def test_cli_convention_sets_el_counting_and_explicit_flags_win(tokenizer, tmp_p
 
     import numpy as np
 
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from lethe.cli.main import main
+from lethe.cli.commands import main
 
 
 def _lethe(argv, crash=None, cwd=None):

@@ -24,7 +24,7 @@ def test_a_model_taught_the_world_facts_scores_higher_on_the_offline_task(tokeni
 
 
 def test_eval_and_unlearn_commands_run_lm_eval_tasks(tokenizer, smoke_data, tmp_path, capsys):
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model
 

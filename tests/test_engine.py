@@ -170,7 +170,7 @@ def test_select_best_keeps_the_chosen_epoch_and_survives_resume(tokenizer, smoke
 
     from safetensors.torch import load_file
 
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
     from lethe.engine.select import Selection
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model

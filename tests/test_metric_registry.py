@@ -44,7 +44,7 @@ def test_selection_adds_what_a_metric_is_built_from_and_rejects_unknown_names():
     with pytest.raises(LetheError, match="unknown metric 'mink'"):
         parse_metric_list("P, mink")
     assert parse_metric_list("p, Min_K") == ("p", "Min_K")  # names match case- and dash-insensitively
-    from lethe.core.unlearn import EvalConfig
+    from lethe.core.runs import EvalConfig
 
     with pytest.raises(LetheError, match="unknown metric 'entropy'"):
         EvalConfig(metrics=["entropy"])
@@ -148,7 +148,7 @@ def test_a_suite_with_attacks_runs_each_forward_once(tokenizer, smoke_data, tiny
 
 
 def test_metrics_command_lists_every_metric(capsys):
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["metrics"])
@@ -160,7 +160,7 @@ def test_metrics_command_lists_every_metric(capsys):
 
 
 def test_cli_metrics_option_is_checked_before_any_file_or_model(tmp_path, capsys):
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
 
     def run(argv):
         with pytest.raises(SystemExit) as exit_:
@@ -218,7 +218,7 @@ def test_reference_attack_statistics_are_taken_once_per_run(tokenizer, smoke_dat
 
 
 def test_retain_model_is_scored_only_for_what_was_asked(tokenizer, smoke_data, tiny_model):
-    from lethe.core.unlearn import EvalConfig, retain_model_references
+    from lethe.core.runs import EvalConfig, retain_model_references
 
     sets = _sets(smoke_data)
     assert retain_model_references(None, sets, tokenizer=tokenizer, config=EvalConfig(metrics=["P"])) == (None, {})
@@ -227,7 +227,7 @@ def test_retain_model_is_scored_only_for_what_was_asked(tokenizer, smoke_data, t
 
 
 def test_cli_reference_model_needs_a_holdout(tmp_path, capsys):
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
 
     f = tmp_path / "f.jsonl"
     f.write_text('{"question": "Who?", "answer": "A."}\n')

@@ -138,7 +138,7 @@ def test_a_model_that_memorized_the_forget_set_is_caught_and_identical_sets_are_
 def test_eval_command_reports_membership_with_a_holdout(tokenizer, smoke_data, tmp_path, capsys):
     import json
 
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model
 
@@ -175,7 +175,7 @@ def test_indistinguishable_stop_rule(tokenizer, smoke_data, tiny_model, tmp_path
     same = IndistinguishableStop(members, members, prompter=tokenizer, min_epochs=2)
     assert same(1, tiny_model)["stop"] is False and same(2, tiny_model)["stop"] is True  # p = 1, from epoch 2
     # through the CLI: a holdout equal to the forget set is indistinguishable at once, so the run stops at epoch 1
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
     from lethe.model.save import save_model
 
     save_model(tiny_model, tokenizer, tmp_path / "m")
@@ -248,7 +248,7 @@ def test_group_stop_rule_on_authors(tokenizer, smoke_data, tiny_model):
 def test_stop_rule_reads_the_evaluations_membership_report_instead_of_scoring_again(tokenizer, smoke_data, tiny_model):
     """With --holdout, every evaluated epoch's report already holds the rule's p-value: the rule must use it
     (same value as scoring itself) and score on its own only where the evaluation did not, or differs."""
-    from lethe.core.unlearn import EvalConfig, unlearn
+    from lethe.core.runs import EvalConfig, unlearn
     from lethe.engine.loop import TrainConfig
     from lethe.evaluation.suite import EvalSet
     from lethe.core.sequences import IndistinguishableStop

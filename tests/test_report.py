@@ -38,7 +38,7 @@ def test_report_on_an_unlearn_run_of_your_own(tokenizer, smoke_data, tmp_path, c
     marks, per-epoch curves, the attacks; several runs side by side; unlearn ends with the same summary."""
     import json
 
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model
 

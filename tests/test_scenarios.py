@@ -23,7 +23,7 @@ def test_every_scenario_is_registered_once_and_found_by_key_or_recorded_name():
 
 
 def test_cli_scenario_choices_and_help_come_from_the_registry():
-    from lethe.cli.main import build_parser
+    from lethe.cli.commands import build_parser
 
     demo = build_parser().get_default("_commands")["demo"]
     action = next(a for a in demo._actions if a.dest == "scenario")
@@ -73,7 +73,7 @@ def test_a_given_reference_equal_to_the_start_changes_nothing_and_another_one_do
 
     import torch
 
-    from lethe.core.unlearn import unlearn
+    from lethe.core.runs import unlearn
     from lethe.engine.loop import TrainConfig
 
     forget, retain = smoke_data.forget(10), smoke_data.retain(10)[:8]
@@ -136,7 +136,7 @@ def test_fixed_and_moving_references_agree_on_the_first_request_only(continual_r
 
 
 def test_continual_report_has_per_request_tables_and_reuses_finished_cells(continual_run, capsys):
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
 
     out, res = continual_run
     md = (out / "report.md").read_text()

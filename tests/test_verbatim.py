@@ -101,7 +101,7 @@ def test_verbmem_and_knowmem_rise_when_the_text_is_memorized(tokenizer, smoke_da
 def test_eval_command_reports_memorization_and_muse_metrics(tokenizer, smoke_data, tmp_path, capsys):
     import json
 
-    from lethe.cli.main import main
+    from lethe.cli.commands import main
     from lethe.model.build import build_tiny_model
     from lethe.model.save import save_model
 

@@ -1,4 +1,4 @@
 """``python -m lethe``: the ``lethe`` command."""
-from .cli.main import main
+from .cli.commands import main
 
 main()

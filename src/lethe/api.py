@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .core.unlearn import (AuditConfig, DataConfig, EvalConfig, MethodConfig, ModelConfig, UnlearnRun, evaluate, finetune,
+from .core.runs import (AuditConfig, DataConfig, EvalConfig, MethodConfig, ModelConfig, UnlearnRun, evaluate, finetune,
                    retain_model_references, retain_model_truth_ratios, unlearn)
 from .data.prompt import PromptFormat
 from .data.readers import Fields

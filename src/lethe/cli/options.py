@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..core.conventions import CONVENTIONS, describe as describe_conventions
-from ..core.unlearn import DataConfig, EvalConfig, MethodConfig, ModelConfig
+from ..core.runs import DataConfig, EvalConfig, MethodConfig, ModelConfig
 from ..engine.loop import TRACKERS, TrainConfig
 from ..util.errors import LetheError
 from ..evaluation.memorization import ELConfig
@@ -291,7 +291,7 @@ def _eval_at(text: str) -> tuple[str, ...]:
 
 def eval_config(a, forget_default=None, every: int | None = None):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
-    from ..core.unlearn import retain_model_references
+    from ..core.runs import retain_model_references
     from ..data.sources import load_qa, load_records
     from ..evaluation.suite import EvalSet, load_semantic
 

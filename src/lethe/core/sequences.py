@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .unlearn import AuditConfig, DataConfig, ModelConfig, UnlearnRun, finetune, prepare, unlearn
+from .runs import AuditConfig, DataConfig, ModelConfig, UnlearnRun, finetune, prepare, unlearn
 from ..data.sources import load_records
 from ..engine.loop import TrainConfig
 from ..util.errors import LetheError
@@ -79,7 +79,7 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
     from dataclasses import replace
 
     from .conventions import get_convention
-    from .unlearn import RUN_OUTPUTS
+    from .runs import RUN_OUTPUTS
     from ..util.rundir import check_output, claim
     from ..util.validation import SEQUENCE_TOKENS, check_positive
 

@@ -104,7 +104,7 @@ METHOD_SWEEP = ("alpha", "gamma")
 
 def check_sweep(sweep: dict, base) -> dict:
     """{name: [values]} checked before any work: known names, numeric values in their declared ranges."""
-    from ..core.unlearn import MethodConfig
+    from ..core.runs import MethodConfig
     from ..util.errors import LetheError
 
     out = {}
@@ -134,7 +134,7 @@ def cells(specs, sweep: dict, seeds: int):
 
 def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resume: bool, progress: bool):
     """Data, tokenizer and the two fine-tuned models (target, retain); reused when already on disk."""
-    from ..core.unlearn import finetune
+    from ..core.runs import finetune
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
 
@@ -232,7 +232,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
-    from ..core.unlearn import EvalConfig, MethodConfig, unlearn
+    from ..core.runs import EvalConfig, MethodConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
     from ..objectives.method import parse_method

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import options as opts
 from ..core.conventions import CONVENTIONS
-from ..core.unlearn import DataConfig, EvalConfig
+from ..core.runs import DataConfig, EvalConfig
 from ..engine.loop import TrainConfig
 from ..util.errors import LetheError
 from ..evaluation.memorization import DENOMINATORS, ORIENTATIONS
@@ -369,7 +369,7 @@ def _attack_run(args, model, attacks, data, progress: bool) -> None:
 
     from ..attacks import run_attacks
     from ..core.audit import add_attacks
-    from ..core.unlearn import prepare
+    from ..core.runs import prepare
     from ..data.sources import load_qa
     from ..model.load import load_model
 
@@ -391,7 +391,7 @@ def _attack_run(args, model, attacks, data, progress: bool) -> None:
 
 def _attack(args, progress: bool) -> int:
     from ..attacks import parse_attacks, run_attacks
-    from ..core.unlearn import prepare
+    from ..core.runs import prepare
     from ..data.sources import load_qa
     from ..evaluation.metric_registry import parse_metric_list
     from ..model.load import load_model
@@ -465,7 +465,7 @@ def describe_metrics() -> str:
 
 def _unlearn(args, progress: bool) -> int:
     from .. import api
-    from ..core.unlearn import RUN_OUTPUTS
+    from ..core.runs import RUN_OUTPUTS
     from ..data.sources import is_text_source
     from ..util.rundir import preflight
 
