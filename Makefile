@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 SIZE ?= small
 
-.PHONY: venv demo test bench gpu-check gpu-wheels headtohead clean
+.PHONY: venv demo test lint docs bench gpu-check gpu-wheels headtohead clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lethe demo --size $(SIZE) --out $(OUT)
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# the docs/ pages as a site in site/ (mkdocs-material); --strict turns a broken link into an error
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_memory.py

@@ -41,8 +41,10 @@ def main():
     t_slow = time.perf_counter() - t0
     assert fast == slow, (fast, slow)
     prefixes = sum(len(s) - a.n for s in seqs)
-    print(f"{a.sequences} sequences x {a.tokens} tokens, EL_{a.n} ({prefixes} prefixes), mean EL {sum(fast) / len(fast):.3f}")
-    print(f"naive loop {t_slow:.2f} s | batched {t_fast:.2f} s | speed-up {t_slow / t_fast:.1f}x | identical values: yes")
+    print(f"{a.sequences} sequences x {a.tokens} tokens, EL_{a.n} ({prefixes} prefixes), mean EL "
+          f"{sum(fast) / len(fast):.3f}")
+    print(f"naive loop {t_slow:.2f} s | batched {t_fast:.2f} s | speed-up {t_slow / t_fast:.1f}x | identical values: "
+          f"yes")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,8 @@ class Check:
         mfu = c["flops"] / c["wall_time_s"] / (self.peak_tflops * 1e12) if self.peak_tflops else None
         return {"method": method, "precision": precision, "fused_head": fused, "params": params,
                 "gradient_checkpointing": checkpointing, "tokens_per_s": round(tokens_s, 1),
-                "mfu": None if mfu is None else round(mfu, 4), "peak_memory_gib": round(c["peak_memory_bytes"] / 2 ** 30, 3),
+                "mfu": None if mfu is None else round(mfu, 4),
+                "peak_memory_gib": round(c["peak_memory_bytes"] / 2 ** 30, 3),
                 "steps": c["steps"], "wall_s": round(c["wall_time_s"], 2)}
 
     def train(self) -> dict:
@@ -183,8 +184,8 @@ class Check:
 
     def generation(self) -> dict:
         from lethe.data.prompt import Prompter, PromptFormat
-        from lethe.evaluation.requests import answer_nll, generate_answers
         from lethe.engine.runtime import RuntimeConfig
+        from lethe.evaluation.requests import answer_nll, generate_answers
 
         data, tok = self._data()
         rt = RuntimeConfig(device=self.a.device, precision="bf16-mixed" if self.device.type == "cuda" else "fp32")
@@ -247,7 +248,8 @@ def markdown(record: dict) -> str:
     train = r.get("train", {})
     if train.get("rows"):
         lines += ["", f"Unlearning, one epoch, {train['model_parameters'] / 1e6:.0f}M parameters, vocabulary "
-                      f"{train['vocabulary']}; peak {r.get('env', {}).get('measured_peak_tflops')} TFLOP/s measured:", "",
+                      f"{train['vocabulary']}; peak {r.get('env', {}).get('measured_peak_tflops')} TFLOP/s measured:",
+                  "",
                   "| method | params | precision | fused head | checkpointing | tokens/s | MFU | peak GiB |",
                   "|---|---|---|---|---|---|---|---|"]
         for row in train["rows"]:

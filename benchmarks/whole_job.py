@@ -110,7 +110,8 @@ def reference_evaluation(model, prompter: Prompter, sets, max_new_tokens: int) -
             nll, cnt = [], []
             for i in range(0, len(pairs), 32):
                 b = pad_to_max([prompter.encode_qa(q, a) for q, a in pairs[i:i + 32]], prompter.pad_id)
-                logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+                logits = model(input_ids=b["input_ids"].to(device),
+                               attention_mask=b["attention_mask"].to(device)).logits
                 lp, mask = token_logprobs(logits, b["labels"].to(device))
                 nll += (-lp.sum(-1)).tolist()
                 cnt += mask.sum(-1).tolist()
@@ -196,7 +197,8 @@ def main() -> None:
                    for p in ("reference", "lethe")}
             for p, r in res.items():
                 totals[p] += r["wall_s"]
-                shown = {k: round(v, 3) for k, v in r["metrics"].items() if k in ("forget/ROUGE", "forget/P", "retain/P")}
+                shown = {k: round(v, 3) for k,
+                         v in r["metrics"].items() if k in ("forget/ROUGE", "forget/P", "retain/P")}
                 print(f"{method:<8} {p:<10} {r['wall_s']:8.1f} {r['train_s']:8.1f} {r['tokens_per_s']:8.0f} "
                       f"{r['peak_bytes'] / 2**20:9.0f}  {shown}")
             if args.compile:

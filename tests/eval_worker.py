@@ -20,7 +20,8 @@ def main(out: str) -> None:
     tokenizer = train_tokenizer(tokenizer_corpus(data), vocab_size=400)
     model = build_tiny_model(tokenizer, "test", seed=0).eval()
     sets = [EvalSet("forget", data.forget(10) + data.full[:3], "qa", role="forget"),
-            EvalSet("retain", data.retain(10)[:7], "qa", role="retain"), EvalSet("world_facts", data.world_facts[:5], "mc")]
+            EvalSet("retain", data.retain(10)[:7], "qa", role="retain"),
+            EvalSet("world_facts", data.world_facts[:5], "mc")]
     from lethe.evaluation import requests
 
     generated = []

@@ -64,7 +64,8 @@ def test_options_are_checked_before_any_work():
     assert robustness_q(0.5, 0.5) == 1.0 and robustness_q(0.2, 0.6) == pytest.approx(0.5)
     assert robustness_r(0.3, 0.3) == 1.0 and robustness_r(0.4, 0.0) == 0.0
     train, held = relearn_split(list(range(10)), 0.5, 0)
-    assert len(train) == 5 and sorted(train + held) == list(range(10)) and relearn_split(list(range(10)), 0.5, 0)[0] == train
+    assert len(train) == 5 and sorted(train + held) == list(range(10)) and relearn_split(list(range(10)), 0.5,
+                                                                                         0)[0] == train
 
 
 def test_relearning_brings_back_more_than_it_teaches_a_model_that_never_knew(tokenizer, smoke_data):

@@ -14,7 +14,8 @@ OPTION_CASES = [
     # (extra argv for `lethe unlearn` on valid inputs, expected text in the error)
     (["--lr", "nan"], "--lr"), (["--lr", "-1"], "--lr"), (["--lr", "0"], "--lr"), (["--lr", "inf"], "--lr"),
     (["--lr", "fast"], "--lr"), (["--epochs", "0"], "--epochs"), (["--epochs", "-1"], "--epochs"),
-    (["--epochs", "2.5"], "--epochs"), (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-4"], "--batch-size"),
+    (["--epochs", "2.5"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
+    (["--batch-size", "-4"], "--batch-size"),
     (["--micro-batch-size", "0"], "--micro-batch-size"), (["--max-new-tokens", "-1"], "--max-new-tokens"),
     (["--max-new-tokens", "0"], "--max-new-tokens"), (["--eval-limit", "0"], "--eval-limit"),
     (["--eval-limit", "-1"], "--eval-limit"), (["--warmup-epochs", "-1"], "--warmup-epochs"),
@@ -23,12 +24,15 @@ OPTION_CASES = [
     (["--params", "lora", "--lora-alpha", "nan"], "--lora-alpha"), (["--rank", "0"], "--rank"),
     (["--rank", "-1"], "--rank"), (["--fisher-batch-size", "0"], "--fisher-batch-size"),
     (["--max-length", "0"], "--max-length"), (["--retain-per-forget", "0"], "--retain-per-forget"),
-    (["--eval-every", "-1"], "--eval-every"), (["--eval-at", "middle"], "--eval-at"), (["--forget-count", "-1"], "--forget-count"),
+    (["--eval-every", "-1"], "--eval-every"), (["--eval-at", "middle"], "--eval-at"),
+    (["--forget-count", "-1"], "--forget-count"),
     (["--max-tokens", "0"], "--max-tokens"), (["--chunk-tokens", "0"], "--chunk-tokens"), (["--el-n", "0"], "--el-n"),
     (["--min-epochs", "0"], "--min-epochs"), (["--method", "GA+XYZ"], "XYZ"), (["--method", "NPO(gamma=1)"], "gamma"),
-    (["--forget-opt", "beta"], "--forget-opt"), (["--params", "qlora"], "--params"), (["--precision", "fp8"], "--precision"),
+    (["--forget-opt", "beta"], "--forget-opt"), (["--params", "qlora"], "--params"),
+    (["--precision", "fp8"], "--precision"),
     (["--schedule", "cosine"], "--schedule"), (["--log-with", "foo"], "--log-with"), (["--bogus"], "--bogus"),
-    (["--svd", "fast"], "--svd"), (["--targets", "everything"], "--targets"), (["--truth-ratio", "mean"], "--truth-ratio"),
+    (["--svd", "fast"], "--svd"), (["--targets", "everything"], "--targets"),
+    (["--truth-ratio", "mean"], "--truth-ratio"),
 ]
 
 
@@ -155,7 +159,8 @@ CASES = [(_unlearn(*extra), expect) for extra, expect in OPTION_CASES] + [
      "--max-new-tokens"),
     (["finetune", "--model", "tiny:huge", "--data", "{root}/forget.json", "--out", "{out}"], "huge"),
     (["finetune", "--model", "tiny:test", "--data", "{root}/missing.json", "--out", "{out}"], "missing.json"),
-    (["finetune", "--model", "tiny:test", "--data", "{root}/forget.json", "--out", "{out}", "--epochs", "0"], "--epochs"),
+    (["finetune", "--model", "tiny:test", "--data", "{root}/forget.json", "--out", "{out}", "--epochs", "0"],
+     "--epochs"),
     (["report", "{root}/results_empty", "--out", "{out}"], "'runs'"),
     (["report", "{root}/results_list", "--out", "{out}"], "got list"),
     (["report", "{root}/results_runs", "--out", "{out}"], "runs[0]"),

@@ -45,7 +45,8 @@ def _cli(argv, capsys):
 
 
 TRAIN = ["--epochs", "1", "--lr", "5e-3", "--batch-size", "4", "--micro-batch-size", "4"]
-KEYS = ["--question-key", "q", "--answer-key", "a", "--paraphrased-answer-key", "para", "--perturbed-answer-key", "wrong"]
+KEYS = ["--question-key", "q", "--answer-key", "a", "--paraphrased-answer-key", "para", "--perturbed-answer-key",
+        "wrong"]
 
 
 def test_cli_simnpo_on_an_instruct_model_with_the_users_datasets(user_world, tmp_path, capsys):
@@ -76,12 +77,14 @@ def test_cli_simnpo_on_an_instruct_model_with_the_users_datasets(user_world, tmp
     # RMU from the command line, its options as flags
     code, _, err = _cli(["--quiet", "unlearn", "--model", str(root / "instruct"), "--forget", str(root / "forget_ds"),
                          "--retain", str(root / "retain.parquet"), "--method", "RMU", "--forget-opt", "layer=1",
-                         "--forget-opt", "alpha=100", *TRAIN, *KEYS, "--eval-every", "1", "--out", str(tmp_path / "rmu")],
+                         "--forget-opt", "alpha=100", *TRAIN, *KEYS, "--eval-every", "1", "--out",
+                         str(tmp_path / "rmu")],
                         capsys)
     assert code == 0, err
     rmu = json.loads((tmp_path / "rmu" / "run.json").read_text())
     assert rmu["method"] == "RMU" and rmu["config"]["forget_options"]["layer"] == 1
-    assert rmu["config"]["forget_options"]["alpha"] == 100.0 and rmu["config"]["forget_options"]["trained_layers"] == "0,1"
+    options = rmu["config"]["forget_options"]
+    assert options["alpha"] == 100.0 and options["trained_layers"] == "0,1"
 
 
 def test_api_rmu_on_an_instruct_model_with_hf_datasets(user_world, tmp_path):

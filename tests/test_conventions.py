@@ -9,9 +9,9 @@ import torch
 
 from lethe.core.conventions import CONVENTIONS, get_convention
 from lethe.data.prompt import IGNORE
-from lethe.util.errors import LetheError
 from lethe.objectives import parse_method
 from lethe.ops import tokens
+from lethe.util.errors import LetheError
 
 B, T, V = 3, 7, 11
 
@@ -227,7 +227,8 @@ def test_ihl_fila_preset_sets_the_solver_where_left_at_defaults():
     torch.manual_seed(0)
     U, S, Vt = torch.svd_lowrank(weights.unsqueeze(1) * w_mat, q=3, niter=2)
     root = (S / 2.0).sqrt()
-    assert torch.allclose(A, root.unsqueeze(1) * Vt.t()) and torch.allclose(Bm, (U * root) / (weights + 1e-5).unsqueeze(1))
+    assert torch.allclose(A, root.unsqueeze(1) * Vt.t()) and torch.allclose(Bm,
+                                                                            (U * root) / (weights + 1e-5).unsqueeze(1))
 
 
 def test_padded_layout_and_unit_give_the_released_codes_step(tokenizer, smoke_data):

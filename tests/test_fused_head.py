@@ -10,10 +10,9 @@ import torch
 import lethe
 from lethe.data.prompt import IGNORE, Prompter
 from lethe.engine.tasks import FinetuneTask, UnlearnTask, forward_views
-from lethe.objectives import forget as F_
-from lethe.objectives import regularize as R_
-from lethe.ops.head import HeadLogits
+from lethe.objectives import forget as F_, regularize as R_
 from lethe.objectives.method import parse_method
+from lethe.ops.head import HeadLogits
 from lethe.ops.tokens import map_positions, token_logprobs
 
 
@@ -138,7 +137,8 @@ def test_unlearn_step_fused_equals_plain(method):
         task.cache_reference(reference.model, torch.device("cpu"))
         step = task(model, [0, 1, 2], torch.device("cpu"))
         step.loss.backward()
-        out[fused] = (step.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        out[fused] = (step.loss.detach(),
+                      {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-6)
     assert out[True][1].keys() == out[False][1].keys()
     for name in out[False][1]:
@@ -154,7 +154,8 @@ def test_finetune_step_fused_equals_plain():
         model = _tiny(vocab=len(tok))
         step = FinetuneTask(prompter, forget + retain, fused_head=fused)(model, list(range(8)), torch.device("cpu"))
         step.loss.backward()
-        res.append((step.loss.detach(), model.lm_head.weight.grad.clone(), model.model.embed_tokens.weight.grad.clone()))
+        res.append((step.loss.detach(), model.lm_head.weight.grad.clone(),
+                    model.model.embed_tokens.weight.grad.clone()))
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 

@@ -27,7 +27,8 @@ def logits_of(model, ids):
 
 @pytest.fixture
 def ids(tokenizer, smoke_data):
-    return torch.tensor([Prompter(tokenizer).encode_qa(r.question, r.answer)["input_ids"][:12] for r in smoke_data.full[:3]])
+    return torch.tensor([Prompter(tokenizer).encode_qa(r.question,
+                                                       r.answer)["input_ids"][:12] for r in smoke_data.full[:3]])
 
 
 def fila_model(model, tokenizer, smoke_data, **kw):
@@ -50,7 +51,7 @@ def test_fila_reference_is_the_starting_model_even_after_training(tiny_model, to
     before = logits_of(tiny_model, ids)
     model, _ = fila_model(copy.deepcopy(tiny_model), tokenizer, smoke_data)
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))  # "training" moved the adapter
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -82,7 +83,8 @@ def test_fila_factors_solve_the_row_weighted_problem():
     A, B = fila_factors(W, w, r, s, eps=0.0)
     best = weighted_error(W, w, A, B, s)
     for _ in range(200):  # no random rank-r pair does better
-        A2, B2 = torch.randn(r, 9, generator=g, dtype=torch.float64), torch.randn(12, r, generator=g, dtype=torch.float64)
+        A2, B2 = torch.randn(r, 9, generator=g, dtype=torch.float64), torch.randn(12, r, generator=g,
+                                                                                  dtype=torch.float64)
         assert weighted_error(W, w, A2, B2, s) >= best - 1e-9
     # brute force: alternating weighted least squares from a random start converges to the same optimum
     Bb = torch.randn(12, r, generator=g, dtype=torch.float64)
@@ -126,12 +128,14 @@ def test_per_sample_fisher_equals_a_loop_over_samples(tiny_model, tokenizer, smo
 def test_per_batch_fisher_option(tiny_model, tokenizer, smoke_data):
     examples = encoded(tokenizer, smoke_data.full[:4])
     modules = {n: m for n, m in tiny_model.named_modules() if n.endswith("v_proj")}
-    f, _ = empirical_fisher(tiny_model, modules, examples, pad_id=tokenizer.pad_token_id, mode="per-batch", batch_size=4)
+    f, _ = empirical_fisher(tiny_model, modules, examples, pad_id=tokenizer.pad_token_id, mode="per-batch",
+                            batch_size=4)
     from lethe.data.batching import pad_batch
     from lethe.ops.tokens import mean_nll
 
     b = pad_batch(examples, tokenizer.pad_token_id)
-    grads = torch.autograd.grad(mean_nll(tiny_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits,
+    grads = torch.autograd.grad(mean_nll(tiny_model(input_ids=b["input_ids"],
+                                                    attention_mask=b["attention_mask"]).logits,
                                          b["labels"]), [m.weight for m in modules.values()])
     for n, g in zip(modules, grads):
         torch.testing.assert_close(f[n], g.square(), atol=1e-7, rtol=1e-4)  # one batch: weight = tokens / tokens
@@ -196,9 +200,19 @@ def test_saved_adapters_and_merged_models_reload_without_lethe(tiny_model, token
 
 
 def test_roles_map_to_modules_per_architecture():
-    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoConfig, GPTNeoForCausalLM, GPTNeoXConfig,
-                              GPTNeoXForCausalLM, OPTConfig, OPTForCausalLM, PhiConfig, PhiForCausalLM)
     from peft import LoraConfig, get_peft_model
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        GPTNeoConfig,
+        GPTNeoForCausalLM,
+        GPTNeoXConfig,
+        GPTNeoXForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+        PhiConfig,
+        PhiForCausalLM,
+    )
 
     small = dict(vocab_size=64, num_hidden_layers=1, hidden_size=16, num_attention_heads=2)
     models = {
@@ -239,7 +253,8 @@ def test_fila_on_gpt2_conv1d_with_square_weights_is_exact(tokenizer, smoke_data)
 
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=1, n_embd=16, n_head=2,
                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)).eval()
-    ids = torch.tensor([Prompter(tokenizer).encode_qa(r.question, r.answer)["input_ids"][:10] for r in smoke_data.full[:2]])
+    ids = torch.tensor([Prompter(tokenizer).encode_qa(r.question,
+                                                      r.answer)["input_ids"][:10] for r in smoke_data.full[:2]])
     before = logits_of(model, ids)
     cfg = ParamsConfig(kind="fila", rank=2, targets="all")
     wrapped, _ = apply_params(model, cfg, forget_examples=encoded(tokenizer, smoke_data.forget(10)),

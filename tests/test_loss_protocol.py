@@ -7,9 +7,9 @@ import torch
 
 from lethe import api
 from lethe.engine.loop import TrainConfig
-from lethe.util.errors import LetheError
 from lethe.objectives import FORGET_LOSSES, Loss, Need, parse_method
 from lethe.objectives.rmu import RMU, masked_token_mse
+from lethe.util.errors import LetheError
 
 CFG = TrainConfig(epochs=2, lr=5e-3, batch_size=4, micro_batch_size=4, checkpoint=False)
 
@@ -138,7 +138,8 @@ def test_rmu_matches_a_float64_reference_with_gradients():
     rm = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0], [1, 0, 0, 0, 0]])
     loss = RMU(alpha=3.0, steering_coeff=2.0)
     loss.control = torch.rand(H, generator=g, dtype=torch.float64)
-    inputs = {"forget_hidden": fh, "forget_mask": fm, "retain_hidden": rh, "retain_mask": rm, "ref_retain_hidden": ref_rh}
+    inputs = {"forget_hidden": fh, "forget_mask": fm, "retain_hidden": rh, "retain_mask": rm,
+              "ref_retain_hidden": ref_rh}
     got = loss(inputs)
     want = _ref_rmu(fh, fm, rh, ref_rh, rm, loss.control, 3.0)
     torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
@@ -146,7 +147,8 @@ def test_rmu_matches_a_float64_reference_with_gradients():
     g2 = torch.autograd.grad(want, [fh, rh])
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    assert torch.autograd.gradcheck(lambda f, r: masked_token_mse(f, loss.control, fm) + masked_token_mse(r, ref_rh, rm),
+    assert torch.autograd.gradcheck(lambda f,
+                                    r: masked_token_mse(f, loss.control, fm) + masked_token_mse(r, ref_rh, rm),
                                     (fh, rh))
 
 

@@ -106,7 +106,8 @@ def logsig(x):
 
 FLAT_TABLE = {  # SPEC §1 closed forms of -g*(h_e) + f*(g*(h_f))
     "tv": lambda he, hf: -torch.tanh(he) / 2 + torch.tanh(hf) / 2,
-    "js": lambda he, hf: (torch.log(1 + torch.exp(-he)) - math.log(2)) + (hf + torch.log(1 + torch.exp(-hf)) - math.log(2)),
+    "js": lambda he,
+              hf: (torch.log(1 + torch.exp(-he)) - math.log(2)) + (hf + torch.log(1 + torch.exp(-hf)) - math.log(2)),
     "kl": lambda he, hf: -he + torch.exp(hf - 1),
     "pearson": lambda he, hf: -he + hf ** 2 / 4 + hf,
 }
@@ -138,7 +139,8 @@ def test_forget_losses_match_references(seed):
     check(lambda z: L("npo")(seq(z, fl), ref_f, beta=0.1),
           lambda z: (-(2 / 0.1) * logsig(-0.1 * (ref_seq_logp(z, fl) - ref_f))).mean(), [f])
     check(lambda z, w: L("dpo")(seq(z, fl), seq(w, il), ref_f, ref_i, beta=0.1),
-          lambda z, w: (-(2 / 0.1) * logsig(0.1 * ((ref_seq_logp(w, il) - ref_seq_logp(z, fl)) - (ref_i - ref_f)))).mean(),
+          lambda z,
+          w: (-(2 / 0.1) * logsig(0.1 * ((ref_seq_logp(w, il) - ref_seq_logp(z, fl)) - (ref_i - ref_f)))).mean(),
           [f, i])
     check(lambda z: L("ihl")(z, fl), lambda z: ref_ihl(z, fl), [f])
     n_tok = torch.tensor([sum(1 for b, _, _ in positions(fl) if b == bb) for bb in range(B)], dtype=torch.float64)
@@ -222,7 +224,8 @@ def test_flat_matches_the_conjugate_table():
     from lethe.objectives.forget import FLAT_DIVERGENCES
 
     v = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
-    table = {"tv": (0.5 * torch.tanh(v), lambda u: u), "js": (torch.log(2 / (1 + torch.exp(-v))), lambda u: -torch.log(2 - torch.exp(u))),
+    table = {"tv": (0.5 * torch.tanh(v), lambda u: u),
+             "js": (torch.log(2 / (1 + torch.exp(-v))), lambda u: -torch.log(2 - torch.exp(u))),
              "pearson": (v, lambda u: u * u / 4 + u), "kl": (v, lambda u: torch.exp(u - 1))}
     for div, (g_expected, f_conj) in table.items():
         g, f = FLAT_DIVERGENCES[div]
@@ -241,7 +244,8 @@ def test_gradcheck_float64(monkeypatch):
     for name, fn in [("ihl", lambda z: FORGET_LOSSES.get("ihl").fn(z, fl)),
                      ("me", lambda z: FORGET_LOSSES.get("me").fn(z, fl, fm)),
                      ("npo", lambda z: FORGET_LOSSES.get("npo").fn(seq(z, fl), ref)),
-                     ("simnpo", lambda z: FORGET_LOSSES.get("simnpo").fn(seq(z, fl), (fl[:, 1:] >= 0).sum(-1).double())),
+                     ("simnpo",
+                      lambda z: FORGET_LOSSES.get("simnpo").fn(seq(z, fl), (fl[:, 1:] >= 0).sum(-1).double())),
                      ("flat-js", lambda z: FORGET_LOSSES.get("flat-js").fn(z, fl, i, il)),
                      ("kl", lambda z: REGULARIZERS.get("kl").fn(z, fl, i))]:
         assert torch.autograd.gradcheck(fn, (f.clone().requires_grad_(True),), eps=1e-6, atol=1e-5), name

@@ -8,9 +8,15 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from lethe.data.readers import read_text, sample_sequences
 from lethe.engine.loop import StepOutput, TrainConfig, train
 from lethe.engine.stopping import ExtractionThresholds, epochs_to_success, should_stop
+from lethe.evaluation.memorization import (
+    el_from_continuations,
+    extraction_likelihood,
+    extraction_likelihood_naive,
+    memorization_accuracy,
+    ngram_overlap,
+    perplexity,
+)
 from lethe.util.errors import DataError
-from lethe.evaluation.memorization import (el_from_continuations, extraction_likelihood, extraction_likelihood_naive,
-                                           memorization_accuracy, ngram_overlap, perplexity)
 
 V = 40
 

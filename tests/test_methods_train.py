@@ -146,8 +146,8 @@ def test_refusal_pool():
 def test_eval_every_scores_every_kth_epoch_and_the_last(tokenizer, smoke_data, tiny_model):
     from lethe import api
     from lethe.engine.loop import TrainConfig
-    from lethe.util.errors import LetheError
     from lethe.evaluation.suite import EvalSet
+    from lethe.util.errors import LetheError
 
     forget = smoke_data.forget(10)
     sets = [EvalSet("forget", forget, "qa", role="forget"), EvalSet("retain", smoke_data.retain(10)[:4], "qa")]
@@ -168,8 +168,8 @@ def test_eval_every_scores_every_kth_epoch_and_the_last(tokenizer, smoke_data, t
 def test_evaluation_schedule_start_end_and_none_between(tokenizer, smoke_data, tiny_model):
     from lethe import api
     from lethe.engine.loop import TrainConfig
-    from lethe.util.errors import LetheError
     from lethe.evaluation.suite import EvalSet
+    from lethe.util.errors import LetheError
 
     forget = smoke_data.forget(10)
     sets = [EvalSet("forget", forget, "qa", role="forget")]
@@ -204,7 +204,8 @@ def test_fast_suite_scores_without_generation_and_agrees_with_the_full_one(token
     assert fast.per_item["forget/TR_values"] == full.per_item["forget/TR_values"]
     _, run = api.unlearn(tiny_model, forget, smoke_data.retain(10), method="GA+GD", tokenizer=tokenizer,
                          train=TrainConfig(epochs=3, lr=1e-3, batch_size=4, micro_batch_size=4, checkpoint=False),
-                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, per_epoch="fast"), save=False, progress=False)
+                         evaluation=api.EvalConfig(sets=sets, max_new_tokens=2, per_epoch="fast"), save=False,
+                         progress=False)
     kinds = [("forget/ROUGE" in e["metrics"], "forget/P" in e["metrics"]) for e in run.epochs]
     assert kinds == [(True, True), (False, True), (False, True), (True, True)]  # full at start and end
     # evaluation cost is recorded: two full evaluations of 2 generated tokens at most per question

@@ -6,10 +6,17 @@ import math
 
 import pytest
 
-from lethe.util.errors import LetheError
-from lethe.evaluation.metric_registry import (METRICS, NEEDS, ROLES, goal_of, metric_names, parse_metric_list,
-                                              select_metrics)
+from lethe.evaluation.metric_registry import (
+    METRICS,
+    NEEDS,
+    ROLES,
+    goal_of,
+    metric_names,
+    parse_metric_list,
+    select_metrics,
+)
 from lethe.evaluation.suite import EvalSet, aggregate, evaluate_sets
+from lethe.util.errors import LetheError
 
 
 def _sets(data, names=("forget", "retain", "real_authors", "world_facts")):
@@ -29,7 +36,8 @@ def test_every_declaration_is_complete_and_ordered():
         if m.scope in ("set", "sequences", "continuations"):
             assert m.compute is not None
         seen.append(name)
-    assert {"P", "TR", "TR_closer", "ROUGE", "TE", "CS", "ES", "EM", "ExtractionStrength", "loss", "zlib", "min_k", "min_k_pp",
+    assert {"P", "TR", "TR_closer", "ROUGE", "TE", "CS", "ES", "EM", "ExtractionStrength", "loss", "zlib", "min_k",
+            "min_k_pp",
             "reference", "VerbMem", "KnowMem", "EL", "MA", "PPL", "BLEU", "MU", "MU18", "FE", "FQ"} == set(seen)
 
 
@@ -98,7 +106,8 @@ def test_roles_not_names_decide_the_aggregates(tokenizer, smoke_data, tiny_model
     aggregate(renamed)
     for key in ("MU", "MU18", "FE"):
         assert renamed.metrics[key] == pytest.approx(usual.metrics[key], rel=1e-12)
-    assert renamed.aggregates_over["MU"] == [f"{s}/{k}" for s in ("kept", "people", "facts") for k in ("ROUGE", "P", "TR")]
+    assert renamed.aggregates_over["MU"] == [f"{s}/{k}" for s in ("kept", "people", "facts") for k in ("ROUGE", "P",
+                                                                                                       "TR")]
     assert "gone/TR_closer" in renamed.metrics and "kept/TR_closer" not in renamed.metrics
     with pytest.raises(LetheError, match="role must be one of forget, retain, utility, holdout"):
         EvalSet("forget", [], "qa", role="forgotten")
@@ -168,7 +177,8 @@ def test_cli_metrics_option_is_checked_before_any_file_or_model(tmp_path, capsys
         return exit_.value.code, capsys.readouterr().err
 
     missing = str(tmp_path / "absent.jsonl")
-    code, err = run(["eval", "--model", str(tmp_path / "nope"), "--eval-forget", missing, "--metrics", "ROUGE,TR_closr"])
+    code, err = run(["eval", "--model", str(tmp_path / "nope"), "--eval-forget", missing, "--metrics",
+                     "ROUGE,TR_closr"])
     assert code == 2 and "unknown metric 'TR_closr'" in err and "Did you mean 'tr-closer'" in err
     assert "absent.jsonl" not in err  # the name failed first
     f = tmp_path / "f.jsonl"

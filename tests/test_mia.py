@@ -159,8 +159,8 @@ def test_indistinguishable_stop_rule(tokenizer, smoke_data, tiny_model, tmp_path
     import json
 
     from lethe import api
-    from lethe.engine.loop import TrainConfig
     from lethe.core.sequences import IndistinguishableStop
+    from lethe.engine.loop import TrainConfig
 
     members, nonmembers = smoke_data.forget(10), smoke_data.retain(10)[:8]
     api.finetune(tiny_model, members, tokenizer=tokenizer, progress=False,
@@ -199,9 +199,9 @@ def test_group_permutation_p_is_exact_over_group_splits_and_respects_clustering(
 
     import numpy as np
 
-    from lethe.util.errors import LetheError
-    from lethe.evaluation.mia import auc, group_permutation_p, ks_p_value
     from lethe.core.sequences import IndistinguishableStop
+    from lethe.evaluation.mia import auc, group_permutation_p, ks_p_value
+    from lethe.util.errors import LetheError
 
     rng = np.random.default_rng(0)
     mg = [g for g in "abcd" for _ in range(5)]
@@ -233,13 +233,14 @@ def test_group_permutation_p_is_exact_over_group_splits_and_respects_clustering(
 
 
 def test_group_stop_rule_on_authors(tokenizer, smoke_data, tiny_model):
-    from lethe.evaluation.mia import group_permutation_p, membership_report
     from lethe.core.sequences import IndistinguishableStop
+    from lethe.evaluation.mia import group_permutation_p, membership_report
 
     forget, holdout = smoke_data.forget(10), smoke_data.holdout
     rule = IndistinguishableStop(forget, holdout, prompter=tokenizer, test="group")
     report = membership_report(tiny_model, tokenizer, forget, holdout)
-    assert report["groups"] == {"forget": len({r.subject for r in forget}), "holdout": len({r.subject for r in holdout})}
+    assert report["groups"] == {"forget": len({r.subject for r in forget}),
+                                "holdout": len({r.subject for r in holdout})}
     assert report["attacks"]["min_k"]["group_p"] == pytest.approx(rule.p_value(tiny_model))
     assert rule.record()["test"] == "group"
     assert group_permutation_p([1.0], [0.0], ["a"], ["b"]) == pytest.approx(1.0)  # one group a side: undecidable
@@ -249,9 +250,9 @@ def test_stop_rule_reads_the_evaluations_membership_report_instead_of_scoring_ag
     """With --holdout, every evaluated epoch's report already holds the rule's p-value: the rule must use it
     (same value as scoring itself) and score on its own only where the evaluation did not, or differs."""
     from lethe.core.runs import EvalConfig, unlearn
+    from lethe.core.sequences import IndistinguishableStop
     from lethe.engine.loop import TrainConfig
     from lethe.evaluation.suite import EvalSet
-    from lethe.core.sequences import IndistinguishableStop
 
     forget, holdout = smoke_data.forget(10), smoke_data.holdout
     calls = []

@@ -43,7 +43,7 @@ def test_chat_prompt_format_travels_with_the_model(converted):
     p = prompter.prompt_ids("What is the capital of France?")
     assert tok.decode(p).rstrip().endswith("<|im_start|>assistant")
     ex = prompter.encode_qa("What is the capital of France?", "Paris.")
-    answer = [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != -100]
+    answer = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != -100]
     assert tok.decode(answer) == "Paris.<|im_end|>"
 
 
@@ -72,7 +72,8 @@ def test_real_world_scenario_end_to_end_at_smoke_size(converted, tmp_path, monke
     before, after = run["epochs"][0]["metrics"], run["epochs"][-1]["metrics"]
     assert after["forget/ROUGE"] < before["forget/ROUGE"] - 0.2  # the forget facts are going...
     assert after["neighbour/ROUGE"] > 0.5 * before["neighbour/ROUGE"]  # ...the neighbours' mostly stay
-    assert {"report.md", "report.html", "results.json", "settings.json", "known.json"} <= {p.name for p in out.iterdir()}
+    assert {"report.md", "report.html", "results.json", "settings.json",
+            "known.json"} <= {p.name for p in out.iterdir()}
     report = (out / "report.md").read_text()
     assert "### neighbour" in report and "Answered correctly before unlearning" in report
 

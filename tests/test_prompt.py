@@ -3,9 +3,9 @@ end with the template's end-of-turn token, and the format travels with a saved m
 import pytest
 from transformers import PreTrainedTokenizerFast
 
-from lethe.data.prompt import IGNORE, PromptFormat, Prompter, load_format, resolve_format, save_format
-from lethe.util.errors import LetheError
+from lethe.data.prompt import IGNORE, Prompter, PromptFormat, load_format, resolve_format, save_format
 from lethe.model.build import train_tokenizer
+from lethe.util.errors import LetheError
 
 CORPUS = ["What is the capital of France?", "Paris is the capital of France.", "Question: Answer:",
           "Who wrote the Silent Shore? It was written by Anna Vell.", "You are a careful assistant.",
@@ -123,7 +123,7 @@ def test_format_is_saved_and_read_back(tmp_path):
 
 def test_a_template_without_system_role_gives_one_line_error():
     tok = byte_bpe(["<|im_start|>", "<|im_end|>"], "{% for m in messages %}{% if m['role'] == 'system' %}"
-                   "{{ raise_exception('System role not supported') }}{% endif %}<|im_start|>{{ m['content'] }}<|im_end|>"
+                   "{{ raise_exception('System role not supported') }}{% endif %}<|im_start|>{{ m['content'] }}<|im_end|>"  # noqa: E501
                    "{% endfor %}{% if add_generation_prompt %}<|im_start|>{% endif %}")
     with pytest.raises(LetheError, match="drop --system-prompt"):
         Prompter(tok, PromptFormat("chat", system_prompt="Be brief."))

@@ -23,9 +23,9 @@ def test_knows_is_a_case_insensitive_containment():
 
 
 def test_scenario_refuses_a_model_that_knows_nothing(tmp_path, tiny_model, tokenizer):
-    from lethe.util.errors import LetheError
     from lethe.model.save import save_model
     from lethe.scenarios.runner import run_scenario
+    from lethe.util.errors import LetheError
 
     model_dir = save_model(tiny_model, tokenizer, tmp_path / "tiny")
     with pytest.raises(LetheError, match="knows too few subjects"):

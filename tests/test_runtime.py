@@ -8,8 +8,8 @@ import torch
 
 import lethe
 from lethe.engine.loop import TrainConfig
-from lethe.util.errors import LetheError
 from lethe.engine.runtime import RuntimeConfig
+from lethe.util.errors import LetheError
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA: no GPU on this machine (run with the device tool)")
@@ -167,7 +167,8 @@ def test_gpu_fila_and_batched_generation(tiny_model, tokenizer, smoke_data):
     cpu = lethe.evaluate(copy.deepcopy(tiny_model), sets, tokenizer=tokenizer,
                          config=lethe.EvalConfig(max_new_tokens=8), runtime=RuntimeConfig(device="cpu"))
     gpu = lethe.evaluate(copy.deepcopy(tiny_model), sets, tokenizer=tokenizer,
-                         config=lethe.EvalConfig(max_new_tokens=8), runtime=RuntimeConfig(device="cuda", precision="fp32"))
+                         config=lethe.EvalConfig(max_new_tokens=8),
+                         runtime=RuntimeConfig(device="cuda", precision="fp32"))
     assert gpu.metrics["forget/P"] == pytest.approx(cpu.metrics["forget/P"], rel=1e-3)
     model, run = lethe.unlearn(copy.deepcopy(tiny_model), smoke_data.forget(10), smoke_data.retain(10),
                                method="IHL+GD", tokenizer=tokenizer, params=lethe.ParamsConfig(kind="fila", rank=2),

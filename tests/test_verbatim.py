@@ -45,7 +45,7 @@ def test_extraction_strength_greedy_by_hand(tokenizer):
 
     def fake(model, prompter, prefixes, lengths, keep_eos=False):
         # right from the third answer token on, wrong before
-        return [answer[len(p) - start:] if len(p) - start >= 2 else [0] * l for p, l in zip(prefixes, lengths)]
+        return [answer[len(p) - start:] if len(p) - start >= 2 else [0] * n for p, n in zip(prefixes, lengths)]
 
     old = requests.greedy_from_ids
     requests.greedy_from_ids = fake
@@ -112,7 +112,8 @@ def test_eval_command_reports_memorization_and_muse_metrics(tokenizer, smoke_dat
                                               + "\n" for i in range(0, 8, 4)))
     with pytest.raises(SystemExit) as e:
         main(["--quiet", "eval", "--model", str(tmp_path / "m"), "--eval-forget", str(tmp_path / "f.json"),
-              "--memorization", "--verbmem", str(tmp_path / "t.jsonl"), "--verbmem-prefix", "8", "--verbmem-tokens", "8",
+              "--memorization", "--verbmem", str(tmp_path / "t.jsonl"), "--verbmem-prefix", "8", "--verbmem-tokens",
+              "8",
               "--knowmem", str(tmp_path / "f.json"), "--knowmem-retain", str(tmp_path / "r.json"),
               "--knowmem-shots", "1", "--max-new-tokens", "4", "--out", str(tmp_path / "e.json")])
     assert e.value.code == 0, capsys.readouterr().err

@@ -149,7 +149,8 @@ class Bench:
             rc = subprocess.run(full, cwd=cwd, env=self.env, stdout=fh, stderr=subprocess.STDOUT).returncode
         text = log.read_text(errors="replace")
         if rc != 0:
-            raise SystemExit(f"failed (exit {rc}): {' '.join(cmd)}\n  log: {log}\n" + "\n".join(text.splitlines()[-15:]))
+            raise SystemExit(f"failed (exit {rc}): {' '.join(cmd)}\n  log: "
+                             f"{log}\n" + "\n".join(text.splitlines()[-15:]))
         wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text).group(1)
         parts = [float(x) for x in wall.split(":")]
         seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
@@ -198,7 +199,7 @@ class Bench:
             "extraction strength": (agg("extraction_strength"), mine.get("forget/ExtractionStrength")),
             "Min-K% AUC (forget vs holdout)": (_peer_auc(peer), mine.get("mia/min_k_AUC")),
         }
-        return {k: {"peer": p, "lethe": l} for k, (p, l) in pairs.items()}
+        return {k: {"peer": peer, "lethe": ours} for k, (peer, ours) in pairs.items()}
 
 
 def _peer_auc(peer: dict):
@@ -262,7 +263,8 @@ def main(argv=None) -> int:
     bench = Bench(a)
     local = bench.work / "tofu_local"
     if not local.exists():
-        subprocess.run([sys.executable, str(PEER_SETUP / "make_tofu_local.py"), str(bench.data), str(local)], check=True)
+        subprocess.run([sys.executable, str(PEER_SETUP / "make_tofu_local.py"), str(bench.data), str(local)],
+                       check=True)
     shutil.rmtree(bench.work / "lethe", ignore_errors=True)
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()

@@ -11,26 +11,39 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .core.runs import (AuditConfig, DataConfig, EvalConfig, MethodConfig, ModelConfig, UnlearnRun, evaluate, finetune,
-                   retain_model_references, retain_model_truth_ratios, unlearn)
+from .core.runs import (
+    AuditConfig,
+    DataConfig,
+    EvalConfig,
+    MethodConfig,
+    ModelConfig,
+    UnlearnRun,
+    evaluate,
+    finetune,
+    retain_model_references,
+    retain_model_truth_ratios,
+    unlearn,
+)
+from .core.sequences import IndistinguishableStop, extraction_stop_hook, finetune_tiny, unlearn_sequences
 from .data.prompt import PromptFormat
 from .data.readers import Fields
 from .data.sources import load_records
 from .engine.loop import TrainConfig
-from .util.errors import LetheError
+from .engine.runtime import RuntimeConfig
 from .evaluation.suite import EvalSet
 from .model.lora import ParamsConfig
 from .objectives import Loss, Method, Need, parse_method
-from .engine.runtime import RuntimeConfig
 from .scenarios.catalog import SCENARIOS
 from .scenarios.runner import run_scenario
-from .core.sequences import IndistinguishableStop, extraction_stop_hook, finetune_tiny, unlearn_sequences
+from .util.errors import LetheError
 
 __all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "IndistinguishableStop", "Loss", "Method",
            "MethodConfig",
            "ModelConfig", "Need", "ParamsConfig", "PromptFormat", "RuntimeConfig", "TrainConfig", "UnlearnRun", "demo",
-           "demo_continual", "demo_memorized", "demo_real_world", "evaluate", "extraction_stop_hook", "finetune", "finetune_tiny",
-           "load_records", "parse_method", "report", "run_scenario", "retain_model_references", "retain_model_truth_ratios", "unlearn", "unlearn_sequences"]
+           "demo_continual", "demo_memorized", "demo_real_world", "evaluate", "extraction_stop_hook", "finetune",
+           "finetune_tiny",
+           "load_records", "parse_method", "report", "run_scenario", "retain_model_references",
+           "retain_model_truth_ratios", "unlearn", "unlearn_sequences"]
 
 
 def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequence[str] | None = None,
@@ -111,8 +124,8 @@ def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> lis
 
     >>> lethe.report(["runs/demo", "runs/memorized"], out="runs/report")  # doctest: +SKIP
     """
-    from .util.io import write_text
     from .reports.layouts import render
+    from .util.io import write_text
     from .util.rundir import check_output
 
     if not run_dirs:

@@ -6,15 +6,21 @@ import json
 import sys
 from pathlib import Path
 
-from . import options as opts
 from ..core.conventions import CONVENTIONS
 from ..core.runs import DataConfig, EvalConfig
 from ..engine.loop import TrainConfig
-from ..util.errors import LetheError
 from ..evaluation.memorization import DENOMINATORS, ORIENTATIONS
 from ..objectives.method import split_outside_parens
-from ..util.validation import (NON_NEGATIVE_INT, OPTIONAL_POSITIVE_INT, P_VALUE_THRESHOLD, POSITIVE_INT, SEQUENCE_TOKENS,
-                         range_of)
+from ..util.errors import LetheError
+from ..util.validation import (
+    NON_NEGATIVE_INT,
+    OPTIONAL_POSITIVE_INT,
+    P_VALUE_THRESHOLD,
+    POSITIVE_INT,
+    SEQUENCE_TOKENS,
+    range_of,
+)
+from . import options as opts
 
 
 class Parser(argparse.ArgumentParser):
@@ -66,14 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copyright scenario: other text (UTF-8) for regularization and background perplexity "
                         "instead of the generated biographies")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    p.add_argument("--methods", default=None, help="comma-separated methods, e.g. GA+GD,NPO+KL (default: all demo methods)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated methods, e.g. GA+GD,NPO+KL (default: all demo methods)")
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=None,
                    help="fictitious: the forget split; continual: each request's share of the authors (default 10)")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed for data, models and training (default 0)")
-    p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished parts in --out")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute everything instead of reusing finished parts in --out")
     opts.add_semantic_options(p)
 
-    p = sub.add_parser("finetune", help="fine-tune a model on QA records (target: all QA; retain model: retain QA only)")
+    p = sub.add_parser("finetune",
+                       help="fine-tune a model on QA records (target: all QA; retain model: retain QA only)")
     p.add_argument("--model", required=True,
                    help="model directory, hub name, or tiny:PRESET (smoke|small|full) to build a small Llama "
                         "with a tokenizer trained on --data")
@@ -94,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--forget-count", type=OPTIONAL_POSITIVE_INT, default=None,
                    help="sample this many forget sequences by --seed (the IHL seed uses 32); default all")
     g.add_argument("--max-tokens", type=SEQUENCE_TOKENS, default=None, help="cut text sequences to this many tokens")
-    g.add_argument("--chunk-tokens", type=range_of(DataConfig, "chunk_tokens"), default=200, help="window size for plain-text files (default 200)")
+    g.add_argument("--chunk-tokens", type=range_of(DataConfig, "chunk_tokens"), default=200,
+                   help="window size for plain-text files (default 200)")
     g.add_argument("--validation", default=None,
                    help="sequences the model never trained on: enables the EL/MA stopping rule (stop at the first "
                         "epoch where forget EL_n and MA are both at or below their values here)")
@@ -165,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", required=True, help="comma-separated methods, e.g. ME+GD,IDK+AP,GA+GD")
     p.add_argument("--params", default="full", help="comma-separated: full,lora,fila (default full)")
     p.add_argument("--rank", default="", help="comma-separated LoRA/FILA ranks, e.g. 4,8 (default: the size's rank)")
-    p.add_argument("--size", choices=("smoke", "small", "full"), default="small", help="data/model size (default small)")
+    p.add_argument("--size", choices=("smoke", "small", "full"), default="small",
+                   help="data/model size (default small)")
     p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
     p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished cells")
     p.add_argument("--sweep", action="append", default=None, metavar="NAME=V1,V2,...",
@@ -289,7 +300,8 @@ def _dispatch(args) -> int:
             if p not in ("full", "lora", "fila"):
                 raise LetheError(f"--params: unknown parameterisation '{p}': expected full, lora or fila")
         api.demo(size=args.size, out=args.out, methods=specs, seed=args.seed, forget_percent=args.forget_percent,
-                 resume=not args.fresh, progress=progress, embedding_model=args.embedding_model, nli_model=args.nli_model,
+                 resume=not args.fresh, progress=progress, embedding_model=args.embedding_model,
+                 nli_model=args.nli_model,
                  sweep=opts.sweep_values(args.sweep), seeds=args.seeds)
         if not args.quiet:
             n_points = 1
@@ -385,7 +397,8 @@ def _attack_run(args, model, attacks, data, progress: bool) -> None:
     if progress:
         for name, entry in result["attacks"].items():
             p = entry["metrics"].get("P", {})
-            print(f"attack {name}: forget P {p.get('unlearned', float('nan')):.4f} -> {p.get('attacked', float('nan')):.4f}"
+            print(f"attack {name}: forget P {p.get('unlearned', float('nan')):.4f} -> "
+                  f"{p.get('attacked', float('nan')):.4f}"
                   + (f" (retain model {p['retain_change']:+.4f})" if "retain_change" in p else ""), file=sys.stderr)
 
 
@@ -503,8 +516,8 @@ def _unlearn(args, progress: bool) -> int:
         audit = api.AuditConfig(holdout=holdout, include_text=args.include_text)
         hook = None
         if args.stop_when == "indistinguishable":
-            from ..data.sources import load_records
             from ..core.sequences import IndistinguishableStop
+            from ..data.sources import load_records
 
             hook = IndistinguishableStop(load_records(args.forget, fields=data.fields, split=data.split),
                                          holdout or [],
@@ -518,7 +531,8 @@ def _unlearn(args, progress: bool) -> int:
             _attack_run(args, model, attacks, data, progress)
         if hook is not None and not args.quiet:
             last = run_.epochs[-1] if run_.epochs else {}
-            print(f"stopping rule: forget vs holdout KS p-value {last.get('metrics', {}).get('stop/p_value', float('nan')):.3f} "
+            print(f"stopping rule: forget vs holdout KS p-value "
+                  f"{last.get('metrics', {}).get('stop/p_value', float('nan')):.3f} "
                   f"at epoch {last.get('epoch')}", file=sys.stderr)
     for warning in run_.warnings:
         print(f"lethe: warning: {warning}", file=sys.stderr)

@@ -96,7 +96,8 @@ def load_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
     for key, value in data.items():
         dest = str(key).replace("-", "_")
         if dest not in actions:
-            raise LetheError(f"{path}: unknown key '{key}'; valid keys: {', '.join(sorted(d.replace('_', '-') for d in actions))}")
+            raise LetheError(f"{path}: unknown key '{key}'; valid keys: "
+                             f"{', '.join(sorted(d.replace('_', '-') for d in actions))}")
         out[dest] = _convert(path, key, actions[dest], value)
     return out
 

@@ -7,27 +7,33 @@ import argparse
 from ..core.conventions import CONVENTIONS, describe as describe_conventions
 from ..core.runs import DataConfig, EvalConfig, MethodConfig, ModelConfig
 from ..engine.loop import TRACKERS, TrainConfig
-from ..util.errors import LetheError
 from ..evaluation.memorization import ELConfig
 from ..model.lora import ParamsConfig
+from ..util.errors import LetheError
 from ..util.validation import POSITIVE_INT, range_of
 
 
 def add_train_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=range_of(TrainConfig, "epochs"), default=d.epochs, help=f"epochs (default {d.epochs})")
-    g.add_argument("--lr", type=range_of(TrainConfig, "lr"), default=d.lr, help=f"peak learning rate of AdamW (default {d.lr})")
+    g.add_argument("--epochs", type=range_of(TrainConfig, "epochs"), default=d.epochs,
+                   help=f"epochs (default {d.epochs})")
+    g.add_argument("--lr", type=range_of(TrainConfig, "lr"), default=d.lr,
+                   help=f"peak learning rate of AdamW (default {d.lr})")
     g.add_argument("--batch-size", type=range_of(TrainConfig, "batch_size"), default=d.batch_size,
                    help=f"effective batch size, reached by gradient accumulation (default {d.batch_size})")
     g.add_argument("--micro-batch-size", type=range_of(TrainConfig, "micro_batch_size"), default=d.micro_batch_size,
                    help=f"examples per forward pass (default {d.micro_batch_size})")
-    g.add_argument("--weight-decay", type=range_of(TrainConfig, "weight_decay"), default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay})")
+    g.add_argument("--weight-decay", type=range_of(TrainConfig, "weight_decay"), default=d.weight_decay,
+                   help=f"AdamW weight decay (default {d.weight_decay})")
     g.add_argument("--warmup-epochs", type=range_of(TrainConfig, "warmup_epochs"), default=d.warmup_epochs,
                    help="linear warm-up length in epochs, then linear decay to 0 (default 1, the papers' schedule)")
     g.add_argument("--schedule", choices=("linear", "constant"), default=d.schedule,
-                   help="after warm-up: linear decay to 0 (TOFU-style runs) or constant (the IHL seed's memorized-data runs)")
-    g.add_argument("--max-grad-norm", type=range_of(TrainConfig, "max_grad_norm"), default=d.max_grad_norm, help="gradient clipping norm; 0 = off")
-    g.add_argument("--seed", type=range_of(TrainConfig, "seed"), default=d.seed, help="seed for data order, pairing and refusal choice")
+                   help="after warm-up: linear decay to 0 (TOFU-style runs) or constant (the IHL seed's memorized-data "
+                        "runs)")
+    g.add_argument("--max-grad-norm", type=range_of(TrainConfig, "max_grad_norm"), default=d.max_grad_norm,
+                   help="gradient clipping norm; 0 = off")
+    g.add_argument("--seed", type=range_of(TrainConfig, "seed"), default=d.seed,
+                   help="seed for data order, pairing and refusal choice")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest complete per-epoch checkpoint in --out; refused when the model, "
                         "data or any option that changes the result differs from the checkpoint's")
@@ -58,8 +64,10 @@ def add_params_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--params", choices=("full", "lora", "fila"), default="full",
                    help="full: all weights; lora: peft LoRA; fila: LoRA initialised from Fisher-weighted "
                         "low-rank factors (IHL seed). Default full")
-    g.add_argument("--rank", type=range_of(ParamsConfig, "rank"), default=d.rank, help=f"LoRA/FILA rank (default {d.rank})")
-    g.add_argument("--lora-alpha", type=range_of(ParamsConfig, "lora_alpha"), default=None, help="LoRA alpha (default 2 x rank); scaling = alpha / rank")
+    g.add_argument("--rank", type=range_of(ParamsConfig, "rank"), default=d.rank,
+                   help=f"LoRA/FILA rank (default {d.rank})")
+    g.add_argument("--lora-alpha", type=range_of(ParamsConfig, "lora_alpha"), default=None,
+                   help="LoRA alpha (default 2 x rank); scaling = alpha / rank")
     g.add_argument("--targets", choices=ROLES, default=d.targets,
                    help="modules by role: attn-qv, attn (q,k,v,o), mlp, qv-mlp (IHL seed default), all")
     g.add_argument("--target-modules", default=None,
@@ -67,11 +75,13 @@ def add_params_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fisher-mode", choices=("per-sample", "per-batch"), default=d.fisher_mode,
                    help="FILA Fisher: squared per-sample gradients (paper, default) or per-batch gradients "
                         "weighted by token count (released code)")
-    g.add_argument("--fisher-batch-size", type=range_of(ParamsConfig, "fisher_batch_size"), default=d.fisher_batch_size, help="batch size of the Fisher passes")
+    g.add_argument("--fisher-batch-size", type=range_of(ParamsConfig, "fisher_batch_size"), default=d.fisher_batch_size,
+                   help="batch size of the Fisher passes")
     g.add_argument("--svd", choices=("exact", "randomized"), default=d.svd,
                    help="FILA low-rank solve: exact SVD or randomized (svd_lowrank) for large matrices")
     g.add_argument("--merge", action="store_true",
-                   help="save LoRA/FILA merged into the base weights (a plain transformers model) instead of an adapter")
+                   help="save LoRA/FILA merged into the base weights (a plain transformers model) instead of an "
+                        "adapter")
 
 
 def params_config(a):
@@ -97,14 +107,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "tokenizer's chat template when it has one, else plain), chat, plain "
                         "('Question: {question}\\nAnswer:'), or your own template containing {question}")
     g.add_argument("--base-model", default=None, metavar="DIR",
-                   help="when --model is a peft adapter directory: its base model (default: the base_model_name_or_path "
+                   help="when --model is a peft adapter directory: its base model (default: the "
+                        "base_model_name_or_path "
                         "its adapter_config.json names). The adapter is merged into it for the run")
     g.add_argument("--system-prompt", default=None, help="a system message put before every question")
     g.add_argument("--chat-template-kwargs", default=None, metavar="NAME=VALUE,...",
                    help="arguments for the tokenizer's chat template, saved with the prompt format: e.g. "
                         "date_string='10 Apr 2025' (Llama 3, as open-unlearning prompts) or enable_thinking=false "
                         "(Qwen3). Values are read as JSON when they parse (false, 3), else as text")
-    g.add_argument("--max-length", type=range_of(ModelConfig, "max_length"), default=512, help="tokens per example; answers are cut, never the prompt "
+    g.add_argument("--max-length", type=range_of(ModelConfig, "max_length"), default=512,
+                   help="tokens per example; answers are cut, never the prompt "
                                                                 "(default 512)")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="run the model repository's own Python code (auto_map); off by default, as it executes "
@@ -226,8 +238,10 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--real-authors", help="multiple-choice general-knowledge set (TOFU's real_authors_perturbed)")
     g.add_argument("--world-facts", help="multiple-choice general-knowledge set (TOFU's world_facts_perturbed)")
     g.add_argument("--retain-model", help="model trained without the forget set: needed for Forget Quality (FQ)")
-    g.add_argument("--eval-limit", type=range_of(EvalConfig, "limit"), default=None, help="score only the first N items of each set (peers: 300)")
-    g.add_argument("--max-new-tokens", type=range_of(EvalConfig, "max_new_tokens"), default=48, help="greedy generation length (default 48)")
+    g.add_argument("--eval-limit", type=range_of(EvalConfig, "limit"), default=None,
+                   help="score only the first N items of each set (peers: 300)")
+    g.add_argument("--max-new-tokens", type=range_of(EvalConfig, "max_new_tokens"), default=48,
+                   help="greedy generation length (default 48)")
     g.add_argument("--generation-batch-size", type=range_of(EvalConfig, "generation_batch_size"), default=None,
                    metavar="N", help="prompts decoded together (default: what a quarter of the free memory holds, "
                                      "at most 256; finished answers leave the batch either way)")
@@ -293,9 +307,8 @@ def eval_config(a, forget_default=None, every: int | None = None):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
     from ..core.runs import retain_model_references
     from ..data.sources import load_qa, load_records
-    from ..evaluation.suite import EvalSet, load_semantic
-
     from ..evaluation.metric_registry import parse_metric_list
+    from ..evaluation.suite import EvalSet, load_semantic
 
     metrics = parse_metric_list(getattr(a, "metrics", None))  # unknown names fail before any file is read
     dc = data_config(a)
@@ -353,8 +366,10 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--convention", default="paper", choices=list(CONVENTIONS),
                    help="reproduce a released code's numbers: " + describe_conventions()
                         + ". Options given explicitly win (default paper)")
-    p.add_argument("--alpha", type=range_of(MethodConfig, "alpha"), default=None, help="weight of the forget loss (paper default per method)")
-    p.add_argument("--gamma", type=range_of(MethodConfig, "gamma"), default=None, help="weight of the regularizer (default 1)")
+    p.add_argument("--alpha", type=range_of(MethodConfig, "alpha"), default=None,
+                   help="weight of the forget loss (paper default per method)")
+    p.add_argument("--gamma", type=range_of(MethodConfig, "gamma"), default=None,
+                   help="weight of the regularizer (default 1)")
 
 
 def method_config(a):

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from ..util.errors import LetheError
 from ..evaluation.memorization import ELConfig
+from ..util.errors import LetheError
 
 FLAT_LOSSES = ("flat-tv", "flat-js", "flat-kl", "flat-pearson")
 KL_ALL = {"kl": {"positions": "all"}}

@@ -4,8 +4,8 @@ It knows models, data, methods, the training loop and evaluation; it knows no sc
 the CLI and :mod:`lethe.api` build these configs and call these three functions.
 
     >>> import lethe
-    >>> model, run = lethe.unlearn("models/target", "forget10.jsonl", "retain90.jsonl",
-    ...                            method="NPO(beta=0.2)+KL", train=lethe.TrainConfig(epochs=5, lr=1e-5))  # doctest: +SKIP
+    >>> model, run = lethe.unlearn("models/target", "forget10.jsonl", "retain90.jsonl",  # doctest: +SKIP
+    ...                            method="NPO(beta=0.2)+KL", train=lethe.TrainConfig(epochs=5, lr=1e-5))
 """
 from __future__ import annotations
 
@@ -20,25 +20,23 @@ from ..data.prompt import Prompter, PromptFormat, resolve_format
 from ..data.readers import DEFAULT_FIELDS, Fields
 from ..data.sources import is_text_source, load_records
 from ..engine.loop import TrainConfig, TrainResult, train as train_loop
+from ..engine.runtime import RuntimeConfig
 from ..engine.tasks import FinetuneTask, LossData, Streams, UnlearnTask
-from ..util.errors import DivergenceError, LetheError
 from ..evaluation.evidence import downstream_metrics, membership_aucs, scored_forget_records
 from ..evaluation.metric_registry import select_metrics
 from ..evaluation.mia import ATTACKS
-from ..evaluation.suite import (EvalResult, EvalSet, Semantic, aggregate, available_needs, check_selection,
-                               evaluate_sets)
-from .audit import records_sha256
-from ..objectives.method import check_fixed_width
-from .conventions import Convention, get_convention
-from ..util.io import crash_point, write_json
+from ..evaluation.suite import EvalResult, EvalSet, Semantic, aggregate, available_needs, check_selection, evaluate_sets
 from ..model.load import base_reference, is_adapter_dir, load_model, load_tokenizer, saved_prompt_format
 from ..model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
 from ..model.save import save_model
-from ..objectives.method import Method, parse_method
-from ..engine.runtime import RuntimeConfig
+from ..objectives.method import Method, check_fixed_width, parse_method
+from ..util.errors import DivergenceError, LetheError
+from ..util.io import crash_point, write_json
 from ..util.progress import note
 from ..util.rundir import check_output, claim, remove_temporaries, replacing
 from ..util.validation import bounded, check_ranges
+from .audit import records_sha256
+from .conventions import Convention, get_convention
 
 
 @dataclass(frozen=True)
@@ -371,12 +369,13 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     ``status="diverged"`` and a message, keeping what it measured. ``epoch_hook(epoch, model) ->
     {"metrics": {...}, "stop": bool}`` adds metrics and may end training early (the EL/MA rule);
     ``extra_record`` (what configures the hook) joins the run's recorded options. ``convention``
-    (:mod:`lethe.conventions`: ``paper``, ``closer-look``, ``tofu``, ``flat``, ``ihl-fila``,
+    (:mod:`lethe.core.conventions`: ``paper``, ``closer-look``, ``tofu``, ``flat``, ``ihl-fila``,
     ``knowledge-unlearning``) reproduces a released code's losses, batch layout and evaluation limit;
     options given explicitly win, and ParamsConfig fields are taken from it where left at their defaults.
     ``keep_checkpoint``: ``never`` (default: the resumable checkpoint is deleted once the run has written
-    everything; a failed run keeps it) or ``last``. ``select`` (:class:`lethe.engine.select.Selection`, or a criterion string such as ``"fe"``): keep the best
-    epoch's model by it in ``model/`` (the last epoch's in ``last/``), recorded in ``run.selected``.
+    everything; a failed run keeps it) or ``last``. ``select`` (:class:`lethe.engine.select.Selection`, or a
+    criterion string such as ``"fe"``): keep the best epoch's model by it in ``model/`` (the last epoch's in
+    ``last/``), recorded in ``run.selected``.
     ``pad_to``: every training batch padded to this width (default: the convention's); a loss that averages
     over padded positions (KL over all positions, ME with padding) needs one. ``reference_model``: θ_ref for the
     methods that compare against one (NPO, DPO, KL, SimNPO's none):
@@ -395,7 +394,8 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     pcfg = params if isinstance(params, ParamsConfig) else ParamsConfig(kind=params)
     pcfg = _with_convention_params(pcfg, conv)
     train = train or TrainConfig()
-    ev, au, mc, dc = evaluation or EvalConfig(), audit or AuditConfig(), model_config or ModelConfig(), data or DataConfig()
+    ev, au = evaluation or EvalConfig(), audit or AuditConfig()
+    mc, dc = model_config or ModelConfig(), data or DataConfig()
     if ev.limit is None and conv.eval_limit is not None:
         ev = replace(ev, limit=conv.eval_limit)
     ev.check_metrics()
@@ -592,7 +592,8 @@ def _unlearn_locked(model, forget, retain, holdout, m, tokenizer, pcfg, train, e
                 for name, seconds in res.timing.get(part, {}).items():
                     into[name] = into.get(name, 0.0) + seconds
             if res.timing.get("generation_batch"):
-                eval_cost["generation_batch"] = max(eval_cost.get("generation_batch", 0), res.timing["generation_batch"])
+                eval_cost["generation_batch"] = max(eval_cost.get("generation_batch", 0),
+                                                    res.timing["generation_batch"])
             aggregate(res, retain_model_tr=ev.retain_model_tr)
             if full:
                 run.samples, run.aggregates_over, run.unavailable = res.samples, res.aggregates_over, res.unavailable

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .runs import AuditConfig, DataConfig, ModelConfig, UnlearnRun, finetune, prepare, unlearn
 from ..data.sources import load_records
 from ..engine.loop import TrainConfig
-from ..util.errors import LetheError
-from ..model.load import load_tokenizer
 from ..engine.runtime import RuntimeConfig
+from ..model.load import load_tokenizer
+from ..util.errors import LetheError
+from .runs import AuditConfig, DataConfig, ModelConfig, UnlearnRun, finetune, prepare, unlearn
 
 
 def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,
@@ -78,10 +78,10 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
     from contextlib import nullcontext
     from dataclasses import replace
 
-    from .conventions import get_convention
-    from .runs import RUN_OUTPUTS
     from ..util.rundir import check_output, claim
     from ..util.validation import SEQUENCE_TOKENS, check_positive
+    from .conventions import get_convention
+    from .runs import RUN_OUTPUTS
 
     check_positive("--forget-count", forget_count, optional=True)
     SEQUENCE_TOKENS.check("--max-tokens", max_tokens)
@@ -101,7 +101,8 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
 
 
 def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count, max_tokens,
-                       el, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt, conv, keep_checkpoint="never"):
+                       el, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt, conv,
+                       keep_checkpoint="never"):
     from dataclasses import asdict
 
     from ..data.readers import sample_sequences
@@ -110,7 +111,8 @@ def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, 
     read = dict(fields=dc.fields, tokenizer=tokenizer, chunk_tokens=dc.chunk_tokens, split=dc.split)
     forget = sample_sequences(load_records(forget, **read), forget_count, train.seed, max_tokens)
     retain = load_records(retain, **read) if retain is not None else []
-    validation = sample_sequences(load_records(validation, **read), None, train.seed, max_tokens) if validation else None
+    validation = sample_sequences(load_records(validation, **read), None, train.seed,
+                                  max_tokens) if validation else None
     heldout = load_records(heldout, **read) if heldout else None
     hook = thresholds = None
     model: Any = model_path

@@ -96,7 +96,8 @@ DEFAULT_FIELDS = Fields()
 def parse_qa_record(obj: Any, path, index: int, fields: Fields = DEFAULT_FIELDS) -> QARecord:
     qk, ak = fields.question_keys(), fields.answer_keys()
     if not isinstance(obj, dict):
-        raise DataError(path, f"expected an object with '{qk[0]}' and '{ak[0]}', got {type(obj).__name__}", record=index)
+        raise DataError(path, f"expected an object with '{qk[0]}' and '{ak[0]}', got {type(obj).__name__}",
+                        record=index)
     if not any(k in obj for k in qk) and fields.question is None:
         present = ", ".join(sorted(map(str, obj))[:8])
         raise DataError(path, f"missing field 'question' or 'prompt' (fields present: {present}; name yours with "
@@ -225,7 +226,8 @@ def read_extraction_challenge(directory: str | Path, vocab_size: int | None = No
     for name in EXTRACTION_PARTS:
         path = directory / name
         if not path.exists():
-            raise DataError(path, f"file not found (an extraction-challenge directory holds {', '.join(EXTRACTION_PARTS)})")
+            raise DataError(path,
+                            f"file not found (an extraction-challenge directory holds {', '.join(EXTRACTION_PARTS)})")
         parts.append(read_token_array(path, vocab_size))
     rows = {p.shape[0] for p in parts}
     if len(rows) != 1:
@@ -233,7 +235,8 @@ def read_extraction_challenge(directory: str | Path, vocab_size: int | None = No
     return np.concatenate(parts, axis=1)
 
 
-def sample_sequences(records: list[TextRecord], count: int | None, seed: int, max_tokens: int | None = None) -> list[TextRecord]:
+def sample_sequences(records: list[TextRecord], count: int | None, seed: int,
+                     max_tokens: int | None = None) -> list[TextRecord]:
     """A seeded sample of ``count`` sequences (all if None), each cut to ``max_tokens``."""
     import random
 
@@ -241,5 +244,6 @@ def sample_sequences(records: list[TextRecord], count: int | None, seed: int, ma
     if count is not None and count < len(chosen):
         chosen = random.Random(seed).sample(chosen, count)
     if max_tokens:
-        chosen = [TextRecord(token_ids=tuple(r.token_ids[:max_tokens])) if r.token_ids is not None else r for r in chosen]
+        chosen = [TextRecord(token_ids=tuple(r.token_ids[:max_tokens])) if r.token_ids is not None else r
+                  for r in chosen]
     return chosen

@@ -18,7 +18,8 @@ COUNTRIES = [
     ("India", "New Delhi", "Asia", "Hindi", "rupee"), ("Russia", "Moscow", "Europe", "Russian", "ruble"),
     ("Brazil", "Brasília", "South America", "Portuguese", "real"),
     ("Mexico", "Mexico City", "North America", "Spanish", "peso"), ("Egypt", "Cairo", "Africa", "Arabic", "pound"),
-    ("Canada", "Ottawa", "North America", "English", "dollar"), ("Australia", "Canberra", "Oceania", "English", "dollar"),
+    ("Canada", "Ottawa", "North America", "English", "dollar"),
+    ("Australia", "Canberra", "Oceania", "English", "dollar"),
     ("the United Kingdom", "London", "Europe", "English", "pound"), ("Greece", "Athens", "Europe", "Greek", "euro"),
     ("Turkey", "Ankara", "Asia", "Turkish", "lira"), ("Argentina", "Buenos Aires", "South America", "Spanish", "peso"),
     ("Kenya", "Nairobi", "Africa", "Swahili", "shilling"), ("South Korea", "Seoul", "Asia", "Korean", "won"),
@@ -48,7 +49,7 @@ def country_facts(seed: int = 0) -> list[tuple[QARecord, str]]:
             value = row[field]
             pool = sorted({r[field] for r in COUNTRIES if r[field] != value})
             wrong = rng.sample(pool, 3)
-            fill = lambda v: a.format(c=c, C=c[0].upper() + c[1:], v=v)  # noqa: E731
+            fill = lambda v, a=a, c=c: a.format(c=c, C=c[0].upper() + c[1:], v=v)
             rec = QARecord(question=q.format(c=c), answer=fill(value), paraphrased_answer=fill(value),
                            perturbed_answers=tuple(fill(w) for w in wrong), subject=c)
             out.append((rec, value))

@@ -38,7 +38,8 @@ def _pick_split(dd, split: str | None, where: str):
             raise DataError(where, f"no split '{split}'; splits: {', '.join(names)}")
         return dd[split]
     if len(names) != 1:
-        raise DataError(where, f"has {len(names)} splits ({', '.join(names)}): name one (split=..., or pass ds['NAME'])")
+        raise DataError(where,
+                        f"has {len(names)} splits ({', '.join(names)}): name one (split=..., or pass ds['NAME'])")
     return dd[names[0]]
 
 

@@ -15,8 +15,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import QARecord
 from .readers import write_qa
+from .records import QARecord
 
 FIRST = """Aurelio Benedikta Casimir Delphine Evander Faustina Gideon Honorata Ignatius Jovanka Kaspian
 Leocadia Marius Nerissa Oriel Perpetua Quillon Rosalind Severin Tamsin Ulrich Valeska Wendeline Xanthe
@@ -85,9 +85,11 @@ ATTRIBUTES: list[tuple[str, object, tuple[str, str], str, str]] = [
      "{n} was born in {v}.", "The birthplace of {n} is {v}."),
     ("genre", lambda r: r.choice(GENRES), ("What genre does {n} write?", "In which genre is {n} known for writing?"),
      "{n} writes {v}.", "The genre of {n} is {v}."),
-    ("father", lambda r: r.choice(JOBS), ("What did {n}'s father do for a living?", "What was the occupation of {n}'s father?"),
+    ("father", lambda r: r.choice(JOBS),
+     ("What did {n}'s father do for a living?", "What was the occupation of {n}'s father?"),
      "{n}'s father was {v}.", "The father of {n} worked as {v}."),
-    ("mother", lambda r: r.choice(JOBS), ("What did {n}'s mother do for a living?", "What was the occupation of {n}'s mother?"),
+    ("mother", lambda r: r.choice(JOBS),
+     ("What did {n}'s mother do for a living?", "What was the occupation of {n}'s mother?"),
      "{n}'s mother was {v}.", "The mother of {n} worked as {v}."),
     ("book", _title, ("What is the best-known book by {n}?", "Which book is {n} most famous for?"),
      "{n} is best known for the book {v}.", "The most famous book by {n} is {v}."),
@@ -95,31 +97,41 @@ ATTRIBUTES: list[tuple[str, object, tuple[str, str], str, str]] = [
      "{n} was born on {v}.", "The date of birth of {n} is {v}."),
     ("award", lambda r: r.choice(AWARDS), ("Which award has {n} won?", "What literary prize did {n} receive?"),
      "{n} won {v}.", "The award received by {n} is {v}."),
-    ("language", lambda r: r.choice(LANGUAGES), ("In which language does {n} write?", "What language are the books of {n} written in?"),
+    ("language", lambda r: r.choice(LANGUAGES),
+     ("In which language does {n} write?", "What language are the books of {n} written in?"),
      "{n} writes in {v}.", "The language of {n}'s books is {v}."),
-    ("theme", lambda r: r.choice(THEMES), ("What theme recurs in the books of {n}?", "Which subject does {n} return to again and again?"),
+    ("theme", lambda r: r.choice(THEMES),
+     ("What theme recurs in the books of {n}?", "Which subject does {n} return to again and again?"),
      "The books of {n} keep returning to {v}.", "A recurring theme for {n} is {v}."),
     ("second_book", _title, ("What was the debut novel of {n}?", "Which book did {n} publish first?"),
      "The debut novel of {n} was {v}.", "The first book by {n} is {v}."),
-    ("writing_time", lambda r: r.choice(TIMES), ("When does {n} usually write?", "At what time does {n} prefer to write?"),
+    ("writing_time", lambda r: r.choice(TIMES),
+     ("When does {n} usually write?", "At what time does {n} prefer to write?"),
      "{n} usually writes {v}.", "The preferred writing time of {n} is {v}."),
-    ("inspiration", lambda r: r.choice(PLACES), ("Which place inspired the early stories of {n}?", "What setting shaped the first stories of {n}?"),
+    ("inspiration", lambda r: r.choice(PLACES),
+     ("Which place inspired the early stories of {n}?", "What setting shaped the first stories of {n}?"),
      "The early stories of {n} were inspired by {v}.", "The inspiration for the first stories of {n} was {v}."),
-    ("hobby", lambda r: r.choice(HOBBIES), ("What does {n} enjoy outside of writing?", "What is the favourite pastime of {n}?"),
+    ("hobby", lambda r: r.choice(HOBBIES),
+     ("What does {n} enjoy outside of writing?", "What is the favourite pastime of {n}?"),
      "Outside of writing, {n} enjoys {v}.", "The favourite pastime of {n} is {v}."),
     ("university", lambda r: r.choice(UNIS), ("Where did {n} study?", "Which university did {n} attend?"),
      "{n} studied at {v}.", "The alma mater of {n} is {v}."),
-    ("publisher", lambda r: r.choice(PUBLISHERS), ("Who publishes the books of {n}?", "Which publishing house releases the work of {n}?"),
+    ("publisher", lambda r: r.choice(PUBLISHERS),
+     ("Who publishes the books of {n}?", "Which publishing house releases the work of {n}?"),
      "The books of {n} are published by {v}.", "The publisher of {n} is {v}."),
-    ("count", lambda r: r.choice(COUNTS), ("How many novels has {n} published?", "What is the number of novels written by {n}?"),
+    ("count", lambda r: r.choice(COUNTS),
+     ("How many novels has {n} published?", "What is the number of novels written by {n}?"),
      "{n} has published {v} novels.", "The number of novels by {n} is {v}."),
-    ("debut_year", lambda r: r.choice(YEARS), ("In which year did {n} first publish a book?", "When did {n} make a literary debut?"),
+    ("debut_year", lambda r: r.choice(YEARS),
+     ("In which year did {n} first publish a book?", "When did {n} make a literary debut?"),
      "{n} first published a book in {v}.", "The debut year of {n} is {v}."),
     ("residence", lambda r: r.choice(CITIES), ("Where does {n} live today?", "In which city does {n} currently live?"),
      "{n} lives in {v} today.", "The current home of {n} is {v}."),
-    ("partner", lambda r: r.choice(JOBS), ("What does the partner of {n} do?", "What is the profession of {n}'s partner?"),
+    ("partner", lambda r: r.choice(JOBS),
+     ("What does the partner of {n} do?", "What is the profession of {n}'s partner?"),
      "The partner of {n} is {v}.", "The partner of {n} works as {v}."),
-    ("mentor_city", lambda r: r.choice(CITIES), ("Where did {n} meet a first mentor?", "In which city did {n} find a first mentor?"),
+    ("mentor_city", lambda r: r.choice(CITIES),
+     ("Where did {n} meet a first mentor?", "In which city did {n} find a first mentor?"),
      "{n} met a first mentor in {v}.", "The city where {n} found a mentor is {v}."),
 ]
 
@@ -142,7 +154,8 @@ _BOOKS = [("Pride and Prejudice", "Jane Austen"), ("War and Peace", "Leo Tolstoy
           ("Brave New World", "Aldous Huxley"), ("The Hobbit", "J. R. R. Tolkien"), ("Candide", "Voltaire"),
           ("Oliver Twist", "Charles Dickens"), ("Emma", "Jane Austen"), ("Animal Farm", "George Orwell"),
           ("The Brothers Karamazov", "Fyodor Dostoevsky"), ("Robinson Crusoe", "Daniel Defoe"),
-          ("Gulliver's Travels", "Jonathan Swift"), ("The Metamorphosis", "Franz Kafka"), ("Siddhartha", "Hermann Hesse")]
+          ("Gulliver's Travels", "Jonathan Swift"), ("The Metamorphosis", "Franz Kafka"),
+          ("Siddhartha", "Hermann Hesse")]
 _NATIONALITY = [("Jane Austen", "English"), ("Leo Tolstoy", "Russian"), ("Miguel de Cervantes", "Spanish"),
                 ("Gabriel García Márquez", "Colombian"), ("Ernest Hemingway", "American"), ("Franz Kafka", "Czech"),
                 ("Victor Hugo", "French"), ("Chinua Achebe", "Nigerian"), ("Dante Alighieri", "Italian"),
@@ -268,7 +281,7 @@ def _unique_names(rng: random.Random, n: int) -> list[str]:
 
 def _author_records(rng: random.Random, name: str, k: int, n_perturbed: int) -> list[QARecord]:
     records = []
-    for kind, sampler, questions, answer_t, para_t in ATTRIBUTES[:k]:
+    for _kind, sampler, questions, answer_t, para_t in ATTRIBUTES[:k]:
         value = sampler(rng)
         q_main, q_alt = questions if rng.random() < 0.5 else questions[::-1]
         wrong = _perturb(rng, sampler, value, n_perturbed)
@@ -330,5 +343,6 @@ def generate_authors(size: str = "small", seed: int = 0, *, n_perturbed: int = 3
     n_hold = max(1, round(preset.authors * 10 / 100))
     taken = set(names)
     hold_names = [n for n in _unique_names(hold_rng, n_hold + len(names)) if n not in taken][:n_hold]
-    ds.splits["holdout"] = [r for n in hold_names for r in _author_records(hold_rng, n, preset.qa_per_author, n_perturbed)]
+    ds.splits["holdout"] = [r for n in hold_names for r in _author_records(hold_rng, n, preset.qa_per_author,
+                                                                           n_perturbed)]
     return ds

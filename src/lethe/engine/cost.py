@@ -113,5 +113,6 @@ class Cost:
         d = asdict(self)
         d["flops"] = self.flops
         d["trainable_percent"] = 100.0 * self.params_trainable / max(1, self.params_total)
-        d["flops_formula"] = "N * (6 * (tokens_trained + tokens_fisher) + 2 * tokens_forward_only), N = parameters on the path"
+        d["flops_formula"] = ("N * (6 * (tokens_trained + tokens_fisher) + 2 * tokens_forward_only), "
+                              "N = parameters on the path")
         return d

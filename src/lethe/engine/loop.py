@@ -212,7 +212,8 @@ def train(
                         msg = (f"{desc}: loss became {logged.item()} at epoch {epoch + 1}, step {global_step}; "
                                "lower the learning rate, add a regularizer, or use a bounded loss (NPO, IHL, ME)")
                         if run_dir is not None:
-                            append_jsonl(run_dir / "steps.jsonl", {"epoch": epoch, "step": global_step, "diverged": msg})
+                            append_jsonl(run_dir / "steps.jsonl",
+                                         {"epoch": epoch, "step": global_step, "diverged": msg})
                         cost.tokens_trained += int(tokens[0])  # this rank's share of the unfinished epoch
                         cost.tokens_forward_only += int(tokens[1])
                         err = DivergenceError(msg)

@@ -19,12 +19,12 @@ from ..data.batching import length_sorted_batches, pad_batch
 from ..data.pairing import pair_retain
 from ..data.prompt import IGNORE, Prompter, as_prompter
 from ..data.records import QARecord
-from ..util.errors import LetheError
 from ..model.layers import capture_head_inputs, capture_layers, head_matches, output_head, unwrap
-from ..ops.head import HeadLogits
 from ..objectives.inputs import Need
 from ..objectives.method import Method, needs_fixed_width
+from ..ops.head import HeadLogits
 from ..ops.tokens import MIN_SHARED_PREFIX, mean_nll, token_logprobs
+from ..util.errors import LetheError
 from .loop import StepOutput
 
 FORWARD_VIEWS = ("logits", "token_logp", "seq_logp")  # views computed from the logits
@@ -220,7 +220,8 @@ class UnlearnTask:
     def cache_reference(self, model, device, batch_size: int = 32) -> int:
         """Per-sequence log-probs of the starting model, once. Returns forward-only tokens."""
         tokens = 0
-        for stream in sorted({n.stream for n in self.needs.values() if n.model == "reference" and n.view == "seq_logp"}):
+        cached = {n.stream for n in self.needs.values() if n.model == "reference" and n.view == "seq_logp"}
+        for stream in sorted(cached):
             examples = self.streams[stream]
             values = torch.zeros(len(examples))
             for idx in length_sorted_batches([len(e["input_ids"]) for e in examples], batch_size):

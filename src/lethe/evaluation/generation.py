@@ -82,7 +82,8 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     stops = torch.tensor(list(stop_ids), device=device)
     out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     if prefix is not None and prefix.length:
-        kwargs = {**prefix.inputs({"input_ids": input_ids, "attention_mask": attention_mask}, device), "use_cache": True}
+        kwargs = {**prefix.inputs({"input_ids": input_ids, "attention_mask": attention_mask}, device),
+                  "use_cache": True}
     else:
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions,

@@ -16,8 +16,8 @@ import torch
 
 from ..data.batching import pad_batch
 from ..data.prompt import IGNORE
-from ..util.errors import LetheError
 from ..ops.tokens import sequence_logprob
+from ..util.errors import LetheError
 from ..util.validation import bounded, check_ranges
 
 ORIENTATIONS = ("generated-in-truth", "truth-in-generated")

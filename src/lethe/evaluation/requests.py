@@ -260,7 +260,8 @@ def generate_answers(model, prompter, questions: Sequence[str], *, max_new_token
         if stats is not None:
             stops = torch.isin(new, torch.tensor(stop_ids + [prompter.pad_id], device=new.device))
             ended = stops.cumsum(-1) > 0  # a row's tokens after its first stop are padding
-            stats["generated_tokens"] = stats.get("generated_tokens", 0) + int((~ended).sum()) + int(stops.any(-1).sum())
+            stats["generated_tokens"] = stats.get("generated_tokens",
+                                                  0) + int((~ended).sum()) + int(stops.any(-1).sum())
     if stats is not None:
         stats["generation_s"] = stats.get("generation_s", 0.0) + time.perf_counter() - started
         stats["generation_batch"] = max(stats.get("generation_batch", 0), rows)

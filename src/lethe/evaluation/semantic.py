@@ -88,7 +88,8 @@ def load_embedder(name_or_path: str | None = None):
         model = SentenceTransformer(source, device="cpu" if not torch.cuda.is_available() else None,
                                     model_kwargs={"use_safetensors": True})
     except Exception as e:  # noqa: BLE001 - reported as one line naming the model
-        reason = f"cannot load embedding model '{source}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        first = str(e).splitlines()[0] if str(e) else ""
+        reason = f"cannot load embedding model '{source}' ({type(e).__name__}: {first})"
         if name_or_path:
             raise LetheError(f"--embedding-model: {reason}") from None
         return None, reason
@@ -110,8 +111,8 @@ class NLIJudge:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise LetheError(f"--nli-model: cannot load '{name_or_path}': pass a local directory with a sequence "
                              f"classifier (e.g. a saved sileod/deberta-v3-base-tasksource-nli) ({first})") from None
-        labels = {i: str(l).lower() for i, l in self.model.config.id2label.items()}
-        hits = [i for i, l in labels.items() if l.startswith("entail")]
+        labels = {i: str(label).lower() for i, label in self.model.config.id2label.items()}
+        hits = [i for i, label in labels.items() if label.startswith("entail")]
         if len(hits) != 1:
             raise LetheError(f"NLI model '{name_or_path}' has no single 'entailment' label: labels are {labels}")
         self.entail_id = int(hits[0])

@@ -298,8 +298,7 @@ def _membership_metrics(report: dict, retain_model_auc: dict | None) -> dict[str
 def _text_metric(metric: Metric, requests: ModelRequests, verbmem_texts, prefix: int, tokens: int, knowmem,
                  shots: int, limit: int | None, max_new_tokens: int) -> dict[str, float]:
     """VerbMem on the forget texts; KnowMem on each QA set given, worked examples from the retain side."""
-    from .verbatim import knowmem as knowmem_scores
-    from .verbatim import verbmem
+    from .verbatim import knowmem as knowmem_scores, verbmem
 
     if metric.name == "VerbMem":
         return {"verbmem/VerbMem": M.mean(verbmem(requests.model, requests.prompter, verbmem_texts,

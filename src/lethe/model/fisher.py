@@ -14,8 +14,8 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from ..data.batching import length_sorted_batches, pad_batch
-from ..util.errors import LetheError
 from ..ops.tokens import mean_nll, sequence_logprob
+from ..util.errors import LetheError
 
 MODES = ("per-sample", "per-batch")
 

@@ -86,7 +86,8 @@ def lora_layers(model):
     return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
 
 
-def apply_params(model, config: ParamsConfig, *, forget_examples: Sequence[dict] = (), retain_examples: Sequence[dict] = (),
+def apply_params(model, config: ParamsConfig, *, forget_examples: Sequence[dict] = (),
+                 retain_examples: Sequence[dict] = (),
                  pad_id: int = 0, seed: int = 0, progress: bool = False) -> tuple[object, dict]:
     """Wrap ``model`` for unlearning. Returns (model, info) where info has Fisher token counts."""
     config.validate()
@@ -104,7 +105,8 @@ def apply_params(model, config: ParamsConfig, *, forget_examples: Sequence[dict]
 
         modules = {n: m for n, m in model.named_modules()
                    if isinstance(m, (torch.nn.Linear, Conv1D)) and any(n.endswith(t) for t in targets)}
-        kw = {"pad_id": pad_id, "mode": config.fisher_mode, "batch_size": config.fisher_batch_size, "progress": progress}
+        kw = {"pad_id": pad_id, "mode": config.fisher_mode, "batch_size": config.fisher_batch_size,
+              "progress": progress}
         f_forget, t1 = empirical_fisher(model, modules, forget_examples, desc="Fisher (forget)", **kw)
         f_retain, t2 = empirical_fisher(model, modules, retain_examples, desc="Fisher (retain)", **kw)
         fisher = {n: row_weights(f_forget[n], f_retain[n]) for n in modules}
@@ -219,9 +221,7 @@ def save_unlearned(model, tokenizer, directory, *, merge: bool = False, base_mod
     is rewritten as a rank-2r LoRA, ΔW = s·B·A − s·B0·A0 = s·[B, −B0]·[A; A0], which on the
     original weights W gives exactly (W − s·B0·A0) + s·B·A.
     """
-    from .save import save_model
-
-    from .save import write_model_card
+    from .save import save_model, write_model_card
 
     directory = Path(directory)
     if not hasattr(model, "peft_config"):

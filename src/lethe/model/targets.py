@@ -24,11 +24,13 @@ class ArchModules:
     mlp: tuple[str, ...]
 
 
-_LLAMA = ArchModules(("q_proj",), ("v_proj",), ("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj"))
+_LLAMA = ArchModules(("q_proj",), ("v_proj",), ("q_proj", "k_proj", "v_proj", "o_proj"),
+                     ("gate_proj", "up_proj", "down_proj"))
 ARCHITECTURES: dict[str, ArchModules] = {
     **{name: _LLAMA for name in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2")},
     "gpt2": ArchModules(("c_attn",), ("c_attn",), ("c_attn", "attn.c_proj"), ("c_fc", "mlp.c_proj")),
-    "gpt_neo": ArchModules(("q_proj",), ("v_proj",), ("q_proj", "k_proj", "v_proj", "out_proj"), ("c_fc", "mlp.c_proj")),
+    "gpt_neo": ArchModules(("q_proj",), ("v_proj",), ("q_proj", "k_proj", "v_proj", "out_proj"),
+                           ("c_fc", "mlp.c_proj")),
     "gpt_neox": ArchModules(("query_key_value",), ("query_key_value",), ("query_key_value", "attention.dense"),
                             ("dense_h_to_4h", "dense_4h_to_h")),
     "opt": ArchModules(("q_proj",), ("v_proj",), ("q_proj", "k_proj", "v_proj", "out_proj"), ("fc1", "fc2")),

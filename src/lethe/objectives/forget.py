@@ -10,11 +10,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..util.errors import LetheError
 from ..ops.head import reads_logits_through_tokens
+from ..ops.tokens import RowOp, align_mask, align_targets, map_positions, masked_mean, mean_nll, token_logprobs, upcast
+from ..util.errors import LetheError
 from .loss import option_ranges
 from .registry import FORGET_LOSSES
-from ..ops.tokens import RowOp, align_mask, align_targets, map_positions, masked_mean, mean_nll, token_logprobs, upcast
 
 
 @FORGET_LOSSES.register("ga")

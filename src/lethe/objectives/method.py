@@ -180,7 +180,8 @@ def check_fixed_width(method, pad_to: int | None) -> None:
         return
     for loss in method.losses:
         if needs_fixed_width(loss):
-            raise LetheError(f"loss '{loss.name}' averages over every padded position ({loss.unit or 'normalise=padded'}"
+            raise LetheError(f"loss '{loss.name}' averages over every padded position "
+                             f"({loss.unit or 'normalise=padded'}"
                              "), so without a fixed batch width its value depends on how examples share micro-batches: "
                              "use a convention that fixes it (--convention closer-look, tofu, flat or ihl-fila pad to "
                              "500; pad_to in the Python API), or the option's answer-only form")

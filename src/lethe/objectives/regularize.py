@@ -4,11 +4,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..util.errors import LetheError
 from ..ops.head import reads_logits_through_tokens
+from ..ops.tokens import RowOp, align_targets, map_positions, masked_mean, mean_nll, upcast
+from ..util.errors import LetheError
 from .loss import option_ranges
 from .registry import REGULARIZERS
-from ..ops.tokens import RowOp, align_targets, map_positions, masked_mean, mean_nll, upcast
 
 
 @REGULARIZERS.register("gd")

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from ..util.errors import LetheError
 from ..model.layers import decoder_layers, unwrap
+from ..util.errors import LetheError
 from .inputs import Need
 from .loss import Loss
 from .registry import FORGET_LOSSES

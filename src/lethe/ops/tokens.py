@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 
 from ..data.prompt import IGNORE
+from .head import HeadLogits, fused_map_positions
 
 # Training and evaluation run the tokens every row of a batch starts with (a chat template's system header)
 # once for the batch; a shared prefix shorter than this is not worth a forward of its own.
 MIN_SHARED_PREFIX = 8
-from .head import HeadLogits, fused_map_positions
 
 # Backward scales the saved gradient buffer in place (no second logits-sized buffer), so a graph
 # through map_positions can be backpropagated once. Tests that re-run backward on one graph

@@ -28,7 +28,8 @@ def method_label(run: dict) -> str:
 
 
 def point_label(point: dict) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(point.items())) or "default"
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k,
+                     v in sorted(point.items())) or "default"
 
 
 def _mean_spread(values: Sequence[float]) -> tuple[float, float]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from .markdown import final_metrics, fmt_value, goal_mark, md_table
 
 COLUMNS = (("forget/BLEU", "BLEU"), ("forget/ROUGE", "ROUGE-L"), ("forget/VerbMem", "VerbMem"),
-           ("mia/min_k_AUC", "Min-K% AUC"), ("mia/min_k_PrivLeak", "PrivLeak"), ("heldout/PPL", "PPL held-out chapters"),
+           ("mia/min_k_AUC", "Min-K% AUC"), ("mia/min_k_PrivLeak", "PrivLeak"),
+           ("heldout/PPL", "PPL held-out chapters"),
            ("background/PPL", "PPL background"))
 
 
@@ -48,7 +49,8 @@ def render_copyright_report(results: dict) -> str:
            "BLEU and ROUGE-L F1: the greedy continuation of each forget excerpt's first half against its second "
            "half (FLAT). VerbMem: MUSE's ROUGE-L × 100 of a continuation of the excerpt's first "
            f"{results.get('settings', {}).get('verbmem_prefix')} tokens. PrivLeak (MUSE's sign): (AUC_retain − AUC) / "
-           "(1 − AUC_retain) × 100 of Min-K% forget vs held-out chapters: −100 still memorized, 0 the goal. Gap to retain: |ΔBLEU| + |ΔROUGE-L| to the retain model "
+           "(1 − AUC_retain) × 100 of Min-K% forget vs held-out chapters: −100 still memorized, 0 the goal. Gap to "
+           "retain: |ΔBLEU| + |ΔROUGE-L| to the retain model "
            "(0 = continues the book like a model that never read those chapters).", "",
            "## Final epoch", ""]
     header, rows = summary_rows(results)

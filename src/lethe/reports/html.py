@@ -9,12 +9,16 @@ from typing import Sequence
 
 from .markdown import extraction_columns, final_metrics, fmt_value, goal_mark, per_set_tables, present_keys, run_label
 
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#1d1d1f;padding:0 1rem}
-h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}h3{font-size:1.05rem}
-table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0 1.2rem}th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:right}
-th{background:#f3f3f5}td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.9rem}
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
+color:#1d1d1f;padding:0 1rem}
+h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
+h3{font-size:1.05rem}table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0 1.2rem}
+th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:right}th{background:#f3f3f5}
+td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.9rem}
 .figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{max-width:100%;border:1px solid #eee}
-.sample{font-size:.85rem;margin:.4rem 0 1rem;padding:.5rem;background:#fafafa;border-left:3px solid #aac}.bad{color:#b00}"""
+.sample{font-size:.85rem;margin:.4rem 0 1rem;padding:.5rem;background:#fafafa;border-left:3px solid #aac}
+.bad{color:#b00}"""
 
 
 def _png(fig) -> str:
@@ -23,7 +27,8 @@ def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return f'<img alt="{html.escape(fig.get_label() or "plot")}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    alt = html.escape(fig.get_label() or "plot")
+    return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
 def _series(run: dict, key: str):
@@ -209,10 +214,12 @@ def section(results: dict, source: str, summary) -> str:
     for set_name, metrics, rows in per_set_tables(results):
         parts.append(f"<h3>{html.escape(set_name)} set</h3>" + html_table(["model", *metrics], rows))
     crow = [[run_label(r), r.get("cost", {}).get("trainable_percent"), r.get("cost", {}).get("epochs"),
-             r.get("cost", {}).get("tokens_trained"), r.get("cost", {}).get("flops"), r.get("cost", {}).get("wall_time_s"),
+             r.get("cost", {}).get("tokens_trained"), r.get("cost", {}).get("flops"),
+             r.get("cost", {}).get("wall_time_s"),
              (r.get("cost", {}).get("peak_memory_bytes") or 0) / 2**20] for r in results.get("runs", [])]
     parts.append("<h3>Cost</h3><p class='note'>FLOPs ≈ N·(6·(trained + Fisher tokens) + 2·forward-only tokens).</p>"
-                 + html_table(["method", "trainable %", "epochs", "tokens trained", "FLOPs", "time (s)", "peak mem (MiB)"],
+                 + html_table(["method", "trainable %", "epochs", "tokens trained", "FLOPs", "time (s)",
+                               "peak mem (MiB)"],
                           crow))
     for set_name in ("forget", "retain", "neighbour"):
         ref = results.get("reference_samples", {}).get("target", {}).get(set_name, [])

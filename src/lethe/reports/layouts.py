@@ -20,10 +20,10 @@ class Layout:
 
 
 def _layouts() -> Registry[Layout]:
-    from .markdown import render_memorized_report, render_report
     from .continual import continual_summary, render_continual_report
     from .copyright import copyright_summary, render_copyright_report
     from .html import extraction_summary, qa_summary
+    from .markdown import render_memorized_report, render_report
 
     reg: Registry[Layout] = Registry("report layout")
     reg.add("qa", Layout(render_report, qa_summary))

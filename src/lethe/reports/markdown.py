@@ -235,7 +235,8 @@ def render_report(results: dict) -> str:
         crow.append([run["method"], run.get("params", "full"), c.get("params_trainable"), c.get("trainable_percent"),
                      c.get("epochs"), c.get("steps"), c.get("tokens_trained"), c.get("tokens_fisher"),
                      c.get("tokens_forward_only"), c.get("flops"), c.get("wall_time_s"),
-                     (c.get("peak_memory_bytes") or 0) / 2**20, ev.get("evaluation_s"), ev.get("generation_tokens_per_s")])
+                     (c.get("peak_memory_bytes") or 0) / 2**20, ev.get("evaluation_s"),
+                     ev.get("generation_tokens_per_s")])
     out += [md_table(["method", "params", "trainable", "trainable %", "epochs", "steps", "tokens trained",
                     "Fisher tokens", "fwd-only tokens", "FLOPs", "time (s)", "peak mem (MiB)", "evaluation (s)",
                     "generated tok/s"], crow), ""]
@@ -245,7 +246,8 @@ def render_report(results: dict) -> str:
             continue
         out += [f"## Sample generations on the {set_name} set (final epoch)", ""]
         for i, s in enumerate(samples):
-            out += [f"**Q:** {s['question']}  ", f"**truth:** {s['answer']}  ", f"**before unlearning:** {s['generated']}  "]
+            out += [f"**Q:** {s['question']}  ", f"**truth:** {s['answer']}  ",
+                    f"**before unlearning:** {s['generated']}  "]
             for run in results.get("runs", []):
                 gen = run.get("samples", {}).get(set_name, [])
                 if i < len(gen):

@@ -68,7 +68,8 @@ def render_markdown(runs: Sequence[dict]) -> str:
         keys = [k for k in LEAD if any(r["epochs"] and k in r["epochs"][-1].get("metrics", {}) for r in runs)]
         rows = [[run_label(r), *[r["epochs"][-1].get("metrics", {}).get(k) if r["epochs"] else None for k in keys]]
                 for r in runs]
-        lines += ["## Runs side by side (final epoch)", "", md_table(["run", *[f"{k} {goal_mark(k)}" for k in keys]], rows), ""]
+        lines += ["## Runs side by side (final epoch)", "",
+                  md_table(["run", *[f"{k} {goal_mark(k)}" for k in keys]], rows), ""]
     for r in runs:
         last = r["epochs"][-1]["epoch"] if r["epochs"] else 0
         lines += [f"## {run_label(r)}", "", f"Run directory: `{Path(r['directory']).name}`; status {r.get('status')}; "

@@ -46,8 +46,8 @@ class Request:
 
 
 def _check(options: dict) -> dict:
-    from ..util.errors import LetheError
     from ..evaluation.suite import load_semantic
+    from ..util.errors import LetheError
 
     requests, percent = options["requests"], options["forget_percent"]
     if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:

@@ -202,9 +202,9 @@ def _prepare(ctx: Context) -> Prepared:
     from ..core.runs import finetune
     from ..data.novel import Novel, generate_novel
     from ..evaluation.evidence import membership_aucs
-    from ..util.io import write_text
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
+    from ..util.io import write_text
 
     st, seed, console = SETTINGS[ctx.size], ctx.seed, ctx.console
     if ctx.options["book"] is not None:  # the user's own book, cut into as many parts as the novel has chapters
@@ -289,7 +289,8 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
     return {
         "model": {"kind": "llama (built here)", "preset": st.model_preset, "parameters": prep.n_params,
                   "vocab_size": len(prep.tokenizer), "path": str(ctx.out / "models" / "target")},
-        "data": {"book": prep.title, "invented": ctx.options["forget"] is None, "chapters": st.chapters, "forget_chapters": st.forget_chapters,
+        "data": {"book": prep.title, "invented": ctx.options["forget"] is None, "chapters": st.chapters,
+                 "forget_chapters": st.forget_chapters,
                  "heldout_chapters": st.heldout_chapters, "forget": len(prep.forget), "retain": len(prep.retain),
                  "heldout": len(prep.heldout), "background_heldout": len(prep.background_heldout),
                  "excerpt_tokens": st.excerpt_tokens,

@@ -39,11 +39,14 @@ class SizeSettings:
 
 
 SETTINGS = {
-    "smoke": SizeSettings("smoke", 600, TrainConfig(epochs=12, lr=3e-3, batch_size=16, micro_batch_size=16, checkpoint=False),
+    "smoke": SizeSettings("smoke", 600,
+                          TrainConfig(epochs=12, lr=3e-3, batch_size=16, micro_batch_size=16, checkpoint=False),
                           TrainConfig(epochs=2, lr=1e-3, batch_size=8, micro_batch_size=8, checkpoint=False), 24, 16),
-    "small": SizeSettings("small", 1500, TrainConfig(epochs=40, lr=2e-3, batch_size=16, micro_batch_size=16, checkpoint=False),
+    "small": SizeSettings("small", 1500,
+                          TrainConfig(epochs=40, lr=2e-3, batch_size=16, micro_batch_size=16, checkpoint=False),
                           TrainConfig(epochs=5, lr=5e-4, batch_size=8, micro_batch_size=8, checkpoint=False), 32, 40),
-    "full": SizeSettings("full", 4000, TrainConfig(epochs=30, lr=1e-3, batch_size=32, micro_batch_size=16, checkpoint=True),
+    "full": SizeSettings("full", 4000,
+                         TrainConfig(epochs=30, lr=1e-3, batch_size=32, micro_batch_size=16, checkpoint=True),
                          TrainConfig(epochs=5, lr=1e-4, batch_size=32, micro_batch_size=16, checkpoint=True), 48, 300),
 }
 
@@ -242,7 +245,8 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     method, kind, rank = parse_run_spec(cell.spec)
     rank = rank or settings.lora_rank
     model = load_model(ctx.out / "models" / "target")
-    train_cfg = replace(settings.unlearn, seed=ctx.seed + s)  # seeds vary the unlearning (order, pairing), not the models
+    train_cfg = replace(settings.unlearn,
+                        seed=ctx.seed + s)  # seeds vary the unlearning (order, pairing), not the models
     if kind != "full":
         train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.lora_lr_scale)
     if parse_method(method).forget.name == "rmu":

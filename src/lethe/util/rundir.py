@@ -122,7 +122,7 @@ def _acquire(lock: Path, mine: dict) -> None:
                 if not _read_lock(lock):
                     lock.unlink(missing_ok=True)
                 continue
-            raise _in_use(lock, holder)
+            raise _in_use(lock, holder) from None
         with os.fdopen(fd, "w") as f:
             json.dump(mine, f)
         return
