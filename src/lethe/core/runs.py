@@ -365,7 +365,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     ``method``: ``"NPO(beta=0.2)+KL"``, a :class:`MethodConfig`, a :class:`Method`, a loss function or
     :class:`Loss` (forget only), or a ``(forget, regularizer)`` pair. ``params``: ``"full"``, ``"lora"``,
     ``"fila"`` or a :class:`ParamsConfig`. ``runtime``: device, precision, attention, checkpointing for
-    every model call (:class:`lethe.runtime.RuntimeConfig`). A run whose loss stops being finite ends with
+    every model call (:class:`lethe.engine.runtime.RuntimeConfig`). A run whose loss stops being finite ends with
     ``status="diverged"`` and a message, keeping what it measured. ``epoch_hook(epoch, model) ->
     {"metrics": {...}, "stop": bool}`` adds metrics and may end training early (the EL/MA rule);
     ``extra_record`` (what configures the hook) joins the run's recorded options. ``convention``

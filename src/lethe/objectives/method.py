@@ -139,7 +139,7 @@ def parse_method(text: str | Callable | Loss | tuple | Method, *, alpha: float |
     (forget only), or a ``(forget, regularizer)`` pair of names, functions or losses.
 
     ``forget_options``/``regularizer_options`` override options written in the string, which override
-    ``defaults`` (per registered loss name: a convention's options, :mod:`lethe.conventions`).
+    ``defaults`` (per registered loss name: a convention's options, :mod:`lethe.core.conventions`).
     """
     if isinstance(text, Method):
         if any(v is not None for v in (alpha, gamma, forget_options, regularizer_options)):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 # Every temporary file or directory Lethe writes starts with this, so an interrupted run's leftovers
-# can be recognised and removed (lethe.rundir.remove_temporaries).
+# can be recognised and removed (lethe.util.rundir.remove_temporaries).
 TEMP_PREFIX = ".lethe-tmp."
 
 
