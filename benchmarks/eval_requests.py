@@ -74,7 +74,7 @@ def main() -> None:
     from lethe.data.synthetic import generate_authors
 
     if args.model:
-        from lethe.core.runs import prepare
+        from lethe.core import prepare
 
         model, prompter, _ = prepare(args.model)
         data = generate_authors(args.size, 0)

@@ -30,7 +30,7 @@ def _run(argv, capsys, monkeypatch):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(load, "load_model", no_load)
-    monkeypatch.setattr("lethe.core.runs.load_model", no_load)
+    monkeypatch.setattr("lethe.core.preparation.load_model", no_load)
     with pytest.raises(SystemExit) as e:
         main(["--quiet", *argv])
     err = capsys.readouterr().err

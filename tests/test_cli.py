@@ -204,8 +204,8 @@ def test_audit_record_matches_the_saved_weights(smoke_run, tmp_path, capsys):
     assert "forget/ROUGE" in audit["evidence"]["forget_after"] or audit["evidence"]["forget_after"] == {}
     # The audit's membership evidence is the evaluation's own start/end report (not scored twice) and equals
     # what the audit computes on its own from the starting weights.
+    from lethe.core import prepare
     from lethe.core.audit import membership_signal
-    from lethe.core.runs import prepare
     from lethe.data.sources import load_records
 
     run = json.loads((tmp_path / "u" / "run.json").read_text())

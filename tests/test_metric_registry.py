@@ -52,7 +52,7 @@ def test_selection_adds_what_a_metric_is_built_from_and_rejects_unknown_names():
     with pytest.raises(LetheError, match="unknown metric 'mink'"):
         parse_metric_list("P, mink")
     assert parse_metric_list("p, Min_K") == ("p", "Min_K")  # names match case- and dash-insensitively
-    from lethe.core.runs import EvalConfig
+    from lethe.core import EvalConfig
 
     with pytest.raises(LetheError, match="unknown metric 'entropy'"):
         EvalConfig(metrics=["entropy"])
@@ -228,7 +228,7 @@ def test_reference_attack_statistics_are_taken_once_per_run(tokenizer, smoke_dat
 
 
 def test_retain_model_is_scored_only_for_what_was_asked(tokenizer, smoke_data, tiny_model):
-    from lethe.core.runs import EvalConfig, retain_model_references
+    from lethe.core import EvalConfig, retain_model_references
 
     sets = _sets(smoke_data)
     assert retain_model_references(None, sets, tokenizer=tokenizer, config=EvalConfig(metrics=["P"])) == (None, {})

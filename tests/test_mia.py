@@ -249,7 +249,7 @@ def test_group_stop_rule_on_authors(tokenizer, smoke_data, tiny_model):
 def test_stop_rule_reads_the_evaluations_membership_report_instead_of_scoring_again(tokenizer, smoke_data, tiny_model):
     """With --holdout, every evaluated epoch's report already holds the rule's p-value: the rule must use it
     (same value as scoring itself) and score on its own only where the evaluation did not, or differs."""
-    from lethe.core.runs import EvalConfig, unlearn
+    from lethe.core import EvalConfig, unlearn
     from lethe.core.sequences import IndistinguishableStop
     from lethe.engine.loop import TrainConfig
     from lethe.evaluation.suite import EvalSet

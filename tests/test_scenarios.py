@@ -73,7 +73,7 @@ def test_a_given_reference_equal_to_the_start_changes_nothing_and_another_one_do
 
     import torch
 
-    from lethe.core.runs import unlearn
+    from lethe.core import unlearn
     from lethe.engine.loop import TrainConfig
 
     forget, retain = smoke_data.forget(10), smoke_data.retain(10)[:8]

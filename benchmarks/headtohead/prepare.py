@@ -85,7 +85,7 @@ def build_model(data, seed: int, out: Path, pretrain_epochs: int = 4, pretrain_l
                                                pad_token_id=tok.pad_token_id, do_sample=False)
     if pretrain_epochs:
         import lethe
-        from lethe.core.runs import ModelConfig
+        from lethe.core import ModelConfig
 
         fmt = {"system_prompt": SYSTEM_PROMPT, "template_kwargs": {"date_string": DATE_STRING}}
         lethe.finetune(model, data.full, tokenizer=tok, model_config=ModelConfig(prompt_format="chat", **fmt),

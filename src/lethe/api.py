@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .core.runs import (
+from .core import (
     AuditConfig,
     DataConfig,
     EvalConfig,

@@ -172,7 +172,7 @@ def _check_relearn(o: dict) -> None:
 
 
 def _relearn(model, forget, options, context):
-    from ..core.runs import finetune
+    from ..core import finetune
     from ..engine.loop import TrainConfig
 
     if len(forget) < 2:

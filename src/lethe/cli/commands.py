@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..core import DataConfig, EvalConfig
 from ..core.conventions import CONVENTIONS
-from ..core.runs import DataConfig, EvalConfig
 from ..engine.loop import TrainConfig
 from ..evaluation.memorization import DENOMINATORS, ORIENTATIONS
 from ..objectives.method import split_outside_parens
@@ -380,8 +380,8 @@ def _attack_run(args, model, attacks, data, progress: bool) -> None:
     from dataclasses import replace
 
     from ..attacks import run_attacks
+    from ..core import prepare
     from ..core.audit import add_attacks
-    from ..core.runs import prepare
     from ..data.sources import load_qa
     from ..model.load import load_model
 
@@ -404,7 +404,7 @@ def _attack_run(args, model, attacks, data, progress: bool) -> None:
 
 def _attack(args, progress: bool) -> int:
     from ..attacks import parse_attacks, run_attacks
-    from ..core.runs import prepare
+    from ..core import prepare
     from ..data.sources import load_qa
     from ..evaluation.metric_registry import parse_metric_list
     from ..model.load import load_model

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..core import DataConfig, EvalConfig, MethodConfig, ModelConfig
 from ..core.conventions import CONVENTIONS, describe as describe_conventions
-from ..core.runs import DataConfig, EvalConfig, MethodConfig, ModelConfig
 from ..engine.loop import TRACKERS, TrainConfig
 from ..evaluation.memorization import ELConfig
 from ..model.lora import ParamsConfig
@@ -305,7 +305,7 @@ def _eval_at(text: str) -> tuple[str, ...]:
 
 def eval_config(a, forget_default=None, every: int | None = None):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
-    from ..core.runs import retain_model_references
+    from ..core import retain_model_references
     from ..data.sources import load_qa, load_records
     from ..evaluation.metric_registry import parse_metric_list
     from ..evaluation.suite import EvalSet, load_semantic

@@ -9,7 +9,9 @@ from ..engine.loop import TrainConfig
 from ..engine.runtime import RuntimeConfig
 from ..model.load import load_tokenizer
 from ..util.errors import LetheError
-from .runs import AuditConfig, DataConfig, ModelConfig, UnlearnRun, finetune, prepare, unlearn
+from .configs import AuditConfig, DataConfig, ModelConfig, UnlearnRun
+from .preparation import prepare
+from .runs import finetune, unlearn
 
 
 def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,

@@ -79,7 +79,7 @@ def _general(data: AuthorsDataset) -> list:
 
 def _finetuned(ctx: Context, tokenizer, name: str, records: list, reuse: bool):
     """A model fine-tuned on ``records`` (with ``reuse``: the one in ``out/models/NAME`` when finished there)."""
-    from ..core.runs import finetune
+    from ..core import finetune
     from ..model.build import build_tiny_model
     from ..model.load import load_model
 
@@ -157,7 +157,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
-    from ..core.runs import EvalConfig, MethodConfig, unlearn
+    from ..core import EvalConfig, MethodConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 

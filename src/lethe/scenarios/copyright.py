@@ -199,7 +199,7 @@ def _check(options: dict) -> dict:
 
 
 def _prepare(ctx: Context) -> Prepared:
-    from ..core.runs import finetune
+    from ..core import finetune
     from ..data.novel import Novel, generate_novel
     from ..evaluation.evidence import membership_aucs
     from ..model.build import build_tiny_model, train_tokenizer
@@ -262,7 +262,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
-    from ..core.runs import ModelConfig, unlearn
+    from ..core import ModelConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 

@@ -107,7 +107,7 @@ METHOD_SWEEP = ("alpha", "gamma")
 
 def check_sweep(sweep: dict, base) -> dict:
     """{name: [values]} checked before any work: known names, numeric values in their declared ranges."""
-    from ..core.runs import MethodConfig
+    from ..core import MethodConfig
     from ..util.errors import LetheError
 
     out = {}
@@ -137,7 +137,7 @@ def cells(specs, sweep: dict, seeds: int):
 
 def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resume: bool, progress: bool):
     """Data, tokenizer and the two fine-tuned models (target, retain); reused when already on disk."""
-    from ..core.runs import finetune
+    from ..core import finetune
     from ..model.build import build_tiny_model, train_tokenizer
     from ..model.load import load_model, load_tokenizer
 
@@ -235,7 +235,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
-    from ..core.runs import EvalConfig, MethodConfig, unlearn
+    from ..core import EvalConfig, MethodConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
     from ..objectives.method import parse_method

@@ -97,7 +97,7 @@ def _records(id_lists):
 
 def _pretrained(ctx: Context, st, tokenizer, records: list, directory: Path, desc: str, reuse: bool):
     """A small model trained on ``records`` (with ``reuse``: the one finished in ``directory``)."""
-    from ..core.runs import finetune
+    from ..core import finetune
     from ..model.build import build_tiny_model
     from ..model.load import load_model
 
@@ -178,7 +178,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     """Every request in a row on one model (continual when --requests > 1); the first is the cell's row."""
-    from ..core.runs import unlearn
+    from ..core import unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 

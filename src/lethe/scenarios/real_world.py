@@ -177,7 +177,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
-    from ..core.runs import EvalConfig, MethodConfig, unlearn
+    from ..core import EvalConfig, MethodConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 
