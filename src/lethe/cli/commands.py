@@ -51,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser = add_parser  # every command takes --config
 
+    _add_demo_parser(sub)
+    _add_finetune_parser(sub)
+    _add_unlearn_parser(sub)
+    _add_bench_parser(sub)
+    _add_report_parser(sub)
+    _add_attack_parser(sub)
+    _add_eval_parser(sub)
+    _add_listing_parsers(sub)
+    return parser
+
+
+def _add_demo_parser(sub) -> None:
     from ..scenarios.catalog import SCENARIOS
 
     p = sub.add_parser("demo", help="offline end-to-end run: data, models, unlearning, evaluation, report")
@@ -81,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute everything instead of reusing finished parts in --out")
     opts.add_semantic_options(p)
 
+
+def _add_finetune_parser(sub) -> None:
     p = sub.add_parser("finetune",
                        help="fine-tune a model on QA records (target: all QA; retain model: retain QA only)")
     p.add_argument("--model", required=True,
@@ -93,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_runtime_options(p)
     opts.add_data_options(p)
 
+
+def _add_unlearn_parser(sub) -> None:
     p = sub.add_parser("unlearn", help="unlearn a forget set from a model")
     p.add_argument("--model", required=True, help="model directory (or hub name where a hub is reachable)")
     p.add_argument("--forget", required=True, help="forget set: QA records or text (any supported form)")
@@ -170,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_data_options(p)
     opts.add_eval_options(p)
 
+
+def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="run a grid of methods x parameterisations (x ranks) on the fictitious-author "
                                       "scenario into one results file; finished cells are reused after an interruption")
     p.add_argument("--methods", required=True, help="comma-separated methods, e.g. ME+GD,IDK+AP,GA+GD")
@@ -190,18 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed (default 0)")
     opts.add_semantic_options(p)
 
-    sub.add_parser("losses", help="list the forget losses and regularizers, their options with defaults, and "
-                                  "what each averages over")
 
-    sub.add_parser("metrics", help="list the evaluation metrics: what each needs, which sets it scores, its goal "
-                                   "and how it aggregates (names for --metrics)")
-
+def _add_report_parser(sub) -> None:
     p = sub.add_parser("report", help="write report.html (plots embedded) and report.md from run directories")
     p.add_argument("runs", nargs="+", help="run directories: a results.json (lethe demo, bench) or a run.json "
                                            "(lethe unlearn on your own model: before -> after, per epoch, attacks)")
     p.add_argument("--out", default=None, help="where to write report.html/report.md (default: the first run dir)")
 
-    sub.add_parser("attacks", help="list the attacks that try to bring forgotten knowledge back, with options")
+
+def _add_attack_parser(sub) -> None:
     p = sub.add_parser("attack", help="attack a model (quantize, relearn) and score the forget set before and "
                                       "after, with a retain model under the same attack as the control")
     p.add_argument("--model", required=True, help="the unlearned model (a directory or a peft adapter directory)")
@@ -222,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_runtime_options(p)
     opts.add_data_options(p)
 
+
+def _add_eval_parser(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model on QA sets (ROUGE, P, TR, MU, FE, FQ; membership "
                                     "inference with --holdout)")
     p.add_argument("--model", required=True, help="model directory")
@@ -236,7 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     opts.add_runtime_options(p)
     opts.add_data_options(p)
     opts.add_eval_options(p)
-    return parser
+
+
+def _add_listing_parsers(sub) -> None:
+    """The commands that list what is built in."""
+    sub.add_parser("losses", help="list the forget losses and regularizers, their options with defaults, and "
+                                  "what each averages over")
+    sub.add_parser("metrics", help="list the evaluation metrics: what each needs, which sets it scores, its goal "
+                                   "and how it aggregates (names for --metrics)")
+    sub.add_parser("attacks", help="list the attacks that try to bring forgotten knowledge back, with options")
 
 
 def parse(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:

@@ -126,175 +126,237 @@ def train(
         from ..util.errors import LetheError
 
         raise LetheError(f"log_with={config.log_with!r} writes under the run directory: give one (--out)")
-    from .runtime import DEFAULT_RUNTIME, uncompile_blocks
+    from .runtime import DEFAULT_RUNTIME
 
     runtime = runtime or DEFAULT_RUNTIME
     accelerator = accelerator or make_accelerator(config.log_with, run_dir / "logs" if config.log_with else None,
                                                   runtime)
-    # fp16 needs loss scaling (bf16 has fp32's range and does not)
-    scaler = torch.amp.GradScaler("cuda") if runtime.resolved_precision == "fp16-mixed" else None
-    reset_peak_memory()
-    if config.log_with:
-        accelerator.init_trackers(desc.lower().replace("+", "_"),
-                                  config={k: v for k, v in asdict(config).items() if v is not None})
-    world = accelerator.num_processes
-    torch.manual_seed(config.seed)
+    trainer = _Trainer(model=model, lengths=lengths, step_fn=step_fn, config=config, run_dir=run_dir,
+                       on_epoch_end=on_epoch_end, accelerator=accelerator, progress=progress, desc=desc,
+                       runtime=runtime, run_config=run_config)
+    try:
+        return trainer.run(resume)
+    finally:
+        trainer.close()
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-    )
-    accum = max(1, math.ceil(config.batch_size / (config.micro_batch_size * world)))
-    micro_per_epoch = math.ceil(len(lengths) / config.micro_batch_size)
-    per_rank = math.ceil(micro_per_epoch / world)
-    steps_per_epoch = math.ceil(per_rank / accum)
-    total_steps = steps_per_epoch * config.epochs
-    warmup_steps = int(round(steps_per_epoch * config.warmup_epochs))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, config.schedule))
 
-    trainable, total = count_parameters(model)
-    cost = Cost(params_total=total, params_trainable=trainable)
-    history: list[dict] = []
-    start_epoch, global_step = 0, 0
-    ckpt_dir = run_dir / "checkpoint" if run_dir is not None else None
-    if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
-        state = load_checkpoint(ckpt_dir, model, optimizer, run_config)
-        start_epoch, global_step = state["epoch"] + 1, state["global_step"]
-        history = state["history"]
-        for k, v in state["cost"].items():
-            if hasattr(cost, k):
-                setattr(cost, k, v)
-        scheduler.last_epoch = global_step  # the optimizer state already carries the current LR
-        _truncate_step_log(run_dir / "steps.jsonl", start_epoch)
-        if start_epoch >= config.epochs or state.get("stopped"):
-            if config.log_with:
-                accelerator.end_training()
-            stop_peak_memory()
-            return TrainResult(history, cost, stopped_early=bool(state.get("stopped")))
-    elif resume and config.checkpoint and ckpt_dir is not None and accelerator.is_main_process:
-        import sys
+@dataclass
+class _Trainer:
+    """One training run's state: the model and its optimizer, the LR schedule, the step counter, the cost and
+    the per-epoch history. Its steps read top to bottom: set up, resume, epochs, close."""
 
-        print(f"lethe: --resume: no checkpoint in {ckpt_dir}; starting from the first epoch", file=sys.stderr)
-    if start_epoch == 0 and run_dir is not None and accelerator.is_main_process:
-        _truncate_step_log(run_dir / "steps.jsonl", 0)  # a run started over does not append to an old log
-    model, optimizer = accelerator.prepare(model, optimizer)
-    compiled = runtime.compile_blocks(model)  # --compile: for this loop's forwards only
-    _shard_reference(step_fn, accelerator)
-    device = accelerator.device
-    stopped = False
-    bar = progress_bar(progress and accelerator.is_main_process, total_steps, desc, global_step)
-    started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
+    model: object
+    lengths: Sequence[int]
+    step_fn: Callable[..., StepOutput]
+    config: TrainConfig
+    run_dir: Path | None
+    on_epoch_end: Callable[[int, object], dict] | None
+    accelerator: Accelerator
+    progress: bool
+    desc: str
+    runtime: object
+    run_config: dict | None
+
+    def __post_init__(self):
+        config, accelerator = self.config, self.accelerator
+        # fp16 needs loss scaling (bf16 has fp32's range and does not)
+        self.scaler = torch.amp.GradScaler("cuda") if self.runtime.resolved_precision == "fp16-mixed" else None
+        reset_peak_memory()
+        if config.log_with:
+            accelerator.init_trackers(self.desc.lower().replace("+", "_"),
+                                      config={k: v for k, v in asdict(config).items() if v is not None})
+        self.world = world = accelerator.num_processes
+        torch.manual_seed(config.seed)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr,
+        )
+        self.accum = max(1, math.ceil(config.batch_size / (config.micro_batch_size * world)))
+        micro_per_epoch = math.ceil(len(self.lengths) / config.micro_batch_size)
+        steps_per_epoch = math.ceil(math.ceil(micro_per_epoch / world) / self.accum)
+        self.total_steps = steps_per_epoch * config.epochs
+        warmup_steps = int(round(steps_per_epoch * config.warmup_epochs))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, warmup_steps, self.total_steps, config.schedule))
+        trainable, total = count_parameters(self.model)
+        self.cost = Cost(params_total=total, params_trainable=trainable)
+        self.history: list[dict] = []
+        self.start_epoch = self.global_step = 0
+        self.ckpt_dir = self.run_dir / "checkpoint" if self.run_dir is not None else None
+        self.stopped = False
+        self.compiled = self.bar = None
+
+    def run(self, resume: bool) -> TrainResult:
+        if self.resume(resume):
+            return TrainResult(self.history, self.cost, stopped_early=self.stopped)
+        accelerator = self.accelerator
+        self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        self.compiled = self.runtime.compile_blocks(self.model)  # --compile: for this loop's forwards only
+        _shard_reference(self.step_fn, accelerator)
+        self.bar = progress_bar(self.progress and accelerator.is_main_process, self.total_steps, self.desc,
+                                self.global_step)
+        self.started = time.perf_counter()
+        for epoch in range(self.start_epoch, self.config.epochs):
+            self.run_epoch(epoch)
+            if self.stopped:
+                break
+        return TrainResult(self.history, self.cost, stopped_early=self.stopped)
+
+    def resume(self, resume: bool) -> bool:
+        """Continue from the checkpoint when asked; True when it holds a finished (or stopped) run."""
+        run_dir, ckpt_dir = self.run_dir, self.ckpt_dir
+        if resume and ckpt_dir is not None and has_checkpoint(ckpt_dir):
+            state = load_checkpoint(ckpt_dir, self.model, self.optimizer, self.run_config)
+            self.start_epoch, self.global_step = state["epoch"] + 1, state["global_step"]
+            self.history = state["history"]
+            for k, v in state["cost"].items():
+                if hasattr(self.cost, k):
+                    setattr(self.cost, k, v)
+            self.scheduler.last_epoch = self.global_step  # the optimizer state already carries the current LR
+            _truncate_step_log(run_dir / "steps.jsonl", self.start_epoch)
+            if self.start_epoch >= self.config.epochs or state.get("stopped"):
+                self.stopped = bool(state.get("stopped"))
+                return True
+        elif resume and self.config.checkpoint and ckpt_dir is not None and self.accelerator.is_main_process:
+            import sys
+
+            print(f"lethe: --resume: no checkpoint in {ckpt_dir}; starting from the first epoch", file=sys.stderr)
+        if self.start_epoch == 0 and run_dir is not None and self.accelerator.is_main_process:
+            _truncate_step_log(run_dir / "steps.jsonl", 0)  # a run started over does not append to an old log
+        return False
+
+    def run_epoch(self, epoch: int) -> None:
+        config, accelerator, world = self.config, self.accelerator, self.world
         t0 = time.perf_counter()
-        model.train()
-        batches = bucketed_shuffle(lengths, config.micro_batch_size, seed=config.seed * 1000 + epoch)
+        self.model.train()
+        batches = bucketed_shuffle(self.lengths, config.micro_batch_size, seed=config.seed * 1000 + epoch)
         if len(batches) % world:
             # Every rank must join every all-reduce: repeat the first micro-batches so none runs out early.
             batches = batches + batches[: world - len(batches) % world]
         batches = batches[accelerator.process_index :: world]
         tokens = torch.zeros(2, dtype=torch.long, device=accelerator.device)  # trained, forward-only (this rank)
         epoch_losses: dict[str, list[float]] = {}
-        for group_start in range(0, len(batches), accum):
-            group = batches[group_start : group_start + accum]
-            weights = micro_batch_weights(step_fn, group, accelerator)
-            for j, idx in enumerate(group):
-                last = j == len(group) - 1
-                # Gradients are all-reduced only on the last micro-batch of an accumulation group.
-                ctx = nullcontext() if last or world == 1 else accelerator.no_sync(model)
-                with ctx, runtime.autocast():
-                    out = step_fn(model, idx, device, scale=weights[j]) if weights else step_fn(model, idx, device)
-                    logged = out.logged if out.logged is not None else out.loss
-                    if not torch.isfinite(logged):
-                        msg = (f"{desc}: loss became {logged.item()} at epoch {epoch + 1}, step {global_step}; "
-                               "lower the learning rate, add a regularizer, or use a bounded loss (NPO, IHL, ME)")
-                        if run_dir is not None:
-                            append_jsonl(run_dir / "steps.jsonl",
-                                         {"epoch": epoch, "step": global_step, "diverged": msg})
-                        cost.tokens_trained += int(tokens[0])  # this rank's share of the unfinished epoch
-                        cost.tokens_forward_only += int(tokens[1])
-                        err = DivergenceError(msg)
-                        err.history, err.cost = history, cost  # what was measured before it diverged
-                        if config.log_with:
-                            accelerator.end_training()
-                        uncompile_blocks(compiled)
-                        stop_peak_memory()
-                        raise err
-                    # Weighted steps already carry their share of the group (and of the processes: DDP
-                    # averages gradients over them); a step function without counts gets an equal share.
-                    loss = out.loss if weights else out.loss / len(group)
-                    accelerator.backward(scaler.scale(loss) if scaler else loss)
-                tokens[0] += out.tokens_trained
-                tokens[1] += out.tokens_forward_only
-                for k, v in {"loss": logged, **out.parts}.items():
-                    epoch_losses.setdefault(k, []).append(float(v.detach()))
-            if scaler:
-                scaler.unscale_(optimizer)
-            if config.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            if scaler:
-                scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            if run_dir is not None and accelerator.is_main_process:
-                append_jsonl(run_dir / "steps.jsonl", {"epoch": epoch, "step": global_step, "lr": lr,
-                                                       **{k: v[-1] for k, v in epoch_losses.items()}})
-            if config.log_with:
-                accelerator.log({"lr": lr, **{f"train/{k}": v[-1] for k, v in epoch_losses.items()}}, step=global_step)
-            crash_point("step")
-            bar.update(1)
-            bar.set_postfix(loss=f"{epoch_losses['loss'][-1]:.3f}")
+        for group_start in range(0, len(batches), self.accum):
+            self.step(epoch, batches[group_start : group_start + self.accum], tokens, epoch_losses)
         if world > 1:
             tokens = accelerator.reduce(tokens, reduction="sum")  # the cost counts every rank's tokens
-        cost.tokens_trained += int(tokens[0])
-        cost.tokens_forward_only += int(tokens[1])
-        cost.wall_time_s += time.perf_counter() - t0
-        cost.epochs, cost.steps = epoch + 1, global_step
+        self.cost.tokens_trained += int(tokens[0])
+        self.cost.tokens_forward_only += int(tokens[1])
+        self.cost.wall_time_s += time.perf_counter() - t0
+        self.cost.epochs, self.cost.steps = epoch + 1, self.global_step
+        self.end_epoch(epoch, t0, epoch_losses)
+
+    def step(self, epoch: int, group: list, tokens: torch.Tensor, epoch_losses: dict[str, list[float]]) -> None:
+        """One optimizer step over an accumulation group of micro-batches."""
+        accelerator, model, optimizer, scaler = self.accelerator, self.model, self.optimizer, self.scaler
+        weights = micro_batch_weights(self.step_fn, group, accelerator)
+        for j, idx in enumerate(group):
+            last = j == len(group) - 1
+            # Gradients are all-reduced only on the last micro-batch of an accumulation group.
+            ctx = nullcontext() if last or self.world == 1 else accelerator.no_sync(model)
+            with ctx, self.runtime.autocast():
+                out = (self.step_fn(model, idx, accelerator.device, scale=weights[j]) if weights
+                       else self.step_fn(model, idx, accelerator.device))
+                logged = out.logged if out.logged is not None else out.loss
+                if not torch.isfinite(logged):
+                    raise self.diverged(epoch, logged, tokens)
+                # Weighted steps already carry their share of the group (and of the processes: DDP
+                # averages gradients over them); a step function without counts gets an equal share.
+                loss = out.loss if weights else out.loss / len(group)
+                accelerator.backward(scaler.scale(loss) if scaler else loss)
+            tokens[0] += out.tokens_trained
+            tokens[1] += out.tokens_forward_only
+            for k, v in {"loss": logged, **out.parts}.items():
+                epoch_losses.setdefault(k, []).append(float(v.detach()))
+        if scaler:
+            scaler.unscale_(optimizer)
+        if self.config.max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), self.config.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        if scaler:
+            scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
+            scaler.update()
+        else:
+            optimizer.step()
+        self.scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        last_losses = {k: v[-1] for k, v in epoch_losses.items()}
+        if self.run_dir is not None and accelerator.is_main_process:
+            append_jsonl(self.run_dir / "steps.jsonl", {"epoch": epoch, "step": self.global_step, "lr": lr,
+                                                        **last_losses})
+        if self.config.log_with:
+            accelerator.log({"lr": lr, **{f"train/{k}": v for k, v in last_losses.items()}}, step=self.global_step)
+        crash_point("step")
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{epoch_losses['loss'][-1]:.3f}")
+
+    def diverged(self, epoch: int, logged: torch.Tensor, tokens: torch.Tensor) -> DivergenceError:
+        """The error that ends a run whose loss stopped being finite, carrying what was measured before."""
+        msg = (f"{self.desc}: loss became {logged.item()} at epoch {epoch + 1}, step {self.global_step}; "
+               "lower the learning rate, add a regularizer, or use a bounded loss (NPO, IHL, ME)")
+        if self.run_dir is not None:
+            append_jsonl(self.run_dir / "steps.jsonl", {"epoch": epoch, "step": self.global_step, "diverged": msg})
+        self.cost.tokens_trained += int(tokens[0])  # this rank's share of the unfinished epoch
+        self.cost.tokens_forward_only += int(tokens[1])
+        err = DivergenceError(msg)
+        err.history, err.cost = self.history, self.cost
+        return err
+
+    def end_epoch(self, epoch: int, t0: float, epoch_losses: dict[str, list[float]]) -> None:
+        """The epoch's mean losses, the evaluation hook, the log line, peak memory and the checkpoint."""
+        config, accelerator = self.config, self.accelerator
         losses = {k: sum(v) / len(v) for k, v in epoch_losses.items()}
-        if world > 1:  # the epoch's loss over every rank's micro-batches, not rank 0's alone
-            means = accelerator.reduce(torch.tensor(list(losses.values()), device=accelerator.device), reduction="mean")
+        if self.world > 1:  # the epoch's loss over every rank's micro-batches, not rank 0's alone
+            means = accelerator.reduce(torch.tensor(list(losses.values()), device=accelerator.device),
+                                       reduction="mean")
             losses = dict(zip(losses, means.tolist()))
         record = {"epoch": epoch + 1, "losses": losses}
-        if on_epoch_end is not None:
-            model.eval()
-            extra = on_epoch_end(epoch + 1, accelerator.unwrap_model(model)) or {}
-            stopped = bool(extra.pop("stop", False))
+        if self.on_epoch_end is not None:
+            self.model.eval()
+            extra = self.on_epoch_end(epoch + 1, accelerator.unwrap_model(self.model)) or {}
+            self.stopped = bool(extra.pop("stop", False))
             record.update(extra)
-        history.append(record)
-        done = epoch + 1 - start_epoch
-        note(progress and accelerator.is_main_process,
-             f"{desc}: epoch {epoch + 1}/{config.epochs}, loss {losses.get('loss', float('nan')):.4f}, "
-             f"{time.perf_counter() - t0:.1f} s; elapsed {time.perf_counter() - started:.0f} s, ETA "
-             f"{eta(time.perf_counter() - started, done, config.epochs - start_epoch)}")
+        self.history.append(record)
+        done, elapsed = epoch + 1 - self.start_epoch, time.perf_counter() - self.started
+        note(self.progress and accelerator.is_main_process,
+             f"{self.desc}: epoch {epoch + 1}/{config.epochs}, loss {losses.get('loss', float('nan')):.4f}, "
+             f"{time.perf_counter() - t0:.1f} s; elapsed {elapsed:.0f} s, ETA "
+             f"{eta(elapsed, done, config.epochs - self.start_epoch)}")
         if config.log_with:
             scalars = {f"eval/{k}": v for k, v in record.get("metrics", {}).items() if isinstance(v, (int, float))}
-            accelerator.log({**{f"epoch/{k}": v for k, v in losses.items()}, **scalars}, step=global_step)
+            accelerator.log({**{f"epoch/{k}": v for k, v in losses.items()}, **scalars}, step=self.global_step)
         mem, kind = peak_memory_bytes()
-        cost.peak_memory_bytes, cost.peak_memory_kind = max(cost.peak_memory_bytes, mem), kind  # this run's peak
-        if config.checkpoint and ckpt_dir is not None:
-            full_state = accelerator.get_state_dict(model)  # gathers sharded (FSDP/ZeRO-3) weights: every rank joins
-            if accelerator.is_main_process:
-                save_checkpoint(ckpt_dir, accelerator.unwrap_model(model), optimizer,
-                                {"epoch": epoch, "global_step": global_step, "history": history,
-                                 "cost": {k: v for k, v in cost.__dict__.items()}, "stopped": stopped,
-                                 "config": run_config}, full_state=full_state)
+        self.cost.peak_memory_bytes = max(self.cost.peak_memory_bytes, mem)  # this run's peak
+        self.cost.peak_memory_kind = kind
+        if config.checkpoint and self.ckpt_dir is not None:
+            self.save_checkpoint(epoch)
         accelerator.wait_for_everyone()
-        if stopped:
-            break
-    bar.close()
-    uncompile_blocks(compiled)
-    stop_peak_memory()
-    if config.log_with:
-        accelerator.end_training()
-    return TrainResult(history, cost, stopped_early=stopped)
+
+    def save_checkpoint(self, epoch: int) -> None:
+        accelerator = self.accelerator
+        full_state = accelerator.get_state_dict(self.model)  # gathers sharded (FSDP/ZeRO-3) weights: every rank joins
+        if accelerator.is_main_process:
+            save_checkpoint(self.ckpt_dir, accelerator.unwrap_model(self.model), self.optimizer,
+                            {"epoch": epoch, "global_step": self.global_step, "history": self.history,
+                             "cost": dict(self.cost.__dict__), "stopped": self.stopped,
+                             "config": self.run_config}, full_state=full_state)
+
+    def close(self) -> None:
+        """On every exit (finished, resumed finished, diverged, interrupted): close the bar, undo --compile,
+        stop the memory sampler, end the trackers."""
+        from .runtime import uncompile_blocks
+
+        if self.bar is not None:
+            self.bar.close()
+        if self.compiled is not None:
+            uncompile_blocks(self.compiled)
+        stop_peak_memory()
+        if self.config.log_with:
+            self.accelerator.end_training()
 
 
 def _shard_reference(step_fn, accelerator) -> None:
