@@ -249,7 +249,8 @@ def test_cli_reference_model_needs_a_holdout(tmp_path, capsys):
 
 def test_audit_keeps_the_full_membership_suite_when_metrics_leave_attacks_out(tokenizer, smoke_data, tiny_model,
                                                                               tmp_path):
-    """The audit reuses the evaluation's membership report only when it holds every attack the audit records."""
+    """The audit records every attack whatever --metrics selects: from the evaluation's own report when it runs
+    any attack (the report holds them all, so nothing is scored twice), else from a pass of its own."""
     import json
 
     from lethe import api
@@ -265,6 +266,10 @@ def test_audit_keeps_the_full_membership_suite_when_metrics_leave_attacks_out(to
         evidence = json.loads((tmp_path / name / "audit.json").read_text())["evidence"]
         for side in ("membership_before", "membership_after"):
             assert set(evidence[side]["attacks"]) == {"loss", "zlib", "min_k", "min_k_pp"}, (name, side)
+        epochs = json.loads((tmp_path / name / "run.json").read_text())["epochs"]
+        if name != "none":  # the evaluation's numbers are the audit's
+            assert evidence["membership_after"]["attacks"]["min_k"]["auc"] == epochs[-1]["metrics"]["mia/min_k_AUC"]
+            assert "mia/loss_AUC" not in epochs[-1]["metrics"] or name == "all"
 
 
 def test_run_json_records_seconds_per_request_kind_and_metric(tokenizer, smoke_data, tiny_model):

@@ -20,7 +20,6 @@ from ..engine.runtime import RuntimeConfig
 from ..engine.select import Selection
 from ..engine.tasks import LossData, Streams, UnlearnTask
 from ..evaluation.evidence import downstream_metrics, scored_forget_records
-from ..evaluation.mia import ATTACKS
 from ..evaluation.suite import aggregate, evaluate_sets
 from ..model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
 from ..objectives.method import Method
@@ -47,10 +46,6 @@ from .preparation import (
 )
 
 KEEP_CHECKPOINT = ("never", "last")
-
-# the suite audit.json records: mia.membership_report without a reference model
-AUDIT_ATTACKS = tuple(a for a in ATTACKS if a != "reference")
-
 
 @dataclass
 class UnlearnPlan:
@@ -384,11 +379,12 @@ class BestEpoch:
 
 
 def scores_audit_sets(ev: EvalConfig, forget, holdout) -> bool:
-    """Whether the evaluation's membership report is the audit's: same forget records, same holdout, and every
-    attack the audit records selected (an explicit --metrics may leave some out)."""
+    """Whether the evaluation's membership report is the audit's: same forget records, same holdout, the same
+    tokens counted, and membership attacks selected (the report then holds every attack the audit records)."""
     scored = scored_forget_records(ev)
     return (scored is not None and ev.holdout is not None and scored == list(forget)
-            and list(ev.holdout) == list(holdout) and set(AUDIT_ATTACKS) <= set(ev.selection().names))
+            and list(ev.holdout) == list(holdout) and not ev.count_end_token
+            and bool(ev.selection().of_scope("membership")))
 
 
 def write_run(run_dir: Path, model, prompter, run: UnlearnRun, forget, holdout, *, before_sha, membership_before,

@@ -143,17 +143,18 @@ def group_permutation_p(member: Sequence[float], nonmember: Sequence[float], mem
         size[index[k]] += 1
     total_items = size.sum()
 
-    def distance(chosen) -> float:
-        n1 = size[list(chosen)].sum()
-        u = rank_sum[list(chosen)].sum() - n1 * (n1 + 1) / 2
-        return abs(u / (n1 * (total_items - n1)) - 0.5)
+    def distances(chosen: np.ndarray) -> np.ndarray:  # one row of group indices per split
+        n1 = size[chosen].sum(axis=1)
+        u = rank_sum[chosen].sum(axis=1) - n1 * (n1 + 1) / 2
+        return np.abs(u / (n1 * (total_items - n1)) - 0.5)
 
-    observed = distance(members) - 1e-12
+    observed = distances(np.array([members]))[0] - 1e-12
     if math.comb(len(keys), len(members)) <= n_perm:
-        stats = [distance(c) for c in itertools.combinations(range(len(keys)), len(members))]
-        return float(np.mean([d >= observed for d in stats]))
+        splits = np.array(list(itertools.combinations(range(len(keys)), len(members))))
+        return float(np.mean(distances(splits) >= observed))
     rng = np.random.default_rng(seed)
-    hits = sum(distance(rng.choice(len(keys), len(members), replace=False)) >= observed for _ in range(n_perm))
+    splits = np.stack([rng.choice(len(keys), len(members), replace=False) for _ in range(n_perm)])
+    hits = int((distances(splits) >= observed).sum())
     return float((1 + hits) / (1 + n_perm))
 
 

@@ -207,9 +207,9 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
             stages.step(f"{s.name} ({len(recs)} items)", len(recs))
     if attacks:
         at = time.perf_counter()
-        result.membership = _membership(requests, reference, limited[forget_sets[0].name], holdout, attacks, mia_k,
+        result.membership = _membership(requests, reference, limited[forget_sets[0].name], holdout, mia_k,
                                         batch_size, count_end_token)
-        result.metrics.update(_membership_metrics(result.membership, retain_model_auc))
+        result.metrics.update(_membership_metrics(result.membership, retain_model_auc, {m.name for m in attacks}))
         result.timing.setdefault("metrics_s", {})["membership"] = time.perf_counter() - at
         stages.step(f"membership attacks (holdout {len(holdout)} items)", len(holdout))
     for m in selection.of_scope("texts"):
@@ -266,8 +266,8 @@ def _score_set(s: EvalSet, recs: list, selection: Selection, available: set[str]
         result.metrics[f"{s.name}/{m.name}"] = m.reduce(values, inp) if m.reduce else M.mean(values)
 
 
-def _membership(requests: ModelRequests, reference, forget: list, holdout: list, attacks: list[Metric], k: float,
-                batch_size: int, count_end_token: bool = False) -> dict:
+def _membership(requests: ModelRequests, reference, forget: list, holdout: list, k: float, batch_size: int,
+                count_end_token: bool = False) -> dict:
     """The attacks' report, forget vs holdout, from the request layer's token statistics."""
     from .mia import attack_report, attack_scores
 
@@ -277,21 +277,22 @@ def _membership(requests: ModelRequests, reference, forget: list, holdout: list,
         ref = reference if isinstance(reference, ModelRequests) else ModelRequests(reference, requests.prompter,
                                                                                    batch_size=batch_size)
         ref_f, ref_h = ref.token_stats(forget), ref.token_stats(holdout)
-    names = {m.name for m in attacks}
+    # every attack the statistics allow goes into the report (the audit record reads them all: it needs no
+    # second pass); the metrics keep the selected ones
     f = attack_scores(requests.token_stats(forget), k=k, reference_stats=ref_f, decode=decode,
                       include_end=count_end_token)
     h = attack_scores(requests.token_stats(holdout), k=k, reference_stats=ref_h, decode=decode,
                       include_end=count_end_token)
-    return attack_report({a: v for a, v in f.items() if a in names}, {a: v for a, v in h.items() if a in names},
-                         forget, holdout, k=k)
+    return attack_report(f, h, forget, holdout, k=k)
 
 
-def _membership_metrics(report: dict, retain_model_auc: dict | None) -> dict[str, float]:
+def _membership_metrics(report: dict, retain_model_auc: dict | None, names: set[str]) -> dict[str, float]:
     from .mia import report_metrics
 
-    out = report_metrics(report, retain_model_auc)
-    out.update({f"mia/{a}_KS_p": v["ks_p"] for a, v in report["attacks"].items()})
-    out.update({f"mia/{a}_group_p": v["group_p"] for a, v in report["attacks"].items() if "group_p" in v})
+    chosen = {**report, "attacks": {a: v for a, v in report["attacks"].items() if a in names}}
+    out = report_metrics(chosen, retain_model_auc)
+    out.update({f"mia/{a}_KS_p": v["ks_p"] for a, v in chosen["attacks"].items()})
+    out.update({f"mia/{a}_group_p": v["group_p"] for a, v in chosen["attacks"].items() if "group_p" in v})
     return out
 
 
