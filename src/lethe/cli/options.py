@@ -335,11 +335,15 @@ def eval_config(a, forget_default=None, every: int | None = None):
                      knowmem={k: load_qa(v, fields=dc.fields, split=dc.split)
                               for k, v in (("forget", a.knowmem), ("retain", a.knowmem_retain)) if v} or None,
                      knowmem_shots=a.knowmem_shots, count_end_token=getattr(a, "count_end_token", False))
-    # the embedding model is loaded only when CS will be computed (loading it costs seconds and memory)
-    cs = "CS" in cfg.selection() or bool(a.embedding_model)
-    cfg.semantic = load_semantic(a.embedding_model, a.nli_model, cs=cs)
+    # the embedding and NLI models are loaded only when CS and ES will be computed (seconds and memory each):
+    # not for a run that scores nothing (--eval-at none)
+    scores = bool(cfg.at) or cfg.every > 0
+    cs = scores and ("CS" in cfg.selection() or bool(a.embedding_model))
+    cfg.semantic = load_semantic(a.embedding_model, a.nli_model if scores else None, cs=cs)
     if not cs:
-        cfg.semantic.unavailable["CS"] = "not requested"
+        cfg.semantic.unavailable["CS"] = "not requested" if scores else "no evaluation (--eval-at none)"
+    if not scores:
+        cfg.semantic.unavailable["ES"] = "no evaluation (--eval-at none)"
     cfg.check_metrics(retain_model=bool(a.retain_model), reference=bool(getattr(a, "mia_reference", None)))
     if getattr(a, "mia_reference", None):  # before the retain model is scored: PrivLeak of the reference attack
         if holdout is None:
