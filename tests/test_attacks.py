@@ -147,3 +147,56 @@ def test_unlearn_with_attacks_records_them_in_the_audit(tokenizer, smoke_data, t
         main(argv[:-1] + [str(tmp_path / "run2"), "--attack-opt", "quantize.bits=0"])
     assert e.value.code == 2 and "bits must be 2..8" in capsys.readouterr().err
     assert not (tmp_path / "run2").exists()
+
+
+def test_prompt_attacks_rewrite_only_the_questions_and_score_the_originals_first(smoke_data):
+    """paraphrase and prompt keep the model and the answers; the unattacked model is scored on the original
+    questions, the attacked one (the same model) and the retain-model control on the rewritten ones."""
+    forget, retain = smoke_data.forget(10), smoke_data.retain(10)
+    model, control = object(), object()
+    seen = []
+
+    def score(mdl, records):
+        seen.append((mdl, [r.question for r in records]))
+        return {"P": 0.5 if mdl is model else 0.25}
+
+    originals = [r.question for r in forget]
+    for name, options in (("paraphrase", {}), ("prompt", {"template": "roleplay"}),
+                          ("prompt", {"template": "fewshot", "shots": 2})):
+        seen.clear()
+        res = run_attacks(model, forget, parse_attacks(name, {name: options}), prompter=None, metrics=("P",),
+                          retain_model=control, score=score, context={"retain": retain})
+        (before_model, before_q), (after_model, after_q), (ctrl, ctrl_q), (ctrl_after, ctrl_after_q) = seen
+        assert before_model is model and after_model is model and ctrl is control and ctrl_after is control
+        assert before_q == originals == ctrl_q and after_q == ctrl_after_q != originals
+        assert [r.answer for r in forget] == [r.answer for r in smoke_data.forget(10)]  # records never changed
+        if name == "paraphrase":
+            assert after_q == [r.paraphrased_question for r in forget]
+        elif options["template"] == "roleplay":
+            assert all(q.endswith(o) and "Archivist" in q for q, o in zip(after_q, originals))
+        else:  # two worked retain examples, the same (seeded) before every question
+            heads = {q[: q.rindex("Question: ")] for q in after_q}
+            assert len(heads) == 1 and heads.pop().count("Answer: ") == 2
+            assert all(q.endswith(f"Question: {o}\nAnswer:") for q, o in zip(after_q, originals))
+        assert res["attacks"][name]["metrics"]["P"]["Q"] == pytest.approx(1.0)  # the stub scores every prompt alike
+    no_paraphrase = [copy.copy(r) for r in forget]
+    object.__setattr__(no_paraphrase[1], "paraphrased_question", None)
+    with pytest.raises(LetheError, match="reads each forget record's 'paraphrased_question': record 1 has none"):
+        run_attacks(model, no_paraphrase, parse_attacks("paraphrase"), prompter=None, metrics=("P",), score=score)
+    with pytest.raises(LetheError, match="needs 3 retain records"):
+        run_attacks(model, forget, parse_attacks("prompt", {"prompt": {"template": "fewshot"}}), prompter=None,
+                    metrics=("P",), score=score, context={"retain": retain[:1]})
+    with pytest.raises(LetheError, match="template must be one of prefix, roleplay, filler, fewshot"):
+        parse_attacks("prompt", {"prompt": {"template": "haiku"}})
+
+
+def test_the_python_attack_api_scores_a_saved_model(tokenizer, smoke_data, tmp_path):
+    from lethe.model.build import build_tiny_model
+    from lethe.model.save import save_model
+
+    save_model(build_tiny_model(tokenizer, "test", seed=0), tokenizer, tmp_path / "m")
+    res = lethe.attack(str(tmp_path / "m"), smoke_data.forget(10)[:3], "paraphrase,prompt",
+                       attack_options={"prompt": {"template": "filler"}}, metrics=("P",), max_new_tokens=2)
+    for name in ("paraphrase", "prompt"):
+        p = res["attacks"][name]["metrics"]["P"]
+        assert 0 < p["unlearned"] <= 1 and 0 < p["attacked"] <= 1 and p["attacked"] != p["unlearned"]

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import api
 from ..core import DataConfig, EvalConfig
 from ..core.conventions import CONVENTIONS
 from ..engine.loop import TrainConfig
@@ -217,8 +218,8 @@ def _add_report_parser(sub) -> None:
 
 
 def _add_attack_parser(sub) -> None:
-    p = sub.add_parser("attack", help="attack a model (quantize, relearn) and score the forget set before and "
-                                      "after, with a retain model under the same attack as the control")
+    p = sub.add_parser("attack", help="attack a model (quantize, relearn, paraphrase, prompt) and score the forget "
+                                      "set before and after, with a retain model under the same attack as the control")
     p.add_argument("--model", required=True, help="the unlearned model (a directory or a peft adapter directory)")
     p.add_argument("--forget", required=True, help="the forget records the attacks try to recover")
     p.add_argument("--attacks", default="quantize,relearn", help="comma-separated attacks (default quantize,relearn; "
@@ -227,6 +228,8 @@ def _add_attack_parser(sub) -> None:
                    help="an attack's option (repeatable), e.g. quantize.bits=8, relearn.epochs=5")
     p.add_argument("--retain-model", default=None, metavar="DIR",
                    help="a model never trained on the forget set: attacked the same way, the control")
+    p.add_argument("--retain", default=None, metavar="FILE",
+                   help="retain QA records (prompt.template=fewshot takes its worked examples from them)")
     p.add_argument("--target-model", default=None, metavar="DIR",
                    help="the model before unlearning: recovery = change / (target − unlearned)")
     p.add_argument("--metrics", default="P,ROUGE", metavar="NAMES",
@@ -301,8 +304,6 @@ def run(argv=None) -> int:
 
 def _dispatch(args) -> int:
     progress = not args.quiet  # bars on a terminal, one line per epoch and stage otherwise
-    from .. import api
-
     if args.command == "demo":
         methods = split_outside_parens(args.methods, ",") if args.methods is not None else None
         if methods is not None and len({m.replace(" ", "").lower() for m in methods}) != len(methods):
@@ -402,22 +403,12 @@ def _attack_options(items) -> dict:
 def _attack_run(args, model, attacks, data, progress: bool) -> None:
     """``lethe unlearn --attacks``: the unlearned model (in memory) attacked, the starting model as the target,
     --retain-model as the control; written to RUN/attacks.json and into audit.json."""
-    from dataclasses import replace
-
-    from ..attacks import run_attacks
-    from ..core import prepare
     from ..core.audit import add_attacks
-    from ..data.sources import load_qa
-    from ..model.load import load_model
 
-    mc, rt = opts.model_config(args), opts.runtime_config(args)
-    target, prompter, _ = prepare(args.model, None, mc, rt)
-    retain = rt.place(load_model(args.retain_model, dtype=rt.weight_dtype)) if args.retain_model else None
-    forget = load_qa(args.forget, fields=data.fields, split=data.split)
-    with rt.autocast():
-        result = run_attacks(model, forget, attacks, prompter=prompter, metrics=("P", "ROUGE"), retain_model=retain,
-                             target_model=target, context={"model_config": replace(mc, prompt_format=prompter.format),
-                                                           "runtime": rt, "max_new_tokens": args.max_new_tokens})
+    result = api.attack(model, args.forget, list(attacks), attack_options=attacks, retain=args.retain,
+                        retain_model=args.retain_model, target_model=args.model, tokenizer=args.model,
+                        model_config=opts.model_config(args), data=data, runtime=opts.runtime_config(args),
+                        max_new_tokens=args.max_new_tokens)
     add_attacks(Path(args.out), result)
     if progress:
         for name, entry in result["attacks"].items():
@@ -428,11 +419,8 @@ def _attack_run(args, model, attacks, data, progress: bool) -> None:
 
 
 def _attack(args, progress: bool) -> int:
-    from ..attacks import parse_attacks, run_attacks
-    from ..core import prepare
-    from ..data.sources import load_qa
+    from ..attacks import parse_attacks
     from ..evaluation.metric_registry import parse_metric_list
-    from ..model.load import load_model
 
     attacks = parse_attacks(args.attacks, _attack_options(args.attack_opt))
     metrics = parse_metric_list(args.metrics)
@@ -440,18 +428,11 @@ def _attack(args, progress: bool) -> int:
         from ..util.rundir import check_output
 
         check_output(args.out, kind="file")
-    forget = load_qa(args.forget, fields=opts.data_config(args).fields, split=args.split)
-    mc, rt = opts.model_config(args), opts.runtime_config(args)
-    model, prompter, _ = prepare(args.model, None, mc, rt)
-    others = {k: rt.place(load_model(v, dtype=rt.weight_dtype, trust_remote_code=mc.trust_remote_code))
-              for k, v in (("retain", args.retain_model), ("target", args.target_model)) if v}
-    from dataclasses import replace
-
-    with rt.autocast():
-        result = run_attacks(model, forget, attacks, prompter=prompter, metrics=metrics,
-                             retain_model=others.get("retain"), target_model=others.get("target"),
-                             context={"model_config": replace(mc, prompt_format=prompter.format), "runtime": rt,
-                                      "max_new_tokens": args.max_new_tokens})
+    result = api.attack(args.model, args.forget, list(attacks), attack_options=attacks,
+                        retain=getattr(args, "retain", None), retain_model=args.retain_model,
+                        target_model=args.target_model, metrics=metrics, model_config=opts.model_config(args),
+                        data=opts.data_config(args), runtime=opts.runtime_config(args),
+                        max_new_tokens=args.max_new_tokens)
     result.update(model=str(args.model), forget=str(args.forget), retain_model=args.retain_model,
                   target_model=args.target_model)
     if args.out:
@@ -502,7 +483,6 @@ def describe_metrics() -> str:
 
 
 def _unlearn(args, progress: bool) -> int:
-    from .. import api
     from ..core.runs import RUN_OUTPUTS
     from ..data.sources import is_text_source
     from ..util.rundir import preflight

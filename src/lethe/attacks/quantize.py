@@ -1,0 +1,70 @@
+"""``quantize``: weight-only round-to-nearest of the decoder's linear layers, scored dequantised.
+
+Zhang et al. (ICLR 2025) found that unlearning updates are smaller than a 4-bit quantization step, so
+quantizing an unlearned model can bring back what it forgot. Plain torch, so it runs on CPU and GPU alike."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..util.errors import LetheError
+from .base import ATTACKS, Attack, Attacked
+
+
+def quantize_rtn(weight: torch.Tensor, bits: int, group: int = 0, symmetric: bool = True) -> torch.Tensor:
+    """Round-to-nearest weight quantization, returned dequantised (same shape and dtype).
+
+    Each output row is quantized per group of ``group`` input columns (0: the whole row, per channel).
+    Symmetric: q = round(w / s), s = max|w| / (2^(bits-1) − 1), q in [−(2^(bits-1) − 1), 2^(bits-1) − 1].
+    Asymmetric: s = (max − min) / (2^bits − 1), zero point z = round(−min / s), q = clamp(round(w / s) + z,
+    0, 2^bits − 1), w' = (q − z) · s.
+    """
+    w = weight.detach().to(torch.float64 if weight.dtype == torch.float64 else torch.float32)
+    rows, cols = w.shape
+    g = cols if not group or group >= cols else group
+    pad = (-cols) % g
+    if pad:
+        w = torch.cat([w, w.new_zeros(rows, pad)], dim=1)
+    blocks = w.reshape(rows, -1, g)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = blocks.abs().amax(-1, keepdim=True).clamp(min=1e-12) / qmax
+        deq = torch.clamp(torch.round(blocks / scale), -qmax, qmax) * scale
+    else:
+        qmax = 2 ** bits - 1
+        lo, hi = blocks.amin(-1, keepdim=True), blocks.amax(-1, keepdim=True)
+        scale = (hi - lo).clamp(min=1e-12) / qmax
+        zero = torch.round(-lo / scale)
+        deq = (torch.clamp(torch.round(blocks / scale) + zero, 0, qmax) - zero) * scale
+    out = deq.reshape(rows, -1)[:, :cols]
+    return out.to(weight.dtype)
+
+
+def decoder_linears(model):
+    from ..model.layers import decoder_layers
+
+    for block in decoder_layers(model):
+        for module in block.modules():
+            if isinstance(module, torch.nn.Linear):
+                yield module
+
+
+def _check_quantize(o: dict) -> None:
+    if not 2 <= o["bits"] <= 8:
+        raise LetheError(f"attack 'quantize': bits must be 2..8, got {o['bits']}")
+    if o["group"] < 0:
+        raise LetheError(f"attack 'quantize': group must be >= 0 (0: per channel), got {o['group']}")
+
+
+def _quantize(model, forget, options, context):
+    attacked = copy.deepcopy(model)
+    with torch.no_grad():
+        for linear in decoder_linears(attacked):
+            linear.weight.copy_(quantize_rtn(linear.weight, options["bits"], options["group"], options["symmetric"]))
+    return Attacked(attacked, list(forget))
+
+
+ATTACKS.add("quantize", Attack(
+    "quantize", "weight-only round-to-nearest of the decoder's linear layers (Zhang et al. 2025), dequantised",
+    {"bits": 4, "group": 128, "symmetric": True}, _quantize, _check_quantize, robustness="Q"))

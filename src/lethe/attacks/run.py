@@ -1,0 +1,110 @@
+"""Running attacks: options parsed before any model work, every attack scored on the unlearned model and on
+the controls (the retain model under the same attack, the target model before unlearning), and the
+meta-evaluation's robustness scores."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+from ..util.errors import LetheError
+from .base import ATTACKS, Attack
+
+
+def parse_attacks(text: str | Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
+    """``"quantize,relearn"`` and {attack: {option: value}} -> {attack: resolved options}, checked before any
+    model work (unknown attacks and options, out-of-range values, an attack named twice)."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if not names:
+        raise LetheError("--attacks: name at least one attack (available: " + ", ".join(ATTACKS.names()) + ")")
+    out = {}
+    for n in names:
+        attack = ATTACKS.get(n)
+        if attack.name in out:
+            raise LetheError(f"--attacks: '{attack.name}' is named twice")
+        out[attack.name] = attack.options((options or {}).get(attack.name))
+    for n in (options or {}):
+        if ATTACKS.get(n).name not in out:
+            raise LetheError(f"--attack-opt: options for '{n}', which --attacks does not name")
+    return out
+
+
+def robustness_q(before: float, after: float) -> float:
+    denom = abs(before) + abs(after)
+    return 1.0 if denom == 0 else 1.0 - abs(after - before) / denom
+
+
+def robustness_r(delta_unlearned: float, delta_retain: float) -> float:
+    denom = abs(delta_unlearned) + abs(delta_retain)
+    return 1.0 if denom == 0 else 1.0 - abs(delta_unlearned - delta_retain) / denom
+
+
+def check_fields(attack: Attack, forget: Sequence) -> None:
+    """An attack that reads a record field (the paraphrased question) needs it on every forget record."""
+    for name in attack.needs:
+        missing = [i for i, r in enumerate(forget) if not getattr(r, name, None)]
+        if missing:
+            raise LetheError(f"attack '{attack.name}' reads each forget record's '{name}': record {missing[0]} "
+                             f"(and {len(missing) - 1} more) has none" if len(missing) > 1 else
+                             f"attack '{attack.name}' reads each forget record's '{name}': record {missing[0]} "
+                             "has none")
+
+
+def run_attacks(model, forget: Sequence, attacks: Mapping[str, Mapping[str, Any]], *, prompter, metrics,
+                retain_model=None, target_model=None, score: Callable[[Any, list], dict] | None = None,
+                context: Mapping[str, Any] | None = None) -> dict:
+    """Every attack on ``model`` (and on ``retain_model``, the control), the metrics scored on the records each
+    attack names. ``score(model, records) -> {metric: value}`` (default: the suite's forget-set metrics).
+    Returns {"attacks": {name: {"options", "records", "metrics": {m: {...}}}}}; the models are not changed."""
+    from ..evaluation.suite import EvalSet, evaluate_sets
+
+    def default_score(mdl, records):
+        res = evaluate_sets(mdl, prompter, [EvalSet("forget", records, "qa", role="forget")], metrics=metrics,
+                            max_new_tokens=(context or {}).get("max_new_tokens", 48))
+        return {k.split("/", 1)[1]: v for k, v in res.metrics.items() if k.startswith("forget/")}
+
+    score = score or default_score
+    ctx = {"prompter": prompter, **dict(context or {})}
+    out = {"attacks": {}}
+    for name, options in attacks.items():
+        attack = ATTACKS.get(name)
+        check_fields(attack, forget)
+        attacked = attack.apply(model, forget, options, ctx)
+        records, baseline = attacked.records, attacked.baseline or attacked.records
+        entry = {"options": options, "records": len(records), "robustness_score": attack.robustness,
+                 "metrics": {}}
+        before, after = score(model, baseline), score(attacked.model, records)
+        del attacked
+        control = target = None
+        if retain_model is not None:
+            control_attacked = attack.apply(retain_model, forget, options, ctx)
+            control = (score(retain_model, baseline), score(control_attacked.model, control_attacked.records))
+            del control_attacked
+        if target_model is not None:
+            target = score(target_model, baseline)
+        for m in before:
+            row = {"unlearned": before[m], "attacked": after[m], "change": after[m] - before[m]}
+            if control is not None:
+                row.update(retain=control[0][m], retain_attacked=control[1][m],
+                           retain_change=control[1][m] - control[0][m])
+                row["beyond_control"] = row["change"] - row["retain_change"]
+            if target is not None:
+                row["target"] = target[m]
+                gap = target[m] - before[m]
+                row["recovery"] = row["change"] / gap if abs(gap) > 1e-12 else None
+            if attack.robustness == "Q":
+                row["Q"] = robustness_q(before[m], after[m])
+            elif control is not None:
+                row["R"] = robustness_r(row["change"], row["retain_change"])
+            entry["metrics"][m] = row
+        out["attacks"][name] = entry
+    return out
+
+
+def describe() -> str:
+    lines = []
+    for name in ATTACKS.names():
+        a = ATTACKS.get(name)
+        lines.append(f"  {name:<10} {a.summary}")
+        options = ", ".join(f"{k}={v}" for k, v in a.defaults.items()) or "none"
+        lines.append(f"  {'':<10} options: {options}; "
+                     f"robustness score: {a.robustness}")
+    return "\n".join(lines)
