@@ -26,8 +26,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lethe demo --size $(SIZE) --out $(OUT)
 
+# one test file per worker process, one torch thread each (tests/conftest.py): the suite's tiny models gain
+# little from a second thread, so two files at once use a 2-core machine better
 test: lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n auto --dist loadfile tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny models built from configs (no downloads), small QA data."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -8,7 +10,13 @@ from lethe.data.synthetic import generate_authors
 from lethe.model.build import build_tiny_model, train_tokenizer
 from lethe.scenarios.fictitious import tokenizer_corpus
 
-torch.set_num_threads(2)
+# under pytest-xdist every worker takes one core (and so do the processes its tests start); alone, the suite
+# uses two
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

@@ -216,6 +216,8 @@ class _Trainer:
                 if hasattr(self.cost, k):
                     setattr(self.cost, k, v)
             self.scheduler.last_epoch = self.global_step  # the optimizer state already carries the current LR
+            if state.get("step_state") and hasattr(self.step_fn, "load_state_dict"):
+                self.step_fn.load_state_dict(state["step_state"])  # a loss's dual variable, where it was
             _truncate_step_log(run_dir / "steps.jsonl", self.start_epoch)
             if self.start_epoch >= self.config.epochs or state.get("stopped"):
                 self.stopped = bool(state.get("stopped"))
@@ -315,6 +317,10 @@ class _Trainer:
                                        reduction="mean")
             losses = dict(zip(losses, means.tolist()))
         record = {"epoch": epoch + 1, "losses": losses}
+        if hasattr(self.step_fn, "epoch_end"):
+            self.step_fn.epoch_end(epoch + 1)
+        if self.step_state():
+            record["loss_state"] = self.step_state()
         if self.on_epoch_end is not None:
             self.model.eval()
             extra = self.on_epoch_end(epoch + 1, accelerator.unwrap_model(self.model)) or {}
@@ -343,7 +349,10 @@ class _Trainer:
             save_checkpoint(self.ckpt_dir, accelerator.unwrap_model(self.model), self.optimizer,
                             {"epoch": epoch, "global_step": self.global_step, "history": self.history,
                              "cost": dict(self.cost.__dict__), "stopped": self.stopped,
-                             "config": self.run_config}, full_state=full_state)
+                             "config": self.run_config, "step_state": self.step_state()}, full_state=full_state)
+
+    def step_state(self) -> dict:
+        return self.step_fn.state_dict() if hasattr(self.step_fn, "state_dict") else {}
 
     def close(self) -> None:
         """On every exit (finished, resumed finished, diverged, interrupted): close the bar, undo --compile,

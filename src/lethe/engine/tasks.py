@@ -205,6 +205,20 @@ class UnlearnTask:
         self.reference = reference  # a model runner (model/reference.py), for per-step reference inputs
         self.cache: dict[str, torch.Tensor] = {}
 
+    def state_dict(self) -> dict:
+        """The losses' step-to-step state (a dual variable), by role: saved with each checkpoint."""
+        return {role: loss.state() for role, loss in zip(("forget", "regularizer"), self.method.losses)
+                if loss.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for role, loss in zip(("forget", "regularizer"), self.method.losses):
+            if role in state:
+                loss.load_state(state[role])
+
+    def epoch_end(self, epoch: int) -> None:
+        for loss in self.method.losses:
+            loss.epoch_end(epoch)
+
     @property
     def needs_reference_model(self) -> bool:
         """Whether a reference forward is needed at every step (cached sequence log-probs are not)."""

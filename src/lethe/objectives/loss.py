@@ -54,6 +54,17 @@ class Loss:
         """Resolved options, recorded with the run."""
         return dict(getattr(self, "_options", {}))
 
+    def epoch_end(self, epoch: int) -> None:
+        """After training epoch ``epoch`` (from 1): where a loss with state changes phase (a warm-up ends)."""
+
+    def state(self) -> dict[str, Any]:
+        """What the loss carries from step to step (a dual variable): recorded after every epoch, saved with
+        each checkpoint and given back to :meth:`load_state` by ``--resume``. Plain JSON values."""
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state` saved with a checkpoint."""
+
 
 class FunctionLoss(Loss):
     """A plain function as a :class:`Loss`: inputs from parameter names, options bound once."""
