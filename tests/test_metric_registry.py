@@ -37,8 +37,8 @@ def test_every_declaration_is_complete_and_ordered():
             assert m.compute is not None
         seen.append(name)
     assert {"P", "TR", "TR_closer", "ROUGE", "TE", "CS", "ES", "EM", "ExtractionStrength", "loss", "zlib", "min_k",
-            "min_k_pp",
-            "reference", "VerbMem", "KnowMem", "EL", "MA", "PPL", "BLEU", "MU", "MU18", "FE", "FQ"} == set(seen)
+            "min_k_pp", "reference", "gradnorm", "gradnorm_l1", "gradnorm_linf", "VerbMem", "KnowMem", "EL", "MA",
+            "PPL", "BLEU", "MU", "MU18", "FE", "FQ"} == set(seen)
 
 
 def test_selection_adds_what_a_metric_is_built_from_and_rejects_unknown_names():

@@ -282,3 +282,38 @@ def test_stop_rule_reads_the_evaluations_membership_report_instead_of_scoring_ag
     calls.clear()
     run(EvalConfig(sets=sets, holdout=holdout, max_new_tokens=4, mia_k=0.2), Counting(forget, holdout, min_epochs=5))
     assert len(calls) == 3  # another k: the report is not the rule's, so it scores epochs 0, 1, 2 itself
+
+
+def test_gradient_norm_attack_matches_a_by_hand_backward_and_ranks_trained_records_higher(tokenizer, smoke_data,
+                                                                                           tiny_model):
+    """gradnorm: minus the mean over parameter tensors of each tensor's gradient p-norm of the record's mean
+    answer NLL (end token left out), as a membership attack forget vs holdout; the model's gradients stay."""
+    import lethe
+    from lethe.data.prompt import IGNORE, Prompter
+    from lethe.engine.loop import TrainConfig
+    from lethe.evaluation.mia import gradient_norm_scores
+    from lethe.evaluation.suite import EvalSet, evaluate_sets
+    from lethe.ops.tokens import mean_nll
+
+    forget, holdout = smoke_data.forget(10), smoke_data.holdout[:4]
+    prompter = Prompter(tokenizer)
+    for p in (1.0, 2.0, float("inf")):
+        got = gradient_norm_scores(tiny_model, prompter, forget[:2], p)
+        for record, score in zip(forget[:2], got):
+            ex = prompter.encode(record)
+            labels = list(ex["labels"])
+            last = max(i for i, t in enumerate(labels) if t != IGNORE)
+            labels[last] = IGNORE
+            tiny_model.zero_grad()
+            mean_nll(tiny_model(input_ids=torch.tensor([ex["input_ids"]])).logits, torch.tensor([labels])).backward()
+            norms = [q.grad.norm(p=p) for q in tiny_model.parameters() if q.grad is not None]
+            assert score == pytest.approx(-float(torch.stack(norms).mean()), rel=1e-5)
+    tiny_model.zero_grad(set_to_none=True)
+    trained, _ = lethe.finetune(tiny_model, forget, tokenizer=tokenizer, progress=False,
+                                train=TrainConfig(epochs=30, lr=5e-3, batch_size=4, micro_batch_size=4,
+                                                  checkpoint=False))
+    res = evaluate_sets(trained, prompter, [EvalSet("forget", forget, "qa", role="forget")], holdout=holdout,
+                        metrics=["gradnorm", "gradnorm_linf", "loss"], generate=False)
+    assert res.metrics["mia/gradnorm_AUC"] > 0.8 and "mia/gradnorm_linf_AUC" in res.metrics
+    assert "mia/gradnorm_l1_AUC" not in res.metrics and "gradnorm_l1" not in res.membership["attacks"]
+    assert all(q.grad is None for q in trained.parameters())

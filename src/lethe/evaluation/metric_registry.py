@@ -181,6 +181,12 @@ for _name, _summary in (("loss", "minus the mean token NLL"),
                    roles=("forget", "holdout"), aggregation="ROC-AUC, KS and group-permutation p-values",
                    higher_is_better=None))
 
+for _name, _norm in (("gradnorm", "2-norm"), ("gradnorm_l1", "1-norm"), ("gradnorm_linf", "max-norm")):
+    declare(Metric(_name, f"membership attack, minus the per-record gradient {_norm} (mean over parameter tensors; a "
+                   "backward per record): ROC-AUC forget vs holdout", "membership", needs=("holdout",),
+                   roles=("forget", "holdout"), aggregation="ROC-AUC, KS and group-permutation p-values",
+                   higher_is_better=None, default=False))
+
 # -- on inputs of their own
 declare(Metric("VerbMem", "MUSE VerbMem: ROUGE-L F1 x100 of the greedy continuation of a forget-text prefix",
                "texts", needs=("verbmem_texts",), roles=("forget",)))

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.prompt import as_prompter
+from ..data.prompt import IGNORE, as_prompter
 from .requests import answer_tokens, token_statistics
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_pp", "reference")
@@ -106,6 +106,49 @@ def ks_p_value(forget_scores, holdout_scores) -> float:
     h = np.asarray(holdout_scores, dtype=float)
     f, h = f[~np.isnan(f)], h[~np.isnan(h)]
     return float(ks_2samp(f, h).pvalue) if len(f) and len(h) else float("nan")
+
+
+GRADNORM_P = {"gradnorm": 2.0, "gradnorm_l1": 1.0, "gradnorm_linf": float("inf")}
+
+
+def gradient_norm_scores(model, prompter, records: Sequence, p: float, *, include_end: bool = False) -> list[float]:
+    """Minus each record's gradient norm: the gradient of its mean answer-token NLL w.r.t. the parameters, each
+    parameter tensor's ``p``-norm, averaged over the tensors (open-unlearning's gradnorm aggregation). A member
+    sits in a minimum of the training loss, so its gradient is small and its score high. The model's gradients
+    are left as they were; its parameters are all differentiated (the frozen ones too)."""
+    import torch
+
+    from ..ops.tokens import mean_nll
+
+    prompter = as_prompter(prompter)
+    stop = set(prompter.stop_ids)
+    params = list(model.parameters())
+    flags = [q.requires_grad for q in params]
+    device = params[0].device
+    was_training = model.training
+    model.eval()
+    scores = []
+    try:
+        for q in params:
+            q.requires_grad_(True)
+        for record in records:
+            ex = prompter.encode(record)
+            labels = list(ex["labels"])
+            counted = [i for i, t in enumerate(labels) if t != IGNORE]
+            if (not include_end and hasattr(record, "question") and len(counted) > 1
+                    and labels[counted[-1]] in stop):
+                labels[counted[-1]] = IGNORE  # the end-of-answer token, as the other attacks leave it out
+            ids = torch.tensor([ex["input_ids"]], device=device)
+            with torch.enable_grad():
+                loss = mean_nll(model(input_ids=ids).logits, torch.tensor([labels], device=device))
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            norms = [g.detach().float().norm(p=p) for g in grads if g is not None]
+            scores.append(-float(torch.stack(norms).mean()))
+    finally:
+        for q, flag in zip(params, flags):
+            q.requires_grad_(flag)
+        model.train(was_training)
+    return scores
 
 
 def record_groups(records: Sequence) -> list | None:

@@ -208,7 +208,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
     if attacks:
         at = time.perf_counter()
         result.membership = _membership(requests, reference, limited[forget_sets[0].name], holdout, mia_k,
-                                        batch_size, count_end_token)
+                                        batch_size, count_end_token, gradient=[m.name for m in attacks])
         result.metrics.update(_membership_metrics(result.membership, retain_model_auc, {m.name for m in attacks}))
         result.timing.setdefault("metrics_s", {})["membership"] = time.perf_counter() - at
         stages.step(f"membership attacks (holdout {len(holdout)} items)", len(holdout))
@@ -267,9 +267,10 @@ def _score_set(s: EvalSet, recs: list, selection: Selection, available: set[str]
 
 
 def _membership(requests: ModelRequests, reference, forget: list, holdout: list, k: float, batch_size: int,
-                count_end_token: bool = False) -> dict:
-    """The attacks' report, forget vs holdout, from the request layer's token statistics."""
-    from .mia import attack_report, attack_scores
+                count_end_token: bool = False, gradient: Sequence[str] = ()) -> dict:
+    """The attacks' report, forget vs holdout, from the request layer's token statistics (and, for the gradient
+    attacks named in ``gradient`` that are selected, a backward per record)."""
+    from .mia import GRADNORM_P, attack_report, attack_scores, gradient_norm_scores
 
     decode = requests.prompter.decode
     ref_f = ref_h = None
@@ -283,6 +284,10 @@ def _membership(requests: ModelRequests, reference, forget: list, holdout: list,
                       include_end=count_end_token)
     h = attack_scores(requests.token_stats(holdout), k=k, reference_stats=ref_h, decode=decode,
                       include_end=count_end_token)
+    for name in (n for n in gradient if n in GRADNORM_P):
+        model, p = requests.model, GRADNORM_P[name]
+        f[name] = gradient_norm_scores(model, requests.prompter, forget, p, include_end=count_end_token)
+        h[name] = gradient_norm_scores(model, requests.prompter, holdout, p, include_end=count_end_token)
     return attack_report(f, h, forget, holdout, k=k)
 
 
