@@ -221,3 +221,15 @@ def test_select_best_keeps_the_chosen_epoch_and_survives_resume(tokenizer, smoke
     with pytest.raises(SystemExit) as e:
         main(argv[:-2] + ["--select-by", "fq", "--eval-at", "none", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
+
+
+def test_adapters_default_to_a_larger_learning_rate_than_full_fine_tuning():
+    from lethe.cli.commands import build_parser
+    from lethe.cli.options import train_config
+
+    parser = build_parser()
+    base = ["unlearn", "--model", "m", "--forget", "f.json", "--out", "o"]
+    assert train_config(parser.parse_args(base)).lr == 1e-5
+    assert train_config(parser.parse_args(base + ["--params", "lora"])).lr == 1e-4
+    assert train_config(parser.parse_args(base + ["--params", "fila", "--lr", "3e-5"])).lr == 3e-5
+    assert train_config(parser.parse_args(["finetune", "--model", "m", "--data", "d.json", "--out", "o"])).lr == 2e-5

@@ -180,7 +180,7 @@ def _add_unlearn_parser(sub) -> None:
                    help="records of the same kind the model never saw: every evaluation reports membership-"
                         "inference AUCs of the forget set against them (LOSS, zlib, Min-K%%, Min-K%%++; PrivLeak with "
                         "--retain-model), and audit.json has them before and after")
-    opts.add_train_options(p, TrainConfig())
+    opts.add_train_options(p, TrainConfig(), adapters=True)
     opts.add_params_options(p)
     opts.add_model_options(p)
     opts.add_runtime_options(p)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..core import DataConfig, EvalConfig, MethodConfig, ModelConfig
+from ..core.configs import ADAPTER_LR
 from ..core.conventions import CONVENTIONS, describe as describe_conventions
 from ..engine.loop import TRACKERS, TrainConfig
 from ..evaluation.memorization import ELConfig
@@ -13,12 +14,14 @@ from ..util.errors import LetheError
 from ..util.validation import POSITIVE_INT, range_of
 
 
-def add_train_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+def add_train_options(p: argparse.ArgumentParser, d: TrainConfig, *, adapters: bool = False) -> None:
+    """The training options; with ``adapters`` (commands that take --params) --lr defaults by parameterisation."""
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=range_of(TrainConfig, "epochs"), default=d.epochs,
                    help=f"epochs (default {d.epochs})")
-    g.add_argument("--lr", type=range_of(TrainConfig, "lr"), default=d.lr,
-                   help=f"peak learning rate of AdamW (default {d.lr})")
+    g.add_argument("--lr", type=range_of(TrainConfig, "lr"), default=None if adapters else d.lr,
+                   help=f"peak learning rate of AdamW (default {d.lr}"
+                        + (f" for --params full, {ADAPTER_LR} for lora and fila)" if adapters else ")"))
     g.add_argument("--batch-size", type=range_of(TrainConfig, "batch_size"), default=d.batch_size,
                    help=f"effective batch size, reached by gradient accumulation (default {d.batch_size})")
     g.add_argument("--micro-batch-size", type=range_of(TrainConfig, "micro_batch_size"), default=d.micro_batch_size,
@@ -50,7 +53,8 @@ def add_train_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
 
 
 def train_config(a) -> TrainConfig:
-    return TrainConfig(epochs=a.epochs, lr=a.lr, batch_size=a.batch_size, micro_batch_size=a.micro_batch_size,
+    lr = a.lr if a.lr is not None else ADAPTER_LR if getattr(a, "params", "full") != "full" else TrainConfig().lr
+    return TrainConfig(epochs=a.epochs, lr=lr, batch_size=a.batch_size, micro_batch_size=a.micro_batch_size,
                        weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, schedule=a.schedule,
                        max_grad_norm=a.max_grad_norm, seed=a.seed, log_with=a.log_with,
                        retain_per_forget=getattr(a, "retain_per_forget", 1))

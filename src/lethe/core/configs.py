@@ -14,6 +14,11 @@ from ..objectives.method import Method, parse_method
 from ..util.errors import LetheError
 from ..util.validation import bounded, check_ranges
 
+# An adapter trains far fewer weights than full fine-tuning and needs a larger step: the IHL/FILA paper unlearns
+# TOFU's Llama-2-7B with LoRA and FILA at 1e-4 (full fine-tuning: TrainConfig's 1e-5). Used when no TrainConfig
+# (or no --lr) is given.
+ADAPTER_LR = 1e-4
+
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -46,6 +46,7 @@ from .preparation import (
 )
 
 KEEP_CHECKPOINT = ("never", "last")
+FEW_STEPS = 3  # optimizer steps per epoch below which a run is warned that it will hardly change the model
 
 @dataclass
 class UnlearnPlan:
@@ -189,6 +190,11 @@ class UnlearnJob:
                                 progress=plan.progress, desc=plan.method.name, runtime=rt, run_config=run.config)
             run.epochs += list(result.history)
             cost = result.cost
+            if result.steps_per_epoch < FEW_STEPS:
+                run.warnings.append(
+                    f"only {result.steps_per_epoch} optimizer step(s) per epoch ({len(self.forget)} forget records, "
+                    f"effective batch {plan.train.batch_size}): the model barely moves; lower --batch-size or raise "
+                    "--epochs")
             self.score_final_weights()
         except DivergenceError as e:
             run.status, run.message = "diverged", str(e)

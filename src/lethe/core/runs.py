@@ -30,7 +30,7 @@ from ..objectives.method import check_fixed_width, parse_method
 from ..util.errors import LetheError
 from ..util.rundir import check_output, claim, remove_temporaries, replacing
 from .audit import records_sha256, weights_sha256
-from .configs import AuditConfig, DataConfig, EvalConfig, MethodConfig, ModelConfig, UnlearnRun
+from .configs import ADAPTER_LR, AuditConfig, DataConfig, EvalConfig, MethodConfig, ModelConfig, UnlearnRun
 from .conventions import Convention, get_convention
 from .job import KEEP_CHECKPOINT, UnlearnJob, UnlearnPlan, drop_checkpoint
 from .preparation import can_share_prefix, is_main_process, prepare, reference_requests, run_record, tokenizer_for_text
@@ -117,7 +117,8 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
 
     ``method``: ``"NPO(beta=0.2)+KL"``, a :class:`MethodConfig`, a :class:`Method`, a loss function or
     :class:`Loss` (forget only), or a ``(forget, regularizer)`` pair. ``params``: ``"full"``, ``"lora"``,
-    ``"fila"`` or a :class:`ParamsConfig`. ``runtime``: device, precision, attention, checkpointing for
+    ``"fila"`` or a :class:`ParamsConfig`; without ``train`` an adapter trains at lr 1e-4, full fine-tuning at
+    1e-5. ``runtime``: device, precision, attention, checkpointing for
     every model call (:class:`lethe.engine.runtime.RuntimeConfig`). A run whose loss stops being finite ends with
     ``status="diverged"`` and a message, keeping what it measured. ``epoch_hook(epoch, model) ->
     {"metrics": {...}, "stop": bool}`` adds metrics and may end training early (the EL/MA rule);
@@ -146,7 +147,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
         parse_method(method, defaults=defaults) if isinstance(method, (str, tuple)) else parse_method(method)
     pcfg = params if isinstance(params, ParamsConfig) else ParamsConfig(kind=params)
     pcfg = _with_convention_params(pcfg, conv)
-    train = train or TrainConfig()
+    train = train or (TrainConfig(lr=ADAPTER_LR) if pcfg.kind != "full" else TrainConfig())
     ev, au = evaluation or EvalConfig(), audit or AuditConfig()
     mc, dc = model_config or ModelConfig(), data or DataConfig()
     if ev.limit is None and conv.eval_limit is not None:

@@ -70,6 +70,7 @@ class TrainResult:
     cost: Cost
     stopped_early: bool = False
     diverged: str | None = None
+    steps_per_epoch: int = 0
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")  # accelerate tracker names; each is also its pip package
@@ -176,7 +177,7 @@ class _Trainer:
         )
         self.accum = max(1, math.ceil(config.batch_size / (config.micro_batch_size * world)))
         micro_per_epoch = math.ceil(len(self.lengths) / config.micro_batch_size)
-        steps_per_epoch = math.ceil(math.ceil(micro_per_epoch / world) / self.accum)
+        self.steps_per_epoch = steps_per_epoch = math.ceil(math.ceil(micro_per_epoch / world) / self.accum)
         self.total_steps = steps_per_epoch * config.epochs
         warmup_steps = int(round(steps_per_epoch * config.warmup_epochs))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -191,7 +192,11 @@ class _Trainer:
 
     def run(self, resume: bool) -> TrainResult:
         if self.resume(resume):
-            return TrainResult(self.history, self.cost, stopped_early=self.stopped)
+            return TrainResult(self.history, self.cost, stopped_early=self.stopped,
+                               steps_per_epoch=self.steps_per_epoch)
+        note(self.progress and self.accelerator.is_main_process,
+             f"{self.desc}: {len(self.lengths)} examples, {self.steps_per_epoch} optimizer step(s) per epoch "
+             f"({self.accum} micro-batch(es) of {self.config.micro_batch_size} per step), {self.total_steps} in all")
         accelerator = self.accelerator
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         self.compiled = self.runtime.compile_blocks(self.model)  # --compile: for this loop's forwards only
@@ -203,7 +208,7 @@ class _Trainer:
             self.run_epoch(epoch)
             if self.stopped:
                 break
-        return TrainResult(self.history, self.cost, stopped_early=self.stopped)
+        return TrainResult(self.history, self.cost, stopped_early=self.stopped, steps_per_epoch=self.steps_per_epoch)
 
     def resume(self, resume: bool) -> bool:
         """Continue from the checkpoint when asked; True when it holds a finished (or stopped) run."""
