@@ -410,3 +410,24 @@ def test_every_name_the_readme_calls_on_lethe_exists():
     names = set(re.findall(r"\blethe\.([A-Za-z_]\w*)\(", readme)) | set(re.findall(r"\blethe\.([A-Z]\w*)\b", readme))
     missing = sorted(n for n in names if not hasattr(lethe, n))
     assert not missing, missing
+
+
+def test_unlearn_scores_a_sample_of_its_retain_set_by_default(tmp_path):
+    from lethe.cli.commands import build_parser
+    from lethe.cli.options import RETAIN_SAMPLE, eval_config
+    from lethe.data.readers import write_qa
+    from lethe.data.synthetic import generate_authors
+
+    authors = generate_authors("small", seed=0)
+    write_qa(tmp_path / "f.jsonl", authors.forget(10))
+    write_qa(tmp_path / "r.jsonl", authors.retain(10))
+    args = build_parser().parse_args(["unlearn", "--model", "m", "--forget", str(tmp_path / "f.jsonl"), "--retain",
+                                      str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "o")])
+    sets = {s.name: s for s in eval_config(args, forget_default=args.forget, retain_default=args.retain).sets}
+    assert len(authors.retain(10)) > RETAIN_SAMPLE and len(sets["retain"].records) == RETAIN_SAMPLE
+    assert sets["retain"].role == "retain" and set(sets["retain"].records) <= set(authors.retain(10))
+    again = eval_config(args, forget_default=args.forget, retain_default=args.retain).sets
+    assert [r.question for r in again[1].records] == [r.question for r in sets["retain"].records]  # seeded
+    args.eval_retain = str(tmp_path / "f.jsonl")  # an explicit set wins
+    explicit = {s.name: s for s in eval_config(args, retain_default=args.retain).sets}
+    assert len(explicit["retain"].records) == len(authors.forget(10))

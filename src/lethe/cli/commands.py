@@ -516,7 +516,8 @@ def _unlearn(args, progress: bool) -> int:
         if th is not None and not args.quiet:
             print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
     else:
-        evaluation = opts.eval_config(args, forget_default=args.forget, every=args.eval_every)
+        evaluation = opts.eval_config(args, forget_default=args.forget, every=args.eval_every,
+                                      retain_default=args.retain)
         holdout = evaluation.holdout  # read once: the evaluation, the audit and the stopping rule share it
         audit = api.AuditConfig(holdout=holdout, include_text=args.include_text)
         hook = None

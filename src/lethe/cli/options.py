@@ -238,7 +238,8 @@ def data_config(a, chunk_tokens: int = 200):
 def add_eval_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation sets (QA records in TOFU's schema, any supported form)")
     g.add_argument("--eval-forget", help="forget set to score (defaults to --forget where there is one)")
-    g.add_argument("--eval-retain", help="retain set to score")
+    g.add_argument("--eval-retain",
+                   help="retain set to score (unlearn default: up to 200 records of --retain, a seeded sample)")
     g.add_argument("--real-authors", help="multiple-choice general-knowledge set (TOFU's real_authors_perturbed)")
     g.add_argument("--world-facts", help="multiple-choice general-knowledge set (TOFU's world_facts_perturbed)")
     g.add_argument("--retain-model", help="model trained without the forget set: needed for Forget Quality (FQ)")
@@ -307,8 +308,14 @@ def _eval_at(text: str) -> tuple[str, ...]:
     return () if parts == ("none",) else parts
 
 
-def eval_config(a, forget_default=None, every: int | None = None):
-    """Evaluation sets read (one-line errors) and the retain model's FQ reference scored."""
+# without --eval-retain, `unlearn` scores this many records of its --retain set (a seeded sample when larger):
+# utility is half of what a run is judged on
+RETAIN_SAMPLE = 200
+
+
+def eval_config(a, forget_default=None, every: int | None = None, retain_default=None):
+    """Evaluation sets read (one-line errors) and the retain model's FQ reference scored. ``retain_default``:
+    the retain file scored (a sample of :data:`RETAIN_SAMPLE`) when --eval-retain is not given."""
     from ..core import retain_model_references
     from ..data.sources import load_qa, load_records
     from ..evaluation.metric_registry import parse_metric_list
@@ -323,6 +330,15 @@ def eval_config(a, forget_default=None, every: int | None = None):
                                    ("world_facts", a.world_facts, "mc", "utility")):
         if path:
             sets.append(EvalSet(name, load_qa(path, fields=dc.fields, split=dc.split), kind, role=role))
+        elif name == "retain" and retain_default:
+            records = load_records(retain_default, fields=dc.fields, split=dc.split)
+            if records and all(hasattr(r, "question") for r in records):
+                if len(records) > RETAIN_SAMPLE:
+                    import random
+
+                    keep = sorted(random.Random(0).sample(range(len(records)), RETAIN_SAMPLE))
+                    records = [records[i] for i in keep]
+                sets.append(EvalSet("retain", records, "qa", role="retain"))
     from ..core.conventions import get_convention
 
     limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit
