@@ -93,3 +93,16 @@ def test_sigterm_stops_like_sigint_with_a_message(capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["demo"])
     assert "rerun the same command to continue" in capsys.readouterr().err
+
+
+def test_a_config_file_giving_an_option_twice_and_a_seed_out_of_range_are_one_line_errors(tmp_path, capsys,
+                                                                                          monkeypatch):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("epochs: 2\nlr: 0.001\nepochs: 3\n")
+    code, err = _run(["unlearn", "--config", str(cfg), "--model", "m", "--forget", "f.json", "--out",
+                      str(tmp_path / "o")], capsys, monkeypatch)
+    assert code == 2 and "run.yaml: key 'epochs' appears twice (line 3)" in err and len(err.strip().splitlines()) == 1
+    for argv in (["demo", "--seed", str(2**64)], ["unlearn", "--model", "m", "--forget", "f.json", "--seed",
+                                                 str(2**64), "--out", str(tmp_path / "o")]):
+        code, err = _run(argv, capsys, monkeypatch)
+        assert code == 2 and "--seed" in err and len(err.strip().splitlines()) == 1, err

@@ -14,10 +14,10 @@ from ..evaluation.memorization import DENOMINATORS, ORIENTATIONS
 from ..objectives.method import split_outside_parens
 from ..util.errors import LetheError
 from ..util.validation import (
-    NON_NEGATIVE_INT,
     OPTIONAL_POSITIVE_INT,
     P_VALUE_THRESHOLD,
     POSITIVE_INT,
+    SEED,
     SEQUENCE_TOKENS,
     range_of,
 )
@@ -89,7 +89,7 @@ def _add_demo_parser(sub) -> None:
                    help="comma-separated methods, e.g. GA+GD,NPO+KL (default: all demo methods)")
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=None,
                    help="fictitious: the forget split; continual: each request's share of the authors (default 10)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed for data, models and training (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed for data, models and training (default 0)")
     p.add_argument("--fresh", action="store_true",
                    help="recompute everything instead of reusing finished parts in --out")
     opts.add_semantic_options(p)
@@ -206,7 +206,7 @@ def _add_bench_parser(sub) -> None:
                    help="unlearning seeds per cell (data order, pairing, refusals; the fine-tuned models stay "
                         "the same); the report shows mean ± standard deviation over them (default 1)")
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
-    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed (default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed (default 0)")
     opts.add_semantic_options(p)
 
 

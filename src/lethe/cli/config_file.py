@@ -80,15 +80,34 @@ def _convert(path, key, action, value):
     return value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice (plain YAML keeps the last one silently)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise LetheError(f"key '{key}' appears twice (line {key_node.start_mark.line + 1}); give each option once")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
     """Validated defaults for ``parser`` from a YAML file."""
     path = Path(path)
     if not path.exists():
         raise LetheError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise LetheError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    except LetheError as e:
+        raise LetheError(f"{path}: {e}") from None
     if not isinstance(data, dict):
         raise LetheError(f"{path}: expected a mapping of option: value, got {type(data).__name__}")
     actions = _actions(parser)

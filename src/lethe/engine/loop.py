@@ -39,7 +39,7 @@ class TrainConfig:
     warmup_epochs: float = bounded(1.0, float, 0)  # linear warm-up over the first epoch (the papers' schedule)
     schedule: str = "linear"      # linear: warm-up then linear decay; constant: warm-up then flat
     max_grad_norm: float = bounded(1.0, float, 0)  # 0 = no clipping
-    seed: int = bounded(0, int, 0)
+    seed: int = bounded(0, int, 0, 2**63 - 1)  # torch.manual_seed's range
     checkpoint: bool = True
     log_with: str | None = None   # an accelerate tracker ("tensorboard", "wandb", "mlflow"); logs in RUN/logs
     retain_per_forget: int = bounded(1, int, 1)    # unlearning: retain examples paired with each forget example

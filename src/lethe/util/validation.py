@@ -109,6 +109,7 @@ def check_ranges(config) -> None:
 POSITIVE_INT = Range(int, 1)
 OPTIONAL_POSITIVE_INT = Range(int, 1, optional=True)
 NON_NEGATIVE_INT = Range(int, 0)
+SEED = Range(int, 0, 2**63 - 1)  # what torch.manual_seed, numpy and random all take
 SEQUENCE_TOKENS = Range(int, 2, optional=True)   # --max-tokens: a sequence needs two tokens to score one
 P_VALUE_THRESHOLD = Range(float, 0, 1, low_open=True)  # --stop-threshold
 
