@@ -56,6 +56,8 @@ CASES = [
     (lambda r: ["eval", "--model", str(r / "model"), "--eval-forget", str(r / "forget.json"), "--holdout",
                 str(r / "forget.json")], "--holdout shares"),
     (lambda r: _unlearn(r, "--method", "NPO(beta=0)"), "'beta' must be > 0"),
+    (lambda r: _unlearn(r, "--forget-count", "3", "--validation", "v.jsonl"), "--forget-count, --validation: for text "
+     "sequences"),
     (lambda r: _unlearn(r, "--method", "GA++GD"), "empty term at column 4"),
     (lambda r: _unlearn(r, "--method", "GA+GD+"), "empty term at column 7"),
     (lambda r: _unlearn(r, "--method", "NPO(beta=0.1,beta=0.5)"), "option 'beta' is given twice"),

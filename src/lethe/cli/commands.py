@@ -516,6 +516,12 @@ def _unlearn(args, progress: bool) -> int:
         if th is not None and not args.quiet:
             print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
     else:
+        text_only = [flag for flag, value in (("--forget-count", args.forget_count), ("--max-tokens", args.max_tokens),
+                                              ("--validation", args.validation), ("--heldout", args.heldout))
+                     if value is not None]
+        if text_only:
+            raise LetheError(f"{', '.join(text_only)}: for text sequences, and the forget set {args.forget} holds QA "
+                             "records")
         evaluation = opts.eval_config(args, forget_default=args.forget, every=args.eval_every,
                                       retain_default=args.retain)
         holdout = evaluation.holdout  # read once: the evaluation, the audit and the stopping rule share it
