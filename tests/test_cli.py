@@ -431,3 +431,12 @@ def test_unlearn_scores_a_sample_of_its_retain_set_by_default(tmp_path):
     args.eval_retain = str(tmp_path / "f.jsonl")  # an explicit set wins
     explicit = {s.name: s for s in eval_config(args, retain_default=args.retain).sets}
     assert len(explicit["retain"].records) == len(authors.forget(10))
+
+
+def test_quiet_goes_before_or_after_the_command():
+    from lethe.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["--quiet", "losses"]).quiet and parser.parse_args(["losses", "-q"]).quiet
+    assert not parser.parse_args(["losses"]).quiet
+    assert parser.parse_args(["unlearn", "--model", "m", "--forget", "f", "--out", "o", "--quiet"]).quiet

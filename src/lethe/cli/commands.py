@@ -33,7 +33,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lethe", description="Make a language model forget, and measure that it did.")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
     from ..version import __version__
 
     parser.add_argument("--version", action="version", version=f"lethe {__version__}")
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands[name] = p
         p.add_argument("--config", default=None,
                        help="YAML file of this command's options (long names as keys); command-line options win")
+        # --quiet before or after the command; SUPPRESS keeps a top-level --quiet from being reset here
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars or status lines")
         return p
 
     sub.add_parser = add_parser  # every command takes --config
