@@ -19,7 +19,15 @@ from ..data.batching import length_sorted_batches, pad_batch
 from ..data.pairing import pair_retain
 from ..data.prompt import IGNORE, Prompter, as_prompter
 from ..data.records import QARecord
-from ..model.layers import capture_head_inputs, capture_layers, head_matches, output_head, unwrap
+from ..model.layers import (
+    cache_kwargs,
+    capture_head_inputs,
+    capture_layers,
+    head_matches,
+    output_cache,
+    output_head,
+    unwrap,
+)
 from ..objectives.inputs import Need
 from ..objectives.method import Method, needs_fixed_width
 from ..ops.head import HeadLogits
@@ -63,12 +71,12 @@ def _prefix_inputs(model, batch: dict, device) -> dict:
         head = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, logits_to_keep=1)
     except TypeError:
         head = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True)
-    cache = head.past_key_values
+    cache = output_cache(head)
     cache.batch_repeat_interleave(ids.shape[0])
     n = prefix.shape[1]
     positions = (n + torch.arange(ids.shape[1], device=device)).unsqueeze(0).expand(ids.shape[0], -1)
     return {"input_ids": ids, "attention_mask": torch.cat([mask.new_ones(ids.shape[0], n), mask], dim=1),
-            "position_ids": positions, "past_key_values": cache, "use_cache": True}
+            "position_ids": positions, **cache_kwargs(model, cache), "use_cache": True}
 
 
 def forward_views(model, batch: dict, device, *, logits: bool, layers: Sequence[int] = (), fused_head: bool = False):

@@ -17,6 +17,8 @@ import os
 
 import torch
 
+from ..model.layers import cache_kwargs, output_cache
+
 MEMORY_SHARE = 0.25   # of the free memory, for one generation batch
 MAX_ROWS = 256        # beyond this, a bigger batch gains nothing measurable on a GPU
 # On a CPU decoding is compute-bound: 256 rows ran 15 % faster than 64 on a 6M-parameter Llama, for 290 MiB
@@ -93,7 +95,7 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         step = model(**kwargs, logits_to_keep=1)
     except TypeError:
         step = model(**kwargs)
-    cache = getattr(step, "past_key_values", None)
+    cache = output_cache(step)
     if not can_drop_rows(cache):
         return None
     rows = torch.arange(B, device=device)  # which original row each live batch row is
@@ -110,6 +112,6 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
             rows, token, mask, next_pos = rows[live], token[live], mask[live], next_pos[live]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         step = model(input_ids=token.unsqueeze(-1), attention_mask=mask, position_ids=next_pos.unsqueeze(-1),
-                     past_key_values=cache, use_cache=True)
+                     **cache_kwargs(model, cache), use_cache=True)
         next_pos = next_pos + 1
     return out

@@ -13,6 +13,7 @@ import torch
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..data.prompt import IGNORE, as_prompter
+from ..model.layers import cache_kwargs, output_cache
 from ..ops.tokens import MIN_SHARED_PREFIX, align_targets, sequence_logprob, upcast
 from .sharding import shard_map
 
@@ -53,10 +54,11 @@ class SharedPrefix:
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
         except TypeError:
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
-        cache = getattr(out, "past_key_values", None)
+        cache = output_cache(out)
         if cache is None or not hasattr(cache, "batch_repeat_interleave") or not hasattr(cache, "crop"):
             return
         self.length, self._cache = n, cache
+        self._cache_key = next(iter(cache_kwargs(model, None)))  # the forward's name for it
 
     def cache(self, rows: int):
         """A fresh cache holding the prefix for ``rows`` rows (the shared one is never written to)."""
@@ -79,7 +81,7 @@ class SharedPrefix:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         if self.length:
-            kwargs.update(past_key_values=self.cache(ids.shape[0]), use_cache=True)
+            kwargs.update({self._cache_key: self.cache(ids.shape[0])}, use_cache=True)
         return kwargs
 
 
@@ -193,7 +195,7 @@ def _score_shared(model, encoded: list[dict], groups: list[list[int]], pad_id: i
             head = model(**kwargs, logits_to_keep=1)
         except TypeError:
             head = model(**kwargs)
-        cache = getattr(head, "past_key_values", None)
+        cache = output_cache(head)
         if cache is None or not hasattr(cache, "crop") or not getattr(cache, "is_croppable", True):
             raise _NoSharedCache
         first_logp = torch.log_softmax(upcast(head.logits[:, -1]), dim=-1)
@@ -208,7 +210,7 @@ def _score_shared(model, encoded: list[dict], groups: list[list[int]], pad_id: i
             cont_mask = batch["attention_mask"].to(device)
             logits = model(input_ids=batch["input_ids"].to(device), attention_mask=torch.cat([mask, cont_mask], 1),
                            position_ids=lengths + torch.arange(cont_mask.shape[1], device=device),
-                           past_key_values=cache, use_cache=True).logits
+                           **cache_kwargs(model, cache), use_cache=True).logits
             cache.crop(-cont_mask.shape[1])  # back to the prompt (a negative count: every transformers version)
             labels = batch["labels"].to(device)
             rest, n_rest = sequence_logprob(logits, labels)

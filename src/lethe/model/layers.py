@@ -18,6 +18,25 @@ def unwrap(model):
     return model
 
 
+def cache_kwargs(model, cache) -> dict:
+    """A forward's KV-cache keyword: ``cache`` where the model's forward takes it (transformers 5), else
+    ``past_key_values`` (the older name, deprecated there)."""
+    import inspect
+
+    try:
+        params = inspect.signature(unwrap(model).forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
+def output_cache(output):
+    """The KV cache a forward returned, under either name."""
+    if hasattr(output, "keys") and "cache" in output.keys():
+        return output["cache"]
+    return getattr(output, "past_key_values", None)
+
+
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The list of transformer blocks (``model.layers`` in Llama, ``transformer.h`` in GPT-2, ...)."""
     base = unwrap(model)
