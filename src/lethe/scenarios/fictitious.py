@@ -86,7 +86,8 @@ def tokenizer_corpus(data: AuthorsDataset) -> list[str]:
 # IHL seed's comparison). RMU's retain weight: WMDP's α = 1200 leaves this model unchanged (forget ROUGE
 # 1.000 after 5 epochs); α = 10 lets the forget term act.
 DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "ME+GD", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
-                "IHL+GD", "FLAT-KL", "SimNPO+GD", "RMU(alpha=10)", "IHL+GD@lora", "IHL+GD@fila")
+                "IHL+GD", "FLAT-KL", "SimNPO+GD", "RMU(alpha=10)", "WGA+GD", "SatImp+GD", "UNDIAL+GD", "CEU+GD",
+                "PDU(warmup_epochs=1)", "IHL+GD@lora", "IHL+GD@fila")
 
 
 def grid(methods: Sequence[str], params: Sequence[str] = ("full",), ranks: Sequence[int] = ()) -> list[str]:
