@@ -61,6 +61,11 @@ def test_the_dual_variable_follows_the_violation_after_warm_up():
     satisfied = PDU(eps=retain + 100.0, lam=0.3, dual_lr=1.0, warmup_epochs=0)
     satisfied(inputs)
     assert satisfied.lam == 0.0  # λ >= 0: a met constraint lets go
+    masked = {k: v.detach().clone().requires_grad_(True) for k, v in inputs.items() if k.endswith("logits")}
+    empty = torch.full_like(labels, IGNORE)
+    value = PDU(eps=0.0)({**masked, "forget_labels": empty, "retain_labels": empty})
+    value.backward()
+    assert torch.isfinite(value) and all(torch.isfinite(t.grad).all() for t in masked.values() if t.grad is not None)
     restored = PDU(warmup_epochs=3)
     restored.load_state(loss.state())
     assert restored.state() == loss.state() and restored.updating
