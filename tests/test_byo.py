@@ -177,3 +177,21 @@ def _sd():
     from lethe.data.synthetic import generate_authors
 
     return generate_authors("smoke", seed=0)
+
+
+def test_an_evaluation_set_reads_a_dataset_in_the_users_column_names(tokenizer, smoke_data, tiny_model):
+    import datasets
+
+    import lethe
+    from lethe.data.readers import Fields
+
+    rows = [{"q": r.question, "a": r.answer} for r in smoke_data.forget(10)]
+    named = lethe.EvalSet("forget", datasets.Dataset.from_list(rows), "qa", role="forget",
+                          fields=Fields(question="q", answer="a"))
+    plain = lethe.EvalSet("forget", [lethe.load_records(rows, fields=Fields(question="q", answer="a"))][0], "qa",
+                          role="forget")
+    assert named.records == plain.records
+    res = lethe.evaluate(tiny_model, [named], tokenizer=tokenizer, config=lethe.EvalConfig(max_new_tokens=2))
+    assert 0 < res.metrics["forget/P"] <= 1
+    with pytest.raises(lethe.LetheError, match="Dataset, record 0: missing field 'question'"):
+        lethe.EvalSet("forget", datasets.Dataset.from_list(rows), "qa", role="forget")

@@ -14,6 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data.readers import DEFAULT_FIELDS, Fields
+from ..data.records import QARecord, TextRecord
+from ..data.sources import load_records
 from ..util.errors import LetheError
 from . import metrics as M
 from .metric_registry import GENERATING, METRICS, ROLES, SCORED_ROLES, Metric, Selection, select_metrics, unmet
@@ -55,18 +58,27 @@ def load_semantic(embedding_model: str | None = None, nli_model: str | None = No
 
 @dataclass
 class EvalSet:
-    """Records scored together, with the ``role`` that says what the metrics make of them (never the name)."""
+    """Records scored together, with the ``role`` that says what the metrics make of them (never the name).
+
+    ``records``: anything :func:`~lethe.data.sources.load_records` reads (records, a file, a ``datasets.Dataset``,
+    dicts), read with ``fields`` (default: TOFU's column names)."""
 
     name: str
     records: Sequence
     kind: str = "qa"  # "qa" | "mc"
     role: str = "utility"
+    fields: Fields | None = None
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise LetheError(f"evaluation set '{self.name}': role must be one of {', '.join(ROLES)}, got {self.role!r}")
         if self.kind not in ("qa", "mc"):
             raise LetheError(f"evaluation set '{self.name}': kind must be qa or mc, got {self.kind!r}")
+        records = self.records
+        if isinstance(records, (list, tuple)) and all(isinstance(r, (QARecord, TextRecord)) for r in records):
+            self.records = list(records)
+        else:  # a file, a datasets.Dataset, dicts: read once, here, with one-line errors naming record and field
+            self.records = load_records(records, fields=self.fields or DEFAULT_FIELDS)
 
     @property
     def forget(self) -> bool:
