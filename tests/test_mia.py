@@ -317,3 +317,47 @@ def test_gradient_norm_attack_matches_a_by_hand_backward_and_ranks_trained_recor
     assert res.metrics["mia/gradnorm_AUC"] > 0.8 and "mia/gradnorm_linf_AUC" in res.metrics
     assert "mia/gradnorm_l1_AUC" not in res.metrics and "gradnorm_l1" not in res.membership["attacks"]
     assert all(q.grad is None for q in trained.parameters())
+
+
+@pytest.mark.parametrize("n_groups", [3, 12])
+def test_group_permutation_p_equals_a_split_by_split_loop(n_groups):
+    """The vectorised test scores the same splits (exact when few, the same seeded draws when many) as a plain
+    loop over them."""
+    import itertools
+    import math
+    import random
+
+    import numpy as np
+    from scipy.stats import rankdata
+
+    from lethe.evaluation.mia import group_permutation_p
+
+    rng = random.Random(n_groups)
+    member = [rng.random() + 0.2 for _ in range(n_groups * 4)]
+    nonmember = [rng.random() for _ in range(n_groups * 4)]
+    gm, gn = [f"m{i // 4}" for i in range(len(member))], [f"n{i // 4}" for i in range(len(nonmember))]
+    got = group_permutation_p(member, nonmember, gm, gn, n_perm=2000, seed=0)
+    keys = list(dict.fromkeys([("member", g) for g in gm] + [("nonmember", g) for g in gn]))
+    ranks = rankdata(member + nonmember)
+    sums = {k: 0.0 for k in keys}
+    sizes = {k: 0 for k in keys}
+    for r, k in zip(ranks, [("member", g) for g in gm] + [("nonmember", g) for g in gn]):
+        sums[k] += r
+        sizes[k] += 1
+    total = len(ranks)
+
+    def distance(chosen):
+        n1 = sum(sizes[keys[i]] for i in chosen)
+        u = sum(sums[keys[i]] for i in chosen) - n1 * (n1 + 1) / 2
+        return abs(u / (n1 * (total - n1)) - 0.5)
+
+    members = [i for i, k in enumerate(keys) if k[0] == "member"]
+    observed = distance(members) - 1e-12
+    if math.comb(len(keys), len(members)) <= 2000:
+        splits = list(itertools.combinations(range(len(keys)), len(members)))
+        want = sum(distance(c) >= observed for c in splits) / len(splits)
+    else:
+        draws = np.random.default_rng(0)
+        hits = sum(distance(draws.choice(len(keys), len(members), replace=False)) >= observed for _ in range(2000))
+        want = (1 + hits) / 2001
+    assert got == pytest.approx(want, abs=1e-12)
