@@ -108,3 +108,19 @@ def test_a_config_file_giving_an_option_twice_and_a_seed_out_of_range_are_one_li
                                                  str(2**64), "--out", str(tmp_path / "o")]):
         code, err = _run(argv, capsys, monkeypatch)
         assert code == 2 and "--seed" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_max_length_the_prompt_fills_is_one_line_naming_the_record(tokenizer, smoke_data, tiny_model):
+    import lethe
+    from lethe.engine.loop import TrainConfig
+
+    from lethe.util.errors import LetheError
+
+    short = lethe.ModelConfig(max_length=4)  # shorter than any question's prompt
+    train = TrainConfig(epochs=1, batch_size=2, micro_batch_size=2, checkpoint=False)
+    with pytest.raises(LetheError, match=r"forget record 0: no answer token left to train on at --max-length 4"):
+        lethe.unlearn(tiny_model, smoke_data.forget(10), smoke_data.retain(10), tokenizer=tokenizer, save=False,
+                      progress=False, model_config=short, train=train)
+    with pytest.raises(LetheError, match=r"training record 0: no answer token left"):
+        lethe.finetune(tiny_model, smoke_data.forget(10), tokenizer=tokenizer, progress=False, model_config=short,
+                       train=train)

@@ -125,6 +125,15 @@ def label_count(example: dict) -> int:
     return sum(1 for label in example["labels"][1:] if label != IGNORE)
 
 
+def check_something_counts(examples: Sequence[dict], what: str, max_length: int) -> None:
+    """Every example must keep a token to learn from after truncation: a prompt as long as --max-length leaves
+    none, and the run would train on nothing without saying so."""
+    for i, e in enumerate(examples):
+        if label_count(e) == 0:
+            raise LetheError(f"{what} record {i}: no answer token left to train on at --max-length {max_length} "
+                             "(the prompt fills it, or the answer is empty): raise --max-length")
+
+
 class FinetuneTask:
     """Plain supervised training: QA pairs (question tokens masked) or text sequences."""
 
@@ -134,6 +143,7 @@ class FinetuneTask:
         self.fused_head, self.share_prefix = fused_head, share_prefix
         self.pad = prompter.pad_id
         self.examples = [prompter.encode(r, max_length=max_length) for r in records]
+        check_something_counts(self.examples, "training", max_length)
         self.lengths = [len(e["input_ids"]) for e in self.examples]
 
     def counts(self, idx) -> dict[str, float]:
@@ -208,6 +218,8 @@ class UnlearnTask:
             raise LetheError(f"method {method.name} needs retain data: pass a retain set")
         self.forget = self.streams["forget"]
         self.retain = self.streams["retain"]
+        check_something_counts(self.forget, "forget", max_length)
+        check_something_counts(self.retain, "retain", max_length)
         self.lengths = [len(e["input_ids"]) for e in self.forget]
         self.pairs = pair_retain(len(self.forget), len(self.retain), seed, retain_per_forget)
         self.reference = reference  # a model runner (model/reference.py), for per-step reference inputs
