@@ -113,7 +113,6 @@ def test_a_config_file_giving_an_option_twice_and_a_seed_out_of_range_are_one_li
 def test_a_max_length_the_prompt_fills_is_one_line_naming_the_record(tokenizer, smoke_data, tiny_model):
     import lethe
     from lethe.engine.loop import TrainConfig
-
     from lethe.util.errors import LetheError
 
     short = lethe.ModelConfig(max_length=4)  # shorter than any question's prompt
