@@ -440,3 +440,13 @@ def test_quiet_goes_before_or_after_the_command():
     assert parser.parse_args(["--quiet", "losses"]).quiet and parser.parse_args(["losses", "-q"]).quiet
     assert not parser.parse_args(["losses"]).quiet
     assert parser.parse_args(["unlearn", "--model", "m", "--forget", "f", "--out", "o", "--quiet"]).quiet
+
+
+def test_heldout_text_is_the_new_name_and_the_old_one_warns(capsys):
+    from lethe.cli import build_parser
+
+    base = ["unlearn", "--model", "m", "--forget", "f", "--out", "o"]
+    assert build_parser().parse_args(base + ["--heldout-text", "h.txt"]).heldout == "h.txt"
+    assert capsys.readouterr().err == ""
+    assert build_parser().parse_args(base + ["--heldout", "h.txt"]).heldout == "h.txt"
+    assert "--heldout is now --heldout-text" in capsys.readouterr().err

@@ -31,6 +31,15 @@ class Parser(argparse.ArgumentParser):
         raise LetheError(f"{message} (see `{self.prog} --help`)")
 
 
+class _RenamedOption(argparse.Action):
+    """Stores the value; the option's last name is a former one, accepted with a warning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string == self.option_strings[-1] and len(self.option_strings) > 1:
+            print(f"lethe: warning: {option_string} is now {self.option_strings[0]}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lethe", description="Make a language model forget, and measure that it did.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
@@ -128,7 +137,9 @@ def _add_unlearn_parser(sub) -> None:
     g.add_argument("--validation", default=None,
                    help="sequences the model never trained on: enables the EL/MA stopping rule (stop at the first "
                         "epoch where forget EL_n and MA are both at or below their values here)")
-    g.add_argument("--heldout", default=None, help="text to report perplexity on after every epoch")
+    g.add_argument("--heldout-text", "--heldout", dest="heldout", default=None, action=_RenamedOption,
+                   help="text to report perplexity on after every epoch (--heldout: its former name; --holdout is "
+                        "the membership-inference set)")
     g.add_argument("--min-epochs", type=POSITIVE_INT, default=1, help="stopping rule: never stop before this epoch")
     g.add_argument("--el-n", type=POSITIVE_INT, default=10, help="n of EL_n (default 10)")
     g.add_argument("--el-orientation", choices=ORIENTATIONS, default=None,
@@ -520,7 +531,7 @@ def _unlearn(args, progress: bool) -> int:
             print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
     else:
         text_only = [flag for flag, value in (("--forget-count", args.forget_count), ("--max-tokens", args.max_tokens),
-                                              ("--validation", args.validation), ("--heldout", args.heldout))
+                                              ("--validation", args.validation), ("--heldout-text", args.heldout))
                      if value is not None]
         if text_only:
             raise LetheError(f"{', '.join(text_only)}: for text sequences, and the forget set {args.forget} holds QA "
