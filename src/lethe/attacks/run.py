@@ -42,9 +42,8 @@ def check_fields(attack: Attack, forget: Sequence) -> None:
     for name in attack.needs:
         missing = [i for i, r in enumerate(forget) if not getattr(r, name, None)]
         if missing:
-            raise LetheError(f"attack '{attack.name}' reads each forget record's '{name}': record {missing[0]} "
-                             f"(and {len(missing) - 1} more) has none" if len(missing) > 1 else
-                             f"attack '{attack.name}' reads each forget record's '{name}': record {missing[0]} "
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise LetheError(f"attack '{attack.name}' reads each forget record's '{name}': record {missing[0]}{more} "
                              "has none")
 
 

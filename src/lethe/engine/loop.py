@@ -324,8 +324,8 @@ class _Trainer:
         record = {"epoch": epoch + 1, "losses": losses}
         if hasattr(self.step_fn, "epoch_end"):
             self.step_fn.epoch_end(epoch + 1)
-        if self.step_state():
-            record["loss_state"] = self.step_state()
+        if state := self.step_state():
+            record["loss_state"] = state
         if self.on_epoch_end is not None:
             self.model.eval()
             extra = self.on_epoch_end(epoch + 1, accelerator.unwrap_model(self.model)) or {}

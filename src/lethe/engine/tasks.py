@@ -125,7 +125,7 @@ def label_count(example: dict) -> int:
     return sum(1 for label in example["labels"][1:] if label != IGNORE)
 
 
-def check_something_counts(examples: Sequence[dict], what: str, max_length: int) -> None:
+def require_answer_tokens(examples: Sequence[dict], what: str, max_length: int) -> None:
     """Every example must keep a token to learn from after truncation: a prompt as long as --max-length leaves
     none, and the run would train on nothing without saying so."""
     for i, e in enumerate(examples):
@@ -143,7 +143,7 @@ class FinetuneTask:
         self.fused_head, self.share_prefix = fused_head, share_prefix
         self.pad = prompter.pad_id
         self.examples = [prompter.encode(r, max_length=max_length) for r in records]
-        check_something_counts(self.examples, "training", max_length)
+        require_answer_tokens(self.examples, "training", max_length)
         self.lengths = [len(e["input_ids"]) for e in self.examples]
 
     def counts(self, idx) -> dict[str, float]:
@@ -218,8 +218,8 @@ class UnlearnTask:
             raise LetheError(f"method {method.name} needs retain data: pass a retain set")
         self.forget = self.streams["forget"]
         self.retain = self.streams["retain"]
-        check_something_counts(self.forget, "forget", max_length)
-        check_something_counts(self.retain, "retain", max_length)
+        require_answer_tokens(self.forget, "forget", max_length)
+        require_answer_tokens(self.retain, "retain", max_length)
         self.lengths = [len(e["input_ids"]) for e in self.forget]
         self.pairs = pair_retain(len(self.forget), len(self.retain), seed, retain_per_forget)
         self.reference = reference  # a model runner (model/reference.py), for per-step reference inputs
@@ -227,8 +227,8 @@ class UnlearnTask:
 
     def state_dict(self) -> dict:
         """The losses' step-to-step state (a dual variable), by role: saved with each checkpoint."""
-        return {role: loss.state() for role, loss in zip(("forget", "regularizer"), self.method.losses)
-                if loss.state()}
+        states = {role: loss.state() for role, loss in zip(("forget", "regularizer"), self.method.losses)}
+        return {role: state for role, state in states.items() if state}
 
     def load_state_dict(self, state: dict) -> None:
         for role, loss in zip(("forget", "regularizer"), self.method.losses):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Iterable, Iterator
 
 import torch
@@ -21,13 +22,19 @@ def unwrap(model):
 def cache_kwargs(model, cache) -> dict:
     """A forward's KV-cache keyword: ``cache`` where the model's forward takes it (transformers 5), else
     ``past_key_values`` (the older name, deprecated there)."""
+    return {_cache_keyword(type(unwrap(model))): cache}
+
+
+@lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
+    """Read once per model class: generation asks at every decoding step."""
     import inspect
 
     try:
-        params = inspect.signature(unwrap(model).forward).parameters
+        params = inspect.signature(model_class.forward).parameters
     except (TypeError, ValueError):
         params = {}
-    return {"cache" if "cache" in params else "past_key_values": cache}
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def output_cache(output):
