@@ -88,6 +88,11 @@ def world(tmp_path_factory, smoke_data, tokenizer):
     variant("remote_code", config(model_type="mymodel", auto_map={"AutoModelForCausalLM": "modeling.MyModel"}))
     variant("bad_config", lambda d: (d / "config.json").write_text("{not json"))
     variant("no_config", lambda d: (d / "config.json").unlink())
+    variant("positions_text", config(max_position_embeddings="512"))
+    variant("positions_zero", config(max_position_embeddings=0))
+    variant("width_negative", config(hidden_size=-32))
+    variant("eps_nan", config(rms_norm_eps=float("nan")))
+    variant("positions_short", config(max_position_embeddings=8))
 
     def bin_only(d):
         (d / "model.safetensors").unlink()
@@ -147,6 +152,13 @@ CASES = [(_unlearn(*extra), expect) for extra, expect in OPTION_CASES] + [
     (_unlearn(model="{root}/unknown_type"), "llamaX"),
     (_unlearn(model="{root}/remote_code"), "--trust-remote-code"),
     (_unlearn(model="{root}/bin_only"), "safetensors"),
+    (_unlearn(model="{root}/positions_text"), "field 'max_position_embeddings' must be a whole number >= 1, got '512'"),
+    (_unlearn(model="{root}/positions_zero"), "field 'max_position_embeddings' must be a whole number >= 1, got 0"),
+    (_unlearn(model="{root}/width_negative"), "field 'hidden_size' must be a whole number >= 1, got -32"),
+    (_unlearn(model="{root}/eps_nan"), "field 'rms_norm_eps' must be a positive number"),
+    (_unlearn(model="{root}/positions_short"), "more than the model's max_position_embeddings 8"),
+    (["finetune", "--model", "{root}/positions_short", "--data", "{root}/forget.json", "--out", "{out}"],
+     "training record 0 is"),
     # output paths
     (_unlearn(out="{root}/a_file"), "is a file"),
     (_unlearn(out="{root}/a_file/run"), "which is a file"),

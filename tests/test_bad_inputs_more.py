@@ -20,6 +20,23 @@ def files(tmp_path_factory, smoke_data, tokenizer):
     (root / "forget.json").write_text(json.dumps([r.to_dict() for r in smoke_data.forget(10)]))
     (root / "retain.json").write_text(json.dumps([r.to_dict() for r in smoke_data.retain(10)]))
     os.mkfifo(root / "fifo.json")
+    (root / "latin1.csv").write_bytes("question,answer\nQui est l\u00e0?,Moi\n".encode("latin-1"))
+    (root / "utf16.csv").write_bytes("question,answer\nWho?,Me\n".encode("utf-16"))
+    (root / "nul.csv").write_bytes(b"question,answer\nWho?,Me\nWhere\x00?,Here\n")
+    (root / "long.csv").write_text('question,answer\nWho?,"' + "x" * 5000 + '"\n')
+    (root / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (root / "deep.jsonl").write_text('{"question": "Who?", "answer": "Me"}\n{"question": "Who?", "answer": '
+                                     + "[" * 100_000 + "]" * 100_000 + "}\n")
+    (root / "surrogate.json").write_text('[{"question": "Who?", "answer": "Me"}, {"question": "Who?", '
+                                         '"answer": "M\\ud800e"}]')
+    (root / "nul_escape.json").write_text('[{"question": "Who\\u0000?", "answer": "Me"}]')
+    (root / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (root / "deep.yaml").write_text("[" * 5000 + "]" * 5000)
+    os.symlink("loop_b", root / "loop_a")
+    os.symlink("loop_a", root / "loop_b")
+    os.symlink("nowhere", root / "dangling")
+    (root / "tasks").mkdir()
+    (root / "tasks" / "mine.yaml").write_text("task: mine\nprocess_results: !function utils.process\n")
     return root
 
 
@@ -65,6 +82,30 @@ CASES = [
     (lambda r: ["demo", "--methods", ",", "--size", "smoke", "--out", str(r / "d1")], "empty term"),
     (lambda r: ["demo", "--methods", "GA+GD,ga+gd", "--size", "smoke", "--out", str(r / "d2")], "named twice"),
     (lambda r: _unlearn(r, "--method", "RMU(layer=2.5)"), "whole number"),
+    # files that are not UTF-8 text, or hold what no tokenizer takes
+    (lambda r: _unlearn(r, "--forget", str(r / "latin1.csv")), "latin1.csv: line 2: not UTF-8 text (byte 0xe0"),
+    (lambda r: _unlearn(r, "--forget", str(r / "utf16.csv")), "utf16.csv: is UTF-16 text; save it as UTF-8"),
+    (lambda r: _unlearn(r, "--forget", str(r / "nul.csv")), "nul.csv: line 3: NUL character"),
+    (lambda r: _unlearn(r, "--forget", str(r / "nul_escape.json")), "record 0, field 'question': contains a NUL"),
+    (lambda r: _unlearn(r, "--forget", str(r / "surrogate.json")),
+     "surrogate.json, record 1, field 'answer': lone surrogate \\ud800"),
+    (lambda r: _unlearn(r, "--forget", str(r / "deep.json")), "deep.json: JSON nested too deeply"),
+    (lambda r: _unlearn(r, "--forget", str(r / "deep.jsonl")), "deep.jsonl: line 2: JSON nested too deeply"),
+    (lambda r: _unlearn(r, "--config", str(r / "binary.yaml")), "binary.yaml: line 2: not UTF-8 text (byte 0x80"),
+    (lambda r: _unlearn(r, "--config", str(r / "deep.yaml")), "deep.yaml: nested too deeply"),
+    # output paths that lead nowhere
+    (lambda r: _unlearn(r, out="loop_a"), "loop_a is a symbolic link that leads nowhere"),
+    (lambda r: _unlearn(r, out="loop_a/run"), "loop_a is a symbolic link that leads nowhere"),
+    (lambda r: _unlearn(r, out="dangling"), "dangling is a symbolic link that leads nowhere"),
+    # backends asked for but missing, task directories that are missing or run code
+    (lambda r: _unlearn(r, "--attn-implementation", "flash_attention_2", "--device", "cpu"), "runs on CUDA only"),
+    (lambda r: _unlearn(r, "--lm-eval", "lethe_world_facts", "--lm-eval-tasks-dir", str(r / "nowhere")),
+     "directory not found"),
+    (lambda r: _unlearn(r, "--lm-eval", "lethe_world_facts", "--lm-eval-tasks-dir", str(r / "tasks")),
+     "mine.yaml: uses lm-eval's !function, which runs Python code"),
+    # scenario options beyond what the size's data holds
+    (lambda r: ["demo", "--scenario", "memorized", "--size", "smoke", "--requests", "100", "--out", str(r / "d3")],
+     "--requests 100: at most 8 at size smoke"),
 ]
 
 
@@ -123,3 +164,41 @@ def test_a_max_length_the_prompt_fills_is_one_line_naming_the_record(tokenizer, 
     with pytest.raises(LetheError, match=r"training record 0: no answer token left"):
         lethe.finetune(tiny_model, smoke_data.forget(10), tokenizer=tokenizer, progress=False, model_config=short,
                        train=train)
+
+
+def test_a_csv_field_over_the_limit_names_the_record(files, capsys, monkeypatch):
+    import lethe.data.readers as readers
+
+    monkeypatch.setattr(readers, "MAX_CSV_FIELD_CHARS", 1000)
+    code, err = _run(_unlearn(files, "--forget", str(files / "long.csv")), capsys, monkeypatch)
+    assert code == 2 and "long.csv, record 0: a field is longer than 1,000 characters" in err, err
+    monkeypatch.setattr(readers, "MAX_CSV_FIELD_CHARS", 1 << 24)
+    import csv
+
+    limit = csv.field_size_limit()
+    assert len(readers.read_csv_rows(files / "long.csv")[0]["answer"]) == 5000  # over csv's default is fine
+    assert csv.field_size_limit() == limit  # and the csv module's own limit is left as it was
+
+
+def test_a_trusted_task_directory_may_use_function_entries(files):
+    from lethe.evaluation.downstream import check_tasks_dir
+
+    check_tasks_dir(files / "tasks", trust_code=True)
+
+
+def test_a_storage_error_inside_safetensors_is_one_line_naming_the_file(files, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    import lethe.engine.checkpoint as checkpoint
+
+    def full_disk(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    out = files / "full"
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", *_unlearn(files, "--eval-at", "none", out="full")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.strip().count("\n") == 0, err
+    assert f"{out / 'checkpoint' / 'model.safetensors'}: no space left on the device" in err
+    assert not (out / "model").exists() and not (out / "run.json").exists()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from ..util.errors import LetheError
-from ..util.io import write_text
+from ..util.errors import DataError, LetheError
+from ..util.io import read_user_text, write_text
 from ..util.validation import Range
 
 SKIP = {"help", "config", "command", "quiet", "_commands"}
@@ -103,9 +103,13 @@ def load_config(path: str | Path, parser: argparse.ArgumentParser) -> dict:
     if not path.exists():
         raise LetheError(f"{path}: config file not found")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(read_user_text(path), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         raise LetheError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    except RecursionError:
+        raise LetheError(f"{path}: nested too deeply to be a config of option: value") from None
+    except DataError:
+        raise
     except LetheError as e:
         raise LetheError(f"{path}: {e}") from None
     if not isinstance(data, dict):

@@ -123,8 +123,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="tokens per example; answers are cut, never the prompt "
                                                                 "(default 512)")
     g.add_argument("--trust-remote-code", action="store_true",
-                   help="run the model repository's own Python code (auto_map); off by default, as it executes "
-                        "code from the model directory")
+                   help="run the model repository's own Python code (auto_map), and let --lm-eval-tasks-dir "
+                        "YAMLs import theirs (!function); off by default, as it executes code from those directories")
 
 
 def add_runtime_options(p: argparse.ArgumentParser) -> None:
@@ -270,7 +270,9 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
                    help="comma-separated lm-evaluation-harness tasks scored on the model in memory (unlearn: before "
                         "and after). Offline: lethe_world_facts, lethe_real_authors; lm-eval's own tasks (arc_easy, "
                         "piqa, hellaswag, ...) where their data is reachable. Needs pip install lm-eval")
-    g.add_argument("--lm-eval-tasks-dir", default=None, help="a directory of your own lm-eval task YAMLs")
+    g.add_argument("--lm-eval-tasks-dir", default=None,
+                   help="a directory of your own lm-eval task YAMLs. A YAML's `!function` entry imports Python code "
+                        "from that directory: such a directory is refused unless --trust-remote-code is given")
     g.add_argument("--lm-eval-limit", type=range_of(EvalConfig, "lm_eval_limit"), default=None,
                    help="score only the first N documents of each lm-eval task")
     g.add_argument("--metrics", default=None, metavar="NAMES",
@@ -297,7 +299,7 @@ def _lm_eval_tasks(a) -> tuple[str, ...]:
     if tasks:
         from ..evaluation.downstream import check_tasks
 
-        check_tasks(tasks, a.lm_eval_tasks_dir)
+        check_tasks(tasks, a.lm_eval_tasks_dir, getattr(a, "trust_remote_code", False))
     elif a.lm_eval_tasks_dir:
         raise LetheError("--lm-eval-tasks-dir given without --lm-eval TASKS")
     return tasks
@@ -349,7 +351,8 @@ def eval_config(a, forget_default=None, every: int | None = None, retain_default
                      mia_k=a.mia_k,
                      truth_ratio=a.truth_ratio, at=_eval_at(getattr(a, "eval_at", "start,end")),
                      per_epoch=getattr(a, "eval_per_epoch", "full"), lm_eval_tasks=_lm_eval_tasks(a),
-                     lm_eval_dir=a.lm_eval_tasks_dir, lm_eval_limit=a.lm_eval_limit, memorization=a.memorization,
+                     lm_eval_dir=a.lm_eval_tasks_dir, lm_eval_trust_code=getattr(a, "trust_remote_code", False),
+                     lm_eval_limit=a.lm_eval_limit, memorization=a.memorization,
                      verbmem_texts=load_records(a.verbmem, fields=dc.fields, split=dc.split) if a.verbmem else None,
                      verbmem_prefix=a.verbmem_prefix, verbmem_tokens=a.verbmem_tokens,
                      knowmem={k: load_qa(v, fields=dc.fields, split=dc.split)

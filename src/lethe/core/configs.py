@@ -105,6 +105,7 @@ class EvalConfig:
     knowmem_shots: int = bounded(3, int, 0, option="--knowmem-shots")
     lm_eval_tasks: Sequence[str] = ()                # lm-evaluation-harness tasks, scored at start and end
     lm_eval_dir: str | None = None                   # more task YAMLs
+    lm_eval_trust_code: bool = False                 # their `!function` entries may import the folder's Python
     lm_eval_limit: int | None = bounded(None, int, 1, optional=True, option="--lm-eval-limit")
 
     def __post_init__(self):

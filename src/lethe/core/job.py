@@ -18,9 +18,10 @@ import torch
 from ..engine.loop import TrainConfig, train as train_loop
 from ..engine.runtime import RuntimeConfig
 from ..engine.select import Selection
-from ..engine.tasks import LossData, Streams, UnlearnTask
+from ..engine.tasks import LossData, Streams, UnlearnTask, require_positions
 from ..evaluation.evidence import downstream_metrics, scored_forget_records
 from ..evaluation.suite import aggregate, evaluate_sets
+from ..model.load import position_limit
 from ..model.lora import AdapterReference, ParamsConfig, apply_params, save_unlearned
 from ..objectives.method import Method
 from ..util.errors import DivergenceError, LetheError
@@ -112,6 +113,8 @@ class UnlearnJob:
                                                             plan.runtime)
         self.streams = Streams(self.prompter, self.forget, self.retain, seed=plan.train.seed,
                                max_length=plan.model_config.max_length)
+        for stream in ("forget", "retain"):
+            require_positions(self.streams[stream], stream, position_limit(self.model))
 
     def measure_membership_before(self) -> None:
         """The starting weights' hash (``--resume`` refuses another starting model) and, with a holdout the
@@ -358,8 +361,11 @@ class BestEpoch:
         if self.dir is not None and is_main_process():
             from safetensors.torch import save_file
 
+            from ..util.io import storage_errors
+
             self.dir.mkdir(exist_ok=True)
-            save_file(self.weights, str(self.dir / "weights.safetensors"))
+            with storage_errors(self.dir / "weights.safetensors"):
+                save_file(self.weights, str(self.dir / "weights.safetensors"))
             (self.dir / "best.json").write_text(json.dumps({"epoch": epoch, "value": value}), encoding="utf-8")
 
     def restore(self, model, epochs: list, save_last=None) -> dict:

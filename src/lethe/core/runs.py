@@ -20,10 +20,10 @@ from ..data.sources import load_records
 from ..engine.loop import TrainConfig, TrainResult, train as train_loop
 from ..engine.runtime import RuntimeConfig
 from ..engine.select import Selection
-from ..engine.tasks import FinetuneTask
+from ..engine.tasks import FinetuneTask, require_positions
 from ..evaluation.evidence import downstream_metrics, membership_aucs
 from ..evaluation.suite import EvalResult, EvalSet, aggregate, evaluate_sets
-from ..model.load import is_adapter_dir
+from ..model.load import is_adapter_dir, position_limit
 from ..model.lora import ParamsConfig
 from ..model.save import save_model
 from ..objectives.method import check_fixed_width, parse_method
@@ -71,6 +71,7 @@ def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume
     model, prompter, _ = prepare(model, tokenizer, mc, rt)
     task = FinetuneTask(prompter, records, max_length=mc.max_length, fused_head=rt.fused_head,
                         share_prefix=can_share_prefix(rt))
+    require_positions(task.examples, "training", position_limit(model))
     record = {**run_record(train, prompter, mc, rt), "data_sha256": records_sha256(records)}
     if work is not None:
         record["model_sha256"] = weights_sha256(model.state_dict())  # --resume refuses another starting model

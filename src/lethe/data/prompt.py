@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..util.errors import LetheError
+from ..util.io import read_user_text
 
 IGNORE = -100
 FORMAT_FILE = "lethe_prompt.json"
@@ -122,9 +123,10 @@ def load_format(directory: str | Path) -> PromptFormat | None:
     if not f.exists():
         return None
     try:
-        return PromptFormat.from_dict(json.loads(f.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise LetheError(f"{f}: not a valid prompt format ({e})") from e
+        return PromptFormat.from_dict(json.loads(read_user_text(f)))
+    except (json.JSONDecodeError, TypeError, RecursionError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LetheError(f"{f}: not a valid prompt format ({reason})") from None
 
 
 def save_format(directory: str | Path, fmt: PromptFormat) -> None:

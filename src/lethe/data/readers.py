@@ -7,6 +7,7 @@ into fixed token windows, or ``.npy`` token-id rows. Nothing here unpickles user
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..util.errors import DataError
+from ..util.io import read_user_text
 from .records import QARecord, TextRecord
 
 QUESTION_KEYS = ("question", "prompt")
@@ -27,10 +29,7 @@ def _load_json_values(path: Path) -> list[tuple[int, Any]]:
         raise DataError(path, "file not found")
     if path.is_dir():
         raise DataError(path, "is a directory, expected a .json or .jsonl file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
+    text = read_user_text(path)
     if not text.strip():
         raise DataError(path, "file is empty, expected at least one record")
     stripped = text.lstrip()
@@ -39,6 +38,8 @@ def _load_json_values(path: Path) -> list[tuple[int, Any]]:
             whole = json.loads(text)
         except json.JSONDecodeError:
             whole = None  # may be JSONL whose lines are arrays
+        except RecursionError:
+            raise DataError(path, _TOO_DEEP) from None
         if isinstance(whole, list):
             return list(enumerate(whole))
     values: list[Any] = []
@@ -49,11 +50,54 @@ def _load_json_values(path: Path) -> list[tuple[int, Any]]:
             value = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(path, f"line {lineno} is not valid JSON ({e.msg}, column {e.colno})") from e
+        except RecursionError:
+            raise DataError(path, f"line {lineno}: {_TOO_DEEP}") from None
         if isinstance(value, list):
             values.extend(value)  # "array per line" variant
         else:
             values.append(value)
     return list(enumerate(values))
+
+
+_TOO_DEEP = "JSON nested too deeply to read (arrays or objects inside each other ~1000 levels down)"
+
+# The csv module refuses fields over 128 Ki characters; a passage of a book may be longer. Fields up to this
+# many characters are read (the file itself is capped by data.sources.check_readable).
+MAX_CSV_FIELD_CHARS = 1 << 24
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    """The rows of a UTF-8 CSV file with a header, as dicts; malformed rows and over-long fields are one-line
+    errors naming the record (the row after the header)."""
+    text = read_user_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows: list[dict] = []
+    limit = csv.field_size_limit()
+    csv.field_size_limit(MAX_CSV_FIELD_CHARS)
+    try:
+        for row in reader:
+            rows.append(row)
+    except csv.Error as e:
+        if "field larger" in str(e):
+            raise DataError(path, f"a field is longer than {MAX_CSV_FIELD_CHARS:,} characters",
+                            record=len(rows)) from None
+        raise DataError(path, f"line {reader.line_num}: malformed CSV ({e})", record=len(rows)) from None
+    finally:
+        csv.field_size_limit(limit)
+    return rows
+
+
+def check_string(path, index, key: str, value: str) -> str:
+    """Text a tokenizer can take: no NUL character and no lone surrogate (JSON's \\ud800 escapes decode to
+    one, which is not Unicode text and cannot be encoded)."""
+    if "\0" in value:
+        raise DataError(path, "contains a NUL character", record=index, field=key)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(path, f"lone surrogate \\u{ord(value[e.start]):04x} at character {e.start}: not valid "
+                              "Unicode text", record=index, field=key) from None
+    return value
 
 
 def _string_field(path, index, obj: dict, keys: Sequence[str], required: bool) -> str | None:
@@ -64,7 +108,7 @@ def _string_field(path, index, obj: dict, keys: Sequence[str], required: bool) -
                 raise DataError(path, f"expected a string, got {type(value).__name__}", record=index, field=key)
             if required and not value.strip():
                 raise DataError(path, "expected a non-empty string", record=index, field=key)
-            return value
+            return check_string(path, index, key, value)
     if required:
         names = " or ".join(f"'{k}'" for k in keys)
         raise DataError(path, f"missing field {names}", record=index)
@@ -109,6 +153,8 @@ def parse_qa_record(obj: Any, path, index: int, fields: Fields = DEFAULT_FIELDS)
     subject = obj.get("subject", obj.get("author"))
     if subject is not None and not isinstance(subject, str):
         raise DataError(path, f"expected a string, got {type(subject).__name__}", record=index, field="subject")
+    if subject is not None:
+        check_string(path, index, "subject", subject)
     perturbed: tuple[str, ...] = ()
     for key in dict.fromkeys((fields.perturbed_answer, "perturbed_answers")):
         if key in obj and obj[key] is not None:
@@ -118,6 +164,8 @@ def parse_qa_record(obj: Any, path, index: int, fields: Fields = DEFAULT_FIELDS)
             raw = list(raw) if not isinstance(raw, (str, dict)) and hasattr(raw, "__iter__") else raw
             if not isinstance(raw, list) or not all(isinstance(p, str) and p.strip() for p in raw):
                 raise DataError(path, "expected a list of non-empty strings", record=index, field=key)
+            for p in raw:
+                check_string(path, index, key, p)
             perturbed = tuple(raw)
     return QARecord(question, answer, para, perturbed, para_q, subject)
 
@@ -169,15 +217,14 @@ def read_text(path: str | Path, *, tokenizer=None, chunk_tokens: int = 200, voca
             out.append(TextRecord(text=text))
         return out
     if suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or text_key not in reader.fieldnames:
-                raise DataError(path, f"expected a '{text_key}' column, found columns {reader.fieldnames or []}")
-            out = []
-            for i, row in enumerate(reader):
-                if not (row.get(text_key) or "").strip():
-                    raise DataError(path, "expected non-empty text", record=i, field=text_key)
-                out.append(TextRecord(text=row[text_key]))
+        rows = read_csv_rows(path)
+        if rows and text_key not in rows[0]:
+            raise DataError(path, f"expected a '{text_key}' column, found columns {list(rows[0])}")
+        out = []
+        for i, row in enumerate(rows):
+            if not (row.get(text_key) or "").strip():
+                raise DataError(path, "expected non-empty text", record=i, field=text_key)
+            out.append(TextRecord(text=check_string(path, i, text_key, row[text_key])))
         if not out:
             raise DataError(path, "no rows found")
         return out
@@ -186,7 +233,7 @@ def read_text(path: str | Path, *, tokenizer=None, chunk_tokens: int = 200, voca
             raise DataError(path, "plain text is cut into token windows: a tokenizer is needed")
         if chunk_tokens < 2:
             raise DataError(path, f"chunk_tokens must be at least 2, got {chunk_tokens}")
-        ids = tokenizer(path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"]
+        ids = tokenizer(read_user_text(path), add_special_tokens=False)["input_ids"]
         chunks = [ids[i : i + chunk_tokens] for i in range(0, len(ids) - chunk_tokens + 1, chunk_tokens)]
         if not chunks:
             raise DataError(path, f"text has {len(ids)} tokens, fewer than one {chunk_tokens}-token window")

@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..util.errors import DataError
-from .readers import DEFAULT_FIELDS, EXTRACTION_PARTS, Fields, qa_from_dicts, read_qa, read_text
+from .readers import (
+    DEFAULT_FIELDS,
+    EXTRACTION_PARTS,
+    Fields,
+    check_string,
+    qa_from_dicts,
+    read_csv_rows,
+    read_qa,
+    read_text,
+)
 from .records import QARecord, TextRecord
 
 TEXT_SUFFIXES = (".npy", ".txt", ".md")
@@ -59,7 +68,7 @@ def rows_to_records(rows: Iterable[Any], where: str, fields: Fields = DEFAULT_FI
             text = r.get(fields.text)
             if not isinstance(text, str) or not text.strip():
                 raise DataError(where, "expected a non-empty string", record=i, field=fields.text)
-            out.append(TextRecord(text=text))
+            out.append(TextRecord(text=check_string(where, i, fields.text, text)))
         return out
     return qa_from_dicts(rows, where, fields)
 
@@ -83,14 +92,13 @@ def _read_parquet(path: Path) -> list[dict]:
 
 
 def _read_csv_rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv_rows(path)
     for row in rows:  # a perturbed-answer column may hold a JSON list
         for k, v in list(row.items()):
             if isinstance(v, str) and v.startswith("[") and v.endswith("]"):
                 try:
                     parsed = json.loads(v)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):
                     continue
                 if isinstance(parsed, list):
                     row[k] = parsed

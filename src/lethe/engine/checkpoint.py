@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..util.errors import LetheError
-from ..util.io import TEMP_PREFIX, crash_point
+from ..util.io import TEMP_PREFIX, crash_point, storage_errors
 
 # Options that do not change the result: a resumed run may differ in these.
 RESUME_INDIFFERENT = {"checkpoint", "log_with", "runtime.device"}
@@ -58,9 +58,11 @@ def save_checkpoint(directory: Path, model, optimizer, loop_state: dict, full_st
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}ckpt.", dir=directory.parent))
     try:
-        save_file(trainable_state(model, full_state), str(tmp / "model.safetensors"))
+        with storage_errors(directory / "model.safetensors"):
+            save_file(trainable_state(model, full_state), str(tmp / "model.safetensors"))
         tensors, meta = _flatten_optimizer(optimizer.state_dict())
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        with storage_errors(directory / "optimizer.safetensors"):
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(meta))
         (tmp / "state.json").write_text(json.dumps(loop_state, indent=1))  # last: its presence marks completeness
         old = _old(directory)

@@ -23,6 +23,7 @@ from ..util.errors import LetheError
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "bf16", "fp16-mixed")
 ATTENTION = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+FLASH_PACKAGES = {"flash_attention_2": "flash-attn", "flash_attention_3": "flash-attn-3"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,22 @@ class RuntimeConfig:
         if self.attn_implementation is not None and self.attn_implementation not in ATTENTION:
             raise LetheError(f"attn_implementation must be one of {', '.join(ATTENTION)}, got "
                              f"'{self.attn_implementation}'")
+        if self.attn_implementation in FLASH_PACKAGES:
+            self._require_flash()
+
+    def _require_flash(self) -> None:
+        """FlashAttention kernels are a separate package and CUDA only: say so before any model work, not as
+        transformers' ImportError after the weights are read."""
+        from transformers.utils import import_utils
+
+        name = self.attn_implementation
+        if self.device == "cpu" or not torch.cuda.is_available():
+            raise LetheError(f"--attn-implementation {name} runs on CUDA only, and this run has no CUDA device "
+                             "(--device cpu, or torch sees none); use sdpa")
+        available = getattr(import_utils, f"is_{name.replace('attention', 'attn')}_available", None)
+        if available is not None and not available():
+            raise LetheError(f"--attn-implementation {name} needs the {FLASH_PACKAGES[name]} package "
+                             f"(pip install {FLASH_PACKAGES[name]}), which is not usable here; or use sdpa")
 
     # -- resolution ------------------------------------------------------------------------------
     @property

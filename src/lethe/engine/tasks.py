@@ -134,6 +134,17 @@ def require_answer_tokens(examples: Sequence[dict], what: str, max_length: int) 
                              "(the prompt fills it, or the answer is empty): raise --max-length")
 
 
+def require_positions(examples: Sequence[dict], what: str, limit: int | None) -> None:
+    """Every training sequence within the model's position limit (config.json's max_position_embeddings): past
+    it, learned position tables fail with an index error and rotary ones run on positions they never saw."""
+    if limit is None:
+        return
+    for i, e in enumerate(examples):
+        if len(e["input_ids"]) > limit:
+            raise LetheError(f"{what} record {i} is {len(e['input_ids'])} tokens, more than the model's "
+                             f"max_position_embeddings {limit}: lower --max-length to {limit}")
+
+
 class FinetuneTask:
     """Plain supervised training: QA pairs (question tokens masked) or text sequences."""
 

@@ -71,9 +71,31 @@ def _require_lm_eval():
                          "(or pip install lm-eval)") from None
 
 
-def check_tasks(tasks: Sequence[str], tasks_dir: str | Path | None = None) -> None:
-    """Unknown task names are an error before any model work."""
+def check_tasks_dir(tasks_dir: str | Path, trust_code: bool = False) -> None:
+    """A task directory exists, and its YAMLs use lm-eval's ``!function`` (which imports Python files from the
+    directory when the task loads) only when the user said they trust that code."""
+    directory = Path(tasks_dir)
+    if not directory.is_dir():
+        raise LetheError(f"--lm-eval-tasks-dir {directory}: " + ("not a directory" if directory.exists()
+                                                                 else "directory not found"))
+    if trust_code:
+        return
+    for file in sorted([*directory.rglob("*.yaml"), *directory.rglob("*.yml")]):
+        try:
+            text = file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue  # lm-eval reports an unreadable file itself
+        if "!function" in text:
+            raise LetheError(f"{file}: uses lm-eval's !function, which runs Python code from {directory} when the "
+                             "task loads; pass --trust-remote-code if you trust it")
+
+
+def check_tasks(tasks: Sequence[str], tasks_dir: str | Path | None = None, trust_code: bool = False) -> None:
+    """Unknown task names are an error before any model work, and so is a task directory that is missing or
+    would run code the user has not trusted."""
     _require_lm_eval()
+    if tasks_dir:
+        check_tasks_dir(tasks_dir, trust_code)
     from lm_eval.tasks import TaskManager
 
     include = [str(tasks_dir)] if tasks_dir else []
@@ -86,9 +108,12 @@ def check_tasks(tasks: Sequence[str], tasks_dir: str | Path | None = None) -> No
 
 def run_lm_eval(model, prompter, tasks: Sequence[str], *, tasks_dir: str | Path | None = None,
                 limit: int | None = None, batch_size: int = 8, num_fewshot: int | None = None,
-                work_dir: str | Path | None = None) -> dict[str, float]:
-    """``{"lm_eval/TASK/METRIC": value}`` for each task (lm-eval's stderr entries left out)."""
+                work_dir: str | Path | None = None, trust_code: bool = False) -> dict[str, float]:
+    """``{"lm_eval/TASK/METRIC": value}`` for each task (lm-eval's stderr entries left out). ``trust_code``: let
+    the YAMLs in ``tasks_dir`` use ``!function`` (it imports their folder's Python files)."""
     _require_lm_eval()
+    if tasks_dir:
+        check_tasks_dir(tasks_dir, trust_code)
     from ..data.prompt import as_prompter
 
     prompter = as_prompter(prompter)

@@ -17,7 +17,8 @@ def downstream_metrics(model, prompter, cfg) -> dict[str, float]:
     """``lm_eval/TASK/METRIC`` for the configured lm-evaluation-harness tasks (empty without any)."""
     if not cfg.lm_eval_tasks:
         return {}
-    return run_lm_eval(model, prompter, cfg.lm_eval_tasks, tasks_dir=cfg.lm_eval_dir, limit=cfg.lm_eval_limit)
+    return run_lm_eval(model, prompter, cfg.lm_eval_tasks, tasks_dir=cfg.lm_eval_dir, limit=cfg.lm_eval_limit,
+                       trust_code=cfg.lm_eval_trust_code)
 
 
 def membership_aucs(metrics: dict[str, float]) -> dict[str, float]:

@@ -93,6 +93,7 @@ def check_model_dir(path: str | os.PathLike, *, trust_remote_code: bool = False)
         raise ModelError(f"{path / 'config.json'}: not readable JSON ({type(e).__name__})") from None
     if not isinstance(config, dict):
         raise ModelError(f"{path / 'config.json'}: expected a JSON object")
+    _check_config_numbers(path / "config.json", config)
     model_type, auto_map = config.get("model_type"), config.get("auto_map")
     if model_type not in CONFIG_MAPPING:
         if auto_map and not trust_remote_code:
@@ -120,6 +121,39 @@ def check_model_dir(path: str | os.PathLike, *, trust_remote_code: bool = False)
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for every defect
             raise ModelError(f"{file}: not a readable safetensors file, truncated or corrupt "
                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+# Sizes a causal LM's config.json holds (Llama/Mistral/Qwen names and GPT-2's): whole numbers >= 1 where present.
+CONFIG_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings", "n_positions", "n_ctx", "n_embd",
+                "n_layer", "n_head", "n_inner")
+CONFIG_POSITIVE_NUMBERS = ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_theta")
+
+
+def _check_config_numbers(file: Path, config: dict) -> None:
+    """A size written as a string, zero or negative fails deep inside transformers or, worse, loads: refuse it
+    here naming the field."""
+    import math
+
+    for key in CONFIG_SIZES:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ModelError(f"{file}: field '{key}' must be a whole number >= 1, got {value!r}")
+    for key in CONFIG_POSITIVE_NUMBERS:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value <= 0):
+            raise ModelError(f"{file}: field '{key}' must be a positive number, got {value!r}")
+
+
+def position_limit(model) -> int | None:
+    """How many positions the model's architecture holds (max_position_embeddings, or GPT-2's n_positions)."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _transformers_version() -> str:

@@ -260,10 +260,10 @@ def _save_adapter(model, tokenizer, directory: Path, *, fila: bool, base_model_p
             cfg_dict[k] = sorted(v)
         elif hasattr(v, "value"):
             cfg_dict[k] = v.value
-    from ..util.io import atomic_dir
+    from ..util.io import atomic_dir, storage_errors
     from .save import save_tokenizer
 
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory) as tmp, storage_errors(Path(directory) / "adapter_model.safetensors"):
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
         (tmp / "adapter_config.json").write_text(json.dumps(cfg_dict, indent=2, default=str))
         if tokenizer is not None:

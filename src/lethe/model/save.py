@@ -20,10 +20,11 @@ def save_model(model, tokenizer, directory: str | os.PathLike, prompt_format=Non
     (atomic: the directory is complete or absent), with the user's umask."""
     import json
 
-    from ..util.io import atomic_dir
+    from ..util.io import atomic_dir, storage_errors
 
     with atomic_dir(directory) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with storage_errors(Path(directory) / "model.safetensors"):
+            model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp, prompt_format)
         for name, obj in (extra_json or {}).items():

@@ -61,8 +61,9 @@ class Scenario:
     cell, ctx)`` unlearns one cell and returns its run record (written as ``run.json``, reused on resume);
     ``summarize(prepared, runs, ctx)`` returns the results file's scenario-specific fields.
     ``fingerprint`` names the options that decide data and models: a directory made with other values
-    is not reused. ``options`` are the scenario's own options with their defaults; ``check(options)``
-    validates them (and may load what they name) before any work, returning the options to use.
+    is not reused. ``options`` are the scenario's own options with their defaults; ``check(options,
+    size)`` validates them (against what the size's data holds; it may load what they name) before any work,
+    returning the options to use.
     """
 
     name: str                            # recorded as results.json's "scenario"
@@ -78,7 +79,7 @@ class Scenario:
     report: str                          # the report layout (lethe.reports.layouts.LAYOUTS)
     options: Mapping[str, Any] = field(default_factory=dict)
     fingerprint: tuple[str, ...] = ()
-    check: Callable[[dict], dict] | None = None
+    check: Callable[[dict, str], dict] | None = None
     parse_spec: Callable[[str], tuple] = parse_run_spec
 
 

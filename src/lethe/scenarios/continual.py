@@ -45,7 +45,7 @@ class Request:
     retain_tr: list        # the retain model's truth ratios on the cumulative forget set (FQ)
 
 
-def _check(options: dict) -> dict:
+def _check(options: dict, size: str) -> dict:
     from ..evaluation.suite import load_semantic
     from ..util.errors import LetheError
 

@@ -169,7 +169,7 @@ def split_parts(text: str, parts: int) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _check(options: dict) -> dict:
+def _check(options: dict, size: str) -> dict:
     """Your own text: read now (a missing or too short file fails before any work); its sha256 joins the
     fingerprint, so a directory made from another book is not reused."""
     import hashlib

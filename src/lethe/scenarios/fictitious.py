@@ -170,7 +170,7 @@ def check_forget_percent(percent) -> int:
     return percent
 
 
-def _check(options: dict) -> dict:
+def _check(options: dict, size: str) -> dict:
     """Sweep and seeds checked, and the named embedding/NLI models loaded (one that fails, fails now)."""
     from ..evaluation.suite import load_semantic
     from ..util.validation import check_positive

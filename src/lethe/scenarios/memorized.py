@@ -38,6 +38,9 @@ class MemorizedSettings:
     forget_size: int = 32
     validation_size: int = 32
     min_epochs: int = 1
+    # Each request brings forget_size fresh canaries the base model must memorise first; past this many requests
+    # pretraining outgrows the size's model and time budget (use the next size up).
+    max_requests: int = 16
 
 
 SETTINGS = {
@@ -45,7 +48,7 @@ SETTINGS = {
                                                                 checkpoint=False),
                                TrainConfig(epochs=2, lr=1e-3, batch_size=8, micro_batch_size=8, warmup_epochs=0,
                                            schedule="constant", checkpoint=False), lora_rank=4, forget_size=8,
-                               validation_size=8),
+                               validation_size=8, max_requests=8),
     "small": MemorizedSettings("small", 1500, 48, 10,
                                TrainConfig(epochs=12, lr=2e-3, batch_size=16, micro_batch_size=16,
                                                                   checkpoint=False),
@@ -67,12 +70,18 @@ def _ids(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list
     return out
 
 
-def _check(options: dict) -> dict:
+def _check(options: dict, size: str) -> dict:
     from ..util.errors import LetheError
 
     requests = options["requests"]
     if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
         raise LetheError(f"--requests: expected an integer >= 1, got {requests!r}")
+    st = SETTINGS[size]
+    if requests > st.max_requests:
+        larger = [s for s, other in SETTINGS.items() if other.max_requests >= requests]
+        raise LetheError(f"--requests {requests}: at most {st.max_requests} at size {size} (each request is "
+                         f"{st.forget_size} new canaries the base model must first memorise)"
+                         + (f"; --size {larger[0]} takes {SETTINGS[larger[0]].max_requests}" if larger else ""))
     return options
 
 

@@ -65,7 +65,7 @@ def _settings_match(path: Path, settings: dict, resume: bool) -> bool:
     return same
 
 
-def _check(options: dict) -> dict:
+def _check(options: dict, size: str) -> dict:
     from ..evaluation.suite import load_semantic
 
     # ES reads `generated => truth` on every set here (closer-look Sec. 5.3); named models must load now

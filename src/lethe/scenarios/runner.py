@@ -44,7 +44,7 @@ def run_scenario(scenario: str | Scenario, *, out, size: str, seed: int = 0, run
     runs = tuple(runs or sc.default_runs)
     check_methods(runs, sc.parse_spec)  # a misspelt method fails before minutes of work
     if sc.check is not None:
-        opts = sc.check(dict(opts))
+        opts = sc.check(dict(opts), size)
     fingerprint = {"scenario": sc.name, "scenario_version": sc.version, "size": size, "seed": seed,
                    **{k: _plain(opts[k]) for k in sc.fingerprint}}
     with scenario_dir(out, fingerprint, resume=resume, command=f"demo {sc.name}") as out:

@@ -1,4 +1,5 @@
-"""Atomic file writes: a file is either complete or absent, never half-written."""
+"""Atomic file writes (a file is either complete or absent, never half-written), storage errors as
+``OSError`` naming the file, and defensive reads of user text files."""
 from __future__ import annotations
 
 import json
@@ -65,6 +66,52 @@ def apply_umask(directory: str | os.PathLike) -> None:
             os.chmod(os.path.join(root, d), 0o777 & ~umask)
         for f in files:
             os.chmod(os.path.join(root, f), 0o666 & ~umask)
+
+
+def read_user_text(path: str | os.PathLike) -> str:
+    """A user's text file (data, config, template) as a string: UTF-8 (a byte-order mark allowed) with no NUL
+    characters. A wrong encoding or a binary file is a one-line :class:`DataError` naming the line."""
+    from .errors import DataError
+
+    path = Path(path)
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(path, "is UTF-16 text; save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(path, f"line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                              "save the file as UTF-8") from None
+    nul = text.find("\0")
+    if nul >= 0:
+        raise DataError(path, f"line {text.count(chr(10), 0, nul) + 1}: NUL character (a binary file?); "
+                              "expected UTF-8 text")
+    return text
+
+
+def _storage_errno(message: str) -> int | None:
+    import re
+
+    found = re.search(r"os error (\d+)|code: (\d+)", message)  # the Rust io::Error that safetensors wraps
+    return int(found.group(1) or found.group(2)) if found else None
+
+
+@contextmanager
+def storage_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Writes inside this block that fail in a library with its own error type (safetensors' SafetensorError on
+    a full disk) raise ``OSError`` naming ``path``, which the CLI reports in one line."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+    except Exception as e:
+        if type(e).__name__ != "SafetensorError":
+            raise
+        code = _storage_errno(str(e))
+        raise OSError(code, os.strerror(code) if code else str(e).splitlines()[0], str(path)) from e
 
 
 def write_text(path, text: str) -> Path:

@@ -30,6 +30,10 @@ _LEGACY_TEMP = (".ckpt.", ".model.")
 def check_output(path, *, option: str = "--out", kind: str = "dir") -> Path:
     """``path`` can be created (or used) as a directory (``kind="dir"``) or a file; else a one-line error."""
     path = Path(path)
+    for part in (path, *path.parents):  # exists() says False for a link loop, and mkdir would then fail
+        if part.is_symlink() and not part.exists():
+            raise LetheError(f"{option} {path}: {part} is a symbolic link that leads nowhere (a loop or a missing "
+                             "target)")
     if path.exists():
         if kind == "dir" and not path.is_dir():
             raise LetheError(f"{option} {path}: exists and is a file; expected a directory")
