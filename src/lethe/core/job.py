@@ -139,7 +139,8 @@ class UnlearnJob:
                 self.model, plan.params, forget_examples=self.streams["forget"],
                 retain_examples=self.streams["retain"] if plan.params.kind == "fila" else (),
                 pad_id=self.prompter.pad_id, seed=plan.train.seed, progress=plan.progress)
-            loss_data = LossData(self.forget, self.retain, self.streams, self.prompter.pad_id, plan.train.seed)
+            loss_data = LossData(self.forget, self.retain, self.streams, self.prompter.pad_id, plan.train.seed,
+                                 cache_dir=plan.run_dir)
             for loss in plan.method.losses:
                 loss.setup(self.model, loss_data)
         restrict_trainable(self.model, plan.method)

@@ -26,6 +26,7 @@ from ..evaluation.suite import EvalResult, EvalSet, aggregate, evaluate_sets
 from ..model.load import is_adapter_dir, position_limit
 from ..model.lora import ParamsConfig
 from ..model.save import save_model
+from ..objectives.altpo import CACHE_FILE as ALTERNATES_FILE
 from ..objectives.method import check_fixed_width, parse_method
 from ..util.errors import LetheError
 from ..util.rundir import check_output, claim, remove_temporaries, replacing
@@ -213,7 +214,7 @@ def _empty_sequence(x) -> bool:
 
 # What an earlier run leaves in its directory (a fresh run there needs --resume or --overwrite).
 RUN_OUTPUTS = ("run.json", "audit.json", "model", "checkpoint", "checkpoint.old", "steps.jsonl", "logs", "attacks.json",
-               "last", ".lethe-best")
+               "last", ".lethe-best", ALTERNATES_FILE)
 
 
 def _refuse_overlap(forget, retain) -> None:

@@ -175,8 +175,11 @@ class _Trainer:
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=config.lr,
         )
-        self.accum = max(1, math.ceil(config.batch_size / (config.micro_batch_size * world)))
-        micro_per_epoch = math.ceil(len(self.lengths) / config.micro_batch_size)
+        # a micro-batch never holds more than the batch asked for (--batch-size 2 with the default micro-batch of 8
+        # would otherwise step once per 8 examples)
+        self.micro = micro = min(config.micro_batch_size, config.batch_size)
+        self.accum = max(1, math.ceil(config.batch_size / (micro * world)))
+        micro_per_epoch = math.ceil(len(self.lengths) / micro)
         self.steps_per_epoch = steps_per_epoch = math.ceil(math.ceil(micro_per_epoch / world) / self.accum)
         self.total_steps = steps_per_epoch * config.epochs
         warmup_steps = int(round(steps_per_epoch * config.warmup_epochs))
@@ -196,7 +199,7 @@ class _Trainer:
                                steps_per_epoch=self.steps_per_epoch)
         note(self.progress and self.accelerator.is_main_process,
              f"{self.desc}: {len(self.lengths)} examples, {self.steps_per_epoch} optimizer step(s) per epoch "
-             f"({self.accum} micro-batch(es) of {self.config.micro_batch_size} per step), {self.total_steps} in all")
+             f"({self.accum} micro-batch(es) of {self.micro} per step), {self.total_steps} in all")
         accelerator = self.accelerator
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
         self.compiled = self.runtime.compile_blocks(self.model)  # --compile: for this loop's forwards only
@@ -239,7 +242,7 @@ class _Trainer:
         config, accelerator, world = self.config, self.accelerator, self.world
         t0 = time.perf_counter()
         self.model.train()
-        batches = bucketed_shuffle(self.lengths, config.micro_batch_size, seed=config.seed * 1000 + epoch)
+        batches = bucketed_shuffle(self.lengths, self.micro, seed=config.seed * 1000 + epoch)
         if len(batches) % world:
             # Every rank must join every all-reduce: repeat the first micro-batches so none runs out early.
             batches = batches + batches[: world - len(batches) % world]

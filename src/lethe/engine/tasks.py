@@ -11,6 +11,7 @@ from __future__ import annotations
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
@@ -181,6 +182,7 @@ class LossData:
     streams: "Streams"
     pad_id: int
     seed: int
+    cache_dir: Path | None = None  # the run directory, for what set-up computes once per run (None: not saved)
 
     @torch.no_grad()
     def hidden_states(self, model, stream: str, layer: int, batch_size: int = 16) -> Iterator[tuple]:
@@ -257,7 +259,7 @@ class UnlearnTask:
 
     def rows(self, stream: str, idx: Sequence[int]) -> list[int]:
         """Example indices of ``stream`` for the forget items ``idx`` (retain streams follow the pairing)."""
-        if stream in ("forget", "idk"):
+        if stream in ("forget", "idk", "alternate"):
             return list(idx)
         return [j for i in idx for j in self.pairs[i]]
 
@@ -376,8 +378,20 @@ class Streams(dict):
             offset = (lambda i: i) if stream == "idk" else (lambda i: -1 - i)
             encoded = [self.prompter.encode_qa(r.question, refusal_for(offset(i), self.seed, self.refusals),
                                                max_length=self.max_length) for i, r in enumerate(source)]
+        elif stream == "alternate":
+            raise LetheError("the alternate stream holds answers that a loss's setup writes (AltPO); none did")
         else:
             raise KeyError(stream)
         self[stream] = encoded
         return encoded
+
+    def put_answers(self, stream: str, answers: Sequence[str]) -> None:
+        """A stream of the forget questions with other answers (AltPO's alternates), index-aligned with the
+        forget stream; each must keep an answer token at ``max_length``."""
+        forget = self.records["forget"]
+        if len(answers) != len(forget):
+            raise LetheError(f"{stream} stream: {len(answers)} answers for {len(forget)} forget questions")
+        encoded = [self.prompter.encode_qa(r.question, a, max_length=self.max_length) for r, a in zip(forget, answers)]
+        require_answer_tokens(encoded, stream, self.max_length)
+        self[stream] = encoded
 

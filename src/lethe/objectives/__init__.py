@@ -4,7 +4,7 @@ A function loss's positional parameter names are the inputs it needs (``inputs.p
 keyword-only parameters are its options. A :class:`Loss` subclass declares its inputs after a
 set-up step and may choose which parameters train (RMU). The engine computes only what is asked.
 """
-from . import forget, pdu, regularize, rmu  # noqa: F401  (registers the losses)
+from . import altpo, forget, pdu, regularize, rmu  # noqa: F401  (registers the losses)
 from .inputs import Need
 from .loss import FunctionLoss, Loss, build_loss
 from .method import Method, parse_method

@@ -4,7 +4,8 @@ A loss asks for a *view* of a *stream* from a *model*:
 
 - streams: ``forget`` (forget question + true answer, or a forget text), ``idk`` (forget question +
   a refusal), ``retain`` (the retain examples paired with the forget batch), ``retain_idk``
-  (those retain questions + a refusal);
+  (those retain questions + a refusal), ``alternate`` (the forget questions + answers a loss's ``setup``
+  wrote: AltPO's alternates);
 - views: ``logits`` [B,T,V], ``labels`` [B,T] (IGNORE on prompt and padding), ``mask`` [B,T]
   (1 on real tokens), ``token_logp`` [B,T-1] (log-prob of each counted next token, 0 elsewhere),
   ``seq_logp`` [B] (their sum), ``lengths`` [B] (counted tokens), ``hidden`` [B,T,H] (the output of
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from ..util.errors import LetheError
 
-STREAMS = ("retain_idk", "forget", "idk", "retain")  # longest prefix first when parsing names
+STREAMS = ("retain_idk", "forget", "idk", "retain", "alternate")  # longest prefix first when parsing names
 VIEWS = ("logits", "labels", "mask", "token_logp", "seq_logp", "lengths", "hidden")
 MODELS = ("policy", "reference")
 # Views that are properties of the data, not of a model: the reference has the same ones.

@@ -87,7 +87,7 @@ def tokenizer_corpus(data: AuthorsDataset) -> list[str]:
 # 1.000 after 5 epochs); α = 10 lets the forget term act.
 DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "ME+GD", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
                 "IHL+GD", "FLAT-KL", "SimNPO+GD", "RMU(alpha=10)", "WGA+GD", "SatImp+GD", "UNDIAL+GD", "CEU+GD",
-                "PDU(warmup_epochs=1)", "IHL+GD@lora", "IHL+GD@fila")
+                "PDU(warmup_epochs=1)", "AltPO+GD", "IHL+GD@lora", "IHL+GD@fila")
 
 
 def grid(methods: Sequence[str], params: Sequence[str] = ("full",), ranks: Sequence[int] = ()) -> list[str]:
