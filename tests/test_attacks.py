@@ -200,3 +200,39 @@ def test_the_python_attack_api_scores_a_saved_model(tokenizer, smoke_data, tmp_p
     for name in ("paraphrase", "prompt"):
         p = res["attacks"][name]["metrics"]["P"]
         assert 0 < p["unlearned"] <= 1 and 0 < p["attacked"] <= 1 and p["attacked"] != p["unlearned"]
+
+
+def test_relearn_related_trains_on_related_records_only_and_scores_every_forget_record(tokenizer, smoke_data,
+                                                                                      tmp_path):
+    from lethe.attacks.relearn_related import related_records
+    from lethe.data.prompt import Prompter, PromptFormat
+    from lethe.model.build import build_tiny_model
+    from lethe.util.errors import LetheError
+
+    forget, retain = smoke_data.forget(10), smoke_data.retain(10)
+    options = ATTACKS.get("relearn-related").options({"count": 3, "seed": 1})
+    picked = related_records(forget, options, {"retain": retain})
+    assert len(picked) == 3 and all(r in retain for r in picked)
+    assert picked == related_records(forget, options, {"retain": retain})  # seeded
+    assert len(related_records(forget, {**options, "count": 0}, {"retain": retain})) == min(len(forget), len(retain))
+    with pytest.raises(LetheError, match="that is plain relearning"):
+        related_records(forget, options, {"retain": retain + forget[:1]})
+    with pytest.raises(LetheError, match="give retain records"):
+        related_records(forget, options, {})
+    (tmp_path / "related.json").write_text(json.dumps([r.to_dict() for r in retain[:2]]))
+    from_file = ATTACKS.get("relearn-related").options({"data": str(tmp_path / "related.json")})
+    assert sorted(related_records(forget, from_file, {}), key=str) == sorted(retain[:2], key=str)
+    for bad, expected in (({"count": -1}, "count must be >= 0"), ({"data": str(tmp_path / "no.json")}, "not found")):
+        with pytest.raises(LetheError, match=expected):
+            parse_attacks("relearn-related", {"relearn-related": bad})
+
+    model = build_tiny_model(tokenizer, "test", seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attacks = parse_attacks("relearn-related", {"relearn-related": {"lr": 1e-2, "epochs": 2, "batch_size": 2}})
+    res = run_attacks(model, forget, attacks, prompter=Prompter(tokenizer, PromptFormat("plain")), metrics=("P",),
+                      retain_model=build_tiny_model(tokenizer, "test", seed=1), context={"retain": retain})
+    entry = res["attacks"]["relearn-related"]
+    assert entry["records"] == len(forget) and entry["robustness_score"] == "R"
+    p = entry["metrics"]["P"]
+    assert p["attacked"] != p["unlearned"] and "R" in p and "beyond_control" in p
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the attack works on a copy

@@ -275,7 +275,8 @@ def test_all_masked_batch_stays_finite(name):
               "idk_seq_logp": seq_o, "ref_forget_seq_logp": zeros, "ref_idk_seq_logp": zeros,
               "retain_logits": logits, "retain_labels": labels, "ref_retain_logits": other.detach(),
               "ref_forget_logits": other.detach(),
-              "retain_seq_logp": seq_f, "retain_idk_seq_logp": seq_o}
+              "retain_seq_logp": seq_f, "retain_idk_seq_logp": seq_o, "alternate_seq_logp": seq_o,
+              "ref_alternate_seq_logp": zeros}
     spec = REGULARIZERS.get(name[4:]) if name.startswith("reg:") else FORGET_LOSSES.get(name)
     loss = spec(inputs)
     loss.backward()

@@ -198,7 +198,7 @@ def attack(model, forget, attacks: str | Sequence[str] = "quantize", *, attack_o
         return rt.place(load_model(str(other), dtype=rt.weight_dtype, trust_remote_code=mc.trust_remote_code))
 
     context = {"model_config": replace(mc, prompt_format=prompter.format), "runtime": rt,
-               "max_new_tokens": max_new_tokens, "retain": retain}
+               "max_new_tokens": max_new_tokens, "retain": retain, "fields": dc.fields}
     with rt.autocast():
         return run_attacks(model, forget, chosen, prompter=prompter, metrics=metrics, retain_model=placed(retain_model),
                            target_model=placed(target_model), context=context)
