@@ -236,3 +236,40 @@ def test_relearn_related_trains_on_related_records_only_and_scores_every_forget_
     p = entry["metrics"]["P"]
     assert p["attacked"] != p["unlearned"] and "R" in p and "beyond_control" in p
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the attack works on a copy
+
+
+def test_the_logit_lens_last_layer_is_what_the_model_says_and_the_best_layer_is_read(tokenizer, smoke_data):
+    from lethe.attacks.logit_lens import lens_curves
+    from lethe.data.batching import pad_batch
+    from lethe.data.prompt import IGNORE, Prompter, PromptFormat
+    from lethe.engine.loop import TrainConfig
+    from lethe.model.build import build_tiny_model
+
+    forget = smoke_data.forget(10)[:4]
+    model = lethe.finetune(build_tiny_model(tokenizer, "test", seed=0), forget, tokenizer=tokenizer, progress=False,
+                           train=TrainConfig(epochs=20, lr=5e-3, batch_size=4, micro_batch_size=4,
+                                             checkpoint=False))[0]
+    prompter = Prompter(tokenizer, PromptFormat("plain"))
+    curves = lens_curves(model, prompter, forget, batch_size=3)
+    assert len(curves["lens_acc"]) == model.config.num_hidden_layers
+    # by hand: the model's own logits at the positions that predict answer tokens
+    batch = pad_batch([prompter.encode_qa(r.question, r.answer) for r in forget], prompter.pad_id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].double()
+    labels = batch["labels"][:, 1:]
+    where = labels.ne(IGNORE)
+    rows, targets = logits[where], labels[where]
+    assert curves["lens_acc"][-1] == pytest.approx(float(rows.argmax(-1).eq(targets).double().mean()), abs=1e-9)
+    logp = torch.log_softmax(rows, -1).gather(-1, targets[:, None]).mean()
+    assert curves["lens_logp"][-1] == pytest.approx(float(logp), rel=1e-5)
+
+    res = run_attacks(model, forget, parse_attacks("logit-lens"), prompter=prompter, metrics=("P",),
+                      retain_model=build_tiny_model(tokenizer, "test", seed=1), target_model=model)
+    entry = res["attacks"]["logit-lens"]
+    assert set(entry["metrics"]) == {"lens_acc", "lens_logp"} and set(entry["details"]) == {"unlearned", "retain",
+                                                                                             "target"}
+    acc = entry["metrics"]["lens_acc"]
+    assert acc["unlearned"] == pytest.approx(curves["lens_acc"][-1]) and acc["attacked"] == max(curves["lens_acc"])
+    assert acc["attacked"] >= acc["unlearned"] and 0 <= acc["Q"] <= 1 and "beyond_control" in acc
+    with pytest.raises(LetheError, match="from_layer"):
+        parse_attacks("logit-lens", {"logit-lens": {"from_layer": -1}})

@@ -23,15 +23,18 @@ class Attacked(NamedTuple):
 @dataclass(frozen=True)
 class Attack:
     """One attack: ``apply(model, forget, options, context) -> Attacked``; ``context`` has the prompter, the
-    retain records, the model and runtime configs."""
+    retain records, the model and runtime configs. A *probe* reads the model instead of changing it:
+    ``probe(model, forget, options, context) -> (said, read, details)``, its own metrics as the model outputs
+    them and as the probe reads them, plus what to keep (per-layer curves); it replaces ``apply``."""
 
     name: str
     summary: str
     defaults: Mapping[str, Any]
-    apply: Callable[..., Attacked]
+    apply: Callable[..., Attacked] | None
     check: Callable[[dict], None] = field(default=lambda options: None)
     robustness: str = "Q"  # which meta-evaluation score applies: Q (a fixed transform) or R (training)
     needs: tuple[str, ...] = ()  # record fields every forget record must have (e.g. paraphrased_question)
+    probe: Callable[..., tuple[dict, dict, Any]] | None = None
 
     def options(self, given: Mapping[str, Any] | None = None) -> dict:
         """The attack's options with ``given`` applied: unknown names and wrong types are one-line errors."""

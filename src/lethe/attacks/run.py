@@ -66,19 +66,12 @@ def run_attacks(model, forget: Sequence, attacks: Mapping[str, Mapping[str, Any]
     for name, options in attacks.items():
         attack = ATTACKS.get(name)
         check_fields(attack, forget)
-        attacked = attack.apply(model, forget, options, ctx)
-        records, baseline = attacked.records, attacked.baseline or attacked.records
-        entry = {"options": options, "records": len(records), "robustness_score": attack.robustness,
-                 "metrics": {}}
-        before, after = score(model, baseline), score(attacked.model, records)
-        del attacked
-        control = target = None
-        if retain_model is not None:
-            control_attacked = attack.apply(retain_model, forget, options, ctx)
-            control = (score(retain_model, baseline), score(control_attacked.model, control_attacked.records))
-            del control_attacked
-        if target_model is not None:
-            target = score(target_model, baseline)
+        if attack.probe is not None:
+            entry, before, after, control, target = _probe(attack, model, forget, options, ctx, retain_model,
+                                                           target_model)
+        else:
+            entry, before, after, control, target = _attack(attack, model, forget, options, ctx, retain_model,
+                                                            target_model, score)
         for m in before:
             row = {"unlearned": before[m], "attacked": after[m], "change": after[m] - before[m]}
             if control is not None:
@@ -98,12 +91,44 @@ def run_attacks(model, forget: Sequence, attacks: Mapping[str, Mapping[str, Any]
     return out
 
 
+def _attack(attack, model, forget, options, ctx, retain_model, target_model, score):
+    """An attack that changes the model or the prompts: the metrics before and after, on each model."""
+    attacked = attack.apply(model, forget, options, ctx)
+    records, baseline = attacked.records, attacked.baseline or attacked.records
+    entry = {"options": options, "records": len(records), "robustness_score": attack.robustness, "metrics": {}}
+    before, after = score(model, baseline), score(attacked.model, records)
+    del attacked
+    control = target = None
+    if retain_model is not None:
+        control_attacked = attack.apply(retain_model, forget, options, ctx)
+        control = (score(retain_model, baseline), score(control_attacked.model, control_attacked.records))
+        del control_attacked
+    if target_model is not None:
+        target = score(target_model, baseline)
+    return entry, before, after, control, target
+
+
+def _probe(attack, model, forget, options, ctx, retain_model, target_model):
+    """A probe: its own metrics as each model outputs them and as the probe reads them, with its details."""
+    before, after, details = attack.probe(model, forget, options, ctx)
+    entry = {"options": options, "records": len(forget), "robustness_score": attack.robustness, "metrics": {},
+             "details": {"unlearned": details}}
+    control = target = None
+    if retain_model is not None:
+        said, read, entry["details"]["retain"] = attack.probe(retain_model, forget, options, ctx)
+        control = (said, read)
+    if target_model is not None:
+        target, _, entry["details"]["target"] = attack.probe(target_model, forget, options, ctx)
+    return entry, before, after, control, target
+
+
 def describe() -> str:
     lines = []
+    width = max(map(len, ATTACKS.names()))
     for name in ATTACKS.names():
         a = ATTACKS.get(name)
-        lines.append(f"  {name:<10} {a.summary}")
+        lines.append(f"  {name:<{width}} {a.summary}")
         options = ", ".join(f"{k}={v}" for k, v in a.defaults.items()) or "none"
-        lines.append(f"  {'':<10} options: {options}; "
+        lines.append(f"  {'':<{width}} options: {options}; "
                      f"robustness score: {a.robustness}")
     return "\n".join(lines)
