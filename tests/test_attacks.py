@@ -273,3 +273,29 @@ def test_the_logit_lens_last_layer_is_what_the_model_says_and_the_best_layer_is_
     assert acc["attacked"] >= acc["unlearned"] and 0 <= acc["Q"] <= 1 and "beyond_control" in acc
     with pytest.raises(LetheError, match="from_layer"):
         parse_attacks("logit-lens", {"logit-lens": {"from_layer": -1}})
+
+
+def test_in_context_shows_some_forget_facts_and_asks_only_the_others(smoke_data):
+    forget = smoke_data.forget(10)
+    seen = []
+
+    def score(mdl, records):
+        seen.append([r.question for r in records])
+        return {"P": 0.5}
+
+    res = run_attacks(object(), forget, parse_attacks("in-context", {"in-context": {"shots": 2, "seed": 3}}),
+                      prompter=None, metrics=("P",), score=score)
+    before, after = seen
+    asked = [r for r in forget if r.question in before]
+    given = [r for r in forget if r.question not in before]
+    assert len(asked) == len(forget) - round(0.5 * len(forget)) and res["attacks"]["in-context"]["records"] == len(
+        asked)
+    for q, r in zip(after, asked):
+        shown = q[: q.rindex("Question: ")]
+        assert q.endswith(f"Question: {r.question}\nAnswer:") and shown.count("Answer: ") == 2
+        assert all(a.question not in shown for a in asked)  # an asked fact is never shown
+        assert sum(g.answer in shown for g in given) == 2
+    with pytest.raises(LetheError, match="fraction must be in"):
+        parse_attacks("in-context", {"in-context": {"fraction": 1}})
+    with pytest.raises(LetheError, match="at least two forget records"):
+        run_attacks(object(), forget[:1], parse_attacks("in-context"), prompter=None, metrics=("P",), score=score)

@@ -6,10 +6,10 @@ chosen metrics on the forget records before and after each attack, for the unlea
 retain model (never trained on the forget set: relearning also *teaches*, so the control says how much of a gain is
 knowledge that was only hidden) and the target model (before unlearning: what full recovery would be).
 
-Built in, one file each (``lethe attacks`` lists them with their options): ``quantize`` (quantize.py),
-``relearn`` (relearn.py), ``relearn-related`` (relearn_related.py), ``paraphrase`` and ``prompt`` (prompts.py),
-and the probe ``logit-lens`` (logit_lens.py), which reads the model instead of changing it. An attack registers
-itself in :data:`ATTACKS` (base.py); run.py parses options and scores.
+Built in (``lethe attacks`` lists them with their options): ``quantize`` (quantize.py), ``relearn`` (relearn.py),
+``relearn-related`` (relearn_related.py), ``paraphrase``, ``prompt`` and ``in-context`` (prompts.py), and the probe
+``logit-lens`` (logit_lens.py), which reads the model instead of changing it. An attack registers itself in
+:data:`ATTACKS` (base.py); run.py parses options and scores.
 
 Scores per attack and metric m (each on the records the attack scores): the attacked value, the change, the
 retain model's change under the same attack, recovery = (m_attacked − m_unlearned) / (m_target −

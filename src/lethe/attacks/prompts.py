@@ -6,6 +6,9 @@
   prefix, the prefix-injection jailbreak), ``roleplay`` (a persona that remembers everything), ``filler`` (the
   question buried in unrelated text), ``fewshot`` (``shots`` answered retain questions first: in-context
   recall).
+- ``in-context``: a seeded share (``fraction``) of the forget facts are *given* in the prompt (``shots`` of them
+  before each question) and the others asked: whether the model uses the forgotten subject's facts it is shown
+  to recall the ones it is not (Deeb & Roger's split, as ``relearn``, without training).
 
 The unattacked model is scored on the original questions; the attacked score is the same model on the
 rewritten ones, and the retain model gets the same rewrite as the control.
@@ -52,6 +55,28 @@ def _prompt(model, forget, options, context) -> Attacked:
     return Attacked(model, rewritten, baseline=list(forget))
 
 
+def _in_context(model, forget, options, context) -> Attacked:
+    from .relearn import relearn_split
+
+    if len(forget) < 2:
+        raise LetheError("attack 'in-context' needs at least two forget records (some to give, others to ask)")
+    given, asked = relearn_split(forget, options["fraction"], options["seed"])
+    shots = min(options["shots"], len(given))
+    rewritten = []
+    for i, r in enumerate(asked):
+        shown = random.Random(f"{options['seed']}:{i}").sample(given, shots)
+        facts = "".join(f"Question: {g.question}\nAnswer: {g.answer}\n\n" for g in shown)
+        rewritten.append(dataclasses.replace(r, question=f"{facts}Question: {r.question}\nAnswer:"))
+    return Attacked(model, rewritten, baseline=list(asked))
+
+
+def _check_in_context(o: dict) -> None:
+    if not 0 < o["fraction"] < 1:
+        raise LetheError(f"attack 'in-context': fraction must be in (0, 1), got {o['fraction']}")
+    if o["shots"] < 1:
+        raise LetheError(f"attack 'in-context': shots must be >= 1, got {o['shots']}")
+
+
 def _check_prompt(o: dict) -> None:
     if o["template"] not in FORMS:
         raise LetheError(f"attack 'prompt': template must be one of {', '.join(FORMS)}, got {o['template']!r}")
@@ -66,3 +91,7 @@ ATTACKS.add("paraphrase", Attack(
 ATTACKS.add("prompt", Attack(
     "prompt", "the forget questions rewritten: prefix injection, role play, filler text or retain few-shot examples",
     {"template": "prefix", "shots": 3, "seed": 0}, _prompt, _check_prompt, robustness="Q"))
+
+ATTACKS.add("in-context", Attack(
+    "in-context", "some forget facts shown in the prompt (shots per question), the others asked; same model",
+    {"fraction": 0.5, "shots": 5, "seed": 0}, _in_context, _check_in_context, robustness="Q"))
