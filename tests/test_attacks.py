@@ -299,3 +299,50 @@ def test_in_context_shows_some_forget_facts_and_asks_only_the_others(smoke_data)
         parse_attacks("in-context", {"in-context": {"fraction": 1}})
     with pytest.raises(LetheError, match="at least two forget records"):
         run_attacks(object(), forget[:1], parse_attacks("in-context"), prompter=None, metrics=("P",), score=score)
+
+
+def test_a_linear_probe_picks_the_answer_its_features_encode(tokenizer, smoke_data, monkeypatch):
+    """The probe's pipeline on features that encode truth in one direction picks every true forget answer, while
+    the model's own pick follows its log-probabilities; on a real tiny model the scores are shares in [0, 1] and the
+    model's own pick is well above chance after it was taught the facts."""
+    import numpy as np
+
+    import lethe.attacks.probe as probe
+    from lethe.data.prompt import Prompter, PromptFormat
+    from lethe.engine.loop import TrainConfig
+    from lethe.model.build import build_tiny_model
+
+    assert probe._picks_true([3.0, 1.0, 2.0, 0.0, 5.0], [3, 2]) == 0.5  # first group right, second wrong
+    forget, retain = smoke_data.full[:10], smoke_data.full[10:40]
+    pairs, sizes = probe._candidates(forget[:1])
+    assert sizes == [1 + len(forget[0].perturbed_answers)] and pairs[0][1] == forget[0].paraphrased_answer
+    true_answers = {r.paraphrased_answer for r in forget + retain}
+    rng = np.random.default_rng(0)
+
+    def encoded(model, prompter, pairs, layer, batch_size):
+        truth = np.array([float(a in true_answers) for _, a in pairs])
+        x = np.c_[truth + 0.1 * rng.standard_normal(len(pairs)), rng.standard_normal((len(pairs), 5))]
+        return x, -truth  # the model itself prefers the perturbed answers
+    monkeypatch.setattr(probe, "answer_features", encoded)
+    prompter = Prompter(tokenizer, PromptFormat("plain"))
+    model = build_tiny_model(tokenizer, "test", seed=0)
+    row = run_attacks(model, forget, parse_attacks("probe"), prompter=prompter, metrics=("P",),
+                      context={"retain": retain})["attacks"]["probe"]["metrics"]["pick_true"]
+    assert row["unlearned"] == 0.0 and row["attacked"] == 1.0
+    monkeypatch.undo()
+
+    taught = lethe.finetune(model, forget + retain, tokenizer=tokenizer, progress=False,
+                            train=TrainConfig(epochs=30, lr=5e-3, batch_size=8, micro_batch_size=8,
+                                              checkpoint=False))[0]
+    res = run_attacks(taught, forget, parse_attacks("probe"), prompter=prompter, metrics=("P",),
+                      retain_model=build_tiny_model(tokenizer, "test", seed=1), context={"retain": retain})
+    entry = res["attacks"]["probe"]
+    row, details = entry["metrics"]["pick_true"], entry["details"]["unlearned"]
+    assert details["chance"] == pytest.approx(1 / 4) and details["layer"] == 1
+    assert row["unlearned"] > details["chance"] + 0.3  # the taught model prefers the true answers itself
+    assert all(0 <= row[k] <= 1 for k in ("unlearned", "attacked", "retain", "retain_attacked"))
+    with pytest.raises(LetheError, match="at least 4"):
+        run_attacks(taught, forget, parse_attacks("probe"), prompter=prompter, metrics=("P",),
+                    context={"retain": retain[:2]})
+    with pytest.raises(LetheError, match="c > 0"):
+        parse_attacks("probe", {"probe": {"c": 0}})
