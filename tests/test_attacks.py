@@ -346,3 +346,39 @@ def test_a_linear_probe_picks_the_answer_its_features_encode(tokenizer, smoke_da
                     context={"retain": retain[:2]})
     with pytest.raises(LetheError, match="c > 0"):
         parse_attacks("probe", {"probe": {"c": 0}})
+
+
+NF4_LEVELS = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+              -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+              0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+              0.7229568362236023, 1.0)  # the NF4 code book (QLoRA, Dettmers et al. 2023)
+
+
+def test_bitsandbytes_nf4_equals_a_by_hand_nf4_and_runs_as_an_attack(tokenizer, smoke_data, monkeypatch):
+    pytest.importorskip("bitsandbytes")
+    import sys
+
+    from lethe.attacks.quantize import quantize_bnb
+    from lethe.data.prompt import Prompter, PromptFormat
+    from lethe.model.build import build_tiny_model
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 128) * 0.05
+    blocks = w.reshape(-1, 64)  # blocks of 64 consecutive weights
+    scale = blocks.abs().amax(-1, keepdim=True)
+    levels = torch.tensor(NF4_LEVELS)
+    nearest = (blocks / scale)[..., None].sub(levels).abs().argmin(-1)
+    by_hand = (levels[nearest] * scale).reshape(w.shape)
+    assert torch.allclose(quantize_bnb(w, "nf4"), by_hand, atol=1e-6)
+    assert not torch.allclose(quantize_bnb(w, "fp4"), by_hand)  # another code book
+
+    model = build_tiny_model(tokenizer, "test", seed=0)
+    res = run_attacks(model, smoke_data.forget(10), parse_attacks("quantize", {"quantize": {"method": "nf4"}}),
+                      prompter=Prompter(tokenizer, PromptFormat("plain")), metrics=("P",))
+    p = res["attacks"]["quantize"]["metrics"]["P"]
+    assert p["attacked"] != p["unlearned"] and 0 < p["Q"] < 1
+    with pytest.raises(LetheError, match="method must be one of rtn, nf4, fp4"):
+        parse_attacks("quantize", {"quantize": {"method": "int3"}})
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
+    with pytest.raises(LetheError, match=r"needs bitsandbytes: pip install 'lethe-unlearn\[quantize\]'"):
+        parse_attacks("quantize", {"quantize": {"method": "fp4"}})

@@ -1,7 +1,13 @@
-"""``quantize``: weight-only round-to-nearest of the decoder's linear layers, scored dequantised.
+"""``quantize``: weight-only quantization of the decoder's linear layers, scored dequantised.
 
 Zhang et al. (ICLR 2025) found that unlearning updates are smaller than a 4-bit quantization step, so
-quantizing an unlearned model can bring back what it forgot. Plain torch, so it runs on CPU and GPU alike."""
+quantizing an unlearned model can bring back what it forgot. ``method=rtn`` (default) is round-to-nearest in
+plain torch, so it runs on CPU and GPU alike; ``method=nf4`` / ``fp4`` is the paper's own protocol, bitsandbytes'
+4-bit quantization as ``load_in_4bit`` applies it (blocks of 64 weights), through bitsandbytes' own
+quantize/dequantize functions. A 4-bit bitsandbytes matmul dequantizes the weights the same way before it
+multiplies, so scoring the dequantised weights is what the quantized model computes. LLM.int8's weight side is
+``rtn`` with ``bits=8 group=0`` (per-row absmax); its fp16 outlier columns, chosen from activations at run time, are
+not reproduced."""
 from __future__ import annotations
 
 import copy
@@ -50,7 +56,29 @@ def decoder_linears(model):
                 yield module
 
 
+BNB_METHODS = ("nf4", "fp4")
+BNB_BLOCK = 64  # the block size transformers' BitsAndBytesConfig(load_in_4bit=True) quantizes with
+
+
+def quantize_bnb(weight: torch.Tensor, quant_type: str) -> torch.Tensor:
+    """bitsandbytes' 4-bit quantization (``nf4`` or ``fp4``, blocks of 64), returned dequantised."""
+    import bitsandbytes.functional as bnb
+
+    packed, state = bnb.quantize_4bit(weight.detach().float().contiguous(), blocksize=BNB_BLOCK, quant_type=quant_type)
+    return bnb.dequantize_4bit(packed, state).reshape(weight.shape).to(weight.dtype)
+
+
 def _check_quantize(o: dict) -> None:
+    methods = ("rtn", *BNB_METHODS)
+    if o["method"] not in methods:
+        raise LetheError(f"attack 'quantize': method must be one of {', '.join(methods)}, got {o['method']!r}")
+    if o["method"] in BNB_METHODS:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise LetheError(f"attack 'quantize' with method={o['method']} needs bitsandbytes: pip install "
+                             "'lethe-unlearn[quantize]' (or use method=rtn)") from None
+        return
     if not 2 <= o["bits"] <= 8:
         raise LetheError(f"attack 'quantize': bits must be 2..8, got {o['bits']}")
     if o["group"] < 0:
@@ -61,10 +89,15 @@ def _quantize(model, forget, options, context):
     attacked = copy.deepcopy(model)
     with torch.no_grad():
         for linear in decoder_linears(attacked):
-            linear.weight.copy_(quantize_rtn(linear.weight, options["bits"], options["group"], options["symmetric"]))
+            if options["method"] in BNB_METHODS:
+                linear.weight.copy_(quantize_bnb(linear.weight, options["method"]))
+            else:
+                linear.weight.copy_(quantize_rtn(linear.weight, options["bits"], options["group"],
+                                                 options["symmetric"]))
     return Attacked(attacked, list(forget))
 
 
 ATTACKS.add("quantize", Attack(
-    "quantize", "weight-only round-to-nearest of the decoder's linear layers (Zhang et al. 2025), dequantised",
-    {"bits": 4, "group": 128, "symmetric": True}, _quantize, _check_quantize, robustness="Q"))
+    "quantize", "weight-only quantization of the decoder's linear layers (Zhang et al. 2025), dequantised: "
+    "round-to-nearest, or bitsandbytes NF4/FP4 (method=nf4|fp4)",
+    {"bits": 4, "group": 128, "symmetric": True, "method": "rtn"}, _quantize, _check_quantize, robustness="Q"))
