@@ -52,7 +52,7 @@ def test_rtn_equals_a_by_hand_reference_and_its_error_is_bounded(bits, group, sy
 
 def test_options_are_checked_before_any_work():
     assert parse_attacks("quantize", {"quantize": {"bits": "8"}}) == {"quantize": {"bits": 8, "group": 128,
-                                                                                   "symmetric": True}}
+                                                                                   "symmetric": True, "method": "rtn"}}
     for text, opts, word in (("quantise", None, "Did you mean 'quantize'"), ("quantize", {"quantize": {"bits": 1}},
                              "bits must be 2..8"), ("relearn", {"relearn": {"fraction": 1.5}}, "fraction"),
                              ("relearn", {"relearn": {"lr": "fast"}}, "expects float"),
