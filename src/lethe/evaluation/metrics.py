@@ -22,7 +22,12 @@ def _rouge():
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """Sentence BLEU of each prediction against its reference, in [0, 1] (sacrebleu: 13a tokens, 4-grams,
     brevity penalty, exponential smoothing of zero n-gram counts). FLAT scores copyright completions so."""
-    from sacrebleu.metrics import BLEU
+    try:
+        from sacrebleu.metrics import BLEU
+    except ImportError:
+        from ..util.errors import LetheError
+
+        raise LetheError("BLEU needs sacrebleu: pip install 'lethe-unlearn[copyright]'") from None
 
     scorer = BLEU(effective_order=True)
     return [scorer.sentence_score(pred, [ref]).score / 100.0 for pred, ref in zip(predictions, references)]

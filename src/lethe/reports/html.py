@@ -21,6 +21,30 @@ td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.9rem}
 .bad{color:#b00}"""
 
 
+def plotting_available() -> bool:
+    """Whether matplotlib is installed (the ``plots`` extra): without it reports keep their tables and say so."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except ValueError:  # a module entry set to None: treated as absent
+        return False
+
+
+NO_PLOTS = ("<p class='note bad'>Figures left out: they need matplotlib (pip install 'lethe-unlearn[plots]'); "
+            "the tables below are complete.</p>")
+
+
+def _figure(plot):
+    """A plot function that gives an empty string, not an ImportError, where matplotlib is not installed."""
+    import functools
+
+    @functools.wraps(plot)
+    def draw(*args, **kwargs) -> str:
+        return plot(*args, **kwargs) if plotting_available() else ""
+    return draw
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -36,6 +60,7 @@ def _series(run: dict, key: str):
     return [(x, y) for x, y in pts if y is not None and not (isinstance(y, float) and math.isnan(y))]
 
 
+@_figure
 def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = False, title: str = ""):
     import matplotlib
 
@@ -70,6 +95,7 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
     return _png(fig)
 
 
+@_figure
 def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: dict | None = None,
                     xlabel: str = "epoch", goal: dict | None = None, goal_label: str = "goal"):
     """One panel per metric, a line per run. ``thresholds``: {key: value} drawn flat; ``goal``: {key:
@@ -110,6 +136,7 @@ def html_table(header, rows) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+@_figure
 def _front_plot(rows, x: str, y: str, fronts: dict, title: str, logx: bool = False) -> str:
     import matplotlib
 
@@ -241,6 +268,6 @@ def section(results: dict, source: str, summary) -> str:
 
 
 def render_page(sections: Sequence[str]) -> str:
-    body = "\n".join(sections)
+    body = ("" if plotting_available() else NO_PLOTS) + "\n".join(sections)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Lethe report</title><style>{CSS}</style>"
             f"</head><body><h1>Lethe report</h1>{body}</body></html>")

@@ -177,6 +177,11 @@ def _check(options: dict, size: str) -> dict:
 
     from ..util.errors import LetheError
 
+    try:
+        import sacrebleu  # noqa: F401
+    except ImportError:
+        raise LetheError("the copyright scenario scores continuations with BLEU: pip install "
+                         "'lethe-unlearn[copyright]'") from None
     for key, text_key in (("forget", "book"), ("retain", "other")):
         options[text_key] = options[f"{key}_sha256"] = None
         if options[key] is None:
