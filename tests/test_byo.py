@@ -194,4 +194,33 @@ def test_an_evaluation_set_reads_a_dataset_in_the_users_column_names(tokenizer, 
     res = lethe.evaluate(tiny_model, [named], tokenizer=tokenizer, config=lethe.EvalConfig(max_new_tokens=2))
     assert 0 < res.metrics["forget/P"] <= 1
     with pytest.raises(lethe.LetheError, match="Dataset, record 0: missing field 'question'"):
-        lethe.EvalSet("forget", datasets.Dataset.from_list(rows), "qa", role="forget")
+        lethe.EvalSet("forget", datasets.Dataset.from_list(rows), "qa", role="forget").resolve()
+
+
+def test_a_runs_field_names_reach_evaluation_sets_given_as_sources(tokenizer, smoke_data, tiny_model, tmp_path):
+    """DataConfig(fields=...) names the columns once: the forget and retain files and every evaluation set given
+    as a file or dataset without its own fields are read with it, by unlearn and by evaluate."""
+    import datasets
+
+    import lethe
+    from lethe.data.readers import Fields
+    from lethe.engine.loop import TrainConfig
+
+    def rows(records):
+        return [{"q": r.question, "a": r.answer} for r in records]
+
+    forget, retain = smoke_data.forget(10), smoke_data.retain(10)[:8]
+    (tmp_path / "forget.json").write_text(json.dumps(rows(forget)))
+    data = lethe.DataConfig(fields=Fields(question="q", answer="a"))
+    sets = [lethe.EvalSet("forget", str(tmp_path / "forget.json"), role="forget"),
+            lethe.EvalSet("retain", datasets.Dataset.from_list(rows(retain)), role="retain")]
+    assert sets[0].records is None  # not read yet: the run's field names are not known here
+    _, run = lethe.unlearn(tiny_model, str(tmp_path / "forget.json"), datasets.Dataset.from_list(rows(retain)),
+                           tokenizer=tokenizer, data=data, save=False, progress=False,
+                           evaluation=lethe.EvalConfig(sets=sets, max_new_tokens=2, at=("end",)),
+                           train=TrainConfig(epochs=1, batch_size=4, micro_batch_size=4, checkpoint=False))
+    assert [r.question for r in sets[0].records] == [r.question for r in forget]
+    assert 0 < run.epochs[-1]["metrics"]["retain/P"] <= 1
+    fresh = [lethe.EvalSet("forget", datasets.Dataset.from_list(rows(forget)), role="forget")]
+    res = lethe.evaluate(tiny_model, fresh, tokenizer=tokenizer, data=data, config=lethe.EvalConfig(max_new_tokens=2))
+    assert 0 < res.metrics["forget/P"] <= 1

@@ -87,10 +87,12 @@ def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume
 
 def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConfig | None = None,
              model_config: ModelConfig | None = None, runtime: RuntimeConfig | None = None,
-             progress: bool = False, allow_overlap: bool = False) -> EvalResult:
+             progress: bool = False, allow_overlap: bool = False, data: DataConfig | None = None) -> EvalResult:
     """Score ``model`` on evaluation sets; adds MU, FE and (given the retain model's values) FQ. ``progress``: a
-    line per finished set with elapsed time and ETA."""
+    line per finished set with elapsed time and ETA. Sets given as sources without ``fields`` are read with
+    ``data.fields``."""
     cfg, rt = config or EvalConfig(), runtime or RuntimeConfig()
+    sets = [s.resolve((data or DataConfig()).fields) for s in sets]
     cfg = replace(cfg, sets=sets)
     cfg.check_metrics()
     if cfg.holdout and not allow_overlap:
@@ -152,6 +154,8 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     train = train or (TrainConfig(lr=ADAPTER_LR) if pcfg.kind != "full" else TrainConfig())
     ev, au = evaluation or EvalConfig(), audit or AuditConfig()
     mc, dc = model_config or ModelConfig(), data or DataConfig()
+    for s in ev.sets:  # a set given as a file or dataset takes this run's field names
+        s.resolve(dc.fields)
     if ev.limit is None and conv.eval_limit is not None:
         ev = replace(ev, limit=conv.eval_limit)
     ev.check_metrics()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -61,13 +61,15 @@ class EvalSet:
     """Records scored together, with the ``role`` that says what the metrics make of them (never the name).
 
     ``records``: anything :func:`~lethe.data.sources.load_records` reads (records, a file, a ``datasets.Dataset``,
-    dicts), read with ``fields`` (default: TOFU's column names)."""
+    dicts), read with ``fields``. Without ``fields`` a source is read when the set is first used (:meth:`resolve`):
+    with the run's ``DataConfig.fields`` under ``unlearn``/``evaluate``, else TOFU's column names."""
 
     name: str
     records: Sequence
     kind: str = "qa"  # "qa" | "mc"
     role: str = "utility"
     fields: Fields | None = None
+    source: Any = field(default=None, repr=False, compare=False)  # a source not read yet (see resolve)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -77,8 +79,19 @@ class EvalSet:
         records = self.records
         if isinstance(records, (list, tuple)) and all(isinstance(r, (QARecord, TextRecord)) for r in records):
             self.records = list(records)
-        else:  # a file, a datasets.Dataset, dicts: read once, here, with one-line errors naming record and field
-            self.records = load_records(records, fields=self.fields or DEFAULT_FIELDS)
+        elif self.fields is not None:  # a file, a datasets.Dataset, dicts: read once, here, errors naming the record
+            self.records = load_records(records, fields=self.fields)
+        elif records is not None:  # read once the run's field names are known
+            self.source, self.records = records, None
+
+    def resolve(self, fields: Fields | None = None) -> "EvalSet":
+        """Read a source given without ``fields`` now, with ``fields`` (a run's ``DataConfig.fields``) or TOFU's
+        column names; a set already read is returned as it is."""
+        if self.records is None:
+            self.fields = fields or DEFAULT_FIELDS
+            self.records = load_records(self.source, fields=self.fields)
+            self.source = None
+        return self
 
     @property
     def forget(self) -> bool:
@@ -192,6 +205,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
 
     started = time.perf_counter()
     prompter = as_prompter(prompter)
+    sets = [s.resolve() for s in sets]
     selection = metrics if isinstance(metrics, Selection) else select_metrics(metrics, memorization=memorization)
     holdout = list(holdout or []) + [r for s in sets if s.role == "holdout" for r in s.records]
     scored = [s for s in sets if s.role in SCORED_ROLES]
