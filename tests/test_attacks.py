@@ -382,3 +382,30 @@ def test_bitsandbytes_nf4_equals_a_by_hand_nf4_and_runs_as_an_attack(tokenizer, 
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
     with pytest.raises(LetheError, match=r"needs bitsandbytes: pip install 'lethe-unlearn\[quantize\]'"):
         parse_attacks("quantize", {"quantize": {"method": "fp4"}})
+
+
+def test_the_fictitious_demo_attacks_every_unlearned_model_and_reports_it(tmp_path, capsys):
+    from lethe.cli.commands import main
+
+    out = tmp_path / "demo"
+    argv = ["--quiet", "demo", "--size", "smoke", "--methods", "GA+GD", "--attacks", "in-context",
+            "--attack-opt", "in-context.shots=2", "--out", str(out)]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    entry = results["runs"][0]["attacks"]["in-context"]
+    assert entry["options"]["shots"] == 2 and {"retain_change", "recovery", "Q"} <= set(entry["metrics"]["P"])
+    assert "## Attacks: does the forgetting hold?" in (out / "report.md").read_text()
+    assert "Attacks: does the forgetting hold?" in (out / "report.html").read_text()
+    # asking for another attack later runs the finished cell again, with both
+    with pytest.raises(SystemExit) as e:
+        main(argv[:7] + ["in-context,logit-lens"] + argv[8:])
+    assert e.value.code == 0, capsys.readouterr().err
+    assert set(json.loads((out / "results.json").read_text())["runs"][0]["attacks"]) == {"in-context", "logit-lens"}
+    for bad, expected in ((["--attacks", "quantise"], "Did you mean 'quantize'"),
+                          (["--attack-opt", "quantize.bits=4"], "--attack-opt given without --attacks"),
+                          (["--scenario", "memorized", "--attacks", "quantize"], "has no option attacks")):
+        with pytest.raises(SystemExit) as e:
+            main(["--quiet", "demo", "--size", "smoke", "--out", str(tmp_path / "bad"), *bad])
+        assert e.value.code == 2 and expected in capsys.readouterr().err

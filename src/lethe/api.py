@@ -47,17 +47,19 @@ __all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "Indi
 def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequence[str] | None = None,
          seed: int = 0, forget_percent: int = 10, resume: bool = True, progress: bool = True,
          embedding_model: str | None = None, nli_model: str | None = None, sweep: dict | None = None,
-         seeds: int = 1) -> dict:
+         seeds: int = 1, attacks: str | Sequence[str] | None = None, attack_options: dict | None = None) -> dict:
     """Run the offline fictitious-author benchmark end to end; write results.json and report.md.
 
     ``sweep`` ({"lr": [1e-4, 3e-4]}) and ``seeds`` (unlearning seeds) make every method a set of cells;
     the report then compares methods by their Pareto fronts and best utility at a level of forgetting.
+    ``attacks`` ("quantize,relearn"; options per attack in ``attack_options``) attack every unlearned model.
 
     >>> results = lethe.demo(size="smoke", out="runs/smoke")  # doctest: +SKIP
     """
     return run_scenario("fictitious", out=Path(out), size=size, seed=seed, runs=methods, resume=resume,
                         progress=progress, forget_percent=forget_percent, embedding_model=embedding_model,
-                        nli_model=nli_model, sweep=sweep, seeds=seeds)
+                        nli_model=nli_model, sweep=sweep, seeds=seeds, attacks=attacks,
+                        attack_options=attack_options)
 
 
 def demo_memorized(size: str = "small", out: str | Path = "runs/memorized", *, runs: Sequence[str] | None = None,

@@ -104,7 +104,17 @@ def _add_demo_parser(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="seed for data, models and training (default 0)")
     p.add_argument("--fresh", action="store_true",
                    help="recompute everything instead of reusing finished parts in --out")
+    _add_scenario_attack_options(p)
     opts.add_semantic_options(p)
+
+
+def _add_scenario_attack_options(p) -> None:
+    p.add_argument("--attacks", default=None, metavar="NAMES",
+                   help="fictitious scenario: attack every unlearned model (`lethe attacks` lists them), the retain "
+                        "model as the control and the target as full recovery; results.json and the report get an "
+                        "Attacks table")
+    p.add_argument("--attack-opt", action="append", default=[], metavar="ATTACK.NAME=VALUE",
+                   help="an attack's option (repeatable), e.g. relearn.epochs=5")
 
 
 def _add_finetune_parser(sub) -> None:
@@ -221,6 +231,7 @@ def _add_bench_parser(sub) -> None:
                         "the same); the report shows mean ± standard deviation over them (default 1)")
     p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
     p.add_argument("--seed", type=SEED, default=0, help="seed (default 0)")
+    _add_scenario_attack_options(p)
     opts.add_semantic_options(p)
 
 
@@ -324,7 +335,8 @@ def _dispatch(args) -> int:
             raise LetheError(f"--methods: a method is named twice in '{args.methods}'")
         given = {"requests": args.requests, "reference": args.reference, "forget_percent": args.forget_percent,
                  "embedding_model": args.embedding_model, "nli_model": args.nli_model, "forget": args.forget,
-                 "retain": args.retain}
+                 "retain": args.retain, "attacks": args.attacks,
+                 "attack_options": _attack_options(args.attack_opt) or None}
         api.run_scenario(args.scenario, out=args.out, size=args.size, seed=args.seed, runs=methods,
                          resume=not args.fresh, progress=progress, **{k: v for k, v in given.items() if v is not None})
         if not args.quiet:
@@ -341,8 +353,8 @@ def _dispatch(args) -> int:
                 raise LetheError(f"--params: unknown parameterisation '{p}': expected full, lora or fila")
         api.demo(size=args.size, out=args.out, methods=specs, seed=args.seed, forget_percent=args.forget_percent,
                  resume=not args.fresh, progress=progress, embedding_model=args.embedding_model,
-                 nli_model=args.nli_model,
-                 sweep=opts.sweep_values(args.sweep), seeds=args.seeds)
+                 nli_model=args.nli_model, sweep=opts.sweep_values(args.sweep), seeds=args.seeds,
+                 attacks=args.attacks, attack_options=_attack_options(args.attack_opt))
         if not args.quiet:
             n_points = 1
             for values in opts.sweep_values(args.sweep).values():
@@ -426,8 +438,11 @@ def _attack_run(args, model, attacks, data, progress: bool) -> None:
     add_attacks(Path(args.out), result)
     if progress:
         for name, entry in result["attacks"].items():
-            p = entry["metrics"].get("P", {})
-            print(f"attack {name}: forget P {p.get('unlearned', float('nan')):.4f} -> "
+            metric = "P" if "P" in entry["metrics"] else next(iter(entry["metrics"]), None)
+            if metric is None:
+                continue
+            p = entry["metrics"][metric]
+            print(f"attack {name}: forget {metric} {p.get('unlearned', float('nan')):.4f} -> "
                   f"{p.get('attacked', float('nan')):.4f}"
                   + (f" (retain model {p['retain_change']:+.4f})" if "retain_change" in p else ""), file=sys.stderr)
 

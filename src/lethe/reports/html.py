@@ -7,7 +7,18 @@ import io
 import math
 from typing import Sequence
 
-from .markdown import extraction_columns, final_metrics, fmt_value, goal_mark, per_set_tables, present_keys, run_label
+from .markdown import (
+    ATTACK_HEADER,
+    ATTACKS_NOTE,
+    attack_table_rows,
+    extraction_columns,
+    final_metrics,
+    fmt_value,
+    goal_mark,
+    per_set_tables,
+    present_keys,
+    run_label,
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -229,6 +240,9 @@ def section(results: dict, source: str, summary) -> str:
     parts.append("<div class='figs'>" + "".join(figs) + "</div>")
     parts.append(_comparison(results))
     parts.append("<h3>Final epoch</h3>" + table)
+    if rows := attack_table_rows(results):
+        parts.append(f"<h3>Attacks: does the forgetting hold?</h3><p class='note'>{html.escape(ATTACKS_NOTE)}</p>"
+                     + html_table(["run", *ATTACK_HEADER], rows))
     from .markdown import STOPPING_HEADER, STOPPING_TESTS, stopping_rows
 
     for test, how in STOPPING_TESTS:

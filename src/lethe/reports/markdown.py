@@ -166,6 +166,30 @@ def write_report(results: dict, path: str | Path) -> Path:
     return write_text(path, render_report(results))
 
 
+def attack_rows(run: dict) -> list[list]:
+    """[attack, metric, unlearned, attacked, retain model's change, beyond control, recovery, Q or R] per attack
+    and metric of a run that was attacked."""
+    rows = []
+    for name, entry in (run.get("attacks") or {}).items():
+        for metric, r in entry.get("metrics", {}).items():
+            rows.append([name, metric, r.get("unlearned"), r.get("attacked"), r.get("retain_change"),
+                         r.get("beyond_control"), r.get("recovery"), r.get("Q", r.get("R"))])
+    return rows
+
+
+ATTACK_HEADER = ["attack", "metric", "unlearned", "attacked", "retain model's change", "beyond control", "recovery",
+                 "robustness (Q/R)"]
+ATTACKS_NOTE = ("Each attack tries to bring the forgotten answers back; the retain model (never trained on them) "
+                "gets the same attack as the control. beyond control = the unlearned model's change minus the "
+                "retain model's; recovery = change / (target − unlearned); robustness 1 = the attack changes "
+                "nothing beyond what it does to a model that never knew.")
+
+
+def attack_table_rows(results: dict) -> list[list]:
+    """[run, *attack_rows] for every attacked run of a results file."""
+    return [[run_label(r), *row] for r in results.get("runs", []) for row in attack_rows(r)]
+
+
 def render_report(results: dict) -> str:
     """report.md's text for the fictitious and real-world scenarios."""
     ref = results.get("reference", {})
@@ -217,6 +241,9 @@ def render_report(results: dict) -> str:
     out += ["", "## Per-set metrics (final epoch)", ""]
     for set_name, metrics, rows in per_set_tables(results):
         out += [f"### {set_name}", "", md_table(["model", *metrics], rows), ""]
+    if rows := attack_table_rows(results):
+        out += ["## Attacks: does the forgetting hold?", "", ATTACKS_NOTE, "", md_table(["run", *ATTACK_HEADER], rows),
+                ""]
     out += ["## Trajectories (per epoch)", ""]
     for run in results.get("runs", []):
         out += [f"### {run['method']} ({run.get('params', 'full')})", ""]

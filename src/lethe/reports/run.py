@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..util.errors import LetheError
-from .markdown import fmt_value, goal_mark, md_table, run_label
+from .markdown import ATTACK_HEADER, attack_rows, fmt_value, goal_mark, md_table, run_label
 
 # shown first when present, in this order; every other scalar metric follows
 LEAD = ("MU", "MU18", "FE", "FQ", "forget/P", "forget/ROUGE", "forget/TR", "forget/ExtractionStrength", "forget/EM",
@@ -47,19 +47,6 @@ def before_after(run: dict) -> list[list]:
                    and not k.endswith(("_KS_p", "_group_p")))
     return [[k, first[k], last[k], last[k] - first[k], goal_mark(k)] for k in keys
             if _scalar(first[k]) and _scalar(last[k])]
-
-
-def attack_rows(run: dict) -> list[list]:
-    rows = []
-    for name, entry in (run.get("attacks") or {}).items():
-        for metric, r in entry.get("metrics", {}).items():
-            rows.append([name, metric, r.get("unlearned"), r.get("attacked"), r.get("retain_change"),
-                         r.get("beyond_control"), r.get("recovery"), r.get("Q", r.get("R"))])
-    return rows
-
-
-ATTACK_HEADER = ["attack", "metric", "unlearned", "attacked", "retain model's change", "beyond control", "recovery",
-                 "robustness (Q/R)"]
 
 
 def render_markdown(runs: Sequence[dict]) -> str:

@@ -176,6 +176,14 @@ def _check(options: dict, size: str) -> dict:
     from ..util.validation import check_positive
 
     check_forget_percent(options["forget_percent"])
+    if options["attacks"]:
+        from ..attacks import parse_attacks
+
+        options["attacks"] = parse_attacks(options["attacks"], options["attack_options"])
+    elif options["attack_options"]:
+        from ..util.errors import LetheError
+
+        raise LetheError("--attack-opt given without --attacks")
     options["sweep"] = check_sweep(options["sweep"] or {}, SETTINGS["small"].unlearn)
     options["seeds"] = check_positive("--seeds", options["seeds"])
     options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"])
@@ -231,7 +239,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
         label = (f"unlearning with {method} ({kind})" + (f", {point_label(point)}" if point else "")
                  + (f", seed {s}" if seeds > 1 else ""))
         out.append(Cell(spec, run_dir_for(ctx.out, method, kind, suffix), label,
-                        {"spec": spec, "sweep": point, "seed": s}))
+                        {"spec": spec, "sweep": point, "seed": s, "attacks": sorted(ctx.options["attacks"] or ())}))
     return out
 
 
@@ -255,16 +263,33 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     train_cfg = replace(train_cfg, **{k: v for k, v in point.items() if k in TRAIN_SWEEP})  # a swept lr is absolute
     evaluation = EvalConfig(sets=prep.sets, retain_model_tr=prep.retain_tr, initial_metrics=prep.target.metrics,
                             holdout=prep.data.holdout, retain_model_auc=prep.retain_auc, **prep.eval_kwargs)
-    _, run = unlearn(model, prep.data.forget(fp), prep.data.retain(fp),
+    unlearned, run = unlearn(model, prep.data.forget(fp), prep.data.retain(fp),
                      method=MethodConfig(method, **{k: v for k, v in point.items() if k in METHOD_SWEEP}),
                      tokenizer=prep.tokenizer, train=train_cfg, params=ParamsConfig(kind=kind, rank=rank),
                      evaluation=evaluation, out_dir=cell.run_dir, save=False, resume=ctx.resume, overwrite=True,
                      progress=ctx.progress)
     record = run.to_dict()
+    if ctx.options["attacks"] and run.status == "ok":
+        record["attacks"] = _attack(unlearned, prep, ctx)["attacks"]
     if "(" in method:  # the report names the run as it was asked for, options included
         record["method"] = method
     record["cell"] = dict(cell.info)  # reused cells carry their sweep point and seed
     return record
+
+
+def _attack(model, prep: Prepared, ctx: Context) -> dict:
+    """The chosen attacks on one cell's unlearned model, the retain model as the control and the target as full
+    recovery (both reloaded: the cell trained a copy)."""
+    from ..attacks import run_attacks
+    from ..data.prompt import as_prompter
+    from ..model.load import load_model
+
+    fp = ctx.options["forget_percent"]
+    models = {name: load_model(ctx.out / "models" / name) for name in ("target", "retain")}
+    context = {"retain": prep.data.retain(fp), "max_new_tokens": SETTINGS[ctx.size].max_new_tokens}
+    return run_attacks(model, prep.data.forget(fp), ctx.options["attacks"], prompter=as_prompter(prep.tokenizer),
+                       metrics=("P", "ROUGE"), retain_model=models["retain"], target_model=models["target"],
+                       context=context)
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
@@ -296,6 +321,7 @@ FICTITIOUS = Scenario(
     summary="TOFU-style fictitious authors: MU, FE, FQ, membership inference per epoch (default)",
     sizes=tuple(SETTINGS), default_runs=DEMO_METHODS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="qa",
-    options={"forget_percent": 10, "embedding_model": None, "nli_model": None, "sweep": None, "seeds": 1},
+    options={"forget_percent": 10, "embedding_model": None, "nli_model": None, "sweep": None, "seeds": 1,
+             "attacks": None, "attack_options": None},
     fingerprint=("forget_percent",), check=_check,
 )

@@ -67,7 +67,10 @@ def _run(sc: Scenario, ctx: Context) -> dict:
     cells = sc.cells(prepared, ctx)
     records, grid_start = [], time.perf_counter()
     for i, cell in enumerate(cells):
-        if (previous := finished(cell.run_dir, ctx.resume)) is not None:
+        previous = finished(cell.run_dir, ctx.resume)
+        if previous is not None and not set((cell.info or {}).get("attacks", ())) <= set(previous.get("attacks") or {}):
+            previous = None  # finished before these attacks were asked for: run again, with them
+        if previous is not None:
             records.append(previous)
             console.print(f"[dim]{cell.label}: already done, reusing {cell.run_dir / 'run.json'}[/dim]")
             continue
