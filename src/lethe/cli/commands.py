@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .. import api
 from ..core import DataConfig, EvalConfig
@@ -328,86 +330,99 @@ def run(argv=None) -> int:
 
 
 def _dispatch(args) -> int:
+    """Run the parsed command: one handler per command, each ``(args, progress) -> exit code``."""
     progress = not args.quiet  # bars on a terminal, one line per epoch and stage otherwise
-    if args.command == "demo":
-        methods = split_outside_parens(args.methods, ",") if args.methods is not None else None
-        if methods is not None and len({m.replace(" ", "").lower() for m in methods}) != len(methods):
-            raise LetheError(f"--methods: a method is named twice in '{args.methods}'")
-        given = {"requests": args.requests, "reference": args.reference, "forget_percent": args.forget_percent,
-                 "embedding_model": args.embedding_model, "nli_model": args.nli_model, "forget": args.forget,
-                 "retain": args.retain, "attacks": args.attacks,
-                 "attack_options": _attack_options(args.attack_opt) or None}
-        api.run_scenario(args.scenario, out=args.out, size=args.size, seed=args.seed, runs=methods,
-                         resume=not args.fresh, progress=progress, **{k: v for k, v in given.items() if v is not None})
-        if not args.quiet:
-            print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}\n"
-                  f"         {(Path(args.out) / 'report.html').resolve()}")
-    elif args.command == "bench":
-        from ..scenarios.fictitious import grid
+    return HANDLERS[args.command](args, progress)
 
-        specs = grid(split_outside_parens(args.methods, ","),
-                     [p.strip().lower() for p in args.params.split(",") if p.strip()],
-                     opts.rank_values(args.rank))
-        for p in {s.partition("@")[2].partition(":")[0] for s in specs}:
-            if p not in ("full", "lora", "fila"):
-                raise LetheError(f"--params: unknown parameterisation '{p}': expected full, lora or fila")
-        api.demo(size=args.size, out=args.out, methods=specs, seed=args.seed, forget_percent=args.forget_percent,
-                 resume=not args.fresh, progress=progress, embedding_model=args.embedding_model,
-                 nli_model=args.nli_model, sweep=opts.sweep_values(args.sweep), seeds=args.seeds,
-                 attacks=args.attacks, attack_options=_attack_options(args.attack_opt))
-        if not args.quiet:
-            n_points = 1
-            for values in opts.sweep_values(args.sweep).values():
-                n_points *= len(values)
-            print(f"results: {Path(args.out) / 'results.json'} ({len(specs) * n_points * args.seeds} cells)\n"
-                  f"report:  {(Path(args.out) / 'report.html').resolve()}")
-    elif args.command == "losses":
-        print(describe_losses())
-    elif args.command == "metrics":
-        print(describe_metrics())
-    elif args.command == "attacks":
-        from ..attacks import describe
 
+def _demo(args, progress: bool) -> int:
+    methods = split_outside_parens(args.methods, ",") if args.methods is not None else None
+    if methods is not None and len({m.replace(" ", "").lower() for m in methods}) != len(methods):
+        raise LetheError(f"--methods: a method is named twice in '{args.methods}'")
+    given = {"requests": args.requests, "reference": args.reference, "forget_percent": args.forget_percent,
+             "embedding_model": args.embedding_model, "nli_model": args.nli_model, "forget": args.forget,
+             "retain": args.retain, "attacks": args.attacks,
+             "attack_options": _attack_options(args.attack_opt) or None}
+    api.run_scenario(args.scenario, out=args.out, size=args.size, seed=args.seed, runs=methods,
+                     resume=not args.fresh, progress=progress, **{k: v for k, v in given.items() if v is not None})
+    if not args.quiet:
+        print(f"results: {Path(args.out) / 'results.json'}\nreport:  {Path(args.out) / 'report.md'}\n"
+              f"         {(Path(args.out) / 'report.html').resolve()}")
+    return 0
+
+
+def _bench(args, progress: bool) -> int:
+    from ..scenarios.fictitious import grid
+
+    params = [p.strip().lower() for p in args.params.split(",") if p.strip()]
+    specs = grid(split_outside_parens(args.methods, ","), params, opts.rank_values(args.rank))
+    for p in {s.partition("@")[2].partition(":")[0] for s in specs}:
+        if p not in ("full", "lora", "fila"):
+            raise LetheError(f"--params: unknown parameterisation '{p}': expected full, lora or fila")
+    sweep = opts.sweep_values(args.sweep)
+    api.demo(size=args.size, out=args.out, methods=specs, seed=args.seed, forget_percent=args.forget_percent,
+             resume=not args.fresh, progress=progress, embedding_model=args.embedding_model,
+             nli_model=args.nli_model, sweep=sweep, seeds=args.seeds,
+             attacks=args.attacks, attack_options=_attack_options(args.attack_opt))
+    if not args.quiet:
+        points = math.prod(len(values) for values in sweep.values())
+        print(f"results: {Path(args.out) / 'results.json'} ({len(specs) * points * args.seeds} cells)\n"
+              f"report:  {(Path(args.out) / 'report.html').resolve()}")
+    return 0
+
+
+def _listing(describe) -> Callable:
+    def show(args, progress: bool) -> int:
         print(describe())
-    elif args.command == "attack":
-        return _attack(args, progress)
-    elif args.command == "report":
-        written = api.report(args.runs, out=args.out)
-        if not args.quiet:
-            print("\n".join(str(p) for p in written))
-    elif args.command == "finetune":
-        if args.model.startswith("tiny:"):
-            api.finetune_tiny(args.model.split(":", 1)[1], args.data, train=opts.train_config(args),
-                              data=opts.data_config(args), out_dir=args.out, resume=args.resume,
-                              overwrite=args.overwrite, progress=progress, runtime=opts.runtime_config(args))
-        else:
-            api.finetune(args.model, args.data, train=opts.train_config(args), model_config=opts.model_config(args),
-                         data=opts.data_config(args), out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
-                         progress=progress, runtime=opts.runtime_config(args), keep_checkpoint=args.keep_checkpoint)
-        if not args.quiet:
-            print(f"model: {args.out}")
-    elif args.command == "unlearn":
-        return _unlearn(args, progress)
-    elif args.command == "eval":
-        if args.out:
-            from ..util.rundir import check_output
+        return 0
+    return show
 
-            check_output(args.out, kind="file")
-        evaluation = opts.eval_config(args)
-        if not (evaluation.sets or evaluation.lm_eval_tasks or evaluation.verbmem_texts or evaluation.knowmem):
-            raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors, --world-facts, "
-                             "--verbmem, --knowmem or --lm-eval")
-        res = api.evaluate(args.model, evaluation.sets, config=evaluation, model_config=opts.model_config(args),
-                           runtime=opts.runtime_config(args), progress=progress,
-                           allow_overlap=args.allow_overlap)
-        payload = {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples,
-                   "aggregates_over": res.aggregates_over, "unavailable": res.unavailable, "timing": res.timing,
-                   "requests": res.requests}
-        if args.out:
-            from ..util.io import write_json
 
-            write_json(args.out, payload)
-        print(json.dumps(res.metrics, indent=2))
+def _describe_attacks() -> str:
+    from ..attacks import describe
+
+    return describe()
+
+
+def _report(args, progress: bool) -> int:
+    written = api.report(args.runs, out=args.out)
+    if not args.quiet:
+        print("\n".join(str(p) for p in written))
+    return 0
+
+
+def _finetune(args, progress: bool) -> int:
+    if args.model.startswith("tiny:"):
+        api.finetune_tiny(args.model.split(":", 1)[1], args.data, train=opts.train_config(args),
+                          data=opts.data_config(args), out_dir=args.out, resume=args.resume,
+                          overwrite=args.overwrite, progress=progress, runtime=opts.runtime_config(args))
+    else:
+        api.finetune(args.model, args.data, train=opts.train_config(args), model_config=opts.model_config(args),
+                     data=opts.data_config(args), out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
+                     progress=progress, runtime=opts.runtime_config(args), keep_checkpoint=args.keep_checkpoint)
+    if not args.quiet:
+        print(f"model: {args.out}")
+    return 0
+
+
+def _eval(args, progress: bool) -> int:
+    if args.out:
+        from ..util.rundir import check_output
+
+        check_output(args.out, kind="file")
+    evaluation = opts.eval_config(args)
+    if not (evaluation.sets or evaluation.lm_eval_tasks or evaluation.verbmem_texts or evaluation.knowmem):
+        raise LetheError("nothing to evaluate: pass --eval-forget, --eval-retain, --real-authors, --world-facts, "
+                         "--verbmem, --knowmem or --lm-eval")
+    res = api.evaluate(args.model, evaluation.sets, config=evaluation, model_config=opts.model_config(args),
+                       runtime=opts.runtime_config(args), progress=progress, allow_overlap=args.allow_overlap)
+    if args.out:
+        from ..util.io import write_json
+
+        write_json(args.out, {"metrics": res.metrics, "per_item": res.per_item, "samples": res.samples,
+                              "aggregates_over": res.aggregates_over, "unavailable": res.unavailable,
+                              "timing": res.timing, "requests": res.requests})
+    print(json.dumps(res.metrics, indent=2))
     return 0
 
 
@@ -639,3 +654,9 @@ def main(argv=None) -> None:
         code = 143 if isinstance(e, Terminated) else 130
     sys.exit(code)
 
+
+HANDLERS: dict[str, Callable] = {
+    "demo": _demo, "bench": _bench, "unlearn": _unlearn, "attack": _attack, "eval": _eval, "finetune": _finetune,
+    "report": _report, "losses": _listing(describe_losses), "metrics": _listing(describe_metrics),
+    "attacks": _listing(_describe_attacks),
+}
