@@ -441,12 +441,12 @@ def _attack_options(items) -> dict:
     return options
 
 
-def _attack_run(args, model, attacks, data, progress: bool) -> None:
+def _attack_run(args, model, attacks, data, progress: bool, forget, retain) -> None:
     """``lethe unlearn --attacks``: the unlearned model (in memory) attacked, the starting model as the target,
     --retain-model as the control; written to RUN/attacks.json and into audit.json."""
     from ..core.audit import add_attacks
 
-    result = api.attack(model, args.forget, list(attacks), attack_options=attacks, retain=args.retain,
+    result = api.attack(model, forget, list(attacks), attack_options=attacks, retain=retain,
                         retain_model=args.retain_model, target_model=args.model, tokenizer=args.model,
                         model_config=opts.model_config(args), data=data, runtime=opts.runtime_config(args),
                         max_new_tokens=args.max_new_tokens)
@@ -566,25 +566,28 @@ def _unlearn(args, progress: bool) -> int:
         if text_only:
             raise LetheError(f"{', '.join(text_only)}: for text sequences, and the forget set {args.forget} holds QA "
                              "records")
-        evaluation = opts.eval_config(args, forget_default=args.forget, every=args.eval_every,
-                                      retain_default=args.retain)
+        from ..data.sources import load_records
+
+        read = {"fields": data.fields, "split": data.split}
+        # each file read once: the evaluation, the stopping rule, the unlearning and the attacks share the records
+        forget = load_records(args.forget, **read)
+        retain = load_records(args.retain, **read) if args.retain else None
+        evaluation = opts.eval_config(args, forget_default=forget, every=args.eval_every, retain_default=retain)
         holdout = evaluation.holdout  # read once: the evaluation, the audit and the stopping rule share it
         audit = api.AuditConfig(holdout=holdout, include_text=args.include_text)
         hook = None
         if args.stop_when == "indistinguishable":
             from ..core.sequences import IndistinguishableStop
-            from ..data.sources import load_records
 
-            hook = IndistinguishableStop(load_records(args.forget, fields=data.fields, split=data.split),
-                                         holdout or [],
+            hook = IndistinguishableStop(forget, holdout or [],
                                          statistic=args.stop_statistic, threshold=args.stop_threshold,
                                          min_epochs=args.min_epochs, k=args.mia_k, test=args.stop_test)
-        model, run_ = api.unlearn(args.model, args.forget, args.retain, evaluation=evaluation, audit=audit,
+        model, run_ = api.unlearn(args.model, forget, retain, evaluation=evaluation, audit=audit,
                                   convention=args.convention, epoch_hook=hook, select=select,
                                   extra_record={"stop_when": hook.record()} if hook else None,
                                   **common)
         if attacks and run_.status == "ok":
-            _attack_run(args, model, attacks, data, progress)
+            _attack_run(args, model, attacks, data, progress, forget, retain)
         if hook is not None and not args.quiet:
             last = run_.epochs[-1] if run_.epochs else {}
             print(f"stopping rule: forget vs holdout KS p-value "
