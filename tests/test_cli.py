@@ -450,3 +450,33 @@ def test_heldout_text_is_the_new_name_and_the_old_one_warns(capsys):
     assert capsys.readouterr().err == ""
     assert build_parser().parse_args(base + ["--heldout", "h.txt"]).heldout == "h.txt"
     assert "--heldout is now --heldout-text" in capsys.readouterr().err
+
+
+def test_verbose_logs_what_the_run_decided_before_or_after_the_command(tmp_path, smoke_data, tokenizer, capsys):
+    import logging
+
+    from lethe.cli.commands import main
+    from lethe.model.build import build_tiny_model
+    from lethe.model.save import save_model
+
+    save_model(build_tiny_model(tokenizer, "test", seed=0), tokenizer, tmp_path / "m")
+    (tmp_path / "f.json").write_text(json.dumps([r.to_dict() for r in smoke_data.forget(10)]))
+    argv = ["unlearn", "--model", str(tmp_path / "m"), "--forget", str(tmp_path / "f.json"), "--method", "GA",
+            "--epochs", "1", "--eval-at", "none"]
+    try:
+        for i, flags in enumerate((["-v"], ["-q"])):
+            with pytest.raises(SystemExit) as e:
+                main(flags[:1] + argv + ["--out", str(tmp_path / f"run{i}")] + flags[1:])
+            assert e.value.code == 0
+            err = capsys.readouterr().err
+            if flags == ["-v"]:
+                assert "lethe.data: read 4 QA records from" in err and "lethe.model: loaded" in err
+                assert "lethe.core: prompt format" in err and err.count("lethe.model: loaded") == 1
+            else:
+                assert "lethe.data" not in err
+        with pytest.raises(SystemExit) as e:
+            main(argv + ["--out", str(tmp_path / "run2"), "-v"])
+        assert e.value.code == 0 and "lethe.core: method" in capsys.readouterr().err
+        assert "\nverbose:" not in (tmp_path / "run2" / "config.yaml").read_text()
+    finally:
+        logging.getLogger("lethe").setLevel(logging.WARNING)

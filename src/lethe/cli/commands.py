@@ -45,6 +45,9 @@ class _RenamedOption(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lethe", description="Make a language model forget, and measure that it did.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or status lines")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also log what the run decides and how long each part takes (model, prompt format, "
+                             "records read, resolved options)")
     from ..version import __version__
 
     parser.add_argument("--version", action="version", version=f"lethe {__version__}")
@@ -62,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         # --quiet before or after the command; SUPPRESS keeps a top-level --quiet from being reset here
         p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                        help="no progress bars or status lines")
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="also log what the run decides and how long each part takes")
         return p
 
     sub.add_parser = add_parser  # every command takes --config
@@ -320,7 +325,10 @@ def parse(argv=None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
 
 
 def run(argv=None) -> int:
+    from ..util.log import configure
+
     args, parser = parse(argv)
+    configure(verbose=args.verbose, quiet=args.quiet)
     code = _dispatch(args)
     if code == 0 and getattr(args, "out", None) and args.command in ("unlearn", "finetune", "demo", "bench"):
         from .config_file import save_resolved  # written once the run succeeded: nothing is written for bad input

@@ -17,7 +17,7 @@ from ..util.errors import DataError, LetheError
 from ..util.io import read_user_text, write_text
 from ..util.validation import Range
 
-SKIP = {"help", "config", "command", "quiet", "_commands"}
+SKIP = {"help", "config", "command", "quiet", "verbose", "_commands"}
 
 
 def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

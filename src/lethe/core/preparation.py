@@ -13,7 +13,10 @@ from ..engine.runtime import RuntimeConfig
 from ..model.load import base_reference, load_model, load_tokenizer, saved_prompt_format
 from ..objectives.method import Method
 from ..util.errors import LetheError
+from ..util.log import get as get_logger
 from .configs import EvalConfig, ModelConfig
+
+LOG = get_logger("core")
 
 
 def is_main_process() -> bool:
@@ -40,6 +43,7 @@ def prepare(model, tokenizer=None, model_config: ModelConfig | None = None, runt
         model = load_model(path, dtype=rt.weight_dtype, trust_remote_code=mc.trust_remote_code,
                            attn_implementation=rt.attn_implementation, base_model=mc.base_model)
         path = base_reference(path)  # what a saved adapter names as its base: loads from any directory
+    LOG.debug("prompt format %s; runtime %s", prompter.format.to_dict(), rt.describe())
     return rt.place(model), prompter, path
 
 

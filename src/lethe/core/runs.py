@@ -29,12 +29,15 @@ from ..model.save import save_model
 from ..objectives.altpo import CACHE_FILE as ALTERNATES_FILE
 from ..objectives.method import check_fixed_width, parse_method
 from ..util.errors import LetheError
+from ..util.log import get as get_logger
 from ..util.rundir import check_output, claim, remove_temporaries, replacing
 from .audit import records_sha256, weights_sha256
 from .configs import ADAPTER_LR, AuditConfig, DataConfig, EvalConfig, MethodConfig, ModelConfig, UnlearnRun
 from .conventions import Convention, get_convention
 from .job import KEEP_CHECKPOINT, UnlearnJob, UnlearnPlan, drop_checkpoint
 from .preparation import can_share_prefix, is_main_process, prepare, reference_requests, run_record, tokenizer_for_text
+
+LOG = get_logger("core")
 
 
 def finetune(model, records, *, tokenizer=None, train: TrainConfig | None = None,
@@ -164,6 +167,7 @@ def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None
     select = select if isinstance(select, Selection) else Selection(select or "last")
     if keep_checkpoint not in KEEP_CHECKPOINT:
         raise LetheError(f"--keep-checkpoint: expected one of {', '.join(KEEP_CHECKPOINT)}, got {keep_checkpoint!r}")
+    LOG.debug("method %s; parameters %s; training %s", m.record(), pcfg.kind, asdict(train))
     if select.active and not (ev.sets or ev.holdout):
         raise LetheError(f"--select-by {select.by}: it reads per-epoch metrics, and this run evaluates nothing "
                          "(give evaluation sets, and do not pass --eval-at none)")

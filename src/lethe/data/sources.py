@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..util.errors import DataError
+from ..util.log import get as get_logger
 from .readers import (
     DEFAULT_FIELDS,
     EXTRACTION_PARTS,
@@ -30,6 +31,7 @@ from .readers import (
 from .records import QARecord, TextRecord
 
 TEXT_SUFFIXES = (".npy", ".txt", ".md")
+LOG = get_logger("data")
 
 
 def _is_hf_dataset(obj) -> bool:
@@ -135,6 +137,15 @@ def is_text_source(source, fields: Fields = DEFAULT_FIELDS) -> bool:
 def load_records(source, *, fields: Fields = DEFAULT_FIELDS, tokenizer=None, chunk_tokens: int = 200,
                  split: str | None = None) -> list:
     """QA or text records from any supported ``source`` (see the module docstring); ``[]`` for None."""
+    records = _load_records(source, fields=fields, tokenizer=tokenizer, chunk_tokens=chunk_tokens, split=split)
+    if isinstance(source, (str, Path)) or _is_hf_dataset(source) or _is_hf_dataset_dict(source):
+        kind = "QA" if records and isinstance(records[0], QARecord) else "text"
+        LOG.debug("read %d %s records from %s", len(records), kind,
+                  source if isinstance(source, (str, Path)) else type(source).__name__)
+    return records
+
+
+def _load_records(source, *, fields: Fields, tokenizer, chunk_tokens: int, split: str | None) -> list:
     if source is None:
         return []
     if _is_hf_dataset_dict(source):

@@ -18,6 +18,7 @@ from ..data.readers import DEFAULT_FIELDS, Fields
 from ..data.records import QARecord, TextRecord
 from ..data.sources import load_records
 from ..util.errors import LetheError
+from ..util.log import get as get_logger
 from . import metrics as M
 from .metric_registry import GENERATING, METRICS, ROLES, SCORED_ROLES, Metric, Selection, select_metrics, unmet
 from .requests import ModelRequests
@@ -25,6 +26,7 @@ from .requests import ModelRequests
 MU9_METRICS = METRICS.get("MU").requires  # ROUGE, P, TR of every retain and utility set
 MU18_METRICS = ("ROUGE", "P", "TR", "TE", "CS", "ES")
 FE_METRICS = ("ROUGE", "P", "TR_closer", "CS", "ES")  # TE is excluded (closer-look)
+LOG = get_logger("evaluation")
 
 
 @dataclass
@@ -213,6 +215,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
     available = available_needs(generate=True, semantic=semantic, holdout=holdout, reference=reference,
                                 verbmem_texts=verbmem_texts, knowmem=knowmem, has_forget=bool(forget_sets))
     check_selection(selection, available, summaries=False)
+    LOG.debug("%s: sets %s", title, ", ".join(f"{s.name} ({len(s.records)} {s.role})" for s in sets))
     requests = ModelRequests(model, prompter, batch_size=batch_size, generation_batch_size=generation_batch_size,
                              max_new_tokens=max_new_tokens)
     result = EvalResult(metrics={}, unavailable=dict(semantic.unavailable) if semantic else

@@ -13,6 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..util.errors import ModelError
+from ..util.log import get as get_logger
+
+LOG = get_logger("model")
 
 try:  # Lethe shows its own progress; HF's per-file bars would interleave with it.
     from transformers.utils import logging as _hf_logging
@@ -193,6 +196,21 @@ def adapter_base(adapter_dir, base_model=None) -> str:
 
 def load_model(name_or_path, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
                attn_implementation: str | None = None, base_model=None):
+    """Load a causal LM in ``dtype`` (default float32); see :func:`_load_model`. Logged at DEBUG with its size and
+    the time it took."""
+    import time
+
+    started = time.perf_counter()
+    model = _load_model(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                        attn_implementation=attn_implementation, base_model=base_model)
+    LOG.debug("loaded %s: %s, %s parameters, %s, in %.1f s", name_or_path, type(model).__name__,
+              f"{sum(p.numel() for p in model.parameters()):,}", next(model.parameters()).dtype,
+              time.perf_counter() - started)
+    return model
+
+
+def _load_model(name_or_path, *, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+                attn_implementation: str | None = None, base_model=None):
     """Load a causal LM in ``dtype`` (default float32: mixed precision keeps fp32 master weights; the
     runtime policy asks for bfloat16 only for pure bf16). A checkpoint that lacks tensors the
     architecture has (transformers would initialise them randomly) or holds tensors it does not is

@@ -22,12 +22,14 @@ import re
 import torch
 
 from ..util.errors import LetheError
+from ..util.log import get as get_logger
 from .forget import dpo_loss
 from .inputs import Need
 from .loss import Loss
 from .registry import FORGET_LOSSES
 
 CACHE_FILE = "altpo_alternates.jsonl"
+LOG = get_logger("objectives")
 
 INSTRUCTION = ("Question: {question}\nAnswer: {answer}\n"
                "Write another answer to the question that sounds just as plausible but changes every fact the "
@@ -68,7 +70,9 @@ class AltPO(Loss):
             raise LetheError("altpo writes alternate answers to forget questions: it needs question-answer records")
         cache = data.cache_dir / CACHE_FILE if data.cache_dir is not None else None
         alternates = _read_cache(cache, data.forget)
-        if alternates is None:
+        if alternates is not None:
+            LOG.debug("altpo: %d alternates read from %s", len(alternates), cache)
+        else:
             alternates = _shared(lambda: self._generate(model, data), model)
             if cache is not None and _is_main():
                 import json
@@ -78,6 +82,7 @@ class AltPO(Loss):
                 write_text(cache, "".join(json.dumps({"question": r.question, "answer": r.answer, "alternate": a},
                                                      ensure_ascii=False) + "\n"
                                           for r, a in zip(data.forget, alternates)))
+            LOG.debug("altpo: %d alternates sampled (%d refusal fallbacks)", len(alternates), self.fallbacks)
         data.streams.put_answers("alternate", alternates)
 
     @torch.no_grad()
