@@ -33,9 +33,18 @@ class SizeSettings:
     retain_eval: int  # retain items scored (TOFU scores 400 retain_perturbed items, peers 300)
     lora_rank: int = 8
     lora_lr_scale: float = 4.0  # LoRA/FILA need a larger LR (IHL seed: 2e-4 vs 5e-5 for full)
-    # RMU trains two layers' MLPs only (WMDP: lr 5e-5 on three, vs 1e-5 for full-model TOFU runs);
-    # at the shared rate its loss barely moves in these few steps, so it gets a larger one.
-    rmu_lr_scale: float = 10.0
+
+# Each forget loss's learning rate as a factor of the size's base rate (the shared rate otherwise). RMU trains
+# two layers' MLPs only (WMDP: lr 5e-5 on three, vs 1e-5 for full-model TOFU runs): at the shared rate its loss
+# barely moves in these few steps, so it gets a larger one.
+METHOD_LR_SCALE = {"rmu": 10.0}
+
+
+def method_lr_scale(method: str) -> float:
+    """The factor on the base learning rate for ``method``'s forget loss (1 when none was chosen)."""
+    from ..objectives.method import parse_method
+
+    return METHOD_LR_SCALE.get(parse_method(method).forget.name, 1.0)
 
 
 SETTINGS = {
@@ -247,7 +256,6 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     from ..core import EvalConfig, MethodConfig, unlearn
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
-    from ..objectives.method import parse_method
 
     settings = SETTINGS[ctx.size]
     fp, point, s = ctx.options["forget_percent"], cell.info["sweep"], cell.info["seed"]
@@ -258,8 +266,7 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
                         seed=ctx.seed + s)  # seeds vary the unlearning (order, pairing), not the models
     if kind != "full":
         train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.lora_lr_scale)
-    if parse_method(method).forget.name == "rmu":
-        train_cfg = replace(train_cfg, lr=train_cfg.lr * settings.rmu_lr_scale)
+    train_cfg = replace(train_cfg, lr=train_cfg.lr * method_lr_scale(method))
     train_cfg = replace(train_cfg, **{k: v for k, v in point.items() if k in TRAIN_SWEEP})  # a swept lr is absolute
     evaluation = EvalConfig(sets=prep.sets, retain_model_tr=prep.retain_tr, initial_metrics=prep.target.metrics,
                             holdout=prep.data.holdout, retain_model_auc=prep.retain_auc, **prep.eval_kwargs)
@@ -304,7 +311,7 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
                  "world_facts": len(data.world_facts), "path": str(ctx.out / "data")},
         "settings": {"finetune": asdict(settings.finetune), "unlearn": asdict(settings.unlearn),
                      "max_new_tokens": settings.max_new_tokens, "retain_eval": settings.retain_eval,
-                     "lora_lr_scale": settings.lora_lr_scale, "rmu_lr_scale": settings.rmu_lr_scale},
+                     "lora_lr_scale": settings.lora_lr_scale, "method_lr_scale": dict(METHOD_LR_SCALE)},
         "sweep": ctx.options["sweep"], "seeds": ctx.options["seeds"],
         "reference": {"target": prep.target.metrics, "retain": prep.retain.metrics},
         "aggregates_over": prep.target.aggregates_over,
