@@ -69,3 +69,18 @@ def test_report_on_an_unlearn_run_of_your_own(tokenizer, smoke_data, tmp_path, c
     with pytest.raises(SystemExit) as e:
         main(["--quiet", "report", str(tmp_path / "bad")])
     assert e.value.code == 2 and "not a Lethe run record" in capsys.readouterr().err
+
+
+def test_a_zero_harmonic_mean_is_explained_by_the_values_that_made_it_zero():
+    from lethe.reports.markdown import degenerate_notes, render_report
+
+    results = {"scenario": "fictitious-authors", "aggregates_over": {"MU": ["retain/P", "world_facts/ROUGE"]},
+               "reference": {"target": {"MU": 0.0, "retain/P": 0.5, "world_facts/ROUGE": 0.0}},
+               "runs": [{"method": "GA", "params": "full", "epochs": [{"epoch": 1, "metrics": {
+                   "MU": 0.0, "retain/P": 0.4, "world_facts/ROUGE": 0.0}}]},
+                        {"method": "NPO", "params": "full", "epochs": [{"epoch": 1, "metrics": {
+                            "MU": 0.3, "retain/P": 0.4, "world_facts/ROUGE": 0.25}}]}]}
+    notes = degenerate_notes(results)
+    assert notes == ["MU is 0 for target model, GA (full): world_facts/ROUGE is 0, and a harmonic mean is 0 when "
+                     "any of its values is."]
+    assert f"> {notes[0]}" in render_report(results)

@@ -11,6 +11,7 @@ from .markdown import (
     ATTACK_HEADER,
     ATTACKS_NOTE,
     attack_table_rows,
+    degenerate_notes,
     extraction_columns,
     final_metrics,
     fmt_value,
@@ -237,6 +238,8 @@ def section(results: dict, source: str, summary) -> str:
     for metric, why in results.get("metrics_unavailable", {}).items():
         parts.append(f"<p class='note bad'>{html.escape(metric)} unavailable: {html.escape(why)}</p>")
     figs, table = summary(results)
+    for note in degenerate_notes(results):
+        parts.append(f"<p class='note bad'>{html.escape(note)}</p>")
     parts.append("<div class='figs'>" + "".join(figs) + "</div>")
     parts.append(_comparison(results))
     parts.append("<h3>Final epoch</h3>" + table)

@@ -185,6 +185,27 @@ ATTACKS_NOTE = ("Each attack tries to bring the forgotten answers back; the reta
                 "nothing beyond what it does to a model that never knew.")
 
 
+def degenerate_notes(results: dict) -> list[str]:
+    """A harmonic mean (MU, MU18) is 0 as soon as one of its values is: say which values made it 0, for which
+    models, so a flat MU plot is read as what it is."""
+    models = [(f"{name} model", m) for name, m in results.get("reference", {}).items()]
+    models += [(run_label(r), final_metrics(r)) for r in results.get("runs", [])]
+    grouped: dict[tuple, list[str]] = {}
+    for aggregate in ("MU", "MU18"):
+        parts = results.get("aggregates_over", {}).get(aggregate) or []
+        for label, metrics in models:
+            zeros = tuple(k for k in parts if metrics.get(k) == 0)
+            if metrics.get(aggregate) == 0 and zeros:
+                grouped.setdefault((aggregate, zeros), []).append(label)
+    notes = []
+    for (aggregate, zeros), labels in grouped.items():
+        shown = ", ".join(zeros[:4]) + (f" and {len(zeros) - 4} more" if len(zeros) > 4 else "")
+        who = ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
+        notes.append(f"{aggregate} is 0 for {who}: {shown} {'is' if len(zeros) == 1 else 'are'} 0, and a harmonic "
+                     "mean is 0 when any of its values is.")
+    return notes
+
+
 def attack_table_rows(results: dict) -> list[list]:
     """[run, *attack_rows] for every attacked run of a results file."""
     return [[run_label(r), *row] for r in results.get("runs", []) for row in attack_rows(r)]
@@ -213,6 +234,8 @@ def render_report(results: dict) -> str:
             + (f" FE: 1 − mean of forget {', '.join(k.split('/')[1] for k in over['FE'])}." if over.get("FE") else "")
             + (f" Embeddings for CS: `{results.get('embedding_model')}`." if results.get("embedding_model") else ""),
             ""]
+    for note in degenerate_notes(results):
+        out += [f"> {note}", ""]
     for metric, why in missing.items():
         out += [f"- {metric} unavailable: {why}"]
     if missing:
