@@ -167,3 +167,29 @@ def scenario_dir(out, fingerprint: dict, *, resume: bool, command: str) -> Itera
                              "checked for reuse. Use another --out, or --fresh to recompute everything there")
         write_json(path, fingerprint)
         yield out
+
+
+def check_attacks(options: dict) -> dict:
+    """A scenario's ``attacks`` (names) and ``attack_options`` parsed before any work; the parsed attacks replace
+    the names."""
+    from ..util.errors import LetheError
+
+    if options.get("attacks"):
+        from ..attacks import parse_attacks
+
+        options["attacks"] = parse_attacks(options["attacks"], options.get("attack_options"))
+    elif options.get("attack_options"):
+        raise LetheError("--attack-opt given without --attacks")
+    return options
+
+
+def attack_model(model, forget, attacks: dict, *, prompter, retain=(), retain_model=None, target_model=None,
+                 max_new_tokens: int = 48) -> dict:
+    """One cell's unlearned model under the scenario's attacks: forget P and ROUGE before and after each, the
+    retain model (when the scenario has one) as the control, the target as full recovery."""
+    from ..attacks import run_attacks
+
+    return run_attacks(model, forget, attacks, prompter=prompter, metrics=("P", "ROUGE"), retain_model=retain_model,
+                       target_model=target_model,
+                       context={"retain": list(retain), "max_new_tokens": max_new_tokens})["attacks"]
+

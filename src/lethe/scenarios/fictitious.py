@@ -17,7 +17,7 @@ from ..data.synthetic import FORGET_PERCENTS, AuthorsDataset, generate_authors
 from ..engine.loop import TrainConfig
 from ..evaluation.suite import EvalSet
 from ..reports.comparison import point_label
-from . import Cell, Context, Scenario, console as make_console, parse_run_spec, run_dir_for
+from . import Cell, Context, Scenario, attack_model, check_attacks, console as make_console, parse_run_spec, run_dir_for
 
 NAME = "fictitious-authors"
 VERSION = 2  # 2: held-out authors, membership inference (AUC, PrivLeak, KS p) per epoch
@@ -185,14 +185,7 @@ def _check(options: dict, size: str) -> dict:
     from ..util.validation import check_positive
 
     check_forget_percent(options["forget_percent"])
-    if options["attacks"]:
-        from ..attacks import parse_attacks
-
-        options["attacks"] = parse_attacks(options["attacks"], options["attack_options"])
-    elif options["attack_options"]:
-        from ..util.errors import LetheError
-
-        raise LetheError("--attack-opt given without --attacks")
+    check_attacks(options)
     options["sweep"] = check_sweep(options["sweep"] or {}, SETTINGS["small"].unlearn)
     options["seeds"] = check_positive("--seeds", options["seeds"])
     options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"])
@@ -277,7 +270,7 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
                      progress=ctx.progress)
     record = run.to_dict()
     if ctx.options["attacks"] and run.status == "ok":
-        record["attacks"] = _attack(unlearned, prep, ctx)["attacks"]
+        record["attacks"] = _attack(unlearned, prep, ctx)
     if "(" in method:  # the report names the run as it was asked for, options included
         record["method"] = method
     record["cell"] = dict(cell.info)  # reused cells carry their sweep point and seed
@@ -287,16 +280,14 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
 def _attack(model, prep: Prepared, ctx: Context) -> dict:
     """The chosen attacks on one cell's unlearned model, the retain model as the control and the target as full
     recovery (both reloaded: the cell trained a copy)."""
-    from ..attacks import run_attacks
     from ..data.prompt import as_prompter
     from ..model.load import load_model
 
     fp = ctx.options["forget_percent"]
     models = {name: load_model(ctx.out / "models" / name) for name in ("target", "retain")}
-    context = {"retain": prep.data.retain(fp), "max_new_tokens": SETTINGS[ctx.size].max_new_tokens}
-    return run_attacks(model, prep.data.forget(fp), ctx.options["attacks"], prompter=as_prompter(prep.tokenizer),
-                       metrics=("P", "ROUGE"), retain_model=models["retain"], target_model=models["target"],
-                       context=context)
+    return attack_model(model, prep.data.forget(fp), ctx.options["attacks"], prompter=as_prompter(prep.tokenizer),
+                        retain=prep.data.retain(fp), retain_model=models["retain"], target_model=models["target"],
+                        max_new_tokens=SETTINGS[ctx.size].max_new_tokens)
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:

