@@ -61,10 +61,23 @@ def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
     plt.close(fig)
     alt = html.escape(fig.get_label() or "plot")
     return f'<img alt="{alt}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+# Ten well-separated colours, then the same colours with another line style / marker: 30 runs stay apart, and a
+# run keeps its style in every figure of a report (the style follows the run's place in results.json).
+STYLES = ("-", "--", ":")
+MARKERS = ("o", "^", "D")
+
+
+def run_style(i: int) -> dict:
+    import matplotlib
+
+    return {"color": matplotlib.colormaps["tab10"](i % 10), "linestyle": STYLES[(i // 10) % 3],
+            "marker": MARKERS[(i // 10) % 3]}
 
 
 def _series(run: dict, key: str):
@@ -80,7 +93,6 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6), num=title)
-    cmap = plt.get_cmap("tab20")
     for i, run in enumerate(results.get("runs", [])):
         xs = dict(_series(run, x_key))
         ys = dict(_series(run, y_key))
@@ -88,9 +100,10 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
         if not epochs:
             continue
         px, py = [xs[e] for e in epochs], [ys[e] for e in epochs]
-        ax.plot(px, py, "-", color=cmap(i % 20), alpha=0.6, lw=1)
-        ax.scatter(px, py, s=[18 + 22 * e for e in epochs], color=cmap(i % 20), alpha=0.85, label=run_label(run),
-                   edgecolors="white", linewidths=0.5)
+        style = run_style(i)
+        ax.plot(px, py, linestyle=style["linestyle"], color=style["color"], alpha=0.6, lw=1)
+        ax.scatter(px, py, s=[18 + 22 * e for e in epochs], color=style["color"], marker=style["marker"], alpha=0.85,
+                   label=run_label(run), edgecolors="white", linewidths=0.5)
     for name, marker, color in (("target", "s", "black"), ("retain", "*", "gold")):
         m = results.get("reference", {}).get(name, {})
         if x_key in m and y_key in m:
@@ -103,7 +116,7 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
     ax.set_title(title + "  (marker size = epoch)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # nothing to name when no run has both metrics
-        ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return _png(fig)
 
 
@@ -118,27 +131,31 @@ def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: d
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys), 3.6), num=title, squeeze=False)
-    cmap = plt.get_cmap("tab20")
     for ax, key in zip(axes[0], keys):
         for i, run in enumerate(results.get("runs", [])):
             pts = _series(run, key)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, color=cmap(i % 20), label=run_label(run))
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ms=3, label=run_label(run), **run_style(i))
+        for name, color, line in (("target", "black", "-"), ("retain", "goldenrod", "--")):
+            value = results.get("reference", {}).get(name, {}).get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                ax.axhline(value, color=color, ls=line, lw=1, alpha=0.7, label=f"{name} model")
         if thresholds and key in thresholds:
             ax.axhline(thresholds[key], color="red", ls="--", lw=1, label="validation threshold")
         if goal and goal.get(key):
             ax.plot([p[0] for p in goal[key]], [p[1] for p in goal[key]], "k--", lw=1.2, label=goal_label)
-        ax.set_title(key, fontsize=9)
+        ax.set_title(key, fontsize=10)
         ax.set_xlabel(xlabel)
+        ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     named: dict = {}  # one legend for all panels: a line drawn in some panels only is still named
     for ax in axes[0]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             named.setdefault(label, handle)
     if named:
-        axes[0][-1].legend(list(named.values()), list(named), fontsize=6, loc="center left",
+        axes[0][-1].legend(list(named.values()), list(named), fontsize=8, loc="center left",
                            bbox_to_anchor=(1.02, 0.5), frameon=False)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=11)
     return _png(fig)
 
 
@@ -173,7 +190,7 @@ def _front_plot(rows, x: str, y: str, fronts: dict, title: str, logx: bool = Fal
     ax.set_title(title + "  (lines: each method's Pareto front)", fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return _png(fig)
 
 
