@@ -84,3 +84,25 @@ def test_a_zero_harmonic_mean_is_explained_by_the_values_that_made_it_zero():
     assert notes == ["MU is 0 for target model, GA (full): world_facts/ROUGE is 0, and a harmonic mean is 0 when "
                      "any of its values is."]
     assert f"> {notes[0]}" in render_report(results)
+
+
+def test_many_runs_become_small_multiples_a_panel_per_method_a_line_per_sweep_point(monkeypatch):
+    import lethe.reports.html as html
+
+    def run(method, lr, seed, rouge):
+        return {"method": method, "params": "full", "cell": {"sweep": {"lr": lr}, "seed": seed},
+                "epochs": [{"epoch": 0, "metrics": {"forget/ROUGE": 1.0}},
+                           {"epoch": 1, "metrics": {"forget/ROUGE": rouge}}]}
+
+    runs = [run(m, lr, s, 0.5 - lr * 100 + s * 0.01) for m in ("GA", "NPO") for lr in (1e-4, 1e-3) for s in range(4)]
+    groups = html._groups(runs)
+    assert list(groups) == ["GA (full)", "NPO (full)"] and list(groups["GA (full)"]) == ["lr=0.0001", "lr=0.001"]
+    assert [len(v) for v in groups["NPO (full)"].values()] == [4, 4]  # the seeds of a point are one line
+    results = {"runs": runs, "reference": {"target": {"forget/ROUGE": 1.0}}}
+    assert html.small_multiples_plot(results, ["forget/ROUGE"], "per epoch").startswith("<img")
+    drawn = []
+    monkeypatch.setattr(html, "small_multiples_plot", lambda *a, **k: drawn.append("small") or "")
+    monkeypatch.setattr(html, "per_epoch_plot", lambda *a, **k: drawn.append("one") or "")
+    html.qa_summary(results)
+    html.qa_summary({"runs": runs[:3], "reference": {}})
+    assert drawn == ["small", "one"]  # 16 runs > 12: small multiples; 3 runs: one panel per metric

@@ -159,6 +159,76 @@ def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: d
     return _png(fig)
 
 
+# Above this many runs one panel per metric is unreadable: small multiples take over (a panel per method).
+SMALL_MULTIPLES_AFTER = 12
+
+
+def _groups(runs: Sequence[dict]) -> dict[str, dict[str, list[dict]]]:
+    """{method (params): {sweep point: [its runs, one per seed]}}, in results order."""
+    from .comparison import point_label
+
+    out: dict[str, dict[str, list[dict]]] = {}
+    for run in runs:
+        method = f"{run['method']} ({run.get('params', 'full')})"
+        point = point_label((run.get("cell") or {}).get("sweep") or {})
+        out.setdefault(method, {}).setdefault(point, []).append(run)
+    return out
+
+
+@_figure
+def small_multiples_plot(results: dict, keys: Sequence[str], title: str) -> str:
+    """A row per metric, a column per method; in each panel a line per sweep point (its seeds' mean, the band
+    their range), the same colour for a point in every panel, the target and retain models as flat lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(results.get("runs", []))
+    points = list(dict.fromkeys(p for g in groups.values() for p in g))
+    fig, axes = plt.subplots(len(keys), len(groups), figsize=(2.6 * len(groups) + 1.5, 2.3 * len(keys)),
+                             num=title, squeeze=False, sharey="row")
+    for col, (method, by_point) in enumerate(groups.items()):
+        for row, key in enumerate(keys):
+            ax = axes[row][col]
+            for point, runs in by_point.items():
+                series = [dict(_series(r, key)) for r in runs]
+                epochs = sorted(set().union(*series)) if series else []
+                values = [[s[e] for s in series if e in s] for e in epochs]
+                if not epochs:
+                    continue
+                mean = [sum(v) / len(v) for v in values]
+                style = run_style(points.index(point))
+                ax.plot(epochs, mean, ms=3, label=point, **style)
+                if len(runs) > 1:
+                    ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values],
+                                    color=style["color"], alpha=0.15, lw=0)
+            for name, color, line in (("target", "black", "-"), ("retain", "goldenrod", "--")):
+                value = results.get("reference", {}).get(name, {}).get(key)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    ax.axhline(value, color=color, ls=line, lw=1, alpha=0.7, label=f"{name} model")
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=8)
+            if row == 0:
+                ax.set_title(method, fontsize=9)
+            if col == 0:
+                ax.set_ylabel(key, fontsize=9)
+            if row == len(keys) - 1:
+                ax.set_xlabel("epoch", fontsize=9)
+    named: dict = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            named.setdefault(label, handle)
+    seeds = max((len(r) for g in groups.values() for r in g.values()), default=1)
+    if named:
+        fig.legend(list(named.values()), list(named), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   frameon=False, title="sweep point" + (f" (mean of {seeds} seeds, band: range)" if seeds > 1 else ""),
+                   title_fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def html_table(header, rows) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt_value(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -234,7 +304,9 @@ def qa_summary(results: dict) -> tuple[list[str], str]:
         figs.append(_trajectory_plot(results, "FQ", "MU", logx=True, title="MU vs FQ"))
     keys = present_keys(results, ("forget/ROUGE", "forget/P", "retain/ROUGE", "neighbour/ROUGE", "forget/CS"))
     if keys:  # no run (or none with these metrics): nothing to plot
-        figs.append(per_epoch_plot(results, keys, "Forget and retain metrics per epoch"))
+        many = len(results.get("runs", [])) > SMALL_MULTIPLES_AFTER
+        figs.append((small_multiples_plot if many else per_epoch_plot)(results, keys,
+                                                                     "Forget and retain metrics per epoch"))
     summary = present_keys(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS",
                                      "retain/ROUGE", "neighbour/ROUGE"))
     rows = [[f"{n} model", "–", *[m.get(k) for k in summary]] for n, m in results.get("reference", {}).items()]
