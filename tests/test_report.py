@@ -64,6 +64,16 @@ def test_report_on_an_unlearn_run_of_your_own(tokenizer, smoke_data, tmp_path, c
     assert "GA+GD (full)" in md and "NPO+GD (full)" in md
     page = (tmp_path / "rep" / "report.html").read_text()
     assert page.count("data:image/png;base64") >= 1 and "<table>" in page
+    with pytest.raises(SystemExit) as e:  # every figure also as vector files for a paper
+        main(["--quiet", "report", str(tmp_path / "a"), "--out", str(tmp_path / "rep2"), "--figures-dir",
+              str(tmp_path / "figs"), "--figure-format", "pdf,svg"])
+    assert e.value.code == 0, capsys.readouterr().err
+    assert (tmp_path / "figs" / "per-epoch.pdf").read_bytes().startswith(b"%PDF")
+    assert "<svg" in (tmp_path / "figs" / "per-epoch.svg").read_text()
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "report", str(tmp_path / "a"), "--figures-dir", str(tmp_path / "f2"), "--figure-format",
+              "tiff"])
+    assert e.value.code == 2 and "--figure-format: expected some of pdf, svg, png" in capsys.readouterr().err
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "run.json").write_text("{}")
     with pytest.raises(SystemExit) as e:

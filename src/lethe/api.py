@@ -119,18 +119,38 @@ def _check_results(path: Path, results) -> None:
                          f"expected one of {known}")
 
 
-def report(run_dirs: Sequence[str | Path], out: str | Path | None = None) -> list[Path]:
-    """Write ``report.html`` (self-contained, plots embedded) and ``report.md`` for run directories.
+def report(run_dirs: Sequence[str | Path], out: str | Path | None = None, *, figures_dir: str | Path | None = None,
+           figure_formats: Sequence[str] = ("pdf", "svg")) -> list[Path]:
+    """Write ``report.html`` (self-contained, plots embedded) and ``report.md`` for run directories; with
+    ``figures_dir`` every figure also as a file per format (``pdf``, ``svg``, ``png``) for a paper.
 
     >>> lethe.report(["runs/demo", "runs/memorized"], out="runs/report")  # doctest: +SKIP
     """
-    from .reports.layouts import render
+    from contextlib import nullcontext
+
+    from .reports.html import FIGURE_FORMATS, exporting_figures, plotting_available
     from .util.io import write_text
     from .util.rundir import check_output
 
     if not run_dirs:
         raise LetheError("report: give at least one run directory")
     out = check_output(out if out else run_dirs[0], option="--out")
+    if figures_dir is not None:
+        unknown = [f for f in figure_formats if f not in FIGURE_FORMATS]
+        if unknown or not figure_formats:
+            raise LetheError(f"--figure-format: expected some of {', '.join(FIGURE_FORMATS)}, got "
+                             f"{', '.join(figure_formats) or 'none'}")
+        if not plotting_available():
+            raise LetheError("--figures-dir: figures need matplotlib: pip install 'lethe-unlearn[plots]'")
+        check_output(figures_dir, option="--figures-dir")
+    with exporting_figures(figures_dir, figure_formats) if figures_dir is not None else nullcontext([]) as figures:
+        written = _write_report(run_dirs, out, write_text)
+    return written + list(figures)
+
+
+def _write_report(run_dirs, out: Path, write_text) -> list[Path]:
+    from .reports.layouts import render
+
     plain = [d for d in run_dirs if not (Path(d) / "results.json").exists() and (Path(d) / "run.json").exists()]
     if plain:  # lethe unlearn runs on the user's own model and data
         if len(plain) != len(run_dirs):

@@ -247,6 +247,10 @@ def _add_report_parser(sub) -> None:
     p.add_argument("runs", nargs="+", help="run directories: a results.json (lethe demo, bench) or a run.json "
                                            "(lethe unlearn on your own model: before -> after, per epoch, attacks)")
     p.add_argument("--out", default=None, help="where to write report.html/report.md (default: the first run dir)")
+    p.add_argument("--figures-dir", default=None, metavar="DIR",
+                   help="also write every figure to DIR, one file per format, named after its title (for a paper)")
+    p.add_argument("--figure-format", default="pdf,svg", metavar="FORMATS",
+                   help="with --figures-dir: comma-separated pdf, svg, png (default pdf,svg)")
 
 
 def _add_attack_parser(sub) -> None:
@@ -393,7 +397,8 @@ def _describe_attacks() -> str:
 
 
 def _report(args, progress: bool) -> int:
-    written = api.report(args.runs, out=args.out)
+    written = api.report(args.runs, out=args.out, figures_dir=args.figures_dir,
+                         figure_formats=tuple(f.strip().lower() for f in args.figure_format.split(",") if f.strip()))
     if not args.quiet:
         print("\n".join(str(p) for p in written))
     return 0

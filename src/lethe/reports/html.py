@@ -5,7 +5,9 @@ import base64
 import html
 import io
 import math
-from typing import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
 
 from .markdown import (
     ATTACK_HEADER,
@@ -57,9 +59,43 @@ def _figure(plot):
     return draw
 
 
+FIGURE_FORMATS = ("pdf", "svg", "png")
+_EXPORT: dict = {}  # while exporting_figures() is active: where each figure is also written, and in what formats
+
+
+@contextmanager
+def exporting_figures(directory, formats: Sequence[str] = ("pdf", "svg")) -> Iterator[list]:
+    """Every figure drawn inside the block is also written to ``directory`` (vector PDF/SVG for a paper), named
+    after its title; yields the list of files written."""
+    written: list = []
+    _EXPORT.update(dir=Path(directory), formats=tuple(formats), written=written, names=set())
+    try:
+        yield written
+    finally:
+        _EXPORT.clear()
+
+
+def _export(fig) -> None:
+    import re
+
+    from ..util.io import atomic_write
+
+    base = re.sub(r"[^a-z0-9]+", "-", (fig.get_label() or "figure").lower()).strip("-") or "figure"
+    name, n = base, 2
+    while name in _EXPORT["names"]:
+        name, n = f"{base}-{n}", n + 1
+    _EXPORT["names"].add(name)
+    for fmt in _EXPORT["formats"]:
+        path = _EXPORT["dir"] / f"{name}.{fmt}"
+        atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=300, bbox_inches="tight"))
+        _EXPORT["written"].append(path)
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
+    if _EXPORT:
+        _export(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
     plt.close(fig)
