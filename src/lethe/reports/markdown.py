@@ -212,28 +212,40 @@ def attack_table_rows(results: dict) -> list[list]:
 
 
 def render_report(results: dict) -> str:
-    """report.md's text for the fictitious and real-world scenarios."""
-    ref = results.get("reference", {})
+    """report.md's text for the fictitious and real-world scenarios, section by section."""
     out = [f"# Lethe report: {results['scenario']}", ""]
+    for section in (_overview, _methods_section, comparison_section, stopping_section, _per_set_section,
+                    _attacks_section, _trajectories_section, _cost_section, _samples_section):
+        out += section(results)
+    out.append(f"Total wall time: {fmt_value(results.get('wall_time_s'))} s.")
+    return "\n".join(out) + "\n"
+
+
+def _overview(results: dict) -> list[str]:
     model, data = results.get("model", {}), results.get("data", {})
-    out.append(f"Model: {model.get('kind', '?')} ({model.get('parameters', 0):,} parameters). "
-               f"Forget set: {data.get('forget', '?')} QA pairs; retain set: {data.get('retain', '?')}. "
-               f"Seed {results.get('seed')}, size `{results.get('size')}`.")
+    out = [f"Model: {model.get('kind', '?')} ({model.get('parameters', 0):,} parameters). "
+           f"Forget set: {data.get('forget', '?')} QA pairs; retain set: {data.get('retain', '?')}. "
+           f"Seed {results.get('seed')}, size `{results.get('size')}`."]
     if known := data.get("known_share"):
         out.append("Answered correctly before unlearning (whole-word match): "
                    + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in known.items())
                    + (f"; the kept forget questions, within the evaluation's token budget: "
                       f"{data['forget_answered_before']:.0%}." if "forget_answered_before" in data else "."))
-    over = results.get("aggregates_over", {})
+    return out
+
+
+def _methods_section(results: dict) -> list[str]:
+    """The final epoch of every run next to the target and retain models, with what the aggregates are over."""
+    ref, over = results.get("reference", {}), results.get("aggregates_over", {})
     missing = results.get("metrics_unavailable", {})
-    out += ["", "## Methods (final epoch)", "",
-            "FQ: KS-test p-value of forget-set truth ratios vs the retain model (higher = closer to a model that "
-            "never saw the forget set). MU: TOFU's harmonic mean of ROUGE, P, TR on the utility sets."
-            + (f" MU18: the closer-look harmonic mean, here over {len(over['MU18'])} values "
-               f"({', '.join(sorted({k.split('/')[1] for k in over['MU18']}))})." if over.get("MU18") else "")
-            + (f" FE: 1 − mean of forget {', '.join(k.split('/')[1] for k in over['FE'])}." if over.get("FE") else "")
-            + (f" Embeddings for CS: `{results.get('embedding_model')}`." if results.get("embedding_model") else ""),
-            ""]
+    out = ["", "## Methods (final epoch)", "",
+           "FQ: KS-test p-value of forget-set truth ratios vs the retain model (higher = closer to a model that "
+           "never saw the forget set). MU: TOFU's harmonic mean of ROUGE, P, TR on the utility sets."
+           + (f" MU18: the closer-look harmonic mean, here over {len(over['MU18'])} values "
+              f"({', '.join(sorted({k.split('/')[1] for k in over['MU18']}))})." if over.get("MU18") else "")
+           + (f" FE: 1 − mean of forget {', '.join(k.split('/')[1] for k in over['FE'])}." if over.get("FE") else "")
+           + (f" Embeddings for CS: `{results.get('embedding_model')}`." if results.get("embedding_model") else ""),
+           ""]
     for note in degenerate_notes(results):
         out += [f"> {note}", ""]
     for metric, why in missing.items():
@@ -259,37 +271,54 @@ def render_report(results: dict) -> str:
             out += ["", f"**{run['method']}**: {run.get('message')}"]
         for warning in run.get("warnings", []):
             out += ["", f"Warning ({run['method']}): {warning}"]
-    out += comparison_section(results)
-    out += stopping_section(results)
-    out += ["", "## Per-set metrics (final epoch)", ""]
+    return out
+
+
+def _per_set_section(results: dict) -> list[str]:
+    out = ["", "## Per-set metrics (final epoch)", ""]
     for set_name, metrics, rows in per_set_tables(results):
         out += [f"### {set_name}", "", md_table(["model", *metrics], rows), ""]
-    if rows := attack_table_rows(results):
-        out += ["## Attacks: does the forgetting hold?", "", ATTACKS_NOTE, "", md_table(["run", *ATTACK_HEADER], rows),
-                ""]
-    out += ["## Trajectories (per epoch)", ""]
-    for run in results.get("runs", []):
-        out += [f"### {run['method']} ({run.get('params', 'full')})", ""]
-        keys = present_keys(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "retain/ROUGE",
+    return out
+
+
+def _attacks_section(results: dict) -> list[str]:
+    if not (rows := attack_table_rows(results)):
+        return []
+    return ["## Attacks: does the forgetting hold?", "", ATTACKS_NOTE, "", md_table(["run", *ATTACK_HEADER], rows), ""]
+
+
+def _trajectories_section(results: dict) -> list[str]:
+    out = ["## Trajectories (per epoch)", ""]
+    keys = present_keys(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "retain/ROUGE",
                                   "neighbour/ROUGE"))
+    for run in results.get("runs", []):
         rows = [[e["epoch"], e.get("losses", {}).get("forget"), e.get("losses", {}).get("regularizer"),
                  *[e.get("metrics", {}).get(k) for k in keys]] for e in run["epochs"]]
-        out += [md_table(["epoch", "forget loss", "reg. loss", *keys], rows), ""]
-    out += ["## Cost", "", "FLOPs ≈ N · (6 · (tokens trained + FILA Fisher tokens) + 2 · forward-only tokens), "
-            "N = parameters on the path (with LoRA the backward skips frozen weights, so this overstates it). "
-            "Peak memory: CUDA max allocated, or the process's peak RSS on CPU (cumulative over the process).", ""]
-    crow = []
+        out += [f"### {run['method']} ({run.get('params', 'full')})", "",
+                md_table(["epoch", "forget loss", "reg. loss", *keys], rows), ""]
+    return out
+
+
+def _cost_section(results: dict) -> list[str]:
+    out = ["## Cost", "", "FLOPs ≈ N · (6 · (tokens trained + FILA Fisher tokens) + 2 · forward-only tokens), "
+           "N = parameters on the path (with LoRA the backward skips frozen weights, so this overstates it). "
+           "Peak memory: CUDA max allocated, or the process's peak RSS on CPU (cumulative over the process).", ""]
+    rows = []
     for run in results.get("runs", []):
         c = run.get("cost", {})
         ev = c.get("evaluation") or {}
-        crow.append([run["method"], run.get("params", "full"), c.get("params_trainable"), c.get("trainable_percent"),
+        rows.append([run["method"], run.get("params", "full"), c.get("params_trainable"), c.get("trainable_percent"),
                      c.get("epochs"), c.get("steps"), c.get("tokens_trained"), c.get("tokens_fisher"),
                      c.get("tokens_forward_only"), c.get("flops"), c.get("wall_time_s"),
                      (c.get("peak_memory_bytes") or 0) / 2**20, ev.get("evaluation_s"),
                      ev.get("generation_tokens_per_s")])
-    out += [md_table(["method", "params", "trainable", "trainable %", "epochs", "steps", "tokens trained",
-                    "Fisher tokens", "fwd-only tokens", "FLOPs", "time (s)", "peak mem (MiB)", "evaluation (s)",
-                    "generated tok/s"], crow), ""]
+    return out + [md_table(["method", "params", "trainable", "trainable %", "epochs", "steps", "tokens trained",
+                            "Fisher tokens", "fwd-only tokens", "FLOPs", "time (s)", "peak mem (MiB)",
+                            "evaluation (s)", "generated tok/s"], rows), ""]
+
+
+def _samples_section(results: dict) -> list[str]:
+    out = []
     for set_name in ("forget", "retain", "neighbour"):
         samples = results.get("reference_samples", {}).get("target", {}).get(set_name, [])
         if not samples:
@@ -303,8 +332,7 @@ def render_report(results: dict) -> str:
                 if i < len(gen):
                     out.append(f"**{run['method']} ({run.get('params', 'full')}):** {gen[i]['generated']}  ")
             out.append("")
-    out.append(f"Total wall time: {fmt_value(results.get('wall_time_s'))} s.")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def write_memorized_report(results: dict, path: str | Path) -> Path:
