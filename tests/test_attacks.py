@@ -411,3 +411,19 @@ def test_the_fictitious_demo_attacks_every_unlearned_model_and_reports_it(tmp_pa
         with pytest.raises(SystemExit) as e:
             main(["--quiet", "demo", "--size", "smoke", "--out", str(tmp_path / "bad"), *bad])
         assert e.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_continual_unlearning_attacks_the_model_after_the_last_request(tmp_path, capsys):
+    from lethe.cli.commands import main
+
+    out = tmp_path / "cont"
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "demo", "--scenario", "continual", "--size", "smoke", "--requests", "2", "--methods",
+              "GA+GD", "--attacks", "in-context", "--out", str(out)])
+    assert e.value.code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    forgotten = results["data"]["forgotten_at_end"]
+    entry = results["runs"][0]["attacks"]["in-context"]
+    assert entry["records"] == forgotten - round(0.5 * forgotten)  # every author forgotten, the asked half
+    assert "retain_change" in entry["metrics"]["P"]  # the last request's retain model is the control
+    assert "## Attacks: does the forgetting hold?" in (out / "report.md").read_text()

@@ -117,9 +117,9 @@ def _add_demo_parser(sub) -> None:
 
 def _add_scenario_attack_options(p) -> None:
     p.add_argument("--attacks", default=None, metavar="NAMES",
-                   help="fictitious and real-world scenarios: attack every unlearned model (`lethe attacks` lists "
-                        "them), the retain model (fictitious) as the control and the starting model as full "
-                        "recovery; results.json and the report get an Attacks table")
+                   help="fictitious, continual and real-world scenarios: attack every unlearned model (`lethe "
+                        "attacks` lists them), the retain model as the control (none in real-world) and the starting "
+                        "model as full recovery; results.json and the report get an Attacks table")
     p.add_argument("--attack-opt", action="append", default=[], metavar="ATTACK.NAME=VALUE",
                    help="an attack's option (repeatable), e.g. relearn.epochs=5")
 

@@ -1,7 +1,7 @@
 """The continual scenario's report: MU, FE and FQ after each request, per method and reference choice."""
 from __future__ import annotations
 
-from .markdown import final_metrics, fmt_value, md_table, run_label
+from .markdown import attacks_section, final_metrics, fmt_value, md_table, run_label
 
 PER_REQUEST = ("MU", "FE", "FQ", "forget/ROUGE", "retain/ROUGE")
 
@@ -52,6 +52,7 @@ def render_continual_report(results: dict) -> str:
         for r in run.get("requests", []):
             if r.get("status") != "ok":
                 out += [f"Request {r.get('request')}: {r.get('message')}", ""]
+    out += attacks_section(results)
     out.append(f"Total wall time: {fmt_value(results.get('wall_time_s'))} s.")
     return "\n".join(out) + "\n"
 

@@ -215,7 +215,7 @@ def render_report(results: dict) -> str:
     """report.md's text for the fictitious and real-world scenarios, section by section."""
     out = [f"# Lethe report: {results['scenario']}", ""]
     for section in (_overview, _methods_section, comparison_section, stopping_section, _per_set_section,
-                    _attacks_section, _trajectories_section, _cost_section, _samples_section):
+                    attacks_section, _trajectories_section, _cost_section, _samples_section):
         out += section(results)
     out.append(f"Total wall time: {fmt_value(results.get('wall_time_s'))} s.")
     return "\n".join(out) + "\n"
@@ -281,7 +281,7 @@ def _per_set_section(results: dict) -> list[str]:
     return out
 
 
-def _attacks_section(results: dict) -> list[str]:
+def attacks_section(results: dict) -> list[str]:
     if not (rows := attack_table_rows(results)):
         return []
     return ["## Attacks: does the forgetting hold?", "", ATTACKS_NOTE, "", md_table(["run", *ATTACK_HEADER], rows), ""]

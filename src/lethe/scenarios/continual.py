@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, replace
 
 from ..data.synthetic import AuthorsDataset, generate_authors
 from ..evaluation.suite import EvalSet
-from . import Cell, Context, Scenario, apply_requests, parse_run_spec, run_dir_for
+from . import Cell, Context, Scenario, apply_requests, attack_model, check_attacks, parse_run_spec, run_dir_for
 from .fictitious import SETTINGS, check_forget_percent, tokenizer_corpus
 
 NAME = "continual-authors"
@@ -59,7 +59,7 @@ def _check(options: dict, size: str) -> dict:
     if options["reference"] not in REFERENCES:
         raise LetheError(f"--reference: expected one of {', '.join(REFERENCES)}, got {options['reference']!r}")
     options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"])
-    return options
+    return check_attacks(options)
 
 
 @dataclass
@@ -152,7 +152,8 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
             suffix = (f"-r{rank}" if rank else "") + ("-fixed" if ref == "fixed" else "")
             out.append(Cell(spec, run_dir_for(ctx.out, method, kind, suffix),
                             f"{len(prep.requests)} requests with {method} ({kind})"
-                            + (", fixed reference" if ref == "fixed" else ""), {"reference": ref}))
+                            + (", fixed reference" if ref == "fixed" else ""),
+                            {"reference": ref, "attacks": sorted(ctx.options["attacks"] or ())}))
     return out
 
 
@@ -182,16 +183,26 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
                              extra_record={"reference": cell.info["reference"]})
         return model, run.to_dict()
 
-    _, per_request = apply_requests(load_model(ctx.out / "models" / "target"), prep.requests, one_request)
+    final, per_request = apply_requests(load_model(ctx.out / "models" / "target"), prep.requests, one_request)
     last = per_request[-1]
+    status = "ok" if all(r["status"] == "ok" for r in per_request) else last["status"]
+    attacks = None
+    if ctx.options["attacks"] and status == "ok":  # the model after every request, on every author forgotten
+        from ..data.prompt import as_prompter
+
+        end, models = prep.requests[-1], ctx.out / "models"
+        attacks = attack_model(final, end.sets[0].records, ctx.options["attacks"],
+                               prompter=as_prompter(prep.tokenizer), retain=end.retain,
+                               retain_model=load_model(models / f"retain{len(prep.requests)}"),
+                               target_model=load_model(models / "target"), max_new_tokens=settings.max_new_tokens)
     epochs = [{"epoch": 0, "metrics": dict(prep.target.metrics)}]
     epochs += [{"epoch": r["request"], "metrics": r["epochs"][-1]["metrics"] if r["epochs"] else {}}
                for r in per_request]
     cost = {key: sum(r["cost"].get(key) or 0 for r in per_request)
             for key in ("wall_time_s", "tokens_trained", "flops", "epochs")}
     cost["trainable_percent"] = last["cost"].get("trainable_percent")
-    return {"method": method, "params": kind, "reference": cell.info["reference"],
-            "status": "ok" if all(r["status"] == "ok" for r in per_request) else last["status"],
+    return {"method": method, "params": kind, "reference": cell.info["reference"], "status": status,
+            **({"attacks": attacks} if attacks is not None else {}),
             # one point per request (epoch k = after request k), so the trajectory plots and the final-row
             # tables read the continual run like any other
             "epochs": epochs, "x_axis": "request", "cost": cost, "requests": per_request}
@@ -228,6 +239,7 @@ CONTINUAL = Scenario(
     summary="fictitious authors forgotten request after request (closer-look Sec. 5.2): MU, FE, FQ per request",
     sizes=tuple(SETTINGS), default_runs=DEMO_METHODS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="continual",
-    options={"requests": 5, "forget_percent": 10, "reference": "moving", "embedding_model": None, "nli_model": None},
+    options={"requests": 5, "forget_percent": 10, "reference": "moving", "embedding_model": None, "nli_model": None,
+             "attacks": None, "attack_options": None},
     fingerprint=("requests", "forget_percent"), check=_check,
 )
