@@ -32,20 +32,26 @@ def _check_relearn(o: dict) -> None:
         raise LetheError(f"attack 'relearn': lr must be > 0, got {o['lr']}")
 
 
-def _relearn(model, forget, options, context):
+def fine_tuned_copy(model, records, options, context):
+    """A copy of ``model`` fine-tuned on ``records`` with the attack's ``epochs``, ``lr``, ``batch_size`` and
+    ``seed`` (no warm-up, no checkpoints); the model given is not changed."""
     from ..core import finetune
     from ..engine.loop import TrainConfig
 
-    if len(forget) < 2:
-        raise LetheError("attack 'relearn' needs at least two forget records (some to relearn, others to score)")
-    train, held = relearn_split(forget, options["fraction"], options["seed"])
     attacked = copy.deepcopy(model)
-    finetune(attacked, train, tokenizer=context["prompter"].tokenizer, progress=False,
+    finetune(attacked, records, tokenizer=context["prompter"].tokenizer, progress=False,
              model_config=context.get("model_config"), runtime=context.get("runtime"),
              train=TrainConfig(epochs=options["epochs"], lr=options["lr"], batch_size=options["batch_size"],
                                micro_batch_size=options["batch_size"], warmup_epochs=0, seed=options["seed"],
                                checkpoint=False))
-    return Attacked(attacked, held)
+    return attacked
+
+
+def _relearn(model, forget, options, context):
+    if len(forget) < 2:
+        raise LetheError("attack 'relearn' needs at least two forget records (some to relearn, others to score)")
+    train, held = relearn_split(forget, options["fraction"], options["seed"])
+    return Attacked(fine_tuned_copy(model, train, options, context), held)
 
 
 ATTACKS.add("relearn", Attack(

@@ -6,12 +6,12 @@ forgotten answers back when the knowledge was only suppressed. The related recor
 record: that would be plain relearning (``relearn``). The defaults follow ``relearn`` (lr 1e-5, 3 epochs)."""
 from __future__ import annotations
 
-import copy
 import random
 from pathlib import Path
 
 from ..util.errors import LetheError
 from .base import ATTACKS, Attack, Attacked
+from .relearn import fine_tuned_copy
 
 
 def _check(o: dict) -> None:
@@ -50,17 +50,7 @@ def related_records(forget, options, context) -> list:
 
 
 def _relearn_related(model, forget, options, context):
-    from ..core import finetune
-    from ..engine.loop import TrainConfig
-
-    related = related_records(forget, options, context)
-    attacked = copy.deepcopy(model)
-    finetune(attacked, related, tokenizer=context["prompter"].tokenizer, progress=False,
-             model_config=context.get("model_config"), runtime=context.get("runtime"),
-             train=TrainConfig(epochs=options["epochs"], lr=options["lr"], batch_size=options["batch_size"],
-                               micro_batch_size=options["batch_size"], warmup_epochs=0, seed=options["seed"],
-                               checkpoint=False))
-    return Attacked(attacked, list(forget))
+    return Attacked(fine_tuned_copy(model, related_records(forget, options, context), options, context), list(forget))
 
 
 ATTACKS.add("relearn-related", Attack(
