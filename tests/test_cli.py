@@ -414,7 +414,8 @@ def test_every_name_the_readme_calls_on_lethe_exists():
 
 def test_unlearn_scores_a_sample_of_its_retain_set_by_default(tmp_path):
     from lethe.cli.commands import build_parser
-    from lethe.cli.options import RETAIN_SAMPLE, eval_config
+    from lethe.cli.options import eval_config
+    from lethe.core.configs import RETAIN_SAMPLE
     from lethe.data.readers import write_qa
     from lethe.data.synthetic import generate_authors
 

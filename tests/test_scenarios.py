@@ -10,14 +10,15 @@ def test_every_scenario_is_registered_once_and_found_by_key_or_recorded_name():
     from lethe.scenarios import Scenario
     from lethe.scenarios.catalog import SCENARIOS
 
-    assert SCENARIOS.names() == ["continual", "copyright", "fictitious", "memorized", "real-world"]
+    assert SCENARIOS.names() == ["continual", "copyright", "fictitious", "memorized", "own", "real-world"]
+    assert "own" not in SCENARIOS.demos()  # the user's own data runs through `lethe bench --model`
     names = set()
     for key in SCENARIOS.names():
         sc = SCENARIOS.get(key)
         assert isinstance(sc, Scenario) and sc.key == key and sc.sizes and sc.default_runs
         assert SCENARIOS.get(sc.name) is sc  # what results.json records finds the same declaration
         names.add(sc.name)
-    assert len(names) == 5
+    assert len(names) == 6
     with pytest.raises(LetheError, match="unknown scenario 'fictitous'.*Did you mean 'fictitious'"):
         SCENARIOS.get("fictitous")
 

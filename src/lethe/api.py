@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from .attacks import attack
 from .core import (
     AuditConfig,
     DataConfig,
@@ -39,7 +40,7 @@ from .util.errors import LetheError
 
 __all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "IndistinguishableStop", "Loss", "Method",
            "MethodConfig", "ModelConfig", "Need", "ParamsConfig", "PromptFormat", "RuntimeConfig", "TrainConfig",
-           "UnlearnRun", "attack", "demo", "demo_continual", "demo_memorized", "demo_real_world", "evaluate",
+           "UnlearnRun", "attack", "bench", "demo", "demo_continual", "demo_memorized", "demo_real_world", "evaluate",
            "extraction_stop_hook", "finetune", "finetune_tiny", "load_records", "parse_method", "report",
            "retain_model_references", "retain_model_truth_ratios", "run_scenario", "unlearn", "unlearn_sequences"]
 
@@ -92,6 +93,48 @@ def demo_real_world(out: str | Path = "runs/real-world", *, methods: Sequence[st
     """Real-world knowledge unlearning on SmolLM2-135M (closer-look Sec. 5.3), offline."""
     return run_scenario("real-world", out=Path(out), size=size, seed=seed, runs=methods, resume=resume,
                         progress=progress, embedding_model=embedding_model, nli_model=nli_model)
+
+
+# Keyword-only options, one per thing `lethe bench --model` takes (the grid, the inputs, the shared unlearn
+# settings): the Python face of that command, hence more than eight parameters.
+def bench(model, forget, retain=None, *, methods: Sequence[str] = ("GA+GD", "NPO+GD", "SimNPO+GD"),
+          out: str | Path = "runs/bench", params: Sequence[str] = ("full",), ranks: Sequence[int] = (),
+          sweep: dict | None = None, seeds: int = 1, seed: int = 0, evaluation: EvalConfig | None = None,
+          train: TrainConfig | None = None, adapter_lr: float | None = None, adapter: ParamsConfig | None = None,
+          tokenizer=None, retain_model=None, attacks: str | Sequence[str] | None = None,
+          attack_options: dict | None = None, resume: bool = True, progress: bool = True, **unlearn_options) -> dict:
+    """Benchmark methods on your own model and records. Every method x parameterisation (``params``: full, lora,
+    fila; ``ranks`` for the adapters; a method written as a run spec, ``"NPO+GD@lora:r4"``, keeps its own) x
+    ``sweep`` point x seed is one :func:`unlearn` run with the same ``evaluation`` (default: the forget records and
+    up to 200 retain records), in ``out/runs/*``; results.json, report.md and report.html compare them (mean ±
+    spread over ``seeds``, the Pareto front of utility against forgetting, the ``attacks`` when asked for).
+
+    The starting model is scored once; ``retain_model`` (a model that never saw the forget records) adds the
+    report's reference row and the attacks' control (FQ needs its truth ratios in ``evaluation``, as `lethe bench
+    --retain-model` puts them). ``train``: the shared training settings (its seed is the first; each seed index adds
+    one). ``adapter_lr``: the LoRA/FILA cells' rate (default 1e-4 when ``train`` is not given, else ``train.lr``);
+    a swept lr is absolute. ``adapter``: the LoRA/FILA settings (alpha, targets, Fisher options).
+    ``unlearn_options``: ``model_config``, ``data``, ``runtime``, ``convention``, ``audit``, ``pad_to`` as
+    :func:`unlearn` takes them. No model is saved per cell; finished cells in ``out`` are reused (``resume``) when
+    the model, records and settings are the same.
+
+    >>> lethe.bench("models/mine", "forget.jsonl", "retain.jsonl", methods=["GA+GD", "NPO+GD"],  # doctest: +SKIP
+    ...             sweep={"lr": [1e-5, 3e-5]}, seeds=3, out="runs/mine-bench")
+    """
+    from .core.configs import ADAPTER_LR
+    from .scenarios.grid import grid
+    from .scenarios.own_data import OwnData
+
+    if adapter_lr is None and train is None:
+        adapter_lr = ADAPTER_LR
+    inputs = OwnData(model=model, forget=forget, retain=retain, evaluation=evaluation, train=train,
+                     adapter_lr=adapter_lr, params=adapter, tokenizer=tokenizer, retain_model=retain_model,
+                     unlearn_options=unlearn_options)
+    runs = []  # a method given as a run spec ("NPO+GD@lora:r4") keeps its parameterisation
+    for m in methods:
+        runs += [m] if "@" in m else grid([m], list(params), list(ranks))
+    return run_scenario("own", out=Path(out), size="own", seed=seed, runs=runs, resume=resume, progress=progress,
+                        inputs=inputs, sweep=sweep, seeds=seeds, attacks=attacks, attack_options=attack_options)
 
 
 def _check_results(path: Path, results) -> None:
@@ -179,48 +222,3 @@ def _write_report(run_dirs, out: Path, write_text) -> list[Path]:
     html_path = write_text(out / "report.html", html)
     md_path = write_text(out / "report.md", md)
     return [html_path, md_path]
-
-
-# Keyword-only options, one per thing a user may give (models as paths or objects, the records, the configs):
-# the Python face of `lethe attack`, hence more than eight parameters.
-def attack(model, forget, attacks: str | Sequence[str] = "quantize", *, attack_options: dict | None = None,
-           retain=None, retain_model=None, target_model=None, metrics: Sequence[str] | None = ("P", "ROUGE"),
-           tokenizer=None, model_config: ModelConfig | None = None, data: DataConfig | None = None,
-           runtime: RuntimeConfig | None = None, max_new_tokens: int = 48) -> dict:
-    """Attack ``model`` (a directory, an adapter directory, or a model object with ``tokenizer``: a tokenizer or the
-    directory it loads from) and score the forget records before and after each attack; the same attack on
-    ``retain_model`` is the control and ``target_model`` (the model before unlearning) says what full recovery
-    would be. ``retain``: retain records (the few-shot prompt attack takes its examples from them). Returns
-    {"attacks": {name: {...}}}.
-
-    >>> lethe.attack("runs/npo/model", "forget10.jsonl", "quantize,relearn",  # doctest: +SKIP
-    ...              retain_model="models/retain")
-    """
-    from dataclasses import replace
-
-    from .attacks import parse_attacks, run_attacks
-    from .core import prepare
-    from .data.records import QARecord
-    from .model.load import load_model, load_tokenizer
-
-    chosen = parse_attacks(attacks, attack_options)  # checked before any model loads
-    dc, mc, rt = data or DataConfig(), model_config or ModelConfig(), runtime or RuntimeConfig()
-    read = {"fields": dc.fields, "split": dc.split}
-    forget = load_records(forget, **read)
-    retain = load_records(retain, **read) if retain is not None else []
-    if not forget or not all(isinstance(r, QARecord) for r in forget + retain):
-        raise LetheError("attack: the forget (and retain) records must be QA records, and the forget set not empty")
-    if isinstance(tokenizer, (str, Path)):
-        tokenizer = load_tokenizer(str(tokenizer), trust_remote_code=mc.trust_remote_code, base_model=mc.base_model)
-    model, prompter, _ = prepare(model, tokenizer, mc, rt)
-
-    def placed(other):
-        if other is None or not isinstance(other, (str, Path)):
-            return other
-        return rt.place(load_model(str(other), dtype=rt.weight_dtype, trust_remote_code=mc.trust_remote_code))
-
-    context = {"model_config": replace(mc, prompt_format=prompter.format), "runtime": rt,
-               "max_new_tokens": max_new_tokens, "retain": retain, "fields": dc.fields}
-    with rt.autocast():
-        return run_attacks(model, forget, chosen, prompter=prompter, metrics=metrics, retain_model=placed(retain_model),
-                           target_model=placed(target_model), context=context)

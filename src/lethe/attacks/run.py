@@ -3,6 +3,7 @@ the controls (the retain model under the same attack, the target model before un
 meta-evaluation's robustness scores."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..util.errors import LetheError
@@ -132,3 +133,48 @@ def describe() -> str:
         lines.append(f"  {'':<{width}} options: {options}; "
                      f"robustness score: {a.robustness}")
     return "\n".join(lines)
+
+
+# Keyword-only options, one per thing a user may give (models as paths or objects, the records, the configs):
+# the Python face of `lethe attack` (lethe.attack), hence more than eight parameters.
+def attack(model, forget, attacks: str | Sequence[str] = "quantize", *, attack_options: dict | None = None,
+           retain=None, retain_model=None, target_model=None, metrics: Sequence[str] | None = ("P", "ROUGE"),
+           tokenizer=None, model_config=None, data=None, runtime=None, max_new_tokens: int = 48) -> dict:
+    """Attack ``model`` (a directory, an adapter directory, or a model object with ``tokenizer``: a tokenizer or the
+    directory it loads from) and score the forget records before and after each attack; the same attack on
+    ``retain_model`` is the control and ``target_model`` (the model before unlearning) says what full recovery
+    would be. ``retain``: retain records (the few-shot prompt attack takes its examples from them). Returns
+    {"attacks": {name: {...}}}.
+
+    >>> lethe.attack("runs/npo/model", "forget10.jsonl", "quantize,relearn",  # doctest: +SKIP
+    ...              retain_model="models/retain")
+    """
+    from dataclasses import replace
+
+    from ..core import DataConfig, ModelConfig, prepare
+    from ..data.records import QARecord
+    from ..data.sources import load_records
+    from ..engine.runtime import RuntimeConfig
+    from ..model.load import load_model, load_tokenizer
+
+    chosen = parse_attacks(attacks, attack_options)  # checked before any model loads
+    dc, mc, rt = data or DataConfig(), model_config or ModelConfig(), runtime or RuntimeConfig()
+    read = {"fields": dc.fields, "split": dc.split}
+    forget = load_records(forget, **read)
+    retain = load_records(retain, **read) if retain is not None else []
+    if not forget or not all(isinstance(r, QARecord) for r in forget + retain):
+        raise LetheError("attack: the forget (and retain) records must be QA records, and the forget set not empty")
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(str(tokenizer), trust_remote_code=mc.trust_remote_code, base_model=mc.base_model)
+    model, prompter, _ = prepare(model, tokenizer, mc, rt)
+
+    def placed(other):
+        if other is None or not isinstance(other, (str, Path)):
+            return other
+        return rt.place(load_model(str(other), dtype=rt.weight_dtype, trust_remote_code=mc.trust_remote_code))
+
+    context = {"model_config": replace(mc, prompt_format=prompter.format), "runtime": rt,
+               "max_new_tokens": max_new_tokens, "retain": retain, "fields": dc.fields}
+    with rt.autocast():
+        return run_attacks(model, forget, chosen, prompter=prompter, metrics=metrics, retain_model=placed(retain_model),
+                           target_model=placed(target_model), context=context)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -86,8 +85,8 @@ def _add_demo_parser(sub) -> None:
     from ..scenarios.catalog import SCENARIOS
 
     p = sub.add_parser("demo", help="offline end-to-end run: data, models, unlearning, evaluation, report")
-    p.add_argument("--scenario", choices=SCENARIOS.names(), default="fictitious",
-                   help="; ".join(f"{k}: {SCENARIOS.get(k).summary}" for k in SCENARIOS.names()))
+    p.add_argument("--scenario", choices=SCENARIOS.demos(), default="fictitious",
+                   help="; ".join(f"{k}: {SCENARIOS.get(k).summary}" for k in SCENARIOS.demos()))
     p.add_argument("--size", choices=("smoke", "small", "full"), default="small",
                    help="smoke: seconds (tests); small: the demo (minutes on a CPU); full: 200 authors x 20 QA "
                         "(fictitious and continual only)")
@@ -167,19 +166,7 @@ def _add_unlearn_parser(sub) -> None:
                         "knowledge-unlearning code: differs when a generation ends early at EOS)")
     g.add_argument("--el-keep-eos", action="store_true", default=None,
                    help="keep the EOS that ends a generation in it, as the knowledge-unlearning code does")
-    p.add_argument("--retain-per-forget", type=range_of(TrainConfig, "retain_per_forget"), default=1,
-                   help="retain examples paired with each forget example: the regularizer's batch is this many times "
-                        "the forget batch (default 1; more keeps shared question templates answered)")
-    p.add_argument("--eval-every", type=range_of(EvalConfig, "every"), default=None,
-                   help="score the evaluation sets after every K-th epoch (default 1, or 0 with --eval-at none; "
-                        "0: none between the start and the end, see --eval-at)")
-    p.add_argument("--eval-per-epoch", choices=("full", "fast"), default="full",
-                   help="the evaluations between start and end: full (generation included) or fast "
-                        "(teacher-forced P, TR and FQ only; no generation, several times faster)")
-    p.add_argument("--eval-at", default="start,end",
-                   help="also score the starting model (start) and the final one (end): start,end (default), "
-                        "start, end or none. none alone turns evaluation off for the whole run (no per-epoch "
-                        "scoring either, unless --eval-every K asks for it)")
+    _add_unlearn_schedule_options(p)
     p.add_argument("--out", required=True, help="run directory: model/, run.json, audit.json, steps.jsonl, checkpoint/")
     p.add_argument("--stop-when", choices=("indistinguishable",), default=None,
                    help="QA data: stop at the first epoch (from --min-epochs) where the forget set's membership "
@@ -207,10 +194,7 @@ def _add_unlearn_parser(sub) -> None:
                         "control: RUN/attacks.json and audit.json")
     p.add_argument("--attack-opt", action="append", default=[], metavar="ATTACK.NAME=VALUE",
                    help="an attack's option (repeatable), e.g. relearn.epochs=5")
-    p.add_argument("--holdout", default=None,
-                   help="records of the same kind the model never saw: every evaluation reports membership-"
-                        "inference AUCs of the forget set against them (LOSS, zlib, Min-K%%, Min-K%%++; PrivLeak with "
-                        "--retain-model), and audit.json has them before and after")
+    _add_holdout_option(p)
     opts.add_train_options(p, TrainConfig(), adapters=True)
     opts.add_params_options(p)
     opts.add_model_options(p)
@@ -219,14 +203,39 @@ def _add_unlearn_parser(sub) -> None:
     opts.add_eval_options(p)
 
 
+def _add_unlearn_schedule_options(p) -> None:
+    """The retain pairing and when evaluation runs: `lethe unlearn` and `lethe bench --model`."""
+    p.add_argument("--retain-per-forget", type=range_of(TrainConfig, "retain_per_forget"), default=1,
+                   help="retain examples paired with each forget example: the regularizer's batch is this many times "
+                        "the forget batch (default 1; more keeps shared question templates answered)")
+    p.add_argument("--eval-every", type=range_of(EvalConfig, "every"), default=None,
+                   help="score the evaluation sets after every K-th epoch (default 1, or 0 with --eval-at none; "
+                        "0: none between the start and the end, see --eval-at)")
+    p.add_argument("--eval-per-epoch", choices=("full", "fast"), default="full",
+                   help="the evaluations between start and end: full (generation included) or fast "
+                        "(teacher-forced P, TR and FQ only; no generation, several times faster)")
+    p.add_argument("--eval-at", default="start,end",
+                   help="also score the starting model (start) and the final one (end): start,end (default), "
+                        "start, end or none. none alone turns evaluation off for the whole run (no per-epoch "
+                        "scoring either, unless --eval-every K asks for it)")
+
+
+def _add_holdout_option(p) -> None:
+    p.add_argument("--holdout", default=None,
+                   help="records of the same kind the model never saw: every evaluation reports membership-"
+                        "inference AUCs of the forget set against them (LOSS, zlib, Min-K%%, Min-K%%++; PrivLeak with "
+                        "--retain-model), and audit.json has them before and after")
+
+
 def _add_bench_parser(sub) -> None:
-    p = sub.add_parser("bench", help="run a grid of methods x parameterisations (x ranks) on the fictitious-author "
-                                      "scenario into one results file; finished cells are reused after an interruption")
+    p = sub.add_parser("bench", help="run a grid of methods x parameterisations (x ranks) x sweep points x seeds "
+                                      "into one results file and report: on the fictitious authors, or on your own "
+                                      "model and records (--model, --forget); finished cells are reused after an "
+                                      "interruption")
     p.add_argument("--methods", required=True, help="comma-separated methods, e.g. ME+GD,IDK+AP,GA+GD")
     p.add_argument("--params", default="full", help="comma-separated: full,lora,fila (default full)")
-    p.add_argument("--rank", default="", help="comma-separated LoRA/FILA ranks, e.g. 4,8 (default: the size's rank)")
-    p.add_argument("--size", choices=("smoke", "small", "full"), default="small",
-                   help="data/model size (default small)")
+    p.add_argument("--rank", default="", help="comma-separated LoRA/FILA ranks, e.g. 4,8 (default: the size's rank; "
+                                              "with --model, 8)")
     p.add_argument("--out", default="runs/bench", help="output directory (default runs/bench)")
     p.add_argument("--fresh", action="store_true", help="recompute everything instead of reusing finished cells")
     p.add_argument("--sweep", action="append", default=None, metavar="NAME=V1,V2,...",
@@ -234,12 +243,32 @@ def _add_bench_parser(sub) -> None:
                         "epochs, warmup_epochs, weight_decay, max_grad_norm, retain_per_forget, batch_size, alpha, "
                         "gamma; e.g. --sweep lr=1e-4,3e-4,1e-3")
     p.add_argument("--seeds", type=POSITIVE_INT, default=1,
-                   help="unlearning seeds per cell (data order, pairing, refusals; the fine-tuned models stay "
-                        "the same); the report shows mean ± standard deviation over them (default 1)")
-    p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=10, help="forget split (default 10)")
-    p.add_argument("--seed", type=SEED, default=0, help="seed (default 0)")
+                   help="unlearning seeds per cell (data order, pairing, refusals; the models stay the same); the "
+                        "report shows mean ± standard deviation over them (default 1)")
+    p.add_argument("--seed", type=SEED, default=0,
+                   help="seed of the fictitious data and models, and the first unlearning seed (default 0)")
     _add_scenario_attack_options(p)
-    opts.add_semantic_options(p)
+    g = p.add_argument_group("fictitious authors (without --model)")
+    g.add_argument("--size", choices=("smoke", "small", "full"), default=None, help="data/model size (default small)")
+    g.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=None, help="forget split (default 10)")
+    own = p.add_argument_group("your own model and records: every cell is a `lethe unlearn` run with these options")
+    first = len(p._actions)  # every option from here on is for --model only
+    own.add_argument("--model", default=None, help="model directory (or a peft adapter directory)")
+    own.add_argument("--forget", default=None, help="forget set: QA records (any supported form)")
+    own.add_argument("--retain", default=None, help="retain set (for the regularized methods, and scored by default)")
+    own.add_argument("--convention", default="paper", choices=list(CONVENTIONS),
+                     help="reproduce a released code's losses, batch layout and evaluation limit (default paper)")
+    _add_holdout_option(p)
+    _add_unlearn_schedule_options(p)
+    opts.add_train_options(p, TrainConfig(), adapters=True, skip=("--seed", "--resume", "--overwrite",
+                                                                   "--keep-checkpoint"))
+    opts.add_params_options(p, skip=("--params", "--rank", "--merge"))
+    opts.add_model_options(p)
+    opts.add_runtime_options(p)
+    opts.add_data_options(p)
+    opts.add_eval_options(p)
+    p.set_defaults(own_data_options=[(a.option_strings[-1], a.dest, a.default) for a in p._actions[first:]
+                                     if a.option_strings and a.dest not in ("embedding_model", "nli_model")])
 
 
 def _add_report_parser(sub) -> None:
@@ -364,7 +393,7 @@ def _demo(args, progress: bool) -> int:
 
 
 def _bench(args, progress: bool) -> int:
-    from ..scenarios.fictitious import grid
+    from ..scenarios.grid import grid
 
     params = [p.strip().lower() for p in args.params.split(",") if p.strip()]
     specs = grid(split_outside_parens(args.methods, ","), params, opts.rank_values(args.rank))
@@ -372,15 +401,50 @@ def _bench(args, progress: bool) -> int:
         if p not in ("full", "lora", "fila"):
             raise LetheError(f"--params: unknown parameterisation '{p}': expected full, lora or fila")
     sweep = opts.sweep_values(args.sweep)
-    api.demo(size=args.size, out=args.out, methods=specs, seed=args.seed, forget_percent=args.forget_percent,
-             resume=not args.fresh, progress=progress, embedding_model=args.embedding_model,
-             nli_model=args.nli_model, sweep=sweep, seeds=args.seeds,
-             attacks=args.attacks, attack_options=_attack_options(args.attack_opt))
+    if args.model is not None:
+        results = _bench_own_data(args, specs, sweep, progress)
+    else:
+        given = [flag for flag, dest, default in args.own_data_options if getattr(args, dest) != default]
+        if given:
+            raise LetheError(f"{given[0]}: for a benchmark on your own model; give --model (and --forget) too")
+        results = api.demo(size=args.size or "small", out=args.out, methods=specs, seed=args.seed,
+                           forget_percent=args.forget_percent or 10, resume=not args.fresh, progress=progress,
+                           embedding_model=args.embedding_model, nli_model=args.nli_model, sweep=sweep,
+                           seeds=args.seeds, attacks=args.attacks, attack_options=_attack_options(args.attack_opt))
     if not args.quiet:
-        points = math.prod(len(values) for values in sweep.values())
-        print(f"results: {Path(args.out) / 'results.json'} ({len(specs) * points * args.seeds} cells)\n"
+        print(f"results: {Path(args.out) / 'results.json'} ({len(results['runs'])} cells)\n"
               f"report:  {(Path(args.out) / 'report.html').resolve()}")
     return 0
+
+
+def _bench_own_data(args, specs, sweep, progress: bool) -> dict:
+    """`lethe bench --model M --forget F`: the grid on the user's model and records, each cell a `lethe unlearn`
+    run with the options given (read and checked once here)."""
+    from ..core.configs import ADAPTER_LR
+    from ..data.sources import load_records
+
+    wrong = [flag for flag, value in (("--size", args.size), ("--forget-percent", args.forget_percent)) if value]
+    if wrong:
+        raise LetheError(f"{wrong[0]}: for the fictitious authors; a benchmark on --model uses your records")
+    if args.forget is None:
+        raise LetheError("--model: give the records to forget too (--forget FILE)")
+    if args.attacks:  # checked before any model work
+        from ..attacks import parse_attacks
+
+        parse_attacks(args.attacks, _attack_options(args.attack_opt))
+    full = argparse.Namespace(**{**vars(args), "params": "full", "rank": api.ParamsConfig().rank})
+    data = opts.data_config(args)
+    read = {"fields": data.fields, "split": data.split}
+    forget = load_records(args.forget, **read)
+    retain = load_records(args.retain, **read) if args.retain else []
+    evaluation = opts.eval_config(args, forget_default=forget, every=args.eval_every, retain_default=retain)
+    return api.bench(args.model, forget, retain, methods=specs, out=args.out, sweep=sweep,
+                     seeds=args.seeds, seed=args.seed, evaluation=evaluation, train=opts.train_config(full),
+                     adapter_lr=ADAPTER_LR if args.lr is None else None, adapter=opts.params_config(full),
+                     retain_model=args.retain_model, attacks=args.attacks,
+                     attack_options=_attack_options(args.attack_opt), resume=not args.fresh, progress=progress,
+                     model_config=opts.model_config(args), data=data, runtime=opts.runtime_config(args),
+                     convention=args.convention, audit=api.AuditConfig(holdout=evaluation.holdout))
 
 
 def _listing(describe) -> Callable:

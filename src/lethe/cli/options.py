@@ -14,9 +14,21 @@ from ..util.errors import LetheError
 from ..util.validation import POSITIVE_INT, range_of
 
 
-def add_train_options(p: argparse.ArgumentParser, d: TrainConfig, *, adapters: bool = False) -> None:
-    """The training options; with ``adapters`` (commands that take --params) --lr defaults by parameterisation."""
-    g = p.add_argument_group("training")
+class _Group:
+    """An argument group that leaves out the options a command defines its own way (``skip``)."""
+
+    def __init__(self, group, skip=()):
+        self.group, self.skip = group, set(skip)
+
+    def add_argument(self, *names, **kwargs) -> None:
+        if names[0] not in self.skip:
+            self.group.add_argument(*names, **kwargs)
+
+
+def add_train_options(p: argparse.ArgumentParser, d: TrainConfig, *, adapters: bool = False, skip=()) -> None:
+    """The training options; with ``adapters`` (commands that take --params) --lr defaults by parameterisation.
+    ``skip``: options the command leaves out or defines itself."""
+    g = _Group(p.add_argument_group("training"), skip)
     g.add_argument("--epochs", type=range_of(TrainConfig, "epochs"), default=d.epochs,
                    help=f"epochs (default {d.epochs})")
     g.add_argument("--lr", type=range_of(TrainConfig, "lr"), default=None if adapters else d.lr,
@@ -60,11 +72,11 @@ def train_config(a) -> TrainConfig:
                        retain_per_forget=getattr(a, "retain_per_forget", 1))
 
 
-def add_params_options(p: argparse.ArgumentParser) -> None:
+def add_params_options(p: argparse.ArgumentParser, skip=()) -> None:
     from ..model.targets import ROLES
 
     d = ParamsConfig()
-    g = p.add_argument_group("parameterisation")
+    g = _Group(p.add_argument_group("parameterisation"), skip)
     g.add_argument("--params", choices=("full", "lora", "fila"), default="full",
                    help="full: all weights; lora: peft LoRA; fila: LoRA initialised from Fisher-weighted "
                         "low-rank factors (IHL seed). Default full")
@@ -310,15 +322,11 @@ def _eval_at(text: str) -> tuple[str, ...]:
     return () if parts == ("none",) else parts
 
 
-# without --eval-retain, `unlearn` scores this many records of its --retain set (a seeded sample when larger):
-# utility is half of what a run is judged on
-RETAIN_SAMPLE = 200
-
-
 def eval_config(a, forget_default=None, every: int | None = None, retain_default=None):
     """Evaluation sets read (one-line errors) and the retain model's FQ reference scored. ``retain_default``:
-    the retain file scored (a sample of :data:`RETAIN_SAMPLE`) when --eval-retain is not given."""
+    the retain file scored (a sample of :data:`~lethe.core.configs.RETAIN_SAMPLE`) when --eval-retain is not given."""
     from ..core import retain_model_references
+    from ..core.configs import retain_sample
     from ..data.sources import load_qa, load_records
     from ..evaluation.metric_registry import parse_metric_list
     from ..evaluation.suite import EvalSet, load_semantic
@@ -335,12 +343,7 @@ def eval_config(a, forget_default=None, every: int | None = None, retain_default
         elif name == "retain" and retain_default:
             records = load_records(retain_default, fields=dc.fields, split=dc.split)
             if records and all(hasattr(r, "question") for r in records):
-                if len(records) > RETAIN_SAMPLE:
-                    import random
-
-                    keep = sorted(random.Random(0).sample(range(len(records)), RETAIN_SAMPLE))
-                    records = [records[i] for i in keep]
-                sets.append(EvalSet("retain", records, "qa", role="retain"))
+                sets.append(EvalSet("retain", retain_sample(records), "qa", role="retain"))
     from ..core.conventions import get_convention
 
     limit = a.eval_limit if a.eval_limit is not None else get_convention(getattr(a, "convention", None)).eval_limit

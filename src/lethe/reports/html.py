@@ -18,6 +18,7 @@ from .markdown import (
     final_metrics,
     fmt_value,
     goal_mark,
+    method_cell,
     per_set_tables,
     present_keys,
     run_label,
@@ -346,7 +347,7 @@ def qa_summary(results: dict) -> tuple[list[str], str]:
     summary = present_keys(results, ("MU", "MU18", "FE", "FQ", "forget/ROUGE", "forget/P", "forget/TR", "forget/CS",
                                      "retain/ROUGE", "neighbour/ROUGE"))
     rows = [[f"{n} model", "–", *[m.get(k) for k in summary]] for n, m in results.get("reference", {}).items()]
-    rows += [[r["method"], r.get("params", "full"), *[final_metrics(r).get(k) for k in summary]]
+    rows += [[method_cell(r), r.get("params", "full"), *[final_metrics(r).get(k) for k in summary]]
              for r in results.get("runs", [])]
     roles = results.get("set_roles")
     return figs, html_table(["method", "params", *[f"{k} {goal_mark(k, roles)}" for k in summary]], rows)

@@ -37,7 +37,7 @@ LAYOUTS = _layouts()
 
 # results.json files without "report_layout": their scenario's layout
 BUILT_IN_SCENARIO_LAYOUTS = {"fictitious-authors": "qa", "real-world": "qa", "memorized-sequences": "extraction",
-                             "continual-authors": "continual", "copyrighted-text": "copyright"}
+                             "continual-authors": "continual", "copyrighted-text": "copyright", "own-data": "qa"}
 
 
 def layout_for(results: dict) -> Layout:

@@ -58,6 +58,30 @@ def run_label(run: dict) -> str:
     return f"{run['method']} ({run.get('params', 'full')}{extra})"
 
 
+def method_cell(run: dict) -> str:
+    """A results table's method column: the method, with the sweep point and seed of a benchmark cell."""
+    from .comparison import point_label
+
+    cell = run.get("cell") or {}
+    extra = [point_label(cell["sweep"])] if cell.get("sweep") else []
+    extra += [f"seed {cell['seed']}"] if cell.get("seed") else []
+    return f"{run['method']} ({', '.join(extra)})" if extra else run["method"]
+
+
+def warning_lines(runs) -> list[str]:
+    """Each run's failure, and each distinct warning once with the runs that gave it."""
+    out, seen = [], {}
+    for run in runs:
+        if run.get("status") != "ok":
+            out += ["", f"**{run_label(run)}**: {run.get('message')}"]
+        for warning in run.get("warnings", []):
+            seen.setdefault(warning, []).append(run_label(run))
+    for warning, labels in seen.items():
+        who = labels[0] if len(labels) == 1 else f"{labels[0]} and {len(labels) - 1} more run(s)"
+        out += ["", f"Warning ({who}): {warning}"]
+    return out
+
+
 def final_metrics(run: dict) -> dict:
     return run["epochs"][-1].get("metrics", {}) if run["epochs"] else {}
 
@@ -114,7 +138,7 @@ def comparison_section(results: dict) -> list[str]:
     mu = c["mu"]
     return ["", "## Comparison over sweep points and seeds", "",
             f"Each row: one method at one sweep point, mean ± standard deviation over {results.get('seeds', 1)} "
-            f"unlearning seed(s) (the fine-tuned models are shared). ★ marks the method's Pareto front of {mu} "
+            f"unlearning seed(s) (the starting models are shared). ★ marks the method's Pareto front of {mu} "
             f"against FE (no other point of the same method is at least as good on both and better on one); ☆ the "
             f"front of {mu} against FQ.", "", md_table(*c["points"]),
             "", f"### Best {mu} at FE ≥ x (over the method's sweep points; – = never reached)", "",
@@ -225,7 +249,8 @@ def _overview(results: dict) -> list[str]:
     model, data = results.get("model", {}), results.get("data", {})
     out = [f"Model: {model.get('kind', '?')} ({model.get('parameters', 0):,} parameters). "
            f"Forget set: {data.get('forget', '?')} QA pairs; retain set: {data.get('retain', '?')}. "
-           f"Seed {results.get('seed')}, size `{results.get('size')}`."]
+           f"Seed {results.get('seed')}"
+           + (f", size `{results.get('size')}`." if results.get("size") != "own" else ".")]
     if known := data.get("known_share"):
         out.append("Answered correctly before unlearning (whole-word match): "
                    + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in known.items())
@@ -260,18 +285,13 @@ def _methods_section(results: dict) -> list[str]:
         rows.append([f"*{name} model*", "–", "reference", 0, *[m.get(k) for k in summary], None, None, None])
     for run in results.get("runs", []):
         m, c = final_metrics(run), run.get("cost", {})
-        rows.append([run["method"], run.get("params", "full"), run.get("status", "ok"),
+        rows.append([method_cell(run), run.get("params", "full"), run.get("status", "ok"),
                      run["epochs"][-1]["epoch"] if run["epochs"] else 0, *[m.get(k) for k in summary],
                      c.get("wall_time_s"), c.get("flops"), c.get("trainable_percent")])
     out.append(md_table(header, rows))
     out += ["", "Goals: " + ", ".join(f"{k} {goal_mark(k, results.get('set_roles'))}" for k in summary)
             + " (`lethe metrics` describes each metric)."]
-    for run in results.get("runs", []):
-        if run.get("status") != "ok":
-            out += ["", f"**{run['method']}**: {run.get('message')}"]
-        for warning in run.get("warnings", []):
-            out += ["", f"Warning ({run['method']}): {warning}"]
-    return out
+    return out + warning_lines(results.get("runs", []))
 
 
 def _per_set_section(results: dict) -> list[str]:

@@ -81,6 +81,7 @@ class Scenario:
     fingerprint: tuple[str, ...] = ()
     check: Callable[[dict, str], dict] | None = None
     parse_spec: Callable[[str], tuple] = parse_run_spec
+    demo: bool = True                    # offered by `lethe demo --scenario` (own-data runs through `lethe bench`)
 
 
 def apply_requests(model, requests: Sequence[Any], unlearn_one: Callable[[Any, int, Any], tuple[Any, dict]]):

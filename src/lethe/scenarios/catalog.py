@@ -7,6 +7,7 @@ from .continual import CONTINUAL
 from .copyright import COPYRIGHT
 from .fictitious import FICTITIOUS
 from .memorized import MEMORIZED
+from .own_data import OWN_DATA
 from .real_world import REAL_WORLD
 
 
@@ -20,10 +21,14 @@ class ScenarioRegistry(Registry[Scenario]):
     def recorded_names(self) -> list[str]:
         return [self._items[key].name for key in self]
 
+    def demos(self) -> list[str]:
+        """The keys `lethe demo --scenario` offers: the scenarios that build their own data."""
+        return [key for key in self if self._items[key].demo]
+
     def get(self, name: str) -> Scenario:
         return self.recorded(name) or super().get(name)
 
 
 SCENARIOS = ScenarioRegistry("scenario")
-for _sc in (FICTITIOUS, MEMORIZED, CONTINUAL, COPYRIGHT, REAL_WORLD):
+for _sc in (FICTITIOUS, MEMORIZED, CONTINUAL, COPYRIGHT, REAL_WORLD, OWN_DATA):
     SCENARIOS.add(_sc.key, _sc)

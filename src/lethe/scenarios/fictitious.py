@@ -10,14 +10,13 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 from ..data.records import QARecord
 from ..data.synthetic import FORGET_PERCENTS, AuthorsDataset, generate_authors
 from ..engine.loop import TrainConfig
 from ..evaluation.suite import EvalSet
-from ..reports.comparison import point_label
-from . import Cell, Context, Scenario, attack_model, check_attacks, console as make_console, parse_run_spec, run_dir_for
+from . import Cell, Context, Scenario, attack_model, check_attacks, console as make_console, parse_run_spec
+from .grid import METHOD_SWEEP, TRAIN_SWEEP, check_sweep, grid_cells
 
 NAME = "fictitious-authors"
 VERSION = 2  # 2: held-out authors, membership inference (AUC, PrivLeak, KS p) per epoch
@@ -97,52 +96,6 @@ def tokenizer_corpus(data: AuthorsDataset) -> list[str]:
 DEMO_METHODS = ("GA", "GA+GD", "GA+KL", "NPO+GD", "NPO+KL", "ME+GD", "DPO+GD", "DPO+KL", "IDK+GD", "IDK+AP",
                 "IHL+GD", "FLAT-KL", "SimNPO+GD", "RMU(alpha=10)", "WGA+GD", "SatImp+GD", "UNDIAL+GD", "CEU+GD",
                 "PDU(warmup_epochs=1)", "AltPO+GD", "IHL+GD@lora", "IHL+GD@fila")
-
-
-def grid(methods: Sequence[str], params: Sequence[str] = ("full",), ranks: Sequence[int] = ()) -> list[str]:
-    """Run specs for every method x parameterisation (x rank, for LoRA/FILA)."""
-    specs = []
-    for m in methods:
-        for p in params:
-            if p == "full" or not ranks:
-                specs.append(f"{m}@{p}")
-            else:
-                specs += [f"{m}@{p}:r{r}" for r in ranks]
-    return specs
-
-
-TRAIN_SWEEP = ("lr", "epochs", "warmup_epochs", "weight_decay", "max_grad_norm", "retain_per_forget", "batch_size")
-METHOD_SWEEP = ("alpha", "gamma")
-
-
-def check_sweep(sweep: dict, base) -> dict:
-    """{name: [values]} checked before any work: known names, numeric values in their declared ranges."""
-    from ..core import MethodConfig
-    from ..util.errors import LetheError
-
-    out = {}
-    for name, values in sweep.items():
-        key = name.replace("-", "_")
-        if key not in TRAIN_SWEEP + METHOD_SWEEP:
-            raise LetheError(f"--sweep: cannot sweep '{name}'; expected one of {', '.join(TRAIN_SWEEP + METHOD_SWEEP)}")
-        if not values:
-            raise LetheError(f"--sweep {name}: no values")
-        for v in values:  # each value must make a valid config (ranges declared once, in the configs)
-            replace(base, **{key: v}) if key in TRAIN_SWEEP else MethodConfig("GA", **{key: v})
-        out[key] = list(values)
-    return out
-
-
-def cells(specs, sweep: dict, seeds: int):
-    """(spec, sweep point, seed index) for every cell of the grid, in a stable order."""
-    import itertools
-
-    keys = sorted(sweep)
-    points = [dict(zip(keys, combo)) for combo in itertools.product(*(sweep[k] for k in keys))] or [{}]
-    for spec in specs:
-        for point in points:
-            for s in range(seeds):
-                yield spec, point, s
 
 
 def prepare_models(out: Path, size: str, seed: int, forget_percent: int, *, resume: bool, progress: bool):
@@ -231,18 +184,8 @@ def _prepare(ctx: Context) -> Prepared:
 
 def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
     """Every method x parameterisation x sweep point x seed."""
-    settings, seeds = SETTINGS[ctx.size], ctx.options["seeds"]
-    out = []
-    for spec, point, s in cells(ctx.runs, ctx.options["sweep"], seeds):
-        method, kind, rank = parse_run_spec(spec)
-        rank = rank or settings.lora_rank
-        suffix = f"-r{rank}" if kind != "full" and rank != settings.lora_rank else ""
-        suffix += "".join(f"-{k}{v:g}" for k, v in sorted(point.items())) + (f"-s{s}" if seeds > 1 else "")
-        label = (f"unlearning with {method} ({kind})" + (f", {point_label(point)}" if point else "")
-                 + (f", seed {s}" if seeds > 1 else ""))
-        out.append(Cell(spec, run_dir_for(ctx.out, method, kind, suffix), label,
-                        {"spec": spec, "sweep": point, "seed": s, "attacks": sorted(ctx.options["attacks"] or ())}))
-    return out
+    return grid_cells(ctx.out, ctx.runs, ctx.options["sweep"], ctx.options["seeds"],
+                      default_rank=SETTINGS[ctx.size].lora_rank, attacks=ctx.options["attacks"])
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:

@@ -52,6 +52,21 @@ def run_scenario(scenario: str | Scenario, *, out, size: str, seed: int = 0, run
         return _run(sc, ctx)
 
 
+def attacks_differ(previous: dict, asked) -> bool:
+    """Whether a finished cell lacks an attack asked for now, or ran it with other options (a cell that failed has
+    none to compare and is kept)."""
+    import json
+
+    if not asked or previous.get("status", "ok") != "ok":
+        return False
+    done = previous.get("attacks") or {}
+
+    def same(a, b) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    return any(name not in done or not same(done[name].get("options"), options) for name, options in asked.items())
+
+
 def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
@@ -68,8 +83,8 @@ def _run(sc: Scenario, ctx: Context) -> dict:
     records, grid_start = [], time.perf_counter()
     for i, cell in enumerate(cells):
         previous = finished(cell.run_dir, ctx.resume)
-        if previous is not None and not set((cell.info or {}).get("attacks", ())) <= set(previous.get("attacks") or {}):
-            previous = None  # finished before these attacks were asked for: run again, with them
+        if previous is not None and attacks_differ(previous, ctx.options.get("attacks")):
+            previous = None  # finished before these attacks, or these attack options, were asked for: run again
         if previous is not None:
             records.append(previous)
             console.print(f"[dim]{cell.label}: already done, reusing {cell.run_dir / 'run.json'}[/dim]")
