@@ -9,7 +9,16 @@ import pytest
 import torch
 
 import lethe
-from lethe.attacks import ATTACKS, parse_attacks, quantize_rtn, relearn_split, robustness_q, robustness_r, run_attacks
+from lethe.attacks import (
+    ATTACKS,
+    parse_attacks,
+    quantize_rtn,
+    recovery,
+    relearn_split,
+    robustness_q,
+    robustness_r,
+    run_attacks,
+)
 from lethe.util.errors import LetheError
 
 
@@ -63,6 +72,10 @@ def test_options_are_checked_before_any_work():
             parse_attacks(text, opts)
     assert robustness_q(0.5, 0.5) == 1.0 and robustness_q(0.2, 0.6) == pytest.approx(0.5)
     assert robustness_r(0.3, 0.3) == 1.0 and robustness_r(0.4, 0.0) == 0.0
+    assert recovery(0.2, 0.5, 0.8) == pytest.approx(0.5) and recovery(-3.0, -2.0, -1.0) == pytest.approx(0.5)
+    # a model that did not forget this metric (gap under 5 % of the values) has nothing to recover: no ratio
+    # of noise over almost nothing (RMU at P 0.9970 against the target's 0.9974 once read as -1378)
+    assert recovery(0.9970, 0.044, 0.9974) is None and recovery(0.0, 0.1, 0.0) is None
     train, held = relearn_split(list(range(10)), 0.5, 0)
     assert len(train) == 5 and sorted(train + held) == list(range(10)) and relearn_split(list(range(10)), 0.5,
                                                                                          0)[0] == train

@@ -21,7 +21,7 @@ from . import logit_lens, probe, prompts, quantize, relearn, relearn_related  # 
 from .base import ATTACKS, Attack, Attacked
 from .quantize import quantize_rtn
 from .relearn import relearn_split
-from .run import attack, describe, parse_attacks, robustness_q, robustness_r, run_attacks
+from .run import attack, describe, parse_attacks, recovery, robustness_q, robustness_r, run_attacks
 
-__all__ = ["ATTACKS", "Attack", "Attacked", "attack", "describe", "parse_attacks", "quantize_rtn", "relearn_split",
-           "robustness_q", "robustness_r", "run_attacks"]
+__all__ = ["ATTACKS", "Attack", "Attacked", "attack", "describe", "parse_attacks", "quantize_rtn", "recovery",
+           "relearn_split", "robustness_q", "robustness_r", "run_attacks"]

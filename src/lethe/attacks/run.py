@@ -28,6 +28,20 @@ def parse_attacks(text: str | Sequence[str], options: Mapping[str, Mapping[str, 
     return out
 
 
+# Below this share of the larger of the two values, the unlearned model did not measurably move away from the
+# target on this metric, and a share of that gap recovered would be noise divided by almost nothing.
+MIN_GAP = 0.05
+
+
+def recovery(unlearned: float, attacked: float, target: float) -> float | None:
+    """(m_attacked − m_unlearned) / (m_target − m_unlearned); None when the gap is under :data:`MIN_GAP` of the
+    larger value (nothing was forgotten on this metric, so nothing can be recovered)."""
+    gap = target - unlearned
+    if abs(gap) <= MIN_GAP * max(abs(target), abs(unlearned)) or abs(gap) < 1e-12:
+        return None
+    return (attacked - unlearned) / gap
+
+
 def robustness_q(before: float, after: float) -> float:
     denom = abs(before) + abs(after)
     return 1.0 if denom == 0 else 1.0 - abs(after - before) / denom
@@ -81,8 +95,7 @@ def run_attacks(model, forget: Sequence, attacks: Mapping[str, Mapping[str, Any]
                 row["beyond_control"] = row["change"] - row["retain_change"]
             if target is not None:
                 row["target"] = target[m]
-                gap = target[m] - before[m]
-                row["recovery"] = row["change"] / gap if abs(gap) > 1e-12 else None
+                row["recovery"] = recovery(before[m], after[m], target[m])
             if attack.robustness == "Q":
                 row["Q"] = robustness_q(before[m], after[m])
             elif control is not None:

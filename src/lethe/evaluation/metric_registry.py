@@ -227,18 +227,71 @@ declare(Metric("BLEU", "sentence BLEU of the greedy continuation of an excerpt's
                roles=("forget",), higher_is_better=None, default=False, compute=M.bleu))
 
 # -- across sets
+# -- summary metrics: compute(inputs: SummaryInputs) -> (value, the keys it was built from) or None when the
+#    evaluation lacks what it needs (no utility set for MU, no retain model for FQ): never a 0/0.
+
+@dataclass(frozen=True)
+class SummaryInputs:
+    """What a summary metric reads: the evaluation's metrics so far, each set's role, the per-item values, and
+    the retain model's forget truth ratios (FQ's reference) when given."""
+
+    metrics: dict
+    roles: dict
+    per_item: dict
+    retain_model_tr: Sequence[float] | None = None
+
+    def sets(self, *roles: str) -> list[str]:
+        return [name for name, role in self.roles.items() if role in roles]
+
+
+MU18_PARTS = ("ROUGE", "P", "TR", "TE", "CS", "ES")
+FE_PARTS = ("ROUGE", "P", "TR_closer", "CS", "ES")  # TE is left out (closer-look)
+
+
+def _mu_keys(inp: SummaryInputs) -> list[str] | None:
+    """TOFU's nine (three per set) MU values, or None unless every one of them was scored."""
+    keys = [f"{s}/{k}" for s in inp.sets("retain", "utility") for k in ("ROUGE", "P", "TR")]
+    return keys if keys and all(k in inp.metrics for k in keys) else None
+
+
+def _model_utility(inp: SummaryInputs):
+    keys = _mu_keys(inp)
+    return (M.harmonic_mean([inp.metrics[k] for k in keys]), keys) if keys else None
+
+
+def _closer_look_utility(inp: SummaryInputs):
+    keys = [f"{s}/{k}" for s in inp.sets("retain", "utility") for k in MU18_PARTS if f"{s}/{k}" in inp.metrics]
+    return (M.harmonic_mean([inp.metrics[k] for k in keys]), keys) if _mu_keys(inp) and keys else None
+
+
+def _forget_efficacy(inp: SummaryInputs):
+    forget = next(iter(inp.sets("forget")), None)
+    if forget is None or not all(f"{forget}/{k}" in inp.metrics for k in ("ROUGE", "P", "TR_closer")):
+        return None
+    keys = [f"{forget}/{k}" for k in FE_PARTS if f"{forget}/{k}" in inp.metrics]
+    return 1.0 - M.mean([inp.metrics[k] for k in keys]), keys
+
+
+def _forget_quality(inp: SummaryInputs):
+    forget = next(iter(inp.sets("forget")), None)
+    values = inp.per_item.get(f"{forget}/TR_values") if forget is not None else None
+    if inp.retain_model_tr is None or not values:
+        return None
+    return M.forget_quality(values, inp.retain_model_tr), None
+
+
 declare(Metric("MU", "model utility: harmonic mean of ROUGE, P and TR over the retain and utility sets", "summary",
                requires=("ROUGE", "P", "TR"), roles=("retain", "utility"), aggregation="harmonic mean",
-               knowledge=False))
+               knowledge=False, compute=_model_utility))
 declare(Metric("MU18", "closer-look utility: harmonic mean of ROUGE, P, TR, TE, CS, ES over the retain and utility "
                "sets (those available)", "summary", requires=("ROUGE", "P", "TR", "TE"), roles=("retain", "utility"),
-               aggregation="harmonic mean", knowledge=False))
+               aggregation="harmonic mean", knowledge=False, compute=_closer_look_utility))
 declare(Metric("FE", "forget efficacy: 1 - mean of the forget set's ROUGE, P, TR_closer, CS, ES (those available)",
                "summary", requires=("ROUGE", "P", "TR_closer"), roles=("forget",), aggregation="1 - mean",
-               knowledge=False))
+               knowledge=False, compute=_forget_efficacy))
 declare(Metric("FQ", "forget quality: KS-test p-value of the forget truth ratios against the retain model's",
                "summary", needs=("retain_model",), requires=("TR",), roles=("forget",), aggregation="KS p-value",
-               knowledge=False))
+               knowledge=False, compute=_forget_quality))
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,19 @@ from ..data.sources import load_records
 from ..util.errors import LetheError
 from ..util.log import get as get_logger
 from . import metrics as M
-from .metric_registry import GENERATING, METRICS, ROLES, SCORED_ROLES, Metric, Selection, select_metrics, unmet
+from .metric_registry import (
+    GENERATING,
+    METRICS,
+    ROLES,
+    SCORED_ROLES,
+    Metric,
+    Selection,
+    SummaryInputs,
+    select_metrics,
+    unmet,
+)
 from .requests import ModelRequests
 
-MU9_METRICS = METRICS.get("MU").requires  # ROUGE, P, TR of every retain and utility set
-MU18_METRICS = ("ROUGE", "P", "TR", "TE", "CS", "ES")
-FE_METRICS = ("ROUGE", "P", "TR_closer", "CS", "ES")  # TE is excluded (closer-look)
 LOG = get_logger("evaluation")
 
 
@@ -352,33 +359,22 @@ def _text_metric(metric: Metric, requests: ModelRequests, verbmem_texts, prefix:
 
 
 def aggregate(result: EvalResult, *, retain_model_tr: Sequence[float] | None = None) -> None:
-    """Add the selected summaries in place: MU (TOFU: ROUGE, P, TR of every retain and utility set), MU18
-    and FE (closer-look, over the metrics available) and, given the retain model's values, FQ.
+    """Add the selected summary metrics in place (MU, MU18, FE and, given the retain model's values, FQ), each
+    computed by its declaration in the metric registry from the per-set values.
 
     ``result.aggregates_over`` lists what each averaged: with no NLI model, for example, MU18 is a harmonic
     mean of 15 values and FE a mean of 4, and the report says so.
     """
     selection = result.selection or select_metrics()
-    if selection.explicit and "FQ" in selection and retain_model_tr is None:
-        raise LetheError("--metrics: FQ needs " + unmet(METRICS.get("FQ"), set())[0])
-    m = result.metrics
-    utility = [name for name, role in result.roles.items() if role in ("retain", "utility")]
-    forget = next((name for name, role in result.roles.items() if role == "forget"), None)
-    mu_keys = [f"{s}/{k}" for s in utility for k in MU9_METRICS]
-    has_mu = bool(mu_keys) and all(k in m for k in mu_keys)  # no utility set: no MU (never a 0/0)
-    if "MU" in selection and has_mu:
-        m["MU"] = M.harmonic_mean([m[k] for k in mu_keys])
-        result.aggregates_over["MU"] = mu_keys
-    mu18 = [f"{s}/{k}" for s in utility for k in MU18_METRICS if f"{s}/{k}" in m]
-    if "MU18" in selection and has_mu and mu18:
-        m["MU18"] = M.harmonic_mean([m[k] for k in mu18])
-        result.aggregates_over["MU18"] = mu18
-    if forget is None:
-        return
-    fe_keys = [f"{forget}/{k}" for k in FE_METRICS if f"{forget}/{k}" in m]
-    if "FE" in selection and all(f"{forget}/{k}" in m for k in METRICS.get("FE").requires):
-        m["FE"] = 1.0 - M.mean([m[k] for k in fe_keys])
-        result.aggregates_over["FE"] = fe_keys
-    tr = result.per_item.get(f"{forget}/TR_values")
-    if "FQ" in selection and retain_model_tr is not None and tr:
-        m["FQ"] = M.forget_quality(tr, retain_model_tr)
+    available = {"retain_model"} if retain_model_tr is not None else set()
+    inputs = SummaryInputs(result.metrics, result.roles, result.per_item, retain_model_tr)
+    for metric in (METRICS.get(name) for name in METRICS.in_order()):
+        if metric.scope != "summary" or metric.name not in selection:
+            continue
+        if selection.explicit and set(metric.needs) - available:  # named by the user: an unmet need is an error
+            raise LetheError(f"--metrics: {metric.name} needs " + unmet(metric, available)[0])
+        computed = metric.compute(inputs)
+        if computed is not None:
+            result.metrics[metric.name], over = computed
+            if over is not None:
+                result.aggregates_over[metric.name] = over

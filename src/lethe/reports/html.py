@@ -31,7 +31,7 @@ h1{font-size:1.6rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid
 h3{font-size:1.05rem}table{border-collapse:collapse;font-size:.82rem;margin:.6rem 0 1.2rem}
 th,td{border:1px solid #d0d0d0;padding:.25rem .5rem;text-align:right}th{background:#f3f3f5}
 td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:.9rem}
-.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{max-width:100%;border:1px solid #eee}
+.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{border:1px solid #eee}img{max-width:100%;height:auto}
 .sample{font-size:.85rem;margin:.4rem 0 1rem;padding:.5rem;background:#fafafa;border-left:3px solid #aac}
 .bad{color:#b00}"""
 
@@ -157,6 +157,9 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
     return _png(fig)
 
 
+PANELS_PER_ROW = 3
+
+
 @_figure
 def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: dict | None = None,
                     xlabel: str = "epoch", goal: dict | None = None, goal_label: str = "goal"):
@@ -167,8 +170,17 @@ def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.3 * len(keys), 3.6), num=title, squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    # at most three panels a row: a page (and a printed column) stays readable at any number of metrics
+    ncols = min(PANELS_PER_ROW, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    from matplotlib.ticker import MaxNLocator
+
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.3 * nrows + 0.5), num=title, squeeze=False,
+                             layout="constrained")
+    axes = list(grid.flat)
+    for ax in axes[len(keys):]:
+        ax.set_visible(False)
+    for ax, key in zip(axes, keys):
         for i, run in enumerate(results.get("runs", [])):
             pts = _series(run, key)
             if pts:
@@ -184,14 +196,15 @@ def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: d
         ax.set_title(key, fontsize=10)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and requests are whole numbers
         ax.grid(alpha=0.3)
     named: dict = {}  # one legend for all panels: a line drawn in some panels only is still named
-    for ax in axes[0]:
+    for ax in axes[: len(keys)]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             named.setdefault(label, handle)
     if named:
-        axes[0][-1].legend(list(named.values()), list(named), fontsize=8, loc="center left",
-                           bbox_to_anchor=(1.02, 0.5), frameon=False)
+        fig.legend(list(named.values()), list(named), fontsize=8, loc="outside lower center",
+                   ncols=min(3, len(named)), frameon=False)
     fig.suptitle(title, fontsize=11)
     return _png(fig)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..util.errors import LetheError
-from .markdown import ATTACK_HEADER, attack_rows, fmt_value, goal_mark, md_table, run_label
+from .markdown import ATTACK_HEADER, attack_rows, degenerate_notes, fmt_value, goal_mark, md_table, run_label
 
 # shown first when present, in this order; every other scalar metric follows
 LEAD = ("MU", "MU18", "FE", "FQ", "forget/P", "forget/ROUGE", "forget/TR", "forget/ExtractionStrength", "forget/EM",
@@ -49,14 +49,25 @@ def before_after(run: dict) -> list[list]:
             if _scalar(first[k]) and _scalar(last[k])]
 
 
+def side_by_side(runs: Sequence[dict]) -> tuple[list[str], list[list]]:
+    """(header, rows): the lead metrics of every run's final epoch."""
+    keys = [k for k in LEAD if any(r["epochs"] and k in r["epochs"][-1].get("metrics", {}) for r in runs)]
+    rows = [[run_label(r), *[r["epochs"][-1].get("metrics", {}).get(k) if r["epochs"] else None for k in keys]]
+            for r in runs]
+    return ["run", *[f"{k} {goal_mark(k)}" for k in keys]], rows
+
+
+def notes(runs: Sequence[dict]) -> list[str]:
+    """Why an aggregate is 0, read from each run's own record of what it averaged."""
+    over = next((r.get("aggregates_over") for r in runs if r.get("aggregates_over")), {})
+    return degenerate_notes({"runs": list(runs), "aggregates_over": over})
+
+
 def render_markdown(runs: Sequence[dict]) -> str:
     lines = ["# Lethe report", ""]
     if len(runs) > 1:
-        keys = [k for k in LEAD if any(r["epochs"] and k in r["epochs"][-1].get("metrics", {}) for r in runs)]
-        rows = [[run_label(r), *[r["epochs"][-1].get("metrics", {}).get(k) if r["epochs"] else None for k in keys]]
-                for r in runs]
-        lines += ["## Runs side by side (final epoch)", "",
-                  md_table(["run", *[f"{k} {goal_mark(k)}" for k in keys]], rows), ""]
+        lines += ["## Runs side by side (final epoch)", "", md_table(*side_by_side(runs)), ""]
+    lines += [f"> {note}\n" for note in notes(runs)]
     for r in runs:
         last = r["epochs"][-1]["epoch"] if r["epochs"] else 0
         lines += [f"## {run_label(r)}", "", f"Run directory: `{Path(r['directory']).name}`; status {r.get('status')}; "
@@ -78,6 +89,9 @@ def render_html(runs: Sequence[dict]) -> str:
 
     sections = []
     results = {"runs": runs}
+    if len(runs) > 1:
+        sections.append("<h2>Runs side by side (final epoch)</h2>" + html_table(*side_by_side(runs)))
+    sections += [f"<p class='note'>{html.escape(note)}</p>" for note in notes(runs)]
     keys = [k for k in PLOTTED if any(k in e.get("metrics", {}) for r in runs for e in r["epochs"])]
     if keys:
         sections.append(per_epoch_plot(results, keys, "Per epoch"))
