@@ -76,6 +76,7 @@ def test_options_are_checked_before_any_work():
     # a model that did not forget this metric (gap under 5 % of the values) has nothing to recover: no ratio
     # of noise over almost nothing (RMU at P 0.9970 against the target's 0.9974 once read as -1378)
     assert recovery(0.9970, 0.044, 0.9974) is None and recovery(0.0, 0.1, 0.0) is None
+    assert recovery(-0.0040, -0.0039, -0.0035) is None  # near 0 (a log-probability of a sure answer) too
     train, held = relearn_split(list(range(10)), 0.5, 0)
     assert len(train) == 5 and sorted(train + held) == list(range(10)) and relearn_split(list(range(10)), 0.5,
                                                                                          0)[0] == train
