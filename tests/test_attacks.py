@@ -411,12 +411,18 @@ def test_the_fictitious_demo_attacks_every_unlearned_model_and_reports_it(tmp_pa
     entry = results["runs"][0]["attacks"]["in-context"]
     assert entry["options"]["shots"] == 2 and {"retain_change", "recovery", "Q"} <= set(entry["metrics"]["P"])
     assert "## Attacks: does the forgetting hold?" in (out / "report.md").read_text()
-    assert "Attacks: does the forgetting hold?" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "Attacks: does the forgetting hold?" in page and 'alt="Attacks: forget metric before and after"' in page
     # asking for another attack later runs the finished cell again, with both
     with pytest.raises(SystemExit) as e:
         main(argv[:7] + ["in-context,logit-lens"] + argv[8:])
     assert e.value.code == 0, capsys.readouterr().err
     assert set(json.loads((out / "results.json").read_text())["runs"][0]["attacks"]) == {"in-context", "logit-lens"}
+    # the same attacks with another option run it again too (never a stale score under a new option)
+    with pytest.raises(SystemExit) as e:
+        main(argv[:9] + ["in-context.shots=1"] + argv[10:])
+    assert e.value.code == 0, capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["runs"][0]["attacks"]["in-context"]["options"]["shots"] == 1
     for bad, expected in ((["--attacks", "quantise"], "Did you mean 'quantize'"),
                           (["--attack-opt", "quantize.bits=4"], "--attack-opt given without --attacks"),
                           (["--scenario", "memorized", "--attacks", "quantize"], "has no option attacks"),

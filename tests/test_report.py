@@ -63,7 +63,8 @@ def test_report_on_an_unlearn_run_of_your_own(tokenizer, smoke_data, tmp_path, c
     assert "Runs side by side" in md and "| forget/P |" in md and "### Attacks" in md and "quantize" in md
     assert "GA+GD (full)" in md and "NPO+GD (full)" in md
     page = (tmp_path / "rep" / "report.html").read_text()
-    assert page.count("data:image/png;base64") >= 1 and "<table>" in page
+    assert page.count("data:image/png;base64") >= 2 and "<table>" in page
+    assert 'alt="Attacks: forget metric before and after"' in page  # the attacked run's figure
     with pytest.raises(SystemExit) as e:  # every figure also as vector files for a paper
         main(["--quiet", "report", str(tmp_path / "a"), "--out", str(tmp_path / "rep2"), "--figures-dir",
               str(tmp_path / "figs"), "--figure-format", "pdf,svg"])

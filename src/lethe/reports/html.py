@@ -209,6 +209,59 @@ def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: d
     return _png(fig)
 
 
+ATTACK_METRIC = {"logit-lens": "lens_logp", "probe": "pick_true"}  # what a probe's panel shows; P for the others
+
+
+@_figure
+def attack_plot(runs: Sequence[dict]) -> str:
+    """A panel per attack: each run's forget metric unlearned (light) and attacked (dark), the target model's
+    value (black) and the retain model's under the same attack (gold, dashed): the control."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    attacked = [r for r in runs if r.get("attacks")]
+    names = list(dict.fromkeys(a for r in attacked for a in r["attacks"]))
+    if not names:
+        return ""
+    ncols = min(PANELS_PER_ROW, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    width = max(4.3, 0.45 * len(attacked) + 1.5)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows + 0.6), squeeze=False,
+                             num="Attacks: forget metric before and after", layout="constrained")
+    axes = list(grid.flat)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes, names):
+        rows = [(run_label(r), r["attacks"][name]["metrics"]) for r in attacked if name in r["attacks"]]
+        metric = ATTACK_METRIC.get(name, "P") if all(ATTACK_METRIC.get(name, "P") in m for _, m in rows) else \
+            next(iter(rows[0][1]))
+        values = [m[metric] for _, m in rows]
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], [v["unlearned"] for v in values], 0.4, color="#9ecae1", label="unlearned")
+        ax.bar([x + 0.2 for x in xs], [v["attacked"] for v in values], 0.4, color="#08519c", label="attacked")
+        target = next((v["target"] for v in values if v.get("target") is not None), None)
+        control = next((v["retain_attacked"] for v in values if v.get("retain_attacked") is not None), None)
+        if target is not None:
+            ax.axhline(target, color="black", lw=1, label="target model")
+        if control is not None:
+            ax.axhline(control, color="goldenrod", ls="--", lw=1.2, label="retain model, attacked")
+        ax.set_xticks(list(xs), [label for label, _ in rows], rotation=35, ha="right", fontsize=7)
+        ax.set_title(f"{name}: forget {metric}", fontsize=10)
+        ax.set_ylabel(f"forget {metric}")
+        ax.yaxis.set_major_locator(MaxNLocator(6))
+        ax.grid(axis="y", alpha=0.3)
+    handles: dict = {}
+    for ax in axes[: len(names)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside lower center",
+               ncols=len(handles), frameon=False)
+    return _png(fig)
+
+
 # Above this many runs one panel per metric is unreadable: small multiples take over (a panel per method).
 SMALL_MULTIPLES_AFTER = 12
 
@@ -384,7 +437,7 @@ def section(results: dict, source: str, summary) -> str:
     parts.append("<h3>Final epoch</h3>" + table)
     if rows := attack_table_rows(results):
         parts.append(f"<h3>Attacks: does the forgetting hold?</h3><p class='note'>{html.escape(ATTACKS_NOTE)}</p>"
-                     + html_table(["run", *ATTACK_HEADER], rows))
+                     + attack_plot(results.get("runs", [])) + html_table(["run", *ATTACK_HEADER], rows))
     from .markdown import STOPPING_HEADER, STOPPING_TESTS, stopping_rows
 
     for test, how in STOPPING_TESTS:

@@ -85,7 +85,7 @@ def render_markdown(runs: Sequence[dict]) -> str:
 
 
 def render_html(runs: Sequence[dict]) -> str:
-    from .html import html_table, per_epoch_plot, render_page
+    from .html import attack_plot, html_table, per_epoch_plot, render_page
 
     sections = []
     results = {"runs": runs}
@@ -101,7 +101,7 @@ def render_html(runs: Sequence[dict]) -> str:
         if rows:
             body += html_table(["metric", "before", "after", "change", "goal"], rows)
         if r.get("attacks"):
-            body += "<h3>Attacks</h3>" + html_table(ATTACK_HEADER, attack_rows(r))
+            body += "<h3>Attacks</h3>" + attack_plot([r]) + html_table(ATTACK_HEADER, attack_rows(r))
         sections.append(body)
     return render_page(sections)
 
