@@ -447,3 +447,45 @@ def test_continual_unlearning_attacks_the_model_after_the_last_request(tmp_path,
     assert entry["records"] == forgotten - round(0.5 * forgotten)  # every author forgotten, the asked half
     assert "retain_change" in entry["metrics"]["P"]  # the last request's retain model is the control
     assert "## Attacks: does the forgetting hold?" in (out / "report.md").read_text()
+
+
+def test_memorized_canaries_are_attacked_by_weight_attacks_scored_by_el_and_ma(tmp_path, capsys):
+    """The text scenarios take the attacks that change weights; the control is the model that never saw the canaries."""
+    from lethe.cli.commands import main
+
+    out = tmp_path / "mem"
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "demo", "--scenario", "memorized", "--size", "smoke", "--methods", "GA+GD@full",
+              "--attacks", "quantize,relearn", "--attack-opt", "relearn.lr=1e-3", "--out", str(out)])
+    assert e.value.code == 0, capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    attacks = results["runs"][0]["attacks"]
+    assert set(attacks) == {"quantize", "relearn"}
+    for entry in attacks.values():
+        assert set(entry["metrics"]) == {"EL10", "MA"}
+        assert {"retain_change", "target"} <= set(entry["metrics"]["MA"])  # the control and full recovery
+    assert attacks["relearn"]["records"] == 4  # half of the 8 canaries relearned, the other half scored
+    assert "## Attacks: does the forgetting hold?" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit) as e:
+        main(["--quiet", "demo", "--scenario", "copyright", "--size", "smoke", "--attacks", "quantize,paraphrase",
+              "--out", str(tmp_path / "cp")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "'paraphrase' asks the forget set's questions" in err and "relearn-related" in err
+    assert not (tmp_path / "cp").exists()
+
+
+def test_text_excerpts_are_scored_by_their_continuations_under_an_attack(tokenizer, tiny_model):
+    from lethe.data.prompt import as_prompter
+    from lethe.data.records import TextRecord
+    from lethe.scenarios.copyright import continuation_scorer
+
+    texts = ["Anna walked to the river and sat under the old willow tree for a while.",
+             "The author wrote three novels about the sea before turning to poetry in Lisbon."]
+    records = [TextRecord(token_ids=tuple(tokenizer(t, add_special_tokens=False)["input_ids"])) for t in texts]
+    score = continuation_scorer(tokenizer, verbmem_prefix=4, verbmem_tokens=6)
+    base = score(tiny_model, records)
+    assert set(base) == {"BLEU", "ROUGE", "VerbMem"} and all(v >= 0 for v in base.values())
+    out = run_attacks(tiny_model, records, parse_attacks("quantize", {"quantize": {"bits": 2}}, records="text"),
+                      prompter=as_prompter(tokenizer), metrics=None, score=score, target_model=tiny_model)
+    row = out["attacks"]["quantize"]["metrics"]["ROUGE"]
+    assert row["unlearned"] == pytest.approx(base["ROUGE"]) and row["target"] == pytest.approx(base["ROUGE"])

@@ -35,6 +35,7 @@ class Attack:
     robustness: str = "Q"  # which meta-evaluation score applies: Q (a fixed transform) or R (training)
     needs: tuple[str, ...] = ()  # record fields every forget record must have (e.g. paraphrased_question)
     probe: Callable[..., tuple[dict, dict, Any]] | None = None
+    text: bool = False  # also applies to text sequences (it changes weights only; the caller scores the text)
 
     def options(self, given: Mapping[str, Any] | None = None) -> dict:
         """The attack's options with ``given`` applied: unknown names and wrong types are one-line errors."""

@@ -100,4 +100,5 @@ def _quantize(model, forget, options, context):
 ATTACKS.add("quantize", Attack(
     "quantize", "weight-only quantization of the decoder's linear layers (Zhang et al. 2025), dequantised: "
     "round-to-nearest, or bitsandbytes NF4/FP4 (method=nf4|fp4)",
-    {"bits": 4, "group": 128, "symmetric": True, "method": "rtn"}, _quantize, _check_quantize, robustness="Q"))
+    {"bits": 4, "group": 128, "symmetric": True, "method": "rtn"}, _quantize, _check_quantize, robustness="Q",
+    text=True))

@@ -57,4 +57,4 @@ def _relearn(model, forget, options, context):
 ATTACKS.add("relearn", Attack(
     "relearn", "fine-tune on a share of the forget records, score the rest (Deeb & Roger's split; MUSE's lr)",
     {"fraction": 0.5, "epochs": 3, "lr": 1e-5, "batch_size": 8, "seed": 0}, _relearn, _check_relearn,
-    robustness="R"))
+    robustness="R", text=True))

@@ -57,4 +57,4 @@ ATTACKS.add("relearn-related", Attack(
     "relearn-related", "fine-tune on related records, never the forget set (retain data or data=PATH), score "
     "every forget record (benign relearning)",
     {"data": "", "count": 0, "epochs": 3, "lr": 1e-5, "batch_size": 8, "seed": 0}, _relearn_related, _check,
-    robustness="R"))
+    robustness="R", text=True))

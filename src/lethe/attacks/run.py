@@ -10,9 +10,11 @@ from ..util.errors import LetheError
 from .base import ATTACKS, Attack
 
 
-def parse_attacks(text: str | Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
+def parse_attacks(text: str | Sequence[str], options: Mapping[str, Mapping[str, Any]] | None = None, *,
+                  records: str = "qa") -> dict:
     """``"quantize,relearn"`` and {attack: {option: value}} -> {attack: resolved options}, checked before any
-    model work (unknown attacks and options, out-of-range values, an attack named twice)."""
+    model work (unknown attacks and options, out-of-range values, an attack named twice, and with ``records="text"``
+    an attack that asks QA questions)."""
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     if not names:
         raise LetheError("--attacks: name at least one attack (available: " + ", ".join(ATTACKS.names()) + ")")
@@ -21,6 +23,10 @@ def parse_attacks(text: str | Sequence[str], options: Mapping[str, Mapping[str, 
         attack = ATTACKS.get(n)
         if attack.name in out:
             raise LetheError(f"--attacks: '{attack.name}' is named twice")
+        if records == "text" and not attack.text:
+            usable = ", ".join(a for a in ATTACKS.names() if ATTACKS.get(a).text)
+            raise LetheError(f"--attacks: '{attack.name}' asks the forget set's questions; on text sequences these "
+                             f"apply: {usable}")
         out[attack.name] = attack.options((options or {}).get(attack.name))
     for n in (options or {}):
         if ATTACKS.get(n).name not in out:

@@ -116,9 +116,10 @@ def _add_demo_parser(sub) -> None:
 
 def _add_scenario_attack_options(p) -> None:
     p.add_argument("--attacks", default=None, metavar="NAMES",
-                   help="fictitious, continual and real-world scenarios: attack every unlearned model (`lethe "
-                        "attacks` lists them), the retain model as the control (none in real-world) and the starting "
-                        "model as full recovery; results.json and the report get an Attacks table")
+                   help="attack every unlearned model (`lethe attacks` lists them), the retain model as the control "
+                        "(none in real-world) and the starting model as full recovery; results.json and the report "
+                        "get an Attacks table and figure. Memorized and copyright (text) take the weight attacks: "
+                        "quantize, relearn, relearn-related, scored by EL/MA and by BLEU/ROUGE-L/VerbMem")
     p.add_argument("--attack-opt", action="append", default=[], metavar="ATTACK.NAME=VALUE",
                    help="an attack's option (repeatable), e.g. relearn.epochs=5")
 

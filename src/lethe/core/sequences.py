@@ -14,6 +14,31 @@ from .preparation import prepare
 from .runs import finetune, unlearn
 
 
+def extraction_scores(model, tokenizer, sequences, el) -> tuple[float, float]:
+    """Mean EL_n and MA of token-id ``sequences``; every process scores its share and the means are gathered."""
+    from ..evaluation.metric_registry import METRICS
+    from ..evaluation.metrics import mean
+    from ..evaluation.sharding import shard_map
+
+    extraction_likelihood, memorization_accuracy = (METRICS.get(m).compute for m in ("EL", "MA"))
+    return (mean(shard_map(lambda s: extraction_likelihood(model, tokenizer, s, el=el), sequences)),
+            mean(shard_map(lambda s: memorization_accuracy(model, tokenizer, s), sequences)))
+
+
+def extraction_scorer(tokenizer, el=None):
+    """An attack's ``score(model, records)`` for text sequences: {"EL<n>": mean EL_n, "MA": mean MA}."""
+    from ..data.prompt import as_prompter
+    from ..evaluation.memorization import ELConfig
+
+    prompter, el = as_prompter(tokenizer), el or ELConfig()
+
+    def score(model, records) -> dict:
+        el_n, ma = extraction_scores(model, prompter.tokenizer, [prompter.text_token_ids(r) for r in records], el)
+        return {f"EL{el.n}": el_n, "MA": ma}
+
+    return score
+
+
 def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,
                          min_epochs: int = 1, thresholds=None, el=None, membership=None, retain_auc=None):
     """An ``epoch_hook`` for :func:`unlearn` applying the EL/MA stopping rule to text sequences.
@@ -30,22 +55,18 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
     from ..engine.stopping import ExtractionThresholds, should_stop
     from ..evaluation.memorization import ELConfig
     from ..evaluation.metric_registry import METRICS
-    from ..evaluation.metrics import mean
-    from ..evaluation.sharding import shard_map
 
     prompter = as_prompter(tokenizer)
     tokenizer = prompter.tokenizer
     el = el or ELConfig(n=n)
     n = el.n
-    extraction_likelihood, memorization_accuracy, perplexity = (METRICS.get(m).compute for m in ("EL", "MA", "PPL"))
+    perplexity = METRICS.get("PPL").compute
 
     def ids(records):
         return [prompter.text_token_ids(r) for r in records]
 
     def el_ma(mdl, sequences) -> tuple[float, float]:
-        # every process scores its share of the sequences; the gathered means drive the stopping rule
-        return (mean(shard_map(lambda s: extraction_likelihood(mdl, tokenizer, s, el=el), sequences)),
-                mean(shard_map(lambda s: memorization_accuracy(mdl, tokenizer, s), sequences)))
+        return extraction_scores(mdl, tokenizer, sequences, el)
 
     forget_ids = ids(forget)
     held_ids = ids(heldout) if heldout else None

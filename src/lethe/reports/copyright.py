@@ -1,7 +1,7 @@
 """The copyright scenario's report: FLAT's completion scores, VerbMem, PrivLeak and perplexity per run."""
 from __future__ import annotations
 
-from .markdown import final_metrics, fmt_value, goal_mark, md_table
+from .markdown import attacks_section, final_metrics, fmt_value, goal_mark, md_table
 
 COLUMNS = (("forget/BLEU", "BLEU"), ("forget/ROUGE", "ROUGE-L"), ("forget/VerbMem", "VerbMem"),
            ("mia/min_k_AUC", "Min-K% AUC"), ("mia/min_k_PrivLeak", "PrivLeak"),
@@ -55,6 +55,7 @@ def render_copyright_report(results: dict) -> str:
            "## Final epoch", ""]
     header, rows = summary_rows(results)
     out += [md_table(header, rows), ""]
+    out += attacks_section(results)
     out += ["## Per epoch", ""]
     for run in results.get("runs", []):
         rows = [[e["epoch"], e.get("losses", {}).get("forget"), *[e.get("metrics", {}).get(k) for k, _ in COLUMNS]]

@@ -387,6 +387,7 @@ def render_memorized_report(results: dict) -> str:
                      m.get("mia/min_k_PrivLeak"), c.get("flops"), c.get("wall_time_s")])
     out += [md_table(["method", "params", "trainable %", "epochs (✗ = unsuccessful)", *extraction_columns(),
                       "FLOPs", "time (s)"], rows), ""]
+    out += attacks_section(results)
     out += ["## Per epoch", ""]
     for run in results["runs"]:
         out += [f"### {run['method']} ({run['params']})", ""]

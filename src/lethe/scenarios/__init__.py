@@ -170,15 +170,15 @@ def scenario_dir(out, fingerprint: dict, *, resume: bool, command: str) -> Itera
         yield out
 
 
-def check_attacks(options: dict) -> dict:
+def check_attacks(options: dict, records: str = "qa") -> dict:
     """A scenario's ``attacks`` (names) and ``attack_options`` parsed before any work; the parsed attacks replace
-    the names."""
+    the names. ``records="text"``: the scenario forgets text sequences, so only weight attacks apply."""
     from ..util.errors import LetheError
 
     if options.get("attacks"):
         from ..attacks import parse_attacks
 
-        options["attacks"] = parse_attacks(options["attacks"], options.get("attack_options"))
+        options["attacks"] = parse_attacks(options["attacks"], options.get("attack_options"), records=records)
     elif options.get("attack_options"):
         raise LetheError("--attack-opt given without --attacks")
     return options

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from ..data.prompt import PromptFormat
 from ..data.records import QARecord, TextRecord
 from ..engine.loop import TrainConfig
-from . import Cell, Context, Scenario, parse_run_spec, run_dir_for
+from . import Cell, Context, Scenario, check_attacks, parse_run_spec, run_dir_for
 
 NAME = "copyrighted-text"
 VERSION = 1
@@ -200,7 +200,7 @@ def _check(options: dict, size: str) -> dict:
                              f"at blank lines into {MIN_PARAGRAPHS} parts, so it needs "
                              "at least that many paragraphs")
         options[text_key], options[f"{key}_sha256"] = text, hashlib.sha256(text.encode()).hexdigest()
-    return options
+    return check_attacks(options, records="text")
 
 
 def _prepare(ctx: Context) -> Prepared:
@@ -283,10 +283,47 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     if pairs_refusals(method):  # the excerpts as continuations (module docstring); the hook still scores the text
         forget, retain = as_continuations(forget, prep.tokenizer), as_continuations(retain, prep.tokenizer)
         model_config = ModelConfig(prompt_format=CONTINUATION_FORMAT)
-    _, run = unlearn(load_model(ctx.out / "models" / "target"), forget, retain, method=method,
-                     tokenizer=prep.tokenizer, train=train, params=ParamsConfig(kind=kind, rank=rank or st.lora_rank),
-                     model_config=model_config, epoch_hook=hook, save=False, progress=ctx.progress)
-    return run.to_dict()
+    unlearned, run = unlearn(load_model(ctx.out / "models" / "target"), forget, retain, method=method,
+                             tokenizer=prep.tokenizer, train=train,
+                             params=ParamsConfig(kind=kind, rank=rank or st.lora_rank), model_config=model_config,
+                             epoch_hook=hook, save=False, progress=ctx.progress)
+    record = run.to_dict()
+    if ctx.options["attacks"] and run.status == "ok":
+        record["attacks"] = _attack(unlearned, prep, ctx)
+    return record
+
+
+def continuation_scorer(tokenizer, *, verbmem_prefix: int, verbmem_tokens: int):
+    """An attack's ``score(model, excerpts)``: the BLEU and ROUGE-L of each excerpt's greedy continuation and
+    VerbMem, as the per-epoch hook scores the forget excerpts."""
+    from ..data.prompt import as_prompter
+    from ..evaluation.metrics import mean
+    from ..evaluation.verbatim import verbmem
+
+    prompter = as_prompter(tokenizer)
+
+    def score(model, records) -> dict:
+        cont = continuation_scores(model, prompter.tokenizer, records)
+        return {"BLEU": mean(cont["BLEU"]), "ROUGE": mean(cont["ROUGE"]),
+                "VerbMem": mean(verbmem(model, prompter, records, prefix_tokens=verbmem_prefix,
+                                        continuation_tokens=verbmem_tokens))}
+
+    return score
+
+
+def _attack(model, prep: Prepared, ctx: Context) -> dict:
+    """The unlearned model under the chosen weight attacks, scored on the forget excerpts' continuations; the
+    retain model (never trained on those chapters) is the control, the target model full recovery."""
+    from ..attacks import run_attacks
+    from ..data.prompt import as_prompter
+    from ..model.load import load_model
+
+    st = SETTINGS[ctx.size]
+    score = continuation_scorer(prep.tokenizer, verbmem_prefix=st.verbmem_prefix, verbmem_tokens=st.verbmem_tokens)
+    return run_attacks(model, prep.forget, ctx.options["attacks"], prompter=as_prompter(prep.tokenizer), metrics=None,
+                       retain_model=load_model(ctx.out / "models" / "retain"),
+                       target_model=load_model(ctx.out / "models" / "target"), score=score,
+                       context={"retain": prep.retain})["attacks"]
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
@@ -316,6 +353,7 @@ COPYRIGHT = Scenario(
             "VerbMem, PrivLeak, PPL",
     sizes=tuple(SETTINGS), default_runs=DEMO_METHODS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="copyright",
-    options={"forget": None, "retain": None}, fingerprint=("forget_sha256", "retain_sha256"), check=_check,
+    options={"forget": None, "retain": None, "attacks": None, "attack_options": None},
+    fingerprint=("forget_sha256", "retain_sha256"), check=_check,
 )
 

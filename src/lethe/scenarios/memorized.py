@@ -17,7 +17,7 @@ from typing import Sequence
 from ..data.records import TextRecord
 from ..engine.loop import TrainConfig
 from ..engine.stopping import meets_threshold
-from . import Cell, Context, Scenario, apply_requests, run_dir_for
+from . import Cell, Context, Scenario, apply_requests, check_attacks, run_dir_for
 
 NAME = "memorized-sequences"
 VERSION = 3  # 2: EL_n counts as the paper does (generated n-grams found in the truth); 3: PrivLeak
@@ -82,7 +82,7 @@ def _check(options: dict, size: str) -> dict:
         raise LetheError(f"--requests {requests}: at most {st.max_requests} at size {size} (each request is "
                          f"{st.forget_size} new canaries the base model must first memorise)"
                          + (f"; --size {larger[0]} takes {SETTINGS[larger[0]].max_requests}" if larger else ""))
-    return options
+    return check_attacks(options, records="text")
 
 
 @dataclass
@@ -209,8 +209,27 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
         record.update({"success": success, "epochs_to_success": run.epochs[-1]["epoch"] if success else None})
         return model, record
 
-    _, per_request = apply_requests(load_model(prep.base_dir), list(zip(prep.request_sets, prep.hooks)), one_request)
-    return {**per_request[0], "method": method, "params": kind, "requests": per_request if requests > 1 else []}
+    final, per_request = apply_requests(load_model(prep.base_dir), list(zip(prep.request_sets, prep.hooks)),
+                                        one_request)
+    record = {**per_request[0], "method": method, "params": kind, "requests": per_request if requests > 1 else []}
+    if ctx.options["attacks"] and all(r.get("status", "ok") == "ok" for r in per_request):
+        record["attacks"] = _attack(final, prep, ctx)
+    return record
+
+
+def _attack(model, prep: Prepared, ctx: Context) -> dict:
+    """The model after the last request under the chosen weight attacks, scored by EL and MA on every canary it
+    was asked to forget; the retain model (never trained on them) under the same attacks is the control, the
+    base model full recovery."""
+    from ..attacks import run_attacks
+    from ..core.sequences import extraction_scorer
+    from ..data.prompt import as_prompter
+    from ..model.load import load_model
+
+    forgotten = _records([ids for request in prep.request_sets for ids in request])
+    return run_attacks(model, forgotten, ctx.options["attacks"], prompter=as_prompter(prep.tokenizer), metrics=None,
+                       retain_model=load_model(ctx.out / "models" / "retain"), target_model=load_model(prep.base_dir),
+                       score=extraction_scorer(prep.tokenizer), context={"retain": prep.retain})["attacks"]
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
@@ -239,5 +258,6 @@ MEMORIZED = Scenario(
     summary="canary sequences a model memorized: the EL/MA stopping rule, epochs to success, cost",
     sizes=tuple(SETTINGS), default_runs=DEMO_RUNS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="extraction",
-    options={"requests": 1}, fingerprint=("requests",), check=_check, parse_spec=parse_run_spec,
+    options={"requests": 1, "attacks": None, "attack_options": None}, fingerprint=("requests",), check=_check,
+    parse_spec=parse_run_spec,
 )
