@@ -155,3 +155,22 @@ def test_no_package_exports_a_name_that_hides_one_of_its_modules():
         if parent and getattr(importlib.import_module(parent), leaf) is not module:
             hidden.append(name)  # e.g. a package exporting a function `unlearn` beside unlearn.py
     assert hidden == []
+
+
+def test_long_functions_and_long_parameter_lists_say_why():
+    """A function over 80 lines or 8 parameters carries a comment right above it (or its decorators) saying why."""
+    unexplained = []
+    for name, path in MODULES.items():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            a = node.args
+            params = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) - (a.args[:1] != [] and
+                                                                              a.args[0].arg in ("self", "cls"))
+            if node.end_lineno - node.lineno + 1 <= 80 and params <= 8:
+                continue
+            above = lines[min([node.lineno, *(d.lineno for d in node.decorator_list)]) - 2].strip()
+            if not above.startswith("#"):
+                unexplained.append(f"{name}.{node.name}")
+    assert unexplained == []

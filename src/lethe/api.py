@@ -45,6 +45,7 @@ __all__ = ["AuditConfig", "DataConfig", "EvalConfig", "EvalSet", "Fields", "Indi
            "retain_model_references", "retain_model_truth_ratios", "run_scenario", "unlearn", "unlearn_sequences"]
 
 
+# Keyword-only, one per option of `lethe demo` in this scenario: the Python face of that command.
 def demo(size: str = "small", out: str | Path = "runs/demo", *, methods: Sequence[str] | None = None,
          seed: int = 0, forget_percent: int = 10, resume: bool = True, progress: bool = True,
          embedding_model: str | None = None, nli_model: str | None = None, sweep: dict | None = None,
@@ -73,6 +74,7 @@ def demo_memorized(size: str = "small", out: str | Path = "runs/memorized", *, r
                         progress=progress, requests=requests)
 
 
+# Keyword-only, one per option of `lethe demo --scenario continual`: the Python face of that command.
 def demo_continual(size: str = "small", out: str | Path = "runs/continual", *, methods: Sequence[str] | None = None,
                    seed: int = 0, requests: int = 5, forget_percent: int = 10, reference: str = "moving",
                    resume: bool = True, progress: bool = True, embedding_model: str | None = None,

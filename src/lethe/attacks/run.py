@@ -69,6 +69,7 @@ def check_fields(attack: Attack, forget: Sequence) -> None:
                              "has none")
 
 
+# Keyword-only: the models each attack runs on (unlearned, control, target), how it scores, and its context.
 def run_attacks(model, forget: Sequence, attacks: Mapping[str, Mapping[str, Any]], *, prompter, metrics,
                 retain_model=None, target_model=None, score: Callable[[Any, list], dict] | None = None,
                 context: Mapping[str, Any] | None = None) -> dict:

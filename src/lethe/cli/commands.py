@@ -604,6 +604,18 @@ def describe_metrics() -> str:
     return "\n".join(lines)
 
 
+def _unlearn_text(args, common: dict):
+    """`lethe unlearn` on text sequences: the EL/MA stopping rule when --validation is given."""
+    _, run_, th = api.unlearn_sequences(
+        args.model, args.forget, args.retain, validation=args.validation, heldout=args.heldout,
+        holdout=args.holdout, forget_count=args.forget_count, max_tokens=args.max_tokens,
+        el=opts.el_config(args), convention=args.convention,
+        min_epochs=args.min_epochs, include_text=args.include_text, **common)
+    if th is not None and not args.quiet:
+        print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
+    return run_
+
+
 def _unlearn(args, progress: bool) -> int:
     from ..core.runs import RUN_OUTPUTS
     from ..data.sources import is_text_source
@@ -626,17 +638,12 @@ def _unlearn(args, progress: bool) -> int:
                   keep_checkpoint=args.keep_checkpoint)
     if is_text_source(args.forget, data.fields):
         if attacks:
-            raise LetheError("--attacks: the built-in attacks score QA records; the forget set here is text")
+            raise LetheError("--attacks: `lethe unlearn` attacks QA records; for text sequences the memorized and "
+                             "copyright scenarios run the weight attacks (lethe demo --scenario memorized --attacks)")
         if select.active:
             raise LetheError("--select-by: text unlearning stops by its EL/MA rule (--validation); it has no epoch "
                              "selection")
-        _, run_, th = api.unlearn_sequences(
-            args.model, args.forget, args.retain, validation=args.validation, heldout=args.heldout,
-            holdout=args.holdout, forget_count=args.forget_count, max_tokens=args.max_tokens,
-            el=opts.el_config(args), convention=args.convention,
-            min_epochs=args.min_epochs, include_text=args.include_text, **common)
-        if th is not None and not args.quiet:
-            print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
+        run_ = _unlearn_text(args, common)
     else:
         text_only = [flag for flag, value in (("--forget-count", args.forget_count), ("--max-tokens", args.max_tokens),
                                               ("--validation", args.validation), ("--heldout-text", args.heldout))

@@ -67,6 +67,7 @@ def membership_signal_of(report: dict, k: float) -> dict:
             "auc_forget_vs_holdout": mink["auc"], **report}
 
 
+# Keyword-only: the audit record's fields, each optional where a run did not measure it.
 def write_audit(run_dir: Path, *, run, forget: Sequence, before_sha: str, after_sha: str,
                 include_text: bool = False, membership_before: dict | None = None,
                 membership_after: dict | None = None, thresholds: dict | None = None,

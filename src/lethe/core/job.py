@@ -400,6 +400,7 @@ def scores_audit_sets(ev: EvalConfig, forget, holdout) -> bool:
             and bool(ev.selection().of_scope("membership")))
 
 
+# Everything a finished run writes, handed over from the job's state (keyword-only).
 def write_run(run_dir: Path, model, prompter, run: UnlearnRun, forget, holdout, *, before_sha, membership_before,
               membership_after, audit: AuditConfig, save: bool, merge: bool, base_path, mia_k: float) -> None:
     """The model (when kept), ``run.json`` and ``audit.json``; membership after unlearning is measured here when

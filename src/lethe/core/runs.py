@@ -40,6 +40,7 @@ from .preparation import can_share_prefix, is_main_process, prepare, reference_r
 LOG = get_logger("core")
 
 
+# The public face of `lethe finetune`: one keyword per option a user may set.
 def finetune(model, records, *, tokenizer=None, train: TrainConfig | None = None,
              model_config: ModelConfig | None = None, data: DataConfig | None = None, out_dir=None,
              resume: bool = False, overwrite: bool = False, progress: bool = True, desc: str = "finetune",
@@ -71,6 +72,7 @@ def finetune(model, records, *, tokenizer=None, train: TrainConfig | None = None
             return result
 
 
+# The locked body of finetune: its options pass through unchanged.
 def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume, progress, desc):
     model, prompter, _ = prepare(model, tokenizer, mc, rt)
     task = FinetuneTask(prompter, records, max_length=mc.max_length, fused_head=rt.fused_head,
@@ -88,6 +90,7 @@ def _finetune_locked(model, records, tokenizer, train, mc, rt, out, work, resume
     return model, result
 
 
+# The public face of `lethe eval`: one keyword per option a user may set.
 def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConfig | None = None,
              model_config: ModelConfig | None = None, runtime: RuntimeConfig | None = None,
              progress: bool = False, allow_overlap: bool = False, data: DataConfig | None = None) -> EvalResult:
@@ -111,6 +114,8 @@ def evaluate(model, sets: Sequence[EvalSet], *, tokenizer=None, config: EvalConf
     return result
 
 
+# The public face of `lethe unlearn`: one keyword per option a user may set. Its body checks every option
+# before any weights load, then hands one plan to UnlearnJob.
 def unlearn(model, forget, retain=None, *, method: Any = "GA+GD", tokenizer=None,
             params: ParamsConfig | str = "full", train: TrainConfig | None = None,
             evaluation: EvalConfig | None = None, audit: AuditConfig | None = None,

@@ -39,6 +39,7 @@ def extraction_scorer(tokenizer, el=None):
     return score
 
 
+# Keyword-only: the stopping rule's settings and the measurements it may add.
 def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=None, n: int = 10,
                          min_epochs: int = 1, thresholds=None, el=None, membership=None, retain_auc=None):
     """An ``epoch_hook`` for :func:`unlearn` applying the EL/MA stopping rule to text sequences.
@@ -88,6 +89,7 @@ def extraction_stop_hook(tokenizer, forget, validation, *, heldout=None, model=N
     return hook, thresholds
 
 
+# The public face of `lethe unlearn` on text sequences: one keyword per option a user may set.
 def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA+GD", validation=None,
                       heldout=None, holdout=None, forget_count: int | None = None, max_tokens: int | None = None,
                       el_n: int = 10, el=None, min_epochs: int = 1, train: TrainConfig | None = None, params="full",
@@ -123,6 +125,7 @@ def unlearn_sequences(model_path: str, forget, retain=None, *, method: Any = "GA
                                   include_text, progress, rt, conv, keep_checkpoint)
 
 
+# The locked body of unlearn_sequences: its options pass through unchanged.
 def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, holdout, forget_count, max_tokens,
                        el, min_epochs, train, params, dc, mc, out_dir, merge, resume, include_text, progress, rt, conv,
                        keep_checkpoint="never"):
@@ -154,6 +157,7 @@ def _unlearn_sequences(model_path, forget, retain, method, validation, heldout, 
     return model, run, thresholds
 
 
+# Keyword-only: finetune's options plus the tiny model's vocabulary size.
 def finetune_tiny(preset: str, records, *, train: TrainConfig | None = None, data: DataConfig | None = None,
                   out_dir=None, resume: bool = False, overwrite: bool = False, progress: bool = True,
                   vocab_size: int = 2048, runtime: RuntimeConfig | None = None):

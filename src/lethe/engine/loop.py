@@ -100,6 +100,8 @@ def _check_tracker(name: str) -> None:
         raise LetheError(f"--log-with {name} needs the '{name}' package: pip install {name}")
 
 
+# Keyword-only: the loop's collaborators (step function, config, run directory, callbacks, runtime) stay
+# separate so a caller sees which one it changes.
 def train(
     model,
     *,

@@ -201,6 +201,7 @@ class UnlearnTask:
     Losses with a set-up step must have run it before the task is built (``Method.needs`` is read here).
     """
 
+    # Keyword-only past the records: each is a setting of how batches are built.
     def __init__(self, prompter, method: Method, forget: Sequence, retain: Sequence = (), *, seed: int = 0,
                  max_length: int = 512, refusals: Sequence[str] | None = None, reference=None,
                  retain_per_forget: int = 1, streams: "Streams | None" = None, pad_to: int | None = None,

@@ -106,6 +106,7 @@ def check_tasks(tasks: Sequence[str], tasks_dir: str | Path | None = None, trust
                          f"{', '.join(BUILTIN_TASKS)}; add your own YAMLs with --lm-eval-tasks-dir)")
 
 
+# Keyword-only: lm-evaluation-harness's own options, one each.
 def run_lm_eval(model, prompter, tasks: Sequence[str], *, tasks_dir: str | Path | None = None,
                 limit: int | None = None, batch_size: int = 8, num_fewshot: int | None = None,
                 work_dir: str | Path | None = None, trust_code: bool = False) -> dict[str, float]:

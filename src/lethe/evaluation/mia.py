@@ -218,6 +218,7 @@ def attack_report(forget_scores: dict[str, list[float]], holdout_scores: dict[st
     return report
 
 
+# Keyword-only: the attacks' settings (k, reference and retain models, batch size, the end token).
 def membership_report(model, prompter, forget: Sequence, holdout: Sequence, *, k: float = 0.4,
                       reference=None, retain_model=None, batch_size: int = 16, include_end: bool = False) -> dict:
     """Every attack's AUC (forget vs holdout) and mean scores; PrivLeak per attack with ``retain_model``.

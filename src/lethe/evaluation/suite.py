@@ -191,6 +191,7 @@ def _active(metric: Metric, available: set[str], generate: bool) -> bool:
     return not unmet(metric, available) and (generate or not GENERATING & set(metric.needs))
 
 
+# Keyword-only: the evaluation's settings, passed through from EvalConfig.suite_kwargs(), one per option.
 def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int = 32,
                   generation_batch_size: int | None = None, max_new_tokens: int = 48,
                   eval_limit: int | None = None, n_samples: int = 3, truth_ratio: str = "tofu",
@@ -265,6 +266,7 @@ def evaluate_sets(model, prompter, sets: Sequence[EvalSet], *, batch_size: int =
     return result
 
 
+# The per-set step of evaluate_sets: the evaluation's state arrives piece by piece, as evaluate_sets holds it.
 def _score_set(s: EvalSet, recs: list, selection: Selection, available: set[str], generate: bool,
                requests: ModelRequests, result: EvalResult, truth_ratio: str, semantic, n_samples: int,
                count_end_token: bool = False) -> None:
@@ -337,6 +339,7 @@ def _membership_metrics(report: dict, retain_model_auc: dict | None, names: set[
     return out
 
 
+# VerbMem and KnowMem each take their own inputs and budgets; evaluate_sets passes them through.
 def _text_metric(metric: Metric, requests: ModelRequests, verbmem_texts, prefix: int, tokens: int, knowmem,
                  shots: int, limit: int | None, max_new_tokens: int) -> dict[str, float]:
     """VerbMem on the forget texts; KnowMem on each QA set given, worked examples from the retain side."""

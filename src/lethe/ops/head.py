@@ -78,6 +78,7 @@ class _FusedHeadMap(torch.autograd.Function):
     gradients of hidden, W and b.
     """
 
+    # autograd.Function.forward takes its tensors and settings positionally: no config object crosses it.
     @staticmethod
     def forward(ctx, fn, chunk, rows, autocast, others, hidden_flat, weight, bias):
         values = []
