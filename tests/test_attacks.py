@@ -425,7 +425,7 @@ def test_the_fictitious_demo_attacks_every_unlearned_model_and_reports_it(tmp_pa
     assert json.loads((out / "results.json").read_text())["runs"][0]["attacks"]["in-context"]["options"]["shots"] == 1
     for bad, expected in ((["--attacks", "quantise"], "Did you mean 'quantize'"),
                           (["--attack-opt", "quantize.bits=4"], "--attack-opt given without --attacks"),
-                          (["--scenario", "memorized", "--attacks", "quantize"], "has no option attacks"),
+                          (["--scenario", "memorized", "--attacks", "paraphrase"], "asks the forget set's questions"),
                           (["--scenario", "real-world", "--attacks", "relearn", "--attack-opt", "relearn.lr=-1"],
                            "lr must be > 0")):
         with pytest.raises(SystemExit) as e:

