@@ -12,7 +12,7 @@ SPEC.loader.exec_module(lr_sweep)
 
 def _runs(method, table):
     return [{"method": method, "status": "ok", "cell": {"sweep": {"lr": lr}, "seed": s},
-             "epochs": [{"metrics": {"FE": fe, "MU": mu}}]} for lr, seeds in table.items()
+             "epochs": [{"epoch": 1, "metrics": {"FE": fe, "MU": mu}}]} for lr, seeds in table.items()
             for s, (fe, mu) in enumerate(seeds)]
 
 
@@ -27,3 +27,18 @@ def test_the_rule_takes_the_most_forgetting_rate_that_keeps_utility():
     assert c["rates"][5e-4]["FE"] == pytest.approx(0.55) and c["rates"][5e-4]["MU_sd"] == pytest.approx(0.0141, 1e-2)
     none = lr_sweep.choose(per, target_mu=1.0, mu_floor=0.9)
     assert none["lr"] == 1e-4 and not none["kept_utility"]  # no rate keeps 0.9: the least damaging
+
+
+def test_a_rate_becomes_a_default_only_beyond_the_seeds_noise_and_the_schedule_is_read_epoch_by_epoch():
+    noisy = lr_sweep.choose(lr_sweep.cells({"runs": _runs("X", {5e-4: [(0.50, 0.80), (0.60, 0.80)],
+                                                                1e-3: [(0.52, 0.80), (0.66, 0.80)]})})["X"], 0.85)
+    assert noisy["lr"] == 1e-3 and not lr_sweep.decisive(noisy, 5e-4, 0.85, 0.9)  # 0.59 vs 0.55, sd ~0.07 each
+    clear = lr_sweep.choose(lr_sweep.cells({"runs": _runs("X", {5e-4: [(0.50, 0.80), (0.51, 0.80)],
+                                                                1e-3: [(0.70, 0.80), (0.71, 0.80)]})})["X"], 0.85)
+    assert clear["lr"] == 1e-3 and lr_sweep.decisive(clear, 5e-4, 0.85, 0.9)
+    runs = [{"method": "X", "status": "ok", "cell": {"sweep": {"lr": 1e-3}, "seed": 0},
+             "epochs": [{"epoch": 0, "metrics": {"FE": 0.1, "MU": 0.85}},
+                        {"epoch": 1, "metrics": {"FE": 0.5, "MU": 0.8}},
+                        {"epoch": 2, "metrics": {"FE": 0.9, "MU": 0.5}}]}]
+    along = lr_sweep.choose(lr_sweep.cells({"runs": runs})["X"], 0.85)
+    assert set(along["along_schedule"]) == {1, 2} and along["best_epoch"] == 1  # epoch 2 forgets more, loses MU
