@@ -489,3 +489,38 @@ def test_text_excerpts_are_scored_by_their_continuations_under_an_attack(tokeniz
                       prompter=as_prompter(tokenizer), metrics=None, score=score, target_model=tiny_model)
     row = out["attacks"]["quantize"]["metrics"]["ROUGE"]
     assert row["unlearned"] == pytest.approx(base["ROUGE"]) and row["target"] == pytest.approx(base["ROUGE"])
+
+
+def test_llm_int8_keeps_outlier_features_exact_and_quantizes_the_rest_vector_wise(tokenizer, smoke_data):
+    from lethe.attacks.quantize import int8_matmul
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 5, 16, generator=g), torch.randn(8, 16, generator=g)
+    x[1, 2, 4] = 9.0  # feature 4 is an outlier (|x| >= 6 somewhere): full precision for every token
+    flat = x.reshape(-1, 16).double()
+    keep = [i for i in range(16) if i != 4]
+    xr, wr = flat[:, keep], w.double()[:, keep]
+    by_hand = torch.zeros(15, 8, dtype=torch.float64)
+    for t in range(15):
+        sx = xr[t].abs().max() / 127
+        for o in range(8):
+            sw = wr[o].abs().max() / 127
+            by_hand[t, o] = sum(round(float(xr[t, i] / sx)) * round(float(wr[o, i] / sw)) for i in range(15)) * sx * sw
+    by_hand += flat[:, [4]] @ w.double()[:, [4]].T
+    got = int8_matmul(x, w)
+    assert got.shape == (3, 5, 8)
+    torch.testing.assert_close(got.reshape(15, 8).double(), by_hand, rtol=1e-5, atol=1e-5)
+    assert (got - x @ w.T).abs().max() < 0.1  # int8 error is small next to the values
+    # as an attack: the copy computes in int8, the model given is untouched
+    from lethe.attacks import ATTACKS
+    from lethe.data.prompt import as_prompter
+    from lethe.model.build import build_tiny_model
+
+    model = build_tiny_model(tokenizer, "test", seed=0)
+    before = copy.deepcopy(model.state_dict())
+    attacked = ATTACKS.get("quantize").apply(model, smoke_data.forget(10), parse_attacks(
+        "quantize", {"quantize": {"method": "int8"}})["quantize"], {"prompter": as_prompter(tokenizer)}).model
+    ids = torch.tensor([[1, 5, 9, 12]])
+    assert not torch.equal(attacked(ids).logits, model(ids).logits)
+    assert (attacked(ids).logits - model(ids).logits).abs().max() < 0.5
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

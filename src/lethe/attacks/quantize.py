@@ -5,12 +5,15 @@ quantizing an unlearned model can bring back what it forgot. ``method=rtn`` (def
 plain torch, so it runs on CPU and GPU alike; ``method=nf4`` / ``fp4`` is the paper's own protocol, bitsandbytes'
 4-bit quantization as ``load_in_4bit`` applies it (blocks of 64 weights), through bitsandbytes' own
 quantize/dequantize functions. A 4-bit bitsandbytes matmul dequantizes the weights the same way before it
-multiplies, so scoring the dequantised weights is what the quantized model computes. LLM.int8's weight side is
-``rtn`` with ``bits=8 group=0`` (per-row absmax); its fp16 outlier columns, chosen from activations at run time, are
-not reproduced."""
+multiplies, so scoring the dequantised weights is what the quantized model computes. ``method=int8`` is LLM.int8
+(Dettmers et al. 2022, ``load_in_8bit``) in plain torch: at every call, the input features with any activation of
+magnitude at least 6 (bitsandbytes' default threshold) are multiplied in full precision with their weight columns,
+and the rest in int8, activations per token and weights per output row by absmax; the integer products are summed
+exactly (float64) and scaled back."""
 from __future__ import annotations
 
 import copy
+import types
 
 import torch
 
@@ -56,6 +59,30 @@ def decoder_linears(model):
                 yield module
 
 
+INT8_THRESHOLD = 6.0  # LLM.int8's outlier threshold (bitsandbytes' llm_int8_threshold default)
+
+
+def int8_matmul(x: torch.Tensor, weight: torch.Tensor, threshold: float = INT8_THRESHOLD) -> torch.Tensor:
+    """LLM.int8's ``x @ weight.T`` (no bias): outlier input features (|x| >= threshold anywhere in ``x``) in full
+    precision, the others vector-wise int8 (x per row, weight per output row, absmax to [-127, 127])."""
+    flat = x.reshape(-1, x.shape[-1])
+    outliers = (flat.abs() >= threshold).any(dim=0)
+    regular = ~outliers
+    xr, wr = flat[:, regular].double(), weight[:, regular].double()
+    sx = xr.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+    sw = wr.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+    qx, qw = torch.round(xr / sx), torch.round(wr / sw)
+    out = (qx @ qw.T) * sx * sw.T
+    if outliers.any():
+        out = out + flat[:, outliers].double() @ weight[:, outliers].double().T
+    return out.to(x.dtype).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def _int8_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    out = int8_matmul(x, self.weight)
+    return out + self.bias if self.bias is not None else out
+
+
 BNB_METHODS = ("nf4", "fp4")
 BNB_BLOCK = 64  # the block size transformers' BitsAndBytesConfig(load_in_4bit=True) quantizes with
 
@@ -69,7 +96,7 @@ def quantize_bnb(weight: torch.Tensor, quant_type: str) -> torch.Tensor:
 
 
 def _check_quantize(o: dict) -> None:
-    methods = ("rtn", *BNB_METHODS)
+    methods = ("rtn", "int8", *BNB_METHODS)
     if o["method"] not in methods:
         raise LetheError(f"attack 'quantize': method must be one of {', '.join(methods)}, got {o['method']!r}")
     if o["method"] in BNB_METHODS:
@@ -89,7 +116,10 @@ def _quantize(model, forget, options, context):
     attacked = copy.deepcopy(model)
     with torch.no_grad():
         for linear in decoder_linears(attacked):
-            if options["method"] in BNB_METHODS:
+            if options["method"] == "int8":
+                # the attacked copy only (bound, so a deep copy rebinds it): activations decide at each call
+                linear.forward = types.MethodType(_int8_forward, linear)
+            elif options["method"] in BNB_METHODS:
                 linear.weight.copy_(quantize_bnb(linear.weight, options["method"]))
             else:
                 linear.weight.copy_(quantize_rtn(linear.weight, options["bits"], options["group"],
@@ -99,6 +129,6 @@ def _quantize(model, forget, options, context):
 
 ATTACKS.add("quantize", Attack(
     "quantize", "weight-only quantization of the decoder's linear layers (Zhang et al. 2025), dequantised: "
-    "round-to-nearest, or bitsandbytes NF4/FP4 (method=nf4|fp4)",
+    "round-to-nearest, LLM.int8 with its outlier features (method=int8), or bitsandbytes NF4/FP4 (method=nf4|fp4)",
     {"bits": 4, "group": 128, "symmetric": True, "method": "rtn"}, _quantize, _check_quantize, robustness="Q",
     text=True))
