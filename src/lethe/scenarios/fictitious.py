@@ -46,17 +46,20 @@ class SizeSettings:
     lora_rank: int = 8
     lora_lr_scale: float = 4.0  # LoRA/FILA need a larger LR (IHL seed: 2e-4 vs 5e-5 for full)
 
-# Each forget loss's learning rate as a factor of the size's base rate (the shared rate otherwise). RMU trains
-# two layers' MLPs only (WMDP: lr 5e-5 on three, vs 1e-5 for full-model TOFU runs): at the shared rate its loss
-# barely moves in these few steps, so it gets a larger one.
-METHOD_LR_SCALE = {"rmu": 10.0}
+# A method's learning rate as a factor of the size's base rate (the shared rate otherwise), keyed by the method
+# (FORGET+REGULARIZER, options aside) or by its forget loss. RMU trains two layers' MLPs only (WMDP: lr 5e-5 on
+# three, vs 1e-5 for full-model TOFU runs): at the shared rate its loss barely moves in these few steps. The
+# others come from the recorded sweep (benchmarks/lr_sweep.py, 5 rates x 3 seeds at size small,
+# benchmarks/RESULTS.md): only the methods whose best rate beats the shared one beyond the seeds' spread.
+METHOD_LR_SCALE = {"rmu": 10.0, "dpo+gd": 2.0, "me+gd": 2.0, "npo+gd": 0.5}
 
 
 def method_lr_scale(method: str) -> float:
-    """The factor on the base learning rate for ``method``'s forget loss (1 when none was chosen)."""
+    """The factor on the base learning rate for ``method`` (1 when none was chosen for it)."""
     from ..objectives.method import parse_method
 
-    return METHOD_LR_SCALE.get(parse_method(method).forget.name, 1.0)
+    parsed = parse_method(method)
+    return METHOD_LR_SCALE.get(parsed.name.lower(), METHOD_LR_SCALE.get(parsed.forget.name, 1.0))
 
 
 SETTINGS = {
