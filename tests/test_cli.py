@@ -174,12 +174,21 @@ def test_unlearn_text_sequences_with_the_stopping_rule(smoke_run, tmp_path, caps
                          str(tmp_path / "w")],
                         capsys)
     assert code == 2 and "needs QA records" in err
-    # no --validation and no --heldout: nothing is scored per epoch, and the run still completes
+    # no --validation and no --heldout: nothing is scored per epoch, and the run still completes; the weight
+    # attacks score the text by EL and MA, the retain model as the control
     code, stdout, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget",
                               str(tmp_path / "forget.npy"), "--retain", str(tmp_path / "retain.jsonl"), "--epochs", "1",
-                              "--lr", "1e-3", "--out", str(tmp_path / "plain")], capsys)
+                              "--lr", "1e-3", "--attacks", "quantize", "--retain-model",
+                              str(out / "models" / "retain"), "--out", str(tmp_path / "plain")], capsys)
     assert code == 0, err
     assert (tmp_path / "plain" / "model" / "model.safetensors").exists() and "run:" in stdout
+    entry = json.loads((tmp_path / "plain" / "attacks.json").read_text())["attacks"]["quantize"]
+    assert set(entry["metrics"]) == {"EL10", "MA"} and "retain_change" in entry["metrics"]["MA"]
+    for extra, expected in ((["--attacks", "paraphrase"], "'paraphrase' asks the forget set's questions"),
+                            (["--attacks", "quantize", "--forget-count", "4"], "--attacks: they score the whole")):
+        code, _, err = _run(["unlearn", "--model", str(out / "models" / "target"), "--forget",
+                             str(tmp_path / "forget.npy"), *extra, "--out", str(tmp_path / "x")], capsys)
+        assert code == 2 and expected in err and not (tmp_path / "x").exists()
 
 
 def test_audit_record_matches_the_saved_weights(smoke_run, tmp_path, capsys):

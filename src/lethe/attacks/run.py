@@ -164,8 +164,9 @@ def attack(model, forget, attacks: str | Sequence[str] = "quantize", *, attack_o
     """Attack ``model`` (a directory, an adapter directory, or a model object with ``tokenizer``: a tokenizer or the
     directory it loads from) and score the forget records before and after each attack; the same attack on
     ``retain_model`` is the control and ``target_model`` (the model before unlearning) says what full recovery
-    would be. ``retain``: retain records (the few-shot prompt attack takes its examples from them). Returns
-    {"attacks": {name: {...}}}.
+    would be. ``retain``: retain records (the few-shot prompt attack takes its examples from them). Text sequences
+    (a text file, token ids, records with a text field) take the weight attacks and are scored by EL_10 and MA.
+    Returns {"attacks": {name: {...}}}.
 
     >>> lethe.attack("runs/npo/model", "forget10.jsonl", "quantize,relearn",  # doctest: +SKIP
     ...              retain_model="models/retain")
@@ -173,21 +174,30 @@ def attack(model, forget, attacks: str | Sequence[str] = "quantize", *, attack_o
     from dataclasses import replace
 
     from ..core import DataConfig, ModelConfig, prepare
-    from ..data.records import QARecord
-    from ..data.sources import load_records
+    from ..data.records import QARecord, TextRecord
+    from ..data.sources import is_text_source, load_records
     from ..engine.runtime import RuntimeConfig
     from ..model.load import load_model, load_tokenizer
 
-    chosen = parse_attacks(attacks, attack_options)  # checked before any model loads
     dc, mc, rt = data or DataConfig(), model_config or ModelConfig(), runtime or RuntimeConfig()
-    read = {"fields": dc.fields, "split": dc.split}
-    forget = load_records(forget, **read)
-    retain = load_records(retain, **read) if retain is not None else []
-    if not forget or not all(isinstance(r, QARecord) for r in forget + retain):
-        raise LetheError("attack: the forget (and retain) records must be QA records, and the forget set not empty")
+    text = is_text_source(forget, dc.fields) or (isinstance(forget, (list, tuple)) and bool(forget)
+                                                 and all(isinstance(r, TextRecord) for r in forget))
+    chosen = parse_attacks(attacks, attack_options, records="text" if text else "qa")  # before any model loads
     if isinstance(tokenizer, (str, Path)):
         tokenizer = load_tokenizer(str(tokenizer), trust_remote_code=mc.trust_remote_code, base_model=mc.base_model)
     model, prompter, _ = prepare(model, tokenizer, mc, rt)
+    read = {"fields": dc.fields, "split": dc.split, "tokenizer": prompter.tokenizer, "chunk_tokens": dc.chunk_tokens}
+    forget = load_records(forget, **read)
+    retain = load_records(retain, **read) if retain is not None else []
+    kind = TextRecord if text else QARecord
+    if not forget or not all(isinstance(r, kind) for r in forget + retain):
+        raise LetheError(f"attack: the forget (and retain) records must all be {'text' if text else 'QA'} records, "
+                         "and the forget set not empty")
+    score = None
+    if text:  # text sequences are scored by how extractable they are: EL_10 and MA
+        from ..core.sequences import extraction_scorer
+
+        score = extraction_scorer(prompter.tokenizer)
 
     def placed(other):
         if other is None or not isinstance(other, (str, Path)):
@@ -198,4 +208,4 @@ def attack(model, forget, attacks: str | Sequence[str] = "quantize", *, attack_o
                "max_new_tokens": max_new_tokens, "retain": retain, "fields": dc.fields}
     with rt.autocast():
         return run_attacks(model, forget, chosen, prompter=prompter, metrics=metrics, retain_model=placed(retain_model),
-                           target_model=placed(target_model), context=context)
+                           target_model=placed(target_model), score=score, context=context)

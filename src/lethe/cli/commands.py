@@ -296,7 +296,8 @@ def _add_attack_parser(sub) -> None:
     p = sub.add_parser("attack", help="attack a model (quantize, relearn, paraphrase, prompt) and score the forget "
                                       "set before and after, with a retain model under the same attack as the control")
     p.add_argument("--model", required=True, help="the unlearned model (a directory or a peft adapter directory)")
-    p.add_argument("--forget", required=True, help="the forget records the attacks try to recover")
+    p.add_argument("--forget", required=True, help="the forget records the attacks try to recover (QA records; text "
+                                                   "sequences take the weight attacks, scored by EL_10 and MA)")
     p.add_argument("--attacks", default="quantize,relearn", help="comma-separated attacks (default quantize,relearn; "
                                                                  "`lethe attacks` lists them)")
     p.add_argument("--attack-opt", action="append", default=[], metavar="ATTACK.NAME=VALUE",
@@ -613,14 +614,14 @@ def describe_metrics() -> str:
 
 def _unlearn_text(args, common: dict):
     """`lethe unlearn` on text sequences: the EL/MA stopping rule when --validation is given."""
-    _, run_, th = api.unlearn_sequences(
+    model, run_, th = api.unlearn_sequences(
         args.model, args.forget, args.retain, validation=args.validation, heldout=args.heldout,
         holdout=args.holdout, forget_count=args.forget_count, max_tokens=args.max_tokens,
         el=opts.el_config(args), convention=args.convention,
         min_epochs=args.min_epochs, include_text=args.include_text, **common)
     if th is not None and not args.quiet:
         print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
-    return run_
+    return model, run_
 
 
 def _unlearn(args, progress: bool) -> int:
@@ -645,12 +646,19 @@ def _unlearn(args, progress: bool) -> int:
                   keep_checkpoint=args.keep_checkpoint)
     if is_text_source(args.forget, data.fields):
         if attacks:
-            raise LetheError("--attacks: `lethe unlearn` attacks QA records; for text sequences the memorized and "
-                             "copyright scenarios run the weight attacks (lethe demo --scenario memorized --attacks)")
+            from ..attacks import parse_attacks
+
+            parse_attacks(args.attacks, _attack_options(args.attack_opt), records="text")  # the weight attacks only
+            if args.forget_count is not None or args.max_tokens is not None:
+                raise LetheError("--attacks: they score the whole --forget file; with --forget-count or --max-tokens "
+                                 "the run unlearned a sample or a cut of it (attack the saved model with lethe attack "
+                                 "on the sequences you chose)")
         if select.active:
             raise LetheError("--select-by: text unlearning stops by its EL/MA rule (--validation); it has no epoch "
                              "selection")
-        run_ = _unlearn_text(args, common)
+        model, run_ = _unlearn_text(args, common)
+        if attacks and run_.status == "ok":
+            _attack_run(args, model, attacks, data, progress, args.forget, args.retain)
     else:
         text_only = [flag for flag, value in (("--forget-count", args.forget_count), ("--max-tokens", args.max_tokens),
                                               ("--validation", args.validation), ("--heldout-text", args.heldout))
