@@ -391,7 +391,7 @@ def test_bitsandbytes_nf4_equals_a_by_hand_nf4_and_runs_as_an_attack(tokenizer, 
                       prompter=Prompter(tokenizer, PromptFormat("plain")), metrics=("P",))
     p = res["attacks"]["quantize"]["metrics"]["P"]
     assert p["attacked"] != p["unlearned"] and 0 < p["Q"] < 1
-    with pytest.raises(LetheError, match="method must be one of rtn, nf4, fp4"):
+    with pytest.raises(LetheError, match="method must be one of rtn, int8, nf4, fp4"):
         parse_attacks("quantize", {"quantize": {"method": "int3"}})
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
     with pytest.raises(LetheError, match=r"needs bitsandbytes: pip install 'lethe-unlearn\[quantize\]'"):
