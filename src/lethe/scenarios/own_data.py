@@ -70,7 +70,8 @@ def _check(options: OwnDataOptions, size: str) -> OwnDataOptions:
                          "lethe.bench(model, forget, ...))")
     unknown = sorted(set(data.unlearn_options) - {"model_config", "data", "runtime", "convention", "audit", "pad_to"})
     if unknown:
-        raise LetheError(f"bench: unknown unlearn option(s) {', '.join(unknown)}")
+        raise LetheError(f"bench: unknown option(s) {', '.join(unknown)}; besides its own, bench takes model_config, "
+                         "data, runtime, convention, audit and pad_to as lethe.unlearn does")
     dc = data.unlearn_options.get("data") or DataConfig()
     read = {"fields": dc.fields, "split": dc.split}
     forget = load_records(data.forget, **read)
@@ -85,7 +86,7 @@ def _check(options: OwnDataOptions, size: str) -> OwnDataOptions:
         s.resolve(dc.fields)
     train = data.train or TrainConfig()
     options.inputs = replace(data, forget=forget, retain=retain, evaluation=evaluation, train=train,
-                                params=data.params or ParamsConfig())
+                             params=data.params or ParamsConfig())
     check_attacks(options)
     options.sweep = check_sweep(options.sweep or {}, train)
     options.seeds = check_positive("--seeds", options.seeds)
