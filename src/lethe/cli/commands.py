@@ -612,8 +612,20 @@ def describe_metrics() -> str:
     return "\n".join(lines)
 
 
-def _unlearn_text(args, common: dict):
-    """`lethe unlearn` on text sequences: the EL/MA stopping rule when --validation is given."""
+def _unlearn_text(args, common: dict, *, attacks, selecting: bool):
+    """`lethe unlearn` on text sequences: the EL/MA stopping rule when --validation is given, the weight attacks
+    after it when asked."""
+    if attacks:
+        from ..attacks import parse_attacks
+
+        parse_attacks(args.attacks, _attack_options(args.attack_opt), records="text")  # the weight attacks only
+        if args.forget_count is not None or args.max_tokens is not None:
+            raise LetheError("--attacks: they score the whole --forget file; with --forget-count or --max-tokens "
+                             "the run unlearned a sample or a cut of it (attack the saved model with lethe attack "
+                             "on the sequences you chose)")
+    if selecting:
+        raise LetheError("--select-by: text unlearning stops by its EL/MA rule (--validation); it has no epoch "
+                         "selection")
     model, run_, th = api.unlearn_sequences(
         args.model, args.forget, args.retain, validation=args.validation, heldout=args.heldout,
         holdout=args.holdout, forget_count=args.forget_count, max_tokens=args.max_tokens,
@@ -621,7 +633,9 @@ def _unlearn_text(args, common: dict):
         min_epochs=args.min_epochs, include_text=args.include_text, **common)
     if th is not None and not args.quiet:
         print(f"stopping rule: forget EL_{args.el_n} <= {th.el:.4f} and MA <= {th.ma:.4f}", file=sys.stderr)
-    return model, run_
+    if attacks and run_.status == "ok":
+        _attack_run(args, model, attacks, common["data"], common["progress"], args.forget, args.retain)
+    return run_
 
 
 def _unlearn(args, progress: bool) -> int:
@@ -645,20 +659,7 @@ def _unlearn(args, progress: bool) -> int:
                   overwrite=args.overwrite, progress=progress, runtime=opts.runtime_config(args),
                   keep_checkpoint=args.keep_checkpoint)
     if is_text_source(args.forget, data.fields):
-        if attacks:
-            from ..attacks import parse_attacks
-
-            parse_attacks(args.attacks, _attack_options(args.attack_opt), records="text")  # the weight attacks only
-            if args.forget_count is not None or args.max_tokens is not None:
-                raise LetheError("--attacks: they score the whole --forget file; with --forget-count or --max-tokens "
-                                 "the run unlearned a sample or a cut of it (attack the saved model with lethe attack "
-                                 "on the sequences you chose)")
-        if select.active:
-            raise LetheError("--select-by: text unlearning stops by its EL/MA rule (--validation); it has no epoch "
-                             "selection")
-        model, run_ = _unlearn_text(args, common)
-        if attacks and run_.status == "ok":
-            _attack_run(args, model, attacks, data, progress, args.forget, args.retain)
+        run_ = _unlearn_text(args, common, attacks=attacks, selecting=select.active)
     else:
         text_only = [flag for flag, value in (("--forget-count", args.forget_count), ("--max-tokens", args.max_tokens),
                                               ("--validation", args.validation), ("--heldout-text", args.heldout))
