@@ -43,8 +43,10 @@ def test_runner_refuses_unknown_options_sizes_and_methods_before_any_work(tmp_pa
     from lethe.scenarios.runner import run_scenario
 
     out = tmp_path / "out"
-    with pytest.raises(LetheError, match=r"fictitious scenario has no option requests \(--requests\)"):
+    with pytest.raises(LetheError, match=r"fictitious scenario has no option requests \(--requests\)") as e:
         run_scenario("fictitious", out=out, size="smoke", requests=3)
+    # each known option named with the flag that sets it (none for those `lethe demo` does not take)
+    assert "attack_options (--attack-opt)" in str(e.value) and str(e.value).endswith("sweep, seeds")
     with pytest.raises(LetheError, match="unknown size 'full' for the memorized scenario"):
         run_scenario("memorized", out=out, size="full")
     with pytest.raises(LetheError, match="unknown forget loss|unknown method"):

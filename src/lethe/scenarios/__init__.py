@@ -25,10 +25,19 @@ def parse_run_spec(spec: str) -> tuple[str, str, int | None]:
 
 
 def option(default=None, help: str = "", *, cli: bool = True, type: Callable | None = None,
-           choices: Sequence | None = None):
+           choices: Sequence | None = None, flag: str | None = None):
     """A scenario option: its default, what it means, and whether `lethe demo` offers it as ``--NAME`` (``cli``;
-    the flag, its help and its choices are generated from this declaration)."""
-    return field(default=default, metadata={"help": help, "cli": cli, "type": type, "choices": choices})
+    the flag, its help and its choices are generated from this declaration). ``flag``: the command-line option
+    that sets it when the command defines that one itself (``--attack-opt``)."""
+    return field(default=default, metadata={"help": help, "cli": cli, "type": type, "choices": choices,
+                                            "flag": flag})
+
+
+def flag_of(f) -> str | None:
+    """The command-line option that sets a scenario option, or None (Python only, or another command's)."""
+    if f.metadata.get("flag"):
+        return f.metadata["flag"]
+    return f"--{f.name.replace('_', '-')}" if f.metadata.get("cli") else None
 
 
 def derived():
@@ -42,8 +51,8 @@ class AttackOptions:
     `--attack-opt`: flags of their own, shared with `lethe bench`)."""
 
     attacks: Any = option(None, "attacks run on every unlearned model (names, or parsed: {name: options})",
-                          cli=False)
-    attack_options: dict | None = option(None, "{attack: {option: value}}", cli=False)
+                          cli=False, flag="--attacks")
+    attack_options: dict | None = option(None, "{attack: {option: value}}", cli=False, flag="--attack-opt")
 
 
 def given_fields(options_type) -> list:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..util.errors import LetheError
-from . import Context, Scenario, check_methods, finished, given_fields, scenario_dir
+from . import Context, Scenario, check_methods, finished, flag_of, given_fields, scenario_dir
 from .catalog import SCENARIOS
 
 
@@ -33,14 +33,12 @@ def run_scenario(scenario: str | Scenario, *, out, size: str, seed: int = 0, run
     sc = scenario_for(scenario)
     if size not in sc.sizes:
         raise LetheError(f"unknown size '{size}' for the {sc.key} scenario: expected one of {', '.join(sc.sizes)}")
-    known = [f.name for f in given_fields(sc.options)]
-    unknown = sorted(set(options) - set(known))
+    fields_ = {f.name: f for f in given_fields(sc.options)}
+    unknown = sorted(set(options) - set(fields_))
     if unknown:
-        def named(keys):
-            return ", ".join(f"{k} (--{k.replace('_', '-')})" for k in keys)
-
-        raise LetheError(f"the {sc.key} scenario has no option {named(unknown)}; its options: "
-                         f"{named(known) or 'none'}")
+        named = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in unknown)
+        known = ", ".join(f"{k} ({flag_of(f)})" if flag_of(f) else k for k, f in fields_.items())
+        raise LetheError(f"the {sc.key} scenario has no option {named}; its options: {known or 'none'}")
     opts = sc.options(**{k: v for k, v in options.items() if v is not None})
     runs = tuple(runs or sc.default_runs)
     check_methods(runs, sc.parse_spec)  # a misspelt method fails before minutes of work
