@@ -160,6 +160,28 @@ def _trajectory_plot(results: dict, x_key: str, y_key: str, *, logx: bool = Fals
 PANELS_PER_ROW = 3
 
 
+def _panel_grid(plt, n: int, panel: tuple[float, float], title: str):
+    """(figure, the n axes): panels of ``panel`` inches, at most three a row so that a page (and a printed column)
+    stays readable at any number of panels; the unused cells of the last row hidden."""
+    ncols = min(PANELS_PER_ROW, n)
+    nrows = math.ceil(n / ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows + 0.5), num=title,
+                             squeeze=False, layout="constrained")
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _named_handles(axes) -> dict:
+    """{label: handle} over every panel, for one legend: a line drawn in some panels only is still named."""
+    named: dict = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            named.setdefault(label, handle)
+    return named
+
+
 @_figure
 def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: dict | None = None,
                     xlabel: str = "epoch", goal: dict | None = None, goal_label: str = "goal"):
@@ -169,17 +191,9 @@ def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: d
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    # at most three panels a row: a page (and a printed column) stays readable at any number of metrics
-    ncols = min(PANELS_PER_ROW, len(keys))
-    nrows = math.ceil(len(keys) / ncols)
     from matplotlib.ticker import MaxNLocator
 
-    fig, grid = plt.subplots(nrows, ncols, figsize=(4.3 * ncols, 3.3 * nrows + 0.5), num=title, squeeze=False,
-                             layout="constrained")
-    axes = list(grid.flat)
-    for ax in axes[len(keys):]:
-        ax.set_visible(False)
+    fig, axes = _panel_grid(plt, len(keys), (4.3, 3.3), title)
     for ax, key in zip(axes, keys):
         for i, run in enumerate(results.get("runs", [])):
             pts = _series(run, key)
@@ -198,11 +212,7 @@ def per_epoch_plot(results: dict, keys: Sequence[str], title: str, thresholds: d
         ax.set_ylabel(key)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and requests are whole numbers
         ax.grid(alpha=0.3)
-    named: dict = {}  # one legend for all panels: a line drawn in some panels only is still named
-    for ax in axes[: len(keys)]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            named.setdefault(label, handle)
-    if named:
+    if named := _named_handles(axes):
         fig.legend(list(named.values()), list(named), fontsize=8, loc="outside lower center",
                    ncols=min(3, len(named)), frameon=False)
     fig.suptitle(title, fontsize=11)
@@ -226,14 +236,8 @@ def attack_plot(runs: Sequence[dict]) -> str:
     names = list(dict.fromkeys(a for r in attacked for a in r["attacks"]))
     if not names:
         return ""
-    ncols = min(PANELS_PER_ROW, len(names))
-    nrows = math.ceil(len(names) / ncols)
-    width = max(4.3, 0.45 * len(attacked) + 1.5)
-    fig, grid = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.6 * nrows + 0.6), squeeze=False,
-                             num="Attacks: forget metric before and after", layout="constrained")
-    axes = list(grid.flat)
-    for ax in axes[len(names):]:
-        ax.set_visible(False)
+    fig, axes = _panel_grid(plt, len(names), (max(4.3, 0.45 * len(attacked) + 1.5), 3.6),
+                            "Attacks: forget metric before and after")
     for ax, name in zip(axes, names):
         rows = [(run_label(r), r["attacks"][name]["metrics"]) for r in attacked if name in r["attacks"]]
         metric = ATTACK_METRIC.get(name, "P") if all(ATTACK_METRIC.get(name, "P") in m for _, m in rows) else \
@@ -253,10 +257,7 @@ def attack_plot(runs: Sequence[dict]) -> str:
         ax.set_ylabel(f"forget {metric}")
         ax.yaxis.set_major_locator(MaxNLocator(6))
         ax.grid(axis="y", alpha=0.3)
-    handles: dict = {}
-    for ax in axes[: len(names)]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
+    handles = _named_handles(axes)
     fig.legend(list(handles.values()), list(handles), fontsize=8, loc="outside lower center",
                ncols=len(handles), frameon=False)
     return _png(fig)
@@ -318,10 +319,7 @@ def small_multiples_plot(results: dict, keys: Sequence[str], title: str) -> str:
                 ax.set_ylabel(key, fontsize=9)
             if row == len(keys) - 1:
                 ax.set_xlabel("epoch", fontsize=9)
-    named: dict = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            named.setdefault(label, handle)
+    named = _named_handles(axes.flat)
     seeds = max((len(r) for g in groups.values() for r in g.values()), default=1)
     if named:
         fig.legend(list(named.values()), list(named), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),

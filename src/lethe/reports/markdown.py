@@ -49,22 +49,23 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 def run_label(run: dict) -> str:
     """How reports name a run: method, parameterisation, sweep point, seed, a fixed reference."""
+    parts = [run.get("params", "full"), *cell_parts(run)] + (["fixed reference"] if run.get("reference") == "fixed"
+                                                             else [])
+    return f"{run['method']} ({', '.join(parts)})"
+
+
+def cell_parts(run: dict) -> list[str]:
+    """What tells a benchmark cell from its method's other cells: its sweep point and (a seed past the first) seed."""
     from .comparison import point_label
 
     cell = run.get("cell") or {}
-    extra = (f", {point_label(cell['sweep'])}" if cell.get("sweep") else "") + \
-        (f", seed {cell['seed']}" if cell.get("seed") else "") + \
-        (", fixed reference" if run.get("reference") == "fixed" else "")
-    return f"{run['method']} ({run.get('params', 'full')}{extra})"
+    return ([point_label(cell["sweep"])] if cell.get("sweep") else []) + \
+        ([f"seed {cell['seed']}"] if cell.get("seed") else [])
 
 
 def method_cell(run: dict) -> str:
     """A results table's method column: the method, with the sweep point and seed of a benchmark cell."""
-    from .comparison import point_label
-
-    cell = run.get("cell") or {}
-    extra = [point_label(cell["sweep"])] if cell.get("sweep") else []
-    extra += [f"seed {cell['seed']}"] if cell.get("seed") else []
+    extra = cell_parts(run)
     return f"{run['method']} ({', '.join(extra)})" if extra else run["method"]
 
 
