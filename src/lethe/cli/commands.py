@@ -615,14 +615,10 @@ def describe_metrics() -> str:
 def _unlearn_text(args, common: dict, *, attacks, selecting: bool):
     """`lethe unlearn` on text sequences: the EL/MA stopping rule when --validation is given, the weight attacks
     after it when asked."""
-    if attacks:
-        from ..attacks import parse_attacks
-
-        parse_attacks(args.attacks, _attack_options(args.attack_opt), records="text")  # the weight attacks only
-        if args.forget_count is not None or args.max_tokens is not None:
-            raise LetheError("--attacks: they score the whole --forget file; with --forget-count or --max-tokens "
-                             "the run unlearned a sample or a cut of it (attack the saved model with lethe attack "
-                             "on the sequences you chose)")
+    if attacks and (args.forget_count is not None or args.max_tokens is not None):
+        raise LetheError("--attacks: they score the whole --forget file; with --forget-count or --max-tokens "
+                         "the run unlearned a sample or a cut of it (attack the saved model with lethe attack "
+                         "on the sequences you chose)")
     if selecting:
         raise LetheError("--select-by: text unlearning stops by its EL/MA rule (--validation); it has no epoch "
                          "selection")
@@ -647,18 +643,19 @@ def _unlearn(args, progress: bool) -> int:
     from ..engine.select import Selection
 
     select = Selection(args.select_by, args.select_mu_floor)  # checked before any model work
+    data = opts.data_config(args)
+    text = is_text_source(args.forget, data.fields)
     attacks = None
-    if args.attacks:  # checked before any model work
+    if args.attacks:  # checked before any model work; text sequences take the weight attacks only
         from ..attacks import parse_attacks
 
-        attacks = parse_attacks(args.attacks, _attack_options(args.attack_opt))
+        attacks = parse_attacks(args.attacks, _attack_options(args.attack_opt), records="text" if text else "qa")
     preflight(args.out, RUN_OUTPUTS, resume=args.resume, overwrite=args.overwrite)  # before any slow scoring
-    data = opts.data_config(args)
     common = dict(method=method, train=opts.train_config(args), params=opts.params_config(args), data=data,
                   model_config=opts.model_config(args), out_dir=args.out, merge=args.merge, resume=args.resume,
                   overwrite=args.overwrite, progress=progress, runtime=opts.runtime_config(args),
                   keep_checkpoint=args.keep_checkpoint)
-    if is_text_source(args.forget, data.fields):
+    if text:
         run_ = _unlearn_text(args, common, attacks=attacks, selecting=select.active)
     else:
         text_only = [flag for flag, value in (("--forget-count", args.forget_count), ("--max-tokens", args.max_tokens),

@@ -220,13 +220,15 @@ def check_attacks(options, records: str = "qa"):
     return options
 
 
+# Keyword-only: the models an attack runs on (unlearned, control, target), the prompts, and how it scores.
 def attack_model(model, forget, attacks: dict, *, prompter, retain=(), retain_model=None, target_model=None,
-                 max_new_tokens: int = 48) -> dict:
-    """One cell's unlearned model under the scenario's attacks: forget P and ROUGE before and after each, the
-    retain model (when the scenario has one) as the control, the target as full recovery."""
+                 max_new_tokens: int = 48, score=None) -> dict:
+    """One cell's unlearned model under the scenario's attacks: forget P and ROUGE before and after each (or what
+    ``score(model, records)`` measures: text sequences), the retain model (when the scenario has one) as the
+    control, the target as full recovery."""
     from ..attacks import run_attacks
 
     return run_attacks(model, forget, attacks, prompter=prompter, metrics=("P", "ROUGE"), retain_model=retain_model,
-                       target_model=target_model,
+                       target_model=target_model, score=score,
                        context={"retain": list(retain), "max_new_tokens": max_new_tokens})["attacks"]
 

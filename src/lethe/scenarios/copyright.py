@@ -24,7 +24,18 @@ from dataclasses import asdict, dataclass, replace
 from ..data.prompt import PromptFormat
 from ..data.records import QARecord, TextRecord
 from ..engine.loop import TrainConfig
-from . import AttackOptions, Cell, Context, Scenario, check_attacks, derived, option, parse_run_spec, run_dir_for
+from . import (
+    AttackOptions,
+    Cell,
+    Context,
+    Scenario,
+    attack_model,
+    check_attacks,
+    derived,
+    option,
+    parse_run_spec,
+    run_dir_for,
+)
 
 NAME = "copyrighted-text"
 VERSION = 1
@@ -122,21 +133,17 @@ def copyright_hook(tokenizer, forget, heldout, background_heldout, *, verbmem_pr
     """An ``epoch_hook`` scoring the copyright metrics (module docstring) after every epoch."""
     from ..data.prompt import as_prompter
     from ..evaluation.metric_registry import METRICS
-    from ..evaluation.metrics import mean
     from ..evaluation.mia import membership_report, report_metrics
-    from ..evaluation.verbatim import verbmem
 
     prompter = as_prompter(tokenizer)
     perplexity = METRICS.get("PPL").compute
+    score = continuation_scorer(tokenizer, verbmem_prefix=verbmem_prefix, verbmem_tokens=verbmem_tokens)
 
     def hook(epoch, model):
-        cont = continuation_scores(model, prompter.tokenizer, forget)
-        metrics = {"forget/BLEU": mean(cont["BLEU"]), "forget/ROUGE": mean(cont["ROUGE"]),
-                   "forget/VerbMem": mean(verbmem(model, prompter, forget, prefix_tokens=verbmem_prefix,
-                                                  continuation_tokens=verbmem_tokens)),
-                   "heldout/PPL": perplexity(model, prompter.tokenizer, [list(r.token_ids) for r in heldout]),
-                   "background/PPL": perplexity(model, prompter.tokenizer,
-                                                [list(r.token_ids) for r in background_heldout])}
+        metrics = {f"forget/{name}": value for name, value in score(model, forget).items()}
+        metrics |= {"heldout/PPL": perplexity(model, prompter.tokenizer, [list(r.token_ids) for r in heldout]),
+                    "background/PPL": perplexity(model, prompter.tokenizer,
+                                                 [list(r.token_ids) for r in background_heldout])}
         metrics.update(report_metrics(membership_report(model, prompter, forget, heldout), retain_auc))
         return {"metrics": metrics, "stop": False}
 
@@ -328,16 +335,14 @@ def continuation_scorer(tokenizer, *, verbmem_prefix: int, verbmem_tokens: int):
 def _attack(model, prep: Prepared, ctx: Context) -> dict:
     """The unlearned model under the chosen weight attacks, scored on the forget excerpts' continuations; the
     retain model (never trained on those chapters) is the control, the target model full recovery."""
-    from ..attacks import run_attacks
     from ..data.prompt import as_prompter
     from ..model.load import load_model
 
     st = SETTINGS[ctx.size]
     score = continuation_scorer(prep.tokenizer, verbmem_prefix=st.verbmem_prefix, verbmem_tokens=st.verbmem_tokens)
-    return run_attacks(model, prep.forget, ctx.options.attacks, prompter=as_prompter(prep.tokenizer), metrics=None,
-                       retain_model=load_model(ctx.out / "models" / "retain"),
-                       target_model=load_model(ctx.out / "models" / "target"), score=score,
-                       context={"retain": prep.retain})["attacks"]
+    return attack_model(model, prep.forget, ctx.options.attacks, prompter=as_prompter(prep.tokenizer),
+                        retain=prep.retain, retain_model=load_model(ctx.out / "models" / "retain"),
+                        target_model=load_model(ctx.out / "models" / "target"), score=score)
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:

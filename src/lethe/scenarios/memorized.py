@@ -17,7 +17,17 @@ from typing import Sequence
 from ..data.records import TextRecord
 from ..engine.loop import TrainConfig
 from ..engine.stopping import meets_threshold
-from . import AttackOptions, Cell, Context, Scenario, apply_requests, check_attacks, option, run_dir_for
+from . import (
+    AttackOptions,
+    Cell,
+    Context,
+    Scenario,
+    apply_requests,
+    attack_model,
+    check_attacks,
+    option,
+    run_dir_for,
+)
 
 NAME = "memorized-sequences"
 VERSION = 3  # 2: EL_n counts as the paper does (generated n-grams found in the truth); 3: PrivLeak
@@ -227,15 +237,14 @@ def _attack(model, prep: Prepared, ctx: Context) -> dict:
     """The model after the last request under the chosen weight attacks, scored by EL and MA on every canary it
     was asked to forget; the retain model (never trained on them) under the same attacks is the control, the
     base model full recovery."""
-    from ..attacks import run_attacks
     from ..core.sequences import extraction_scorer
     from ..data.prompt import as_prompter
     from ..model.load import load_model
 
     forgotten = _records([ids for request in prep.request_sets for ids in request])
-    return run_attacks(model, forgotten, ctx.options.attacks, prompter=as_prompter(prep.tokenizer), metrics=None,
-                       retain_model=load_model(ctx.out / "models" / "retain"), target_model=load_model(prep.base_dir),
-                       score=extraction_scorer(prep.tokenizer), context={"retain": prep.retain})["attacks"]
+    return attack_model(model, forgotten, ctx.options.attacks, prompter=as_prompter(prep.tokenizer),
+                        retain=prep.retain, retain_model=load_model(ctx.out / "models" / "retain"),
+                        target_model=load_model(prep.base_dir), score=extraction_scorer(prep.tokenizer))
 
 
 def _summarize(prep: Prepared, runs: list, ctx: Context) -> dict:
